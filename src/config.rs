@@ -1,0 +1,270 @@
+//! Settings from the TOML file (`/etc/as2box/as2box.toml` by default), with defaults for
+//! every key, so that an absent file means "all defaults".
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Everything that can go wrong while reading the settings file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file exists but could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has a key of the wrong type or an unknown key.
+    #[error("config file {path} is invalid: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the TOML parser said, with line and column.
+        message: String,
+    },
+    /// A value is of the right type but out of range.
+    #[error("config file {path}: {key} {problem}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The dotted key.
+        key: &'static str,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+}
+
+/// The whole settings file.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[mount]`: the mailbox filesystem.
+    pub mount: MountConfig,
+    /// `[outbox]`: pickup rules.
+    pub outbox: OutboxConfig,
+    /// `[retention]`: how long files and message records are kept.
+    pub retention: RetentionConfig,
+    /// `[serve]`: the AS2 daemon.
+    pub serve: ServeConfig,
+    /// `[sftp]`: the OpenSSH side.
+    pub sftp: SftpConfig,
+}
+
+/// `[mount]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MountConfig {
+    /// Where `as2box mount` mounts the tree when no mount point is given.
+    pub path: PathBuf,
+    /// FUSE worker threads.
+    pub threads: usize,
+}
+
+impl Default for MountConfig {
+    fn default() -> Self {
+        MountConfig {
+            path: PathBuf::from("/srv/as2box/mnt"),
+            threads: 4,
+        }
+    }
+}
+
+/// `[outbox]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// How long a picked-up file stays listed (read-only) in the outbox.
+    pub linger_secs: f64,
+    /// A folder is picked up after nothing in it changed for this long.
+    pub batch_quiet_secs: f64,
+    /// Most files in one message.
+    pub max_files: u64,
+    /// Most bytes in one message (all files together).
+    pub max_bytes: u64,
+    /// A closed upload that was interrupted (its writer was exiting) moves to `failed/`
+    /// when it is not completed within this time.
+    pub incomplete_timeout_secs: f64,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig {
+            linger_secs: 30.0,
+            batch_quiet_secs: 120.0,
+            max_files: 10,
+            max_bytes: 10 * 1024 * 1024,
+            incomplete_timeout_secs: 3600.0,
+        }
+    }
+}
+
+/// `[retention]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Files in `inbox/` and `failed/` older than this are removed.
+    pub files_hours: f64,
+    /// Message records older than this are removed.
+    pub messages_days: f64,
+    /// How often the mount process sweeps.
+    pub sweep_secs: f64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            files_hours: 48.0,
+            messages_days: 60.0,
+            sweep_secs: 300.0,
+        }
+    }
+}
+
+/// `[serve]` (the AS2 daemon; see `as2box serve --help`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Plain HTTP listen address.
+    pub http_listen: String,
+    /// HTTPS listen address, if any.
+    pub https_listen: Option<String>,
+    /// TLS certificate (PEM) for `https_listen`.
+    pub tls_cert: Option<PathBuf>,
+    /// TLS key (PEM) for `https_listen`.
+    pub tls_key: Option<PathBuf>,
+    /// The base URL partners reach us at (for async MDNs).
+    pub public_url: Option<String>,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            http_listen: "0.0.0.0:4080".into(),
+            https_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            public_url: None,
+        }
+    }
+}
+
+/// `[sftp]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SftpConfig {
+    /// The system group every mailbox account belongs to; sshd matches on it.
+    pub group: String,
+    /// The SFTP port of the dedicated sshd.
+    pub port: u16,
+}
+
+impl Default for SftpConfig {
+    fn default() -> Self {
+        SftpConfig {
+            group: "as2box-sftp".into(),
+            port: 9193,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`; an absent file yields the defaults.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        };
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key, problem| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            problem,
+        };
+        let non_negative = [
+            ("outbox.linger_secs", self.outbox.linger_secs),
+            ("outbox.batch_quiet_secs", self.outbox.batch_quiet_secs),
+            (
+                "outbox.incomplete_timeout_secs",
+                self.outbox.incomplete_timeout_secs,
+            ),
+            ("retention.files_hours", self.retention.files_hours),
+            ("retention.messages_days", self.retention.messages_days),
+        ];
+        for (key, value) in non_negative {
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(invalid(key, "must be a number of zero or more"));
+            }
+        }
+        if !(self.retention.sweep_secs.is_finite() && self.retention.sweep_secs > 0.0) {
+            return Err(invalid("retention.sweep_secs", "must be more than zero"));
+        }
+        if self.outbox.max_files == 0 {
+            return Err(invalid("outbox.max_files", "must be at least 1"));
+        }
+        if self.mount.threads == 0 || self.mount.threads > 64 {
+            return Err(invalid("mount.threads", "must be between 1 and 64"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(&path)
+    }
+
+    #[test]
+    fn absent_file_means_defaults() {
+        let c = Config::load(Path::new("/nonexistent/as2box.toml")).unwrap();
+        assert_eq!(c.outbox.max_files, 10);
+        assert_eq!(c.outbox.max_bytes, 10 * 1024 * 1024);
+        assert_eq!(c.outbox.linger_secs, 30.0);
+        assert_eq!(c.outbox.batch_quiet_secs, 120.0);
+        assert_eq!(c.retention.files_hours, 48.0);
+        assert_eq!(c.retention.messages_days, 60.0);
+        assert_eq!(c.mount.path, PathBuf::from("/srv/as2box/mnt"));
+    }
+
+    #[test]
+    fn fractions_and_integers_both_accepted() {
+        let c = parse("[outbox]\nlinger_secs = 2\nbatch_quiet_secs = 0.5\n").unwrap();
+        assert_eq!(c.outbox.linger_secs, 2.0);
+        assert_eq!(c.outbox.batch_quiet_secs, 0.5);
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let err = parse("[outbox]\nlinger = 2\n").unwrap_err().to_string();
+        assert!(err.contains("linger"), "{err}");
+    }
+
+    #[test]
+    fn negative_value_is_refused() {
+        let err = parse("[retention]\nfiles_hours = -1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("retention.files_hours"), "{err}");
+    }
+}

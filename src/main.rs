@@ -1,0 +1,3 @@
+//! The `as2box` command.
+
+fn main() {}
