@@ -1,0 +1,592 @@
+//! Mailbox entries (files and folders in boxes) and messages. Every function is one
+//! transaction, so that what users see and what gets sent never disagree.
+
+use std::collections::HashSet;
+
+use rusqlite::{params, OptionalExtension, Row, Transaction};
+
+use super::{BoxKind, BoxRef, Entry, EntryState, Message, MessageFile, Result, Store, StoreError};
+use crate::timefmt::{now_ms, rfc3339};
+
+const ENTRY_COLS: &str = "id, user_id, station_id, partner_id, box, parent, name, is_dir, state, blob, size, mtime_ms, created_ms, until_ms, message_id";
+
+fn entry_from_row(r: &Row<'_>) -> rusqlite::Result<Entry> {
+    Ok(Entry {
+        id: r.get(0)?,
+        user_id: r.get(1)?,
+        boxref: BoxRef {
+            station_id: r.get(2)?,
+            partner_id: r.get(3)?,
+            kind: BoxKind::from_code(r.get(4)?),
+        },
+        parent: r.get(5)?,
+        name: r.get(6)?,
+        is_dir: r.get(7)?,
+        state: EntryState::from_code(r.get(8)?),
+        blob: r.get(9)?,
+        size: r.get::<_, i64>(10)?.max(0) as u64,
+        mtime_ms: r.get(11)?,
+        created_ms: r.get(12)?,
+        until_ms: r.get(13)?,
+        message_id: r.get(14)?,
+    })
+}
+
+/// A file to insert into a box.
+#[derive(Debug, Clone)]
+pub struct NewFile {
+    /// Owner.
+    pub user_id: i64,
+    /// Where.
+    pub boxref: BoxRef,
+    /// Folder entry or 0.
+    pub parent: i64,
+    /// Name.
+    pub name: String,
+    /// Content.
+    pub blob: String,
+    /// Bytes.
+    pub size: u64,
+    /// Modification time to show.
+    pub mtime_ms: i64,
+    /// State to store it in (`Held`, `Interrupted` or, with a pickup, ignored).
+    pub state: EntryState,
+    /// An existing entry this one replaces (a file rewritten, or a rename target).
+    pub replaces: Option<i64>,
+}
+
+/// A file that becomes part of a message.
+#[derive(Debug, Clone)]
+pub struct PickupFile {
+    /// Attachment name.
+    pub name: String,
+    /// Content.
+    pub blob: String,
+    /// Bytes.
+    pub size: u64,
+}
+
+/// What a retention sweep removed.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SweepReport {
+    /// Files and folders removed from inboxes and `failed/`.
+    pub expired_files: usize,
+    /// Lingering outbox entries whose time was over.
+    pub lingering_removed: usize,
+    /// Message records removed.
+    pub messages_removed: usize,
+    /// Blob files deleted.
+    pub blobs_removed: usize,
+}
+
+fn insert_entry(
+    tx: &Transaction<'_>,
+    user_id: i64,
+    b: BoxRef,
+    parent: i64,
+    name: &str,
+    is_dir: bool,
+    state: EntryState,
+    blob: Option<&str>,
+    size: u64,
+    mtime_ms: i64,
+    until_ms: Option<i64>,
+    message_id: Option<i64>,
+) -> Result<i64> {
+    tx.execute(
+        "INSERT INTO entries (user_id, station_id, partner_id, box, parent, name, is_dir, state, blob, size, mtime_ms, created_ms, until_ms, message_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        params![
+            user_id, b.station_id, b.partner_id, b.kind.code(), parent, name, is_dir,
+            state.code(), blob, size as i64, mtime_ms, now_ms(), until_ms, message_id
+        ],
+    )
+    .map_err(|e| match &e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+            StoreError::Exists(format!("{name:?}"))
+        }
+        _ => e.into(),
+    })?;
+    Ok(tx.last_insert_rowid())
+}
+
+fn touch_folder(tx: &Transaction<'_>, folder: i64) -> Result<()> {
+    if folder != 0 {
+        tx.execute(
+            "UPDATE entries SET mtime_ms = ?2 WHERE id = ?1",
+            params![folder, now_ms()],
+        )?;
+    }
+    Ok(())
+}
+
+fn name_taken(tx: &Transaction<'_>, b: BoxRef, parent: i64, name: &str) -> Result<bool> {
+    Ok(tx
+        .query_row(
+            "SELECT 1 FROM entries WHERE station_id = ?1 AND partner_id = ?2 AND box = ?3 AND parent = ?4 AND name = ?5",
+            params![b.station_id, b.partner_id, b.kind.code(), parent, name],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
+/// Creates the message row (with its first event) and its file rows.
+fn insert_message(
+    tx: &Transaction<'_>,
+    direction: &str,
+    user_id: i64,
+    b: BoxRef,
+    name: &str,
+    state: &str,
+    detail: Option<&str>,
+    files: &[PickupFile],
+) -> Result<i64> {
+    let now = now_ms();
+    tx.execute(
+        "INSERT INTO messages (direction, user_id, station_id, partner_id, user_name, station, partner, test, name, state, detail, created_ms, updated_ms)
+         SELECT ?1, u.id, s.id, p.id, u.name, s.as2_id, p.as2_id, p.test, ?4, ?5, ?6, ?7, ?7
+         FROM users u, stations s, partners p WHERE u.id = ?2 AND s.id = ?3 AND p.id = ?8",
+        params![direction, user_id, b.station_id, name, state, detail, now, b.partner_id],
+    )?;
+    if tx.changes() == 0 {
+        return Err(StoreError::NotFound(
+            "the station or partner of this box (removed meanwhile?)".into(),
+        ));
+    }
+    let id = tx.last_insert_rowid();
+    tx.execute(
+        "INSERT INTO message_events (message_id, at_ms, state, detail) VALUES (?1, ?2, ?3, ?4)",
+        params![id, now, state, detail],
+    )?;
+    for (seq, f) in files.iter().enumerate() {
+        tx.execute(
+            "INSERT INTO message_files (message_id, seq, name, size, blob) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, seq as i64, f.name, f.size as i64, f.blob],
+        )?;
+    }
+    Ok(id)
+}
+
+impl Store {
+    /// The entry with row id `id`.
+    pub fn entry(&self, id: i64) -> Result<Option<Entry>> {
+        self.read(|c| {
+            Ok(c.query_row(
+                &format!("SELECT {ENTRY_COLS} FROM entries WHERE id = ?1"),
+                [id],
+                entry_from_row,
+            )
+            .optional()?)
+        })
+    }
+
+    /// The entry called `name` in a box folder.
+    pub fn entry_by_name(&self, b: BoxRef, parent: i64, name: &str) -> Result<Option<Entry>> {
+        self.read(|c| {
+            Ok(c.query_row(
+                &format!("SELECT {ENTRY_COLS} FROM entries WHERE station_id = ?1 AND partner_id = ?2 AND box = ?3 AND parent = ?4 AND name = ?5"),
+                params![b.station_id, b.partner_id, b.kind.code(), parent, name],
+                entry_from_row,
+            )
+            .optional()?)
+        })
+    }
+
+    /// Everything in a box folder, by name.
+    pub fn entries(&self, b: BoxRef, parent: i64) -> Result<Vec<Entry>> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {ENTRY_COLS} FROM entries WHERE station_id = ?1 AND partner_id = ?2 AND box = ?3 AND parent = ?4 ORDER BY name"
+            ))?;
+            let rows = st.query_map(
+                params![b.station_id, b.partner_id, b.kind.code(), parent],
+                entry_from_row,
+            )?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
+    /// Outbox folders that are not picked up yet (candidates for batch pickup).
+    pub fn pending_outbox_folders(&self) -> Result<Vec<Entry>> {
+        self.read(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {ENTRY_COLS} FROM entries WHERE box = ?1 AND is_dir = 1 AND state = ?2"
+            ))?;
+            let rows = st.query_map(
+                params![BoxKind::Outbox.code(), EntryState::Held.code()],
+                entry_from_row,
+            )?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
+    /// Stores a closed file. With `pickup_until` it is picked up in the same transaction: a
+    /// `queued` message is created and the entry lingers until that time. Returns the entry
+    /// id and the message id.
+    pub fn commit_file(
+        &self,
+        f: &NewFile,
+        pickup_until: Option<i64>,
+    ) -> Result<(i64, Option<i64>)> {
+        let _guard = self.blobs().guard();
+        self.write(|tx| {
+            if let Some(old) = f.replaces {
+                tx.execute("DELETE FROM entries WHERE id = ?1", [old])?;
+            }
+            let (state, message_id) = match pickup_until {
+                Some(_) => {
+                    let files = [PickupFile {
+                        name: f.name.clone(),
+                        blob: f.blob.clone(),
+                        size: f.size,
+                    }];
+                    let m = insert_message(
+                        tx, "out", f.user_id, f.boxref, &f.name, "queued", None, &files,
+                    )?;
+                    (EntryState::Lingering, Some(m))
+                }
+                None => (f.state, None),
+            };
+            let id = insert_entry(
+                tx,
+                f.user_id,
+                f.boxref,
+                f.parent,
+                &f.name,
+                false,
+                state,
+                Some(&f.blob),
+                f.size,
+                f.mtime_ms,
+                pickup_until,
+                message_id,
+            )?;
+            touch_folder(tx, f.parent)?;
+            Ok((id, message_id))
+        })
+    }
+
+    /// Creates a folder in a box.
+    pub fn create_folder(&self, user_id: i64, b: BoxRef, name: &str) -> Result<i64> {
+        self.write(|tx| {
+            let now = now_ms();
+            insert_entry(
+                tx,
+                user_id,
+                b,
+                0,
+                name,
+                true,
+                EntryState::Held,
+                None,
+                0,
+                now,
+                None,
+                None,
+            )
+        })
+    }
+
+    /// Renames an entry within its box (optionally into/out of a folder of the same box),
+    /// replacing `replaces` if given. With `pickup_until`, the entry (a file, or a folder with
+    /// `files`) is picked up in the same transaction as message `message_name`.
+    pub fn rename_entry(
+        &self,
+        id: i64,
+        new_parent: i64,
+        new_name: &str,
+        replaces: Option<i64>,
+        pickup: Option<(i64, &str, &[(i64, PickupFile)])>,
+    ) -> Result<Option<i64>> {
+        self.write(|tx| {
+            let old: Entry = tx
+                .query_row(
+                    &format!("SELECT {ENTRY_COLS} FROM entries WHERE id = ?1"),
+                    [id],
+                    entry_from_row,
+                )
+                .optional()?
+                .ok_or_else(|| StoreError::NotFound("entry".into()))?;
+            if let Some(r) = replaces {
+                tx.execute("DELETE FROM entries WHERE id = ?1", [r])?;
+            }
+            tx.execute(
+                "UPDATE entries SET parent = ?2, name = ?3 WHERE id = ?1",
+                params![id, new_parent, new_name],
+            )
+            .map_err(|e| match &e {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    StoreError::Exists(format!("{new_name:?}"))
+                }
+                _ => e.into(),
+            })?;
+            touch_folder(tx, old.parent)?;
+            touch_folder(tx, new_parent)?;
+            let mut message = None;
+            if let Some((until, name, files)) = pickup {
+                let list: Vec<PickupFile> = files.iter().map(|(_, f)| f.clone()).collect();
+                let m = insert_message(tx, "out", old.user_id, old.boxref, name, "queued", None, &list)?;
+                tx.execute(
+                    "UPDATE entries SET state = ?2, until_ms = ?3, message_id = ?4 WHERE id = ?1",
+                    params![id, EntryState::Lingering.code(), until, m],
+                )?;
+                for (fid, _) in files {
+                    tx.execute(
+                        "UPDATE entries SET state = ?2, until_ms = ?3, message_id = ?4 WHERE id = ?1",
+                        params![fid, EntryState::Lingering.code(), until, m],
+                    )?;
+                }
+                message = Some(m);
+            }
+            Ok(message)
+        })
+    }
+
+    /// Picks up an outbox folder (already checked complete by the caller) as one message.
+    pub fn pickup_folder(
+        &self,
+        folder: &Entry,
+        message_name: &str,
+        files: &[(i64, PickupFile)],
+        until: i64,
+    ) -> Result<i64> {
+        self.write(|tx| {
+            let state: Option<i64> = tx
+                .query_row(
+                    "SELECT state FROM entries WHERE id = ?1",
+                    [folder.id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if state != Some(EntryState::Held.code()) {
+                return Err(StoreError::NotFound(format!(
+                    "pending folder {:?}",
+                    folder.name
+                )));
+            }
+            let list: Vec<PickupFile> = files.iter().map(|(_, f)| f.clone()).collect();
+            let m = insert_message(
+                tx,
+                "out",
+                folder.user_id,
+                folder.boxref,
+                message_name,
+                "queued",
+                None,
+                &list,
+            )?;
+            for id in std::iter::once(folder.id).chain(files.iter().map(|(id, _)| *id)) {
+                tx.execute(
+                    "UPDATE entries SET state = ?2, until_ms = ?3, message_id = ?4 WHERE id = ?1",
+                    params![id, EntryState::Lingering.code(), until, m],
+                )?;
+            }
+            Ok(m)
+        })
+    }
+
+    /// Moves outbox entries (one file, or a folder and its files) to the partner's `failed/`
+    /// with a `<name>.reason.txt` holding `reason`, and records a `failed` message. Returns the
+    /// message id.
+    pub fn fail_entries(
+        &self,
+        top: &Entry,
+        files: &[(i64, PickupFile)],
+        reason: &str,
+    ) -> Result<i64> {
+        let reason_text = format!("{reason}\n");
+        let reason_blob = self.blobs().put_bytes(reason_text.as_bytes())?;
+        let _guard = self.blobs().guard();
+        self.write(|tx| {
+            let failed = BoxRef { kind: BoxKind::Failed, ..top.boxref };
+            let base = top.name.strip_suffix(crate::names::READY_SUFFIX).unwrap_or(&top.name);
+            let mut name = base.to_owned();
+            if name_taken(tx, failed, 0, &name)? || name_taken(tx, failed, 0, &format!("{name}.reason.txt"))? {
+                name = format!("{}-{}", crate::timefmt::stamp(now_ms()), base);
+            }
+            let list: Vec<PickupFile> = files.iter().map(|(_, f)| f.clone()).collect();
+            let m = insert_message(tx, "out", top.user_id, top.boxref, base, "failed", Some(reason), &list)?;
+            let now = now_ms();
+            tx.execute(
+                "UPDATE entries SET box = ?2, parent = 0, name = ?3, state = ?4, until_ms = NULL, message_id = ?5, created_ms = ?6 WHERE id = ?1",
+                params![top.id, BoxKind::Failed.code(), name, EntryState::Stored.code(), m, now],
+            )?;
+            if top.is_dir {
+                tx.execute(
+                    "UPDATE entries SET box = ?2, state = ?3, until_ms = NULL, message_id = ?4, created_ms = ?5 WHERE parent = ?1",
+                    params![top.id, BoxKind::Failed.code(), EntryState::Stored.code(), m, now],
+                )?;
+            }
+            insert_entry(
+                tx, top.user_id, failed, 0, &format!("{name}.reason.txt"), false,
+                EntryState::Stored, Some(&reason_blob), reason_text.len() as u64, now, None, Some(m),
+            )?;
+            Ok(m)
+        })
+    }
+
+    /// Sets the modification time shown for an entry.
+    pub fn set_mtime(&self, id: i64, mtime_ms: i64) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE entries SET mtime_ms = ?2 WHERE id = ?1",
+                params![id, mtime_ms],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Removes a file entry, or an empty folder entry (`NotEmpty` otherwise).
+    pub fn remove_entry(&self, id: i64) -> Result<()> {
+        self.write(|tx| {
+            let children: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM entries WHERE parent = ?1",
+                [id],
+                |r| r.get(0),
+            )?;
+            if children > 0 {
+                return Err(StoreError::NotEmpty("folder is not empty".into()));
+            }
+            let parent: Option<i64> = tx
+                .query_row("SELECT parent FROM entries WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            let Some(parent) = parent else {
+                return Err(StoreError::NotFound("entry".into()));
+            };
+            tx.execute("DELETE FROM entries WHERE id = ?1", [id])?;
+            touch_folder(tx, parent)?;
+            Ok(())
+        })
+    }
+
+    /// Delivers a received message into an inbox: every file's blob must already be stored.
+    /// `folder` is the message folder to create (per-message layout) or `None`; with
+    /// `replace` an existing file of the same name is replaced (plain layout). Returns the
+    /// message id.
+    pub fn deliver(
+        &self,
+        user_id: i64,
+        inbox: BoxRef,
+        message_name: &str,
+        folder: Option<&str>,
+        files: &[PickupFile],
+        entry_names: &[String],
+        replace: bool,
+    ) -> Result<i64> {
+        let _guard = self.blobs().guard();
+        self.write(|tx| {
+            let m = insert_message(tx, "in", user_id, inbox, message_name, "received", None, files)?;
+            let now = now_ms();
+            let parent = match folder {
+                Some(name) => insert_entry(tx, user_id, inbox, 0, name, true, EntryState::Stored, None, 0, now, None, Some(m))?,
+                None => 0,
+            };
+            for (f, name) in files.iter().zip(entry_names) {
+                if replace {
+                    tx.execute(
+                        "DELETE FROM entries WHERE station_id = ?1 AND partner_id = ?2 AND box = ?3 AND parent = ?4 AND name = ?5 AND is_dir = 0",
+                        params![inbox.station_id, inbox.partner_id, inbox.kind.code(), parent, name],
+                    )?;
+                }
+                insert_entry(tx, user_id, inbox, parent, name, false, EntryState::Stored, Some(&f.blob), f.size, now, None, Some(m))?;
+            }
+            Ok(m)
+        })
+    }
+
+    /// Messages, newest first.
+    pub fn messages(&self, user_id: Option<i64>, limit: usize) -> Result<Vec<Message>> {
+        self.read(|c| {
+            let mut st = c.prepare(
+                "SELECT id, direction, user_name, station, partner, test, name, state, detail, created_ms, updated_ms
+                 FROM messages WHERE ?1 IS NULL OR user_id = ?1 ORDER BY id DESC LIMIT ?2",
+            )?;
+            let rows = st.query_map(params![user_id, limit as i64], |r| {
+                Ok(Message {
+                    id: r.get(0)?,
+                    direction: r.get(1)?,
+                    user: r.get(2)?,
+                    station: r.get(3)?,
+                    partner: r.get(4)?,
+                    test: r.get(5)?,
+                    name: r.get(6)?,
+                    state: r.get(7)?,
+                    detail: r.get(8)?,
+                    files: Vec::new(),
+                    created_at: rfc3339(r.get(9)?),
+                    updated_at: rfc3339(r.get(10)?),
+                })
+            })?;
+            let mut messages: Vec<Message> = rows.collect::<rusqlite::Result<_>>()?;
+            let mut files = c.prepare_cached(
+                "SELECT name, size, blob FROM message_files WHERE message_id = ?1 ORDER BY seq",
+            )?;
+            for m in &mut messages {
+                m.files = files
+                    .query_map([m.id], |r| {
+                        Ok(MessageFile {
+                            name: r.get(0)?,
+                            size: r.get::<_, i64>(1)?.max(0) as u64,
+                            sha256: r.get(2)?,
+                        })
+                    })?
+                    .collect::<rusqlite::Result<_>>()?;
+            }
+            Ok(messages)
+        })
+    }
+
+    /// Removes expired inbox/failed files and their emptied folders, lingering outbox entries
+    /// whose time is over, old message records, and unreferenced blobs.
+    pub fn sweep(
+        &self,
+        now: i64,
+        files_cutoff_ms: i64,
+        messages_cutoff_ms: i64,
+    ) -> Result<SweepReport> {
+        let mut report = self.write(|tx| {
+            let mut report = SweepReport::default();
+            report.expired_files = tx.execute(
+                "DELETE FROM entries WHERE box IN (?1, ?2) AND is_dir = 0 AND created_ms < ?3",
+                params![BoxKind::Inbox.code(), BoxKind::Failed.code(), files_cutoff_ms],
+            )?;
+            report.expired_files += tx.execute(
+                "DELETE FROM entries WHERE box IN (?1, ?2) AND is_dir = 1 AND created_ms < ?3
+                 AND NOT EXISTS (SELECT 1 FROM entries c WHERE c.parent = entries.id)",
+                params![BoxKind::Inbox.code(), BoxKind::Failed.code(), files_cutoff_ms],
+            )?;
+            report.lingering_removed = tx.execute(
+                "DELETE FROM entries WHERE state = ?1 AND until_ms <= ?2 AND is_dir = 0",
+                params![EntryState::Lingering.code(), now],
+            )?;
+            report.lingering_removed += tx.execute(
+                "DELETE FROM entries WHERE state = ?1 AND until_ms <= ?2 AND is_dir = 1
+                 AND NOT EXISTS (SELECT 1 FROM entries c WHERE c.parent = entries.id)",
+                params![EntryState::Lingering.code(), now],
+            )?;
+            report.messages_removed = tx.execute(
+                "DELETE FROM messages WHERE updated_ms < ?1 AND state NOT IN ('queued', 'sending', 'awaiting-mdn')",
+                [messages_cutoff_ms],
+            )?;
+            Ok(report)
+        })?;
+        report.blobs_removed = self.blobs().sweep(std::time::Duration::from_secs(600), || {
+            self.read(|c| {
+                let mut set = HashSet::new();
+                let mut st = c.prepare(
+                    "SELECT blob FROM entries WHERE blob IS NOT NULL UNION SELECT blob FROM message_files",
+                )?;
+                for b in st.query_map([], |r| r.get::<_, String>(0))? {
+                    set.insert(b?);
+                }
+                Ok(set)
+            })
+        })?;
+        Ok(report)
+    }
+}
