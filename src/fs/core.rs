@@ -160,6 +160,9 @@ struct DraftInner {
     mtime_ms: i64,
     replaces: Option<i64>,
     writers: usize,
+    /// Written since the last flush. A flush without new data does not complete the upload:
+    /// shells open a file, dup it onto stdout and close the original before writing.
+    dirty: bool,
     /// A sticky error (the quota): the draft is discarded at close and close fails.
     error: Option<Errno>,
     unlinked: bool,
@@ -884,6 +887,7 @@ impl MailboxFs {
                 mtime_ms,
                 replaces: replaces.map(|e| e.id),
                 writers: 0,
+                dirty: false,
                 error: None,
                 unlinked: false,
                 done: false,
@@ -1054,6 +1058,7 @@ impl MailboxFs {
         }
         i.size = i.size.max(end);
         i.mtime_ms = now_ms();
+        i.dirty = true;
         Ok(data.len() as u32)
     }
 
@@ -1066,7 +1071,8 @@ impl MailboxFs {
         };
         let last_writer = {
             let i = lock(&draft.inner);
-            if i.done {
+            if i.done || (!i.dirty && i.error.is_none()) {
+                // Nothing new to commit: the release of the last descriptor will finish it.
                 return Ok(());
             }
             i.writers <= 1
