@@ -1510,6 +1510,7 @@ impl MailboxFs {
             }
             Err(e) => warn!(error = %e, "cannot list outbox folders"),
         }
+        self.expire_interrupted();
         let due = {
             let mut last = lock(&self.last_sweep);
             let period = Duration::from_secs_f64(self.config.retention.sweep_secs);
@@ -1526,6 +1527,63 @@ impl MailboxFs {
                 Err(e) => warn!(error = %e, "retention sweep failed"),
             }
         }
+    }
+
+    /// Interrupted uploads that nobody completed in time move to `failed/`.
+    fn expire_interrupted(&self) {
+        let timeout_ms = (self.config.outbox.incomplete_timeout_secs * 1000.0) as i64;
+        let stale = match self.store.interrupted_before(now_ms() - timeout_ms) {
+            Ok(list) => list,
+            Err(e) => return warn!(error = %e, "cannot list interrupted uploads"),
+        };
+        for e in stale {
+            let _batch = lock(&self.batch_lock);
+            let ino = self.ino(Key::Entry {
+                user: e.user_id,
+                id: e.id,
+            });
+            if self.draft(ino).is_some() {
+                // Being resumed right now.
+                continue;
+            }
+            let reason = format!(
+                "Not sent: the upload of {:?} was interrupted (the connection dropped before it finished) and was not completed within {} seconds; upload the file again.",
+                e.name, self.config.outbox.incomplete_timeout_secs
+            );
+            let file = PickupFile {
+                name: e.name.clone(),
+                blob: e.blob.clone().unwrap_or_default(),
+                size: e.size,
+            };
+            match self.store.fail_entries(&e, &[(e.id, file)], &reason) {
+                Ok(m) => {
+                    info!(user = e.user_id, name = %e.name, message = m, "interrupted upload moved to failed/")
+                }
+                Err(err) => {
+                    warn!(name = %e.name, error = %err, "cannot move interrupted upload to failed/")
+                }
+            }
+        }
+    }
+
+    /// `access(2)`: the mode bits `stat` shows, applied as the kernel would.
+    pub fn access(&self, c: &Caller, ino: u64, mask: i32) -> Result<()> {
+        let a = self.getattr(c, ino)?;
+        if c.uid == 0 {
+            return Ok(());
+        }
+        let mode = u32::from(a.mode);
+        let bits = if c.uid == a.uid {
+            (mode >> 6) & 7
+        } else if c.gid == a.gid {
+            (mode >> 3) & 7
+        } else {
+            mode & 7
+        };
+        if (mask as u32) & 7 & !bits != 0 {
+            return Err(EACCES);
+        }
+        Ok(())
     }
 
     /// `statfs`: the user's quota if one is set, else the disk of the state folder.

@@ -468,8 +468,8 @@ impl Filesystem for FuseAdapter {
         reply.error(FuseErrno::EPERM);
     }
 
-    fn access(&self, req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
-        match self.core.getattr(&caller(req), ino.0) {
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        match self.core.access(&caller(req), ino.0, mask.bits()) {
             Ok(_) => reply.ok(),
             Err(e) => reply.error(err(e)),
         }

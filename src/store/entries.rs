@@ -221,6 +221,20 @@ impl Store {
         })
     }
 
+    /// Interrupted uploads last written before `cutoff_ms` (they time out into `failed/`).
+    pub fn interrupted_before(&self, cutoff_ms: i64) -> Result<Vec<Entry>> {
+        self.read(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {ENTRY_COLS} FROM entries WHERE box = ?1 AND is_dir = 0 AND state = ?2 AND mtime_ms < ?3"
+            ))?;
+            let rows = st.query_map(
+                params![BoxKind::Outbox.code(), EntryState::Interrupted.code(), cutoff_ms],
+                entry_from_row,
+            )?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
     /// Stores a closed file. With `pickup_until` it is picked up in the same transaction: a
     /// `queued` message is created and the entry lingers until that time. Returns the entry
     /// id and the message id.

@@ -278,3 +278,151 @@ impl Store {
         f(&conn)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (tempfile::TempDir, Store, i64, BoxRef) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::init(dir.path()).unwrap();
+        let u = store.add_user("acme", 1000, 1000, None).unwrap();
+        let s = store
+            .add_station(u.id, "ACME", InboxLayout::PerMessage)
+            .unwrap();
+        let p = store.add_partner(u.id, "BIG", false, None).unwrap();
+        let outbox = BoxRef {
+            station_id: s.id,
+            partner_id: p.id,
+            kind: BoxKind::Outbox,
+        };
+        (dir, store, u.id, outbox)
+    }
+
+    #[test]
+    fn open_refuses_an_uninitialized_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Store::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("as2box init"), "{err}");
+    }
+
+    #[test]
+    fn duplicates_are_refused_by_name() {
+        let (_d, store, user, _) = setup();
+        assert!(matches!(
+            store.add_user("acme", 1, 1, None),
+            Err(StoreError::Exists(_))
+        ));
+        assert!(matches!(
+            store.add_station(user, "ACME", InboxLayout::Plain),
+            Err(StoreError::Exists(_))
+        ));
+        // A test partner may share the production partner's id.
+        assert!(store.add_partner(user, "BIG", true, None).is_ok());
+        assert!(matches!(
+            store.add_partner(user, "BIG", true, None),
+            Err(StoreError::Exists(_))
+        ));
+    }
+
+    #[test]
+    fn pickup_commits_entry_and_queued_message_together() {
+        let (_d, store, user, outbox) = setup();
+        let blob = store.blobs().put_bytes(b"UNA:+.? '").unwrap();
+        let f = NewFile {
+            user_id: user,
+            boxref: outbox,
+            parent: 0,
+            name: "order.edi".into(),
+            blob: blob.clone(),
+            size: 9,
+            mtime_ms: 5,
+            state: EntryState::Held,
+            replaces: None,
+        };
+        let (id, m) = store.commit_file(&f, Some(i64::MAX)).unwrap();
+        let e = store.entry(id).unwrap().unwrap();
+        assert_eq!(e.state, EntryState::Lingering);
+        assert_eq!(e.message_id, m);
+        let msgs = store.messages(None, 10).unwrap();
+        assert_eq!(msgs.len(), 1);
+        assert_eq!(msgs[0].state, "queued");
+        assert_eq!(msgs[0].files[0].sha256, blob);
+        assert_eq!(msgs[0].files[0].size, 9);
+        assert_eq!(store.usage(user).unwrap(), 9);
+    }
+
+    #[test]
+    fn failing_a_file_moves_it_with_a_reason() {
+        let (_d, store, user, outbox) = setup();
+        let blob = store.blobs().put_bytes(b"x").unwrap();
+        let f = NewFile {
+            user_id: user,
+            boxref: outbox,
+            parent: 0,
+            name: "a.edi".into(),
+            blob: blob.clone(),
+            size: 1,
+            mtime_ms: 0,
+            state: EntryState::Held,
+            replaces: None,
+        };
+        let (id, _) = store.commit_file(&f, None).unwrap();
+        let e = store.entry(id).unwrap().unwrap();
+        let file = PickupFile {
+            name: "a.edi".into(),
+            blob,
+            size: 1,
+        };
+        store.fail_entries(&e, &[(id, file)], "Too big.").unwrap();
+        let failed = BoxRef {
+            kind: BoxKind::Failed,
+            ..outbox
+        };
+        let names: Vec<String> = store
+            .entries(failed, 0)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(names, ["a.edi", "a.edi.reason.txt"]);
+        assert!(store.entries(outbox, 0).unwrap().is_empty());
+        let m = &store.messages(None, 1).unwrap()[0];
+        assert_eq!(
+            (m.state.as_str(), m.detail.as_deref()),
+            ("failed", Some("Too big."))
+        );
+    }
+
+    #[test]
+    fn sweep_removes_expired_files_and_unreferenced_blobs_only_when_old() {
+        let (_d, store, user, outbox) = setup();
+        let inbox = BoxRef {
+            kind: BoxKind::Inbox,
+            ..outbox
+        };
+        let blob = store.blobs().put_bytes(b"in").unwrap();
+        let file = PickupFile {
+            name: "x".into(),
+            blob,
+            size: 2,
+        };
+        store
+            .deliver(
+                user,
+                inbox,
+                "m",
+                Some("folder"),
+                &[file],
+                &["x".into()],
+                false,
+            )
+            .unwrap();
+        let now = crate::timefmt::now_ms();
+        let r = store.sweep(now, now - 60_000, now - 60_000).unwrap();
+        assert_eq!(r.expired_files, 0, "young files stay");
+        let r = store.sweep(now, now + 1, now - 60_000).unwrap();
+        assert_eq!(r.expired_files, 2, "the file and its emptied folder");
+        assert!(store.entries(inbox, 0).unwrap().is_empty());
+    }
+}
