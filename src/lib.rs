@@ -3,6 +3,7 @@
 //! See `docs/ARCHITECTURE.md` for the map of modules and the boundaries between them.
 
 pub mod as2;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod fs;

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use crate::config::Config;
 
 mod admin;
+mod audit;
 mod messages;
 mod mount;
 mod partner;
@@ -85,6 +86,8 @@ enum Command {
     Deliver(admin::DeliverArgs),
     /// Remove expired mailbox files and message records now.
     Gc(admin::GcArgs),
+    /// Show what users did through their mailboxes (uploads, downloads, deletions, ...).
+    Audit(audit::AuditArgs),
 }
 
 /// Runs the command line and turns errors into a message and exit status 1.
@@ -120,6 +123,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mount(a) => mount::run(g, a),
         Command::Deliver(a) => admin::deliver(g, a),
         Command::Gc(a) => admin::gc(g, a),
+        Command::Audit(a) => audit::run(g, a),
     }
 }
 

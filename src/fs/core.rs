@@ -198,6 +198,7 @@ pub struct MailboxFs {
     /// Serializes batch pickup against uploads into outbox folders.
     batch_lock: Mutex<()>,
     last_sweep: Mutex<Option<Instant>>,
+    audit: crate::audit::AuditLog,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -231,6 +232,7 @@ pub fn process_exiting(pid: u32) -> bool {
 impl MailboxFs {
     /// A core over `store` with `config`.
     pub fn new(store: Arc<Store>, config: Config) -> MailboxFs {
+        let store_dir = &store.state_dir().to_owned();
         MailboxFs {
             store,
             config,
@@ -244,6 +246,7 @@ impl MailboxFs {
             usage: Mutex::new(HashMap::new()),
             batch_lock: Mutex::new(()),
             last_sweep: Mutex::new(None),
+            audit: crate::audit::AuditLog::new(store_dir),
         }
     }
 
@@ -737,7 +740,7 @@ impl MailboxFs {
                     (i.writers == 0, !i.done)
                 };
                 if last && pending {
-                    if let Err(e) = self.finish_draft(&draft, process_exiting(c.pid)) {
+                    if let Err(e) = self.finish_draft(&draft, c) {
                         warn!(errno = e.0, "upload finished at release failed");
                     }
                 }
@@ -782,7 +785,7 @@ impl MailboxFs {
     }
 
     /// `mkdir`: only at the top of an outbox (a multi-attachment message).
-    pub fn mkdir(&self, c: &Caller, parent: u64, name: &str) -> Result<Attr> {
+    fn mkdir_inner(&self, c: &Caller, parent: u64, name: &str) -> Result<Attr> {
         let key = self.key(parent)?;
         self.check_access(c, &key)?;
         if let Some((b, folder, _)) = self.box_dir(&key)? {
@@ -959,6 +962,8 @@ impl MailboxFs {
                 }
                 let blob = e.blob.as_deref().ok_or(Errno(libc::EIO))?;
                 let file = self.store.blobs().open_blob(blob)?;
+                let path = self.key_path(&key);
+                self.audit_user(c, *user, "get", path, Some(e.size), None, "ok".into());
                 Ok(self.new_fh(Handle::Blob(Arc::new(file))))
             }
             _ => Err(Errno(libc::EISDIR)),
@@ -1078,7 +1083,7 @@ impl MailboxFs {
             i.writers <= 1
         };
         if last_writer {
-            self.finish_draft(&draft, process_exiting(c.pid))
+            self.finish_draft(&draft, c)
         } else {
             let file = lock(&draft.inner).file.clone();
             file.sync_data().map_err(|_| Errno(libc::EIO))
@@ -1107,7 +1112,8 @@ impl MailboxFs {
     }
 
     /// Turns a closed upload into a stored entry: picked up, held or interrupted.
-    fn finish_draft(&self, d: &Arc<Draft>, writer_exiting: bool) -> Result<()> {
+    fn finish_draft(&self, d: &Arc<Draft>, c: &Caller) -> Result<()> {
+        let writer_exiting = process_exiting(c.pid);
         let _batch = lock(&self.batch_lock);
         let mut i = lock(&d.inner);
         if i.done {
@@ -1117,19 +1123,47 @@ impl MailboxFs {
             self.discard_draft(d, &mut i);
             return Ok(());
         }
+        let path = join(&self.folder_path(i.b, i.parent), &i.name);
         if let Some(err) = i.error {
             info!(user = d.user, name = %i.name, errno = err.0, "upload discarded");
             self.discard_draft(d, &mut i);
+            self.audit_user(
+                c,
+                d.user,
+                "put",
+                path,
+                Some(i.size),
+                None,
+                errno_name(err.0),
+            );
             return Err(err);
         }
         let result = self.commit_draft(d, &mut i, writer_exiting);
-        if result.is_err() {
-            self.discard_draft(d, &mut i);
+        match &result {
+            Ok((sha, what)) => self.audit_user(
+                c,
+                d.user,
+                "put",
+                path,
+                Some(i.size),
+                Some(sha.clone()),
+                what.clone(),
+            ),
+            Err(e) => {
+                self.discard_draft(d, &mut i);
+                self.audit_user(c, d.user, "put", path, Some(i.size), None, errno_name(e.0));
+            }
         }
-        result
+        result.map(|_| ())
     }
 
-    fn commit_draft(&self, d: &Draft, i: &mut DraftInner, writer_exiting: bool) -> Result<()> {
+    /// Returns the content hash and what became of the upload (for the audit trail).
+    fn commit_draft(
+        &self,
+        d: &Draft,
+        i: &mut DraftInner,
+        writer_exiting: bool,
+    ) -> Result<(String, String)> {
         let io = |_| Errno(libc::EIO);
         i.file.sync_all().map_err(io)?;
         let sha = match (i.hasher.take(), i.hashed == i.size) {
@@ -1175,17 +1209,23 @@ impl MailboxFs {
             }
             _ => debug!(user = d.user, name = %i.name, size = i.size, "held"),
         }
+        let what = match (outcome, message) {
+            (_, Some(_)) => "picked-up",
+            (CloseOutcome::Interrupted, _) => "interrupted",
+            _ => "held",
+        };
         if let Some(reason) = reason {
             let e = self.entry(id)?;
             let file = PickupFile {
                 name: e.name.clone(),
-                blob: sha,
+                blob: sha.clone(),
                 size: e.size,
             };
             let m = self.store.fail_entries(&e, &[(id, file)], &reason)?;
             info!(user = d.user, name = %e.name, message = m, %reason, "moved to failed/");
+            return Ok((sha, format!("failed: {reason}")));
         }
-        Ok(())
+        Ok((sha, what.to_owned()))
     }
 
     fn linger_until(&self) -> i64 {
@@ -1210,8 +1250,10 @@ impl MailboxFs {
         if let Some(mtime) = s.mtime_ms {
             if let Some(d) = self.draft(ino) {
                 lock(&d.inner).mtime_ms = mtime;
-            } else if let Key::Entry { id, .. } = key {
+            } else if let Key::Entry { id, user } = key {
                 self.store.set_mtime(id, mtime)?;
+                let path = self.key_path(&key);
+                self.audit_user(c, user, "setstat", path, None, None, "ok".into());
             }
         }
         self.getattr(c, ino)
@@ -1251,7 +1293,7 @@ impl MailboxFs {
     }
 
     /// `unlink`.
-    pub fn unlink(&self, c: &Caller, parent: u64, name: &str) -> Result<()> {
+    fn unlink_inner(&self, c: &Caller, parent: u64, name: &str) -> Result<()> {
         let pkey = self.key(parent)?;
         self.check_access(c, &pkey)?;
         let Some((b, folder, _)) = self.box_dir(&pkey)? else {
@@ -1283,7 +1325,7 @@ impl MailboxFs {
     }
 
     /// `rmdir`: message folders in inbox/failed, and outbox folders.
-    pub fn rmdir(&self, c: &Caller, parent: u64, name: &str) -> Result<()> {
+    fn rmdir_inner(&self, c: &Caller, parent: u64, name: &str) -> Result<()> {
         let pkey = self.key(parent)?;
         self.check_access(c, &pkey)?;
         let Some((b, 0, _)) = self.box_dir(&pkey)? else {
@@ -1307,7 +1349,7 @@ impl MailboxFs {
     }
 
     /// `rename`, within one outbox.
-    pub fn rename(
+    fn rename_inner(
         &self,
         c: &Caller,
         parent: u64,
@@ -1617,9 +1659,206 @@ impl MailboxFs {
         })
     }
 
+    // ---- audited entry points --------------------------------------------------------------
+
+    /// `mkdir`: only at the top of an outbox (a multi-attachment message).
+    pub fn mkdir(&self, c: &Caller, parent: u64, name: &str) -> Result<Attr> {
+        let r = self.mkdir_inner(c, parent, name);
+        self.audit_at(c, parent, name, "mkdir", None, None, outcome(&r));
+        r
+    }
+
+    /// `unlink`.
+    pub fn unlink(&self, c: &Caller, parent: u64, name: &str) -> Result<()> {
+        let r = self.unlink_inner(c, parent, name);
+        self.audit_at(c, parent, name, "rm", None, None, outcome(&r));
+        r
+    }
+
+    /// `rmdir`: message folders in inbox/failed, and outbox folders.
+    pub fn rmdir(&self, c: &Caller, parent: u64, name: &str) -> Result<()> {
+        let r = self.rmdir_inner(c, parent, name);
+        self.audit_at(c, parent, name, "rmdir", None, None, outcome(&r));
+        r
+    }
+
+    /// `rename`, within one outbox.
+    pub fn rename(
+        &self,
+        c: &Caller,
+        parent: u64,
+        name: &str,
+        new_parent: u64,
+        new_name: &str,
+        mode: RenameMode,
+    ) -> Result<()> {
+        let r = self.rename_inner(c, parent, name, new_parent, new_name, mode);
+        let target = self.path_in(new_parent, new_name);
+        self.audit_at(
+            c,
+            parent,
+            &format!("{name} -> {target}"),
+            "rename",
+            None,
+            None,
+            outcome(&r),
+        );
+        r
+    }
+
+    /// The path of `name` in folder `parent`, inside its user's tree.
+    fn path_in(&self, parent: u64, name: &str) -> String {
+        match self.key(parent) {
+            Ok(k) => join(&self.key_path(&k), name),
+            Err(_) => name.to_owned(),
+        }
+    }
+
+    fn audit_at(
+        &self,
+        c: &Caller,
+        parent: u64,
+        name: &str,
+        op: &str,
+        bytes: Option<u64>,
+        sha256: Option<String>,
+        result: String,
+    ) {
+        let Ok(key) = self.key(parent) else { return };
+        let Some(user) = key.user() else { return };
+        let path = if op == "rename" {
+            join(&self.key_path(&key), name)
+        } else {
+            self.path_in(parent, name)
+        };
+        self.audit_user(c, user, op, path, bytes, sha256, result);
+    }
+
+    fn audit_user(
+        &self,
+        c: &Caller,
+        user: i64,
+        op: &str,
+        path: String,
+        bytes: Option<u64>,
+        sha256: Option<String>,
+        result: String,
+    ) {
+        let user = match self.store.user_by_id(user) {
+            Ok(Some(u)) => u.name,
+            _ => format!("#{user}"),
+        };
+        let at_ms = now_ms();
+        self.audit.record(&crate::audit::Record {
+            at: crate::timefmt::rfc3339(at_ms),
+            at_ms,
+            user,
+            uid: c.uid,
+            op: op.to_owned(),
+            path,
+            bytes,
+            sha256,
+            result,
+        });
+    }
+
+    fn box_path(&self, b: BoxRef) -> String {
+        let station = self
+            .store
+            .station_by_id(b.station_id)
+            .ok()
+            .flatten()
+            .map(|s| s.as2_id)
+            .unwrap_or_else(|| "?".into());
+        let partner = self.store.partner_by_id(b.partner_id).ok().flatten();
+        let (as2, test) = partner
+            .map(|p| (p.as2_id, p.test))
+            .unwrap_or(("?".into(), false));
+        let test = if test { "/test" } else { "" };
+        format!("as2gateway/{station}/{as2}{test}/{}", b.kind.name())
+    }
+
+    fn folder_path(&self, b: BoxRef, folder: i64) -> String {
+        let base = self.box_path(b);
+        match (folder != 0)
+            .then(|| self.store.entry(folder).ok().flatten())
+            .flatten()
+        {
+            Some(f) => join(&base, &f.name),
+            None => base,
+        }
+    }
+
+    fn key_path(&self, key: &Key) -> String {
+        match key {
+            Key::Root | Key::Home(_) => String::new(),
+            Key::Ssh(_) => ".ssh".into(),
+            Key::Keys(_) => ".ssh/authorized_keys".into(),
+            Key::Gateway(_) => "as2gateway".into(),
+            Key::Station { station, .. } => {
+                let name = self.key_name(key).unwrap_or_else(|_| format!("#{station}"));
+                format!("as2gateway/{name}")
+            }
+            Key::Partner { station, as2, .. } | Key::Test { station, as2, .. } => {
+                let st = self
+                    .key_name(&Key::Station {
+                        user: 0,
+                        station: *station,
+                    })
+                    .unwrap_or_default();
+                let test = if matches!(key, Key::Test { .. }) {
+                    "/test"
+                } else {
+                    ""
+                };
+                format!("as2gateway/{st}/{as2}{test}")
+            }
+            Key::Box { b, .. } => self.box_path(*b),
+            Key::Entry { id, .. } => match self.store.entry(*id).ok().flatten() {
+                Some(e) => join(&self.folder_path(e.boxref, e.parent), &e.name),
+                None => format!("#{id}"),
+            },
+            Key::Draft { .. } => String::new(),
+        }
+    }
+
     /// The root inode (for tests and the adapter).
     pub fn root(&self) -> u64 {
         ROOT_INO
+    }
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// The audit result of an operation: `ok` or the errno's name.
+fn outcome<T>(r: &Result<T>) -> String {
+    match r {
+        Ok(_) => "ok".into(),
+        Err(e) => errno_name(e.0),
+    }
+}
+
+fn errno_name(n: i32) -> String {
+    match n {
+        libc::EACCES => "EACCES".into(),
+        libc::EPERM => "EPERM".into(),
+        libc::ENOENT => "ENOENT".into(),
+        libc::EEXIST => "EEXIST".into(),
+        libc::ENOTEMPTY => "ENOTEMPTY".into(),
+        libc::EDQUOT => "EDQUOT".into(),
+        libc::ENOSPC => "ENOSPC".into(),
+        libc::EXDEV => "EXDEV".into(),
+        libc::EISDIR => "EISDIR".into(),
+        libc::ENOTDIR => "ENOTDIR".into(),
+        libc::EINVAL => "EINVAL".into(),
+        libc::EIO => "EIO".into(),
+        n => format!("errno {n}"),
     }
 }
 
