@@ -4,6 +4,8 @@
 mod core;
 mod fuse;
 mod inodes;
+#[cfg(test)]
+mod model_tests;
 
 pub use self::core::{process_exiting, Attr, Caller, Errno, Kind, MailboxFs};
 
