@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::mailbox::{self, CloseOutcome, NodeClass};
 use crate::names;
 use crate::store::{
-    hex, BoxKind, BoxRef, Entry, EntryState, NewFile, PickupFile, Store, StoreError,
+    hex, BoxKind, BoxRef, Entry, EntryState, NewFile, PickupFile, RenamePickup, Store, StoreError,
 };
 use crate::timefmt::now_ms;
 
@@ -167,6 +167,18 @@ struct DraftInner {
     error: Option<Errno>,
     unlinked: bool,
     done: bool,
+}
+
+/// Where an upload starts from.
+enum Origin<'a> {
+    /// A new file.
+    New {
+        b: BoxRef,
+        parent: i64,
+        name: &'a str,
+    },
+    /// An existing held upload, resumed (its content kept) or rewritten (`truncate`).
+    Rewrite { entry: &'a Entry, truncate: bool },
 }
 
 enum Handle {
@@ -844,22 +856,31 @@ impl MailboxFs {
                 id: self.next_draft.fetch_add(1, Ordering::Relaxed),
             }),
         };
-        let draft = self.new_draft(ino, user, b, folder, name, replaces.as_ref(), truncate)?;
+        let origin = match &replaces {
+            Some(entry) => Origin::Rewrite { entry, truncate },
+            None => Origin::New {
+                b,
+                parent: folder,
+                name,
+            },
+        };
+        let draft = self.new_draft(ino, user, origin)?;
         let fh = self.open_draft(&draft, true, false)?;
         debug!(user, name, "upload started");
         Ok((self.draft_attr(&draft, &o), fh))
     }
 
-    fn new_draft(
-        &self,
-        ino: u64,
-        user: i64,
-        b: BoxRef,
-        parent: i64,
-        name: &str,
-        replaces: Option<&Entry>,
-        truncate: bool,
-    ) -> Result<Arc<Draft>> {
+    fn new_draft(&self, ino: u64, user: i64, origin: Origin<'_>) -> Result<Arc<Draft>> {
+        let (b, parent, name, replaces, truncate) = match origin {
+            Origin::New { b, parent, name } => (b, parent, name, None, true),
+            Origin::Rewrite { entry, truncate } => (
+                entry.boxref,
+                entry.parent,
+                entry.name.as_str(),
+                Some(entry),
+                truncate,
+            ),
+        };
         let (spool, file) = self.store.blobs().spool_file()?;
         let mut size = 0;
         let mut hasher = Some(Sha256::new());
@@ -952,18 +973,27 @@ impl MailboxFs {
                     let d = self.new_draft(
                         ino,
                         *user,
-                        e.boxref,
-                        e.parent,
-                        &e.name,
-                        Some(&e),
-                        truncate,
+                        Origin::Rewrite {
+                            entry: &e,
+                            truncate,
+                        },
                     )?;
                     return self.open_draft(&d, true, false);
                 }
                 let blob = e.blob.as_deref().ok_or(Errno(libc::EIO))?;
                 let file = self.store.blobs().open_blob(blob)?;
                 let path = self.key_path(&key);
-                self.audit_user(c, *user, "get", path, Some(e.size), None, "ok".into());
+                self.audit_user(
+                    c,
+                    *user,
+                    "get",
+                    path,
+                    Detail {
+                        bytes: Some(e.size),
+                        sha256: None,
+                        result: "ok".into(),
+                    },
+                );
                 Ok(self.new_fh(Handle::Blob(Arc::new(file))))
             }
             _ => Err(Errno(libc::EISDIR)),
@@ -1132,9 +1162,11 @@ impl MailboxFs {
                 d.user,
                 "put",
                 path,
-                Some(i.size),
-                None,
-                errno_name(err.0),
+                Detail {
+                    bytes: Some(i.size),
+                    sha256: None,
+                    result: errno_name(err.0),
+                },
             );
             return Err(err);
         }
@@ -1145,13 +1177,25 @@ impl MailboxFs {
                 d.user,
                 "put",
                 path,
-                Some(i.size),
-                Some(sha.clone()),
-                what.clone(),
+                Detail {
+                    bytes: Some(i.size),
+                    sha256: Some(sha.clone()),
+                    result: what.clone(),
+                },
             ),
             Err(e) => {
                 self.discard_draft(d, &mut i);
-                self.audit_user(c, d.user, "put", path, Some(i.size), None, errno_name(e.0));
+                self.audit_user(
+                    c,
+                    d.user,
+                    "put",
+                    path,
+                    Detail {
+                        bytes: Some(i.size),
+                        sha256: None,
+                        result: errno_name(e.0),
+                    },
+                );
             }
         }
         result.map(|_| ())
@@ -1253,7 +1297,17 @@ impl MailboxFs {
             } else if let Key::Entry { id, user } = key {
                 self.store.set_mtime(id, mtime)?;
                 let path = self.key_path(&key);
-                self.audit_user(c, user, "setstat", path, None, None, "ok".into());
+                self.audit_user(
+                    c,
+                    user,
+                    "setstat",
+                    path,
+                    Detail {
+                        bytes: None,
+                        sha256: None,
+                        result: "ok".into(),
+                    },
+                );
             }
         }
         self.getattr(c, ino)
@@ -1471,7 +1525,11 @@ impl MailboxFs {
                 nfolder,
                 new_name,
                 replaces,
-                Some((self.linger_until(), new_name, &files)),
+                Some(RenamePickup {
+                    until_ms: self.linger_until(),
+                    message_name: new_name,
+                    files: &files,
+                }),
             )?;
             info!(user = e.user_id, name = new_name, size = e.size, message = ?m, "picked up after rename");
             return Ok(());
@@ -1664,21 +1722,21 @@ impl MailboxFs {
     /// `mkdir`: only at the top of an outbox (a multi-attachment message).
     pub fn mkdir(&self, c: &Caller, parent: u64, name: &str) -> Result<Attr> {
         let r = self.mkdir_inner(c, parent, name);
-        self.audit_at(c, parent, name, "mkdir", None, None, outcome(&r));
+        self.audit_at(c, parent, name, "mkdir", outcome(&r));
         r
     }
 
     /// `unlink`.
     pub fn unlink(&self, c: &Caller, parent: u64, name: &str) -> Result<()> {
         let r = self.unlink_inner(c, parent, name);
-        self.audit_at(c, parent, name, "rm", None, None, outcome(&r));
+        self.audit_at(c, parent, name, "rm", outcome(&r));
         r
     }
 
     /// `rmdir`: message folders in inbox/failed, and outbox folders.
     pub fn rmdir(&self, c: &Caller, parent: u64, name: &str) -> Result<()> {
         let r = self.rmdir_inner(c, parent, name);
-        self.audit_at(c, parent, name, "rmdir", None, None, outcome(&r));
+        self.audit_at(c, parent, name, "rmdir", outcome(&r));
         r
     }
 
@@ -1699,8 +1757,6 @@ impl MailboxFs {
             parent,
             &format!("{name} -> {target}"),
             "rename",
-            None,
-            None,
             outcome(&r),
         );
         r
@@ -1714,16 +1770,7 @@ impl MailboxFs {
         }
     }
 
-    fn audit_at(
-        &self,
-        c: &Caller,
-        parent: u64,
-        name: &str,
-        op: &str,
-        bytes: Option<u64>,
-        sha256: Option<String>,
-        result: String,
-    ) {
+    fn audit_at(&self, c: &Caller, parent: u64, name: &str, op: &str, result: String) {
         let Ok(key) = self.key(parent) else { return };
         let Some(user) = key.user() else { return };
         let path = if op == "rename" {
@@ -1731,19 +1778,15 @@ impl MailboxFs {
         } else {
             self.path_in(parent, name)
         };
-        self.audit_user(c, user, op, path, bytes, sha256, result);
+        let d = Detail {
+            bytes: None,
+            sha256: None,
+            result,
+        };
+        self.audit_user(c, user, op, path, d);
     }
 
-    fn audit_user(
-        &self,
-        c: &Caller,
-        user: i64,
-        op: &str,
-        path: String,
-        bytes: Option<u64>,
-        sha256: Option<String>,
-        result: String,
-    ) {
+    fn audit_user(&self, c: &Caller, user: i64, op: &str, path: String, d: Detail) {
         let user = match self.store.user_by_id(user) {
             Ok(Some(u)) => u.name,
             _ => format!("#{user}"),
@@ -1756,9 +1799,9 @@ impl MailboxFs {
             uid: c.uid,
             op: op.to_owned(),
             path,
-            bytes,
-            sha256,
-            result,
+            bytes: d.bytes,
+            sha256: d.sha256,
+            result: d.result,
         });
     }
 
@@ -1826,6 +1869,13 @@ impl MailboxFs {
     pub fn root(&self) -> u64 {
         ROOT_INO
     }
+}
+
+/// What an audit record says beyond who, what and where.
+struct Detail {
+    bytes: Option<u64>,
+    sha256: Option<String>,
+    result: String,
 }
 
 fn join(dir: &str, name: &str) -> String {

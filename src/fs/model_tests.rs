@@ -35,18 +35,14 @@ enum Op {
     Unlink(usize),
 }
 
-const NAMES: [&str; 6] = [
-    "a.edi",
-    "b.xml",
-    "c.edi.filepart",
-    "d.part",
-    ".e",
-    "f.TMP",
-];
+const NAMES: [&str; 6] = ["a.edi", "b.xml", "c.edi.filepart", "d.part", ".e", "f.TMP"];
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (0..NAMES.len(), proptest::collection::vec(any::<u8>(), 0..300))
+        (
+            0..NAMES.len(),
+            proptest::collection::vec(any::<u8>(), 0..300)
+        )
             .prop_map(|(n, d)| Op::Upload(n, d)),
         (0..NAMES.len(), 0..NAMES.len()).prop_map(|(a, b)| Op::Rename(a, b)),
         (0..NAMES.len()).prop_map(Op::Unlink),
@@ -69,7 +65,9 @@ fn fixture_with_quota(quota: Option<u64>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::init(dir.path()).unwrap());
     let u = store.add_user("modeluser", UID, UID, quota).unwrap();
-    store.add_station(u.id, "ST", InboxLayout::PerMessage).unwrap();
+    store
+        .add_station(u.id, "ST", InboxLayout::PerMessage)
+        .unwrap();
     store.add_partner(u.id, "PA", false, None).unwrap();
     let mut config = Config::default();
     config.outbox.linger_secs = 3600.0;
@@ -183,10 +181,17 @@ fn apply(model: &mut Model, op: &Op) -> Result<(), i32> {
 fn run(f: &Fixture, op: &Op) -> Result<(), i32> {
     match op {
         Op::Upload(n, data) => f.upload(NAMES[*n], data),
-        Op::Rename(a, b) => f
-            .fs
-            .rename(&f.c, f.outbox, NAMES[*a], f.outbox, NAMES[*b], RenameMode::Replace)
-            .map_err(|e| e.0),
+        Op::Rename(a, b) => {
+            f.fs.rename(
+                &f.c,
+                f.outbox,
+                NAMES[*a],
+                f.outbox,
+                NAMES[*b],
+                RenameMode::Replace,
+            )
+            .map_err(|e| e.0)
+        }
         Op::Unlink(n) => f.fs.unlink(&f.c, f.outbox, NAMES[*n]).map_err(|e| e.0),
     }
 }
@@ -231,10 +236,21 @@ fn other_users_get_eacces_even_for_stat() {
         gid: UID + 1,
         pid: std::process::id(),
     };
-    assert_eq!(f.fs.getattr(&stranger, f.outbox).unwrap_err().0, libc::EACCES);
+    assert_eq!(
+        f.fs.getattr(&stranger, f.outbox).unwrap_err().0,
+        libc::EACCES
+    );
     let home = f.fs.lookup(&stranger, f.fs.root(), "modeluser").unwrap();
-    assert_eq!(f.fs.lookup(&stranger, home.ino, "as2gateway").unwrap_err().0, libc::EACCES);
-    assert_eq!(f.fs.opendir(&stranger, home.ino).unwrap_err().0, libc::EACCES);
+    assert_eq!(
+        f.fs.lookup(&stranger, home.ino, "as2gateway")
+            .unwrap_err()
+            .0,
+        libc::EACCES
+    );
+    assert_eq!(
+        f.fs.opendir(&stranger, home.ino).unwrap_err().0,
+        libc::EACCES
+    );
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! `as2box deliver` and by the AS2 daemon).
 
 use crate::names::{dedupe, sanitize_attachment_name, shorten};
-use crate::store::{BoxKind, BoxRef, InboxLayout, PickupFile, Store, StoreError};
+use crate::store::{BoxKind, BoxRef, InboxLayout, PickupFile, Placement, Store, StoreError};
 use crate::timefmt;
 
 /// A received file: an untrusted name and where its bytes are.
@@ -132,15 +132,14 @@ pub fn deliver(
         kind: BoxKind::Inbox,
     };
     let message_name = folder.clone().unwrap_or_else(|| names[0].clone());
-    let message_id = store.deliver(
-        station.user_id,
-        inbox,
-        &message_name,
-        folder.as_deref(),
-        &stored,
-        &entry_names,
-        station.inbox_layout == InboxLayout::Plain,
-    )?;
+    let placement = match &folder {
+        Some(f) => Placement::Folder(f),
+        None => Placement::Top {
+            replace: station.inbox_layout == InboxLayout::Plain,
+        },
+    };
+    let files: Vec<(String, PickupFile)> = entry_names.iter().cloned().zip(stored).collect();
+    let message_id = store.deliver(station.user_id, inbox, &message_name, placement, &files)?;
     let paths = entry_names
         .iter()
         .map(|n| match &folder {

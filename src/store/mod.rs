@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use rusqlite::Connection;
 
 pub use blobs::{fsync_dir, hex, sha256_hex, BlobGuard, BlobStore};
-pub use entries::{NewFile, PickupFile, SweepReport};
+pub use entries::{NewFile, PickupFile, Placement, RenamePickup, SweepReport};
 pub use model::*;
 
 /// Everything that can go wrong in the store.
@@ -412,10 +412,8 @@ mod tests {
                 user,
                 inbox,
                 "m",
-                Some("folder"),
-                &[file],
-                &["x".into()],
-                false,
+                Placement::Folder("folder"),
+                &[("x".into(), file)],
             )
             .unwrap();
         let now = crate::timefmt::now_ms();
