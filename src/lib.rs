@@ -7,6 +7,7 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod fs;
+pub mod keys;
 pub mod mailbox;
 pub mod names;
 pub mod store;

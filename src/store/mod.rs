@@ -87,6 +87,8 @@ CREATE TABLE IF NOT EXISTS stations (
     user_id INTEGER NOT NULL REFERENCES users(id),
     as2_id TEXT NOT NULL UNIQUE,
     inbox_layout TEXT NOT NULL,
+    key_path TEXT,
+    cert_path TEXT,
     created_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS partners (
@@ -95,6 +97,13 @@ CREATE TABLE IF NOT EXISTS partners (
     as2_id TEXT NOT NULL,
     test INTEGER NOT NULL,
     url TEXT,
+    cert_path TEXT,
+    trust_path TEXT,
+    sign TEXT NOT NULL DEFAULT 'sha256',
+    encrypt TEXT NOT NULL DEFAULT 'aes256-cbc',
+    compress TEXT NOT NULL DEFAULT 'none',
+    mdn TEXT NOT NULL DEFAULT 'sync',
+    mdn_signed INTEGER NOT NULL DEFAULT 1,
     created_ms INTEGER NOT NULL,
     UNIQUE (user_id, as2_id, test)
 );
