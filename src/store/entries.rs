@@ -190,6 +190,67 @@ fn name_taken(tx: &Transaction<'_>, b: BoxRef, parent: i64, name: &str) -> Resul
         .is_some())
 }
 
+/// A name for `base` in `failed/` that neither it nor its reason file collides with: `base`
+/// itself, or `<stamp>-<base>` when taken.
+fn free_failed_name(tx: &Transaction<'_>, failed: BoxRef, base: &str) -> Result<String> {
+    if name_taken(tx, failed, 0, base)? || name_taken(tx, failed, 0, &format!("{base}.reason.txt"))?
+    {
+        Ok(format!("{}-{}", crate::timefmt::stamp(now_ms()), base))
+    } else {
+        Ok(base.to_owned())
+    }
+}
+
+/// Places the files of message `message_id` in `failed/` (one file by its name, several in a
+/// folder named `name`), with `<name>.reason.txt` whose blob and size are `reason`.
+pub(super) fn place_failed(
+    tx: &Transaction<'_>,
+    user_id: i64,
+    failed: BoxRef,
+    name: &str,
+    files: &[super::MessageFile],
+    message_id: i64,
+    reason: (&str, u64),
+) -> Result<()> {
+    let single = files.len() == 1;
+    let base = if single { files[0].name.as_str() } else { name };
+    let top = free_failed_name(tx, failed, base)?;
+    let parent = if single {
+        0
+    } else {
+        insert_entry(
+            tx,
+            &NewRow {
+                message_id: Some(message_id),
+                ..NewRow::folder(user_id, failed, &top, EntryState::Stored)
+            },
+        )?
+    };
+    for f in files {
+        let file_name = if single {
+            top.as_str()
+        } else {
+            f.name.as_str()
+        };
+        insert_entry(
+            tx,
+            &NewRow {
+                message_id: Some(message_id),
+                ..NewRow::file(user_id, failed, parent, file_name, &f.sha256, f.size)
+            },
+        )?;
+    }
+    let reason_name = format!("{top}.reason.txt");
+    insert_entry(
+        tx,
+        &NewRow {
+            message_id: Some(message_id),
+            ..NewRow::file(user_id, failed, 0, &reason_name, reason.0, reason.1)
+        },
+    )?;
+    Ok(())
+}
+
 /// Creates the message row (with its first event) and its file rows.
 /// What kind of message record to create.
 #[derive(Clone, Copy)]
@@ -473,10 +534,7 @@ impl Store {
         self.write(|tx| {
             let failed = BoxRef { kind: BoxKind::Failed, ..top.boxref };
             let base = top.name.strip_suffix(crate::names::READY_SUFFIX).unwrap_or(&top.name);
-            let mut name = base.to_owned();
-            if name_taken(tx, failed, 0, &name)? || name_taken(tx, failed, 0, &format!("{name}.reason.txt"))? {
-                name = format!("{}-{}", crate::timefmt::stamp(now_ms()), base);
-            }
+            let name = free_failed_name(tx, failed, base)?;
             let list: Vec<PickupFile> = files.iter().map(|(_, f)| f.clone()).collect();
             let m = insert_message(tx, top.user_id, top.boxref, base, NewMessage::Failed(reason), &list)?;
             let now = now_ms();
@@ -581,14 +639,28 @@ impl Store {
         })
     }
 
+    /// One message.
+    pub fn message(&self, id: i64) -> Result<Option<Message>> {
+        Ok(self.messages_where(Some(id), None, 1)?.pop())
+    }
+
     /// Messages, newest first.
     pub fn messages(&self, user_id: Option<i64>, limit: usize) -> Result<Vec<Message>> {
+        self.messages_where(None, user_id, limit)
+    }
+
+    fn messages_where(
+        &self,
+        id: Option<i64>,
+        user_id: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<Message>> {
         self.read(|c| {
             let mut st = c.prepare(
                 "SELECT id, direction, user_name, station, partner, test, name, state, detail, created_ms, updated_ms
-                 FROM messages WHERE ?1 IS NULL OR user_id = ?1 ORDER BY id DESC LIMIT ?2",
+                 FROM messages WHERE (?1 IS NULL OR user_id = ?1) AND (?3 IS NULL OR id = ?3) ORDER BY id DESC LIMIT ?2",
             )?;
-            let rows = st.query_map(params![user_id, limit as i64], |r| {
+            let rows = st.query_map(params![user_id, limit as i64, id], |r| {
                 Ok(Message {
                     id: r.get(0)?,
                     direction: r.get(1)?,

@@ -10,6 +10,7 @@
 mod blobs;
 mod entries;
 mod model;
+mod outgoing;
 mod rows;
 
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use rusqlite::Connection;
 pub use blobs::{fsync_dir, hex, sha256_hex, BlobGuard, BlobStore};
 pub use entries::{NewFile, PickupFile, Placement, RenamePickup, SweepReport};
 pub use model::*;
+pub use outgoing::{Claimed, Event};
 
 /// Everything that can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -140,10 +142,17 @@ CREATE TABLE IF NOT EXISTS messages (
     name TEXT NOT NULL,
     state TEXT NOT NULL,
     detail TEXT,
+    as2_message_id TEXT,
+    mic TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms INTEGER,
+    request_headers TEXT,
+    mdn TEXT,
     created_ms INTEGER NOT NULL,
     updated_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_by_state ON messages (state);
+CREATE INDEX IF NOT EXISTS messages_by_as2_id ON messages (partner_id, as2_message_id);
 CREATE TABLE IF NOT EXISTS message_files (
     message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
     seq INTEGER NOT NULL,
