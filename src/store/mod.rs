@@ -67,7 +67,50 @@ impl StoreError {
 /// The result type of the store.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
+
+/// Steps from each older schema version to the next: `MIGRATIONS[v - 1]` takes a version `v`
+/// database to `v + 1`. A fresh database gets `SCHEMA` and the current version directly.
+const MIGRATIONS: &[&str] = &[
+    // 1 -> 2: AS2 settings of stations and partners; the sender's bookkeeping.
+    "ALTER TABLE stations ADD COLUMN key_path TEXT;
+     ALTER TABLE stations ADD COLUMN cert_path TEXT;
+     ALTER TABLE partners ADD COLUMN cert_path TEXT;
+     ALTER TABLE partners ADD COLUMN trust_path TEXT;
+     ALTER TABLE partners ADD COLUMN sign TEXT NOT NULL DEFAULT 'sha256';
+     ALTER TABLE partners ADD COLUMN encrypt TEXT NOT NULL DEFAULT 'aes256-cbc';
+     ALTER TABLE partners ADD COLUMN compress TEXT NOT NULL DEFAULT 'none';
+     ALTER TABLE partners ADD COLUMN mdn TEXT NOT NULL DEFAULT 'sync';
+     ALTER TABLE partners ADD COLUMN mdn_signed INTEGER NOT NULL DEFAULT 1;
+     ALTER TABLE messages ADD COLUMN as2_message_id TEXT;
+     ALTER TABLE messages ADD COLUMN mic TEXT;
+     ALTER TABLE messages ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE messages ADD COLUMN next_attempt_ms INTEGER;
+     ALTER TABLE messages ADD COLUMN request_headers TEXT;
+     ALTER TABLE messages ADD COLUMN mdn TEXT;
+     CREATE INDEX IF NOT EXISTS messages_by_as2_id ON messages (partner_id, as2_message_id);",
+];
+
+/// Brings the database to [`SCHEMA_VERSION`], each step in its own transaction.
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::TooNew(version, SCHEMA_VERSION));
+    }
+    if version == 0 {
+        let tx = conn.transaction()?;
+        tx.execute_batch(SCHEMA)?;
+        tx.execute_batch(&format!("PRAGMA user_version={SCHEMA_VERSION}"))?;
+        return Ok(tx.commit()?);
+    }
+    for v in version..SCHEMA_VERSION {
+        let tx = conn.transaction()?;
+        tx.execute_batch(MIGRATIONS[(v - 1) as usize])?;
+        tx.execute_batch(&format!("PRAGMA user_version={}", v + 1))?;
+        tx.commit()?;
+    }
+    Ok(())
+}
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS users (
@@ -225,33 +268,20 @@ impl Store {
             context: format!("create {}", state_dir.display()),
             source,
         })?;
-        let db_path = state_dir.join("as2box.db");
-        let conn = open_connection(&db_path)?;
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::TooNew(version, SCHEMA_VERSION));
-        }
-        conn.execute_batch(SCHEMA)?;
-        conn.execute_batch(&format!("PRAGMA user_version={SCHEMA_VERSION}"))?;
+        let mut conn = open_connection(&state_dir.join("as2box.db"))?;
+        migrate(&mut conn)?;
         drop(conn);
         Store::open(state_dir)
     }
 
-    /// Opens an initialized state folder.
+    /// Opens an initialized state folder (migrating an older schema).
     pub fn open(state_dir: &Path) -> Result<Store> {
         let db_path = state_dir.join("as2box.db");
         if !db_path.exists() {
             return Err(StoreError::NotInitialized(state_dir.to_owned()));
         }
-        let conn = open_connection(&db_path)?;
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::TooNew(version, SCHEMA_VERSION));
-        }
-        if version < SCHEMA_VERSION {
-            conn.execute_batch(SCHEMA)?;
-            conn.execute_batch(&format!("PRAGMA user_version={SCHEMA_VERSION}"))?;
-        }
+        let mut conn = open_connection(&db_path)?;
+        migrate(&mut conn)?;
         Ok(Store {
             db_path,
             pool: Mutex::new(vec![conn]),
@@ -315,6 +345,28 @@ mod tests {
             kind: BoxKind::Outbox,
         };
         (dir, store, u.id, outbox)
+    }
+
+    #[test]
+    fn a_version_1_database_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join("as2box.db")).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE users (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE, uid INTEGER NOT NULL, gid INTEGER NOT NULL, quota INTEGER, created_ms INTEGER NOT NULL);
+                 CREATE TABLE stations (id INTEGER PRIMARY KEY AUTOINCREMENT, user_id INTEGER NOT NULL, as2_id TEXT NOT NULL UNIQUE, inbox_layout TEXT NOT NULL, created_ms INTEGER NOT NULL);
+                 CREATE TABLE partners (id INTEGER PRIMARY KEY AUTOINCREMENT, user_id INTEGER NOT NULL, as2_id TEXT NOT NULL, test INTEGER NOT NULL, url TEXT, created_ms INTEGER NOT NULL, UNIQUE (user_id, as2_id, test));
+                 CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, direction TEXT NOT NULL, user_id INTEGER NOT NULL, station_id INTEGER NOT NULL, partner_id INTEGER NOT NULL, user_name TEXT NOT NULL, station TEXT NOT NULL, partner TEXT NOT NULL, test INTEGER NOT NULL, name TEXT NOT NULL, state TEXT NOT NULL, detail TEXT, created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL);
+                 INSERT INTO users VALUES (1, 'old', 5, 5, NULL, 0);
+                 INSERT INTO partners VALUES (1, 1, 'P', 0, NULL, 0);
+                 PRAGMA user_version=1;",
+            )
+            .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let p = store.partner(1, "P", false).unwrap().unwrap();
+        assert_eq!(p.profile, PartnerProfile::default());
+        assert!(store.claim_queued(0).unwrap().is_none());
     }
 
     #[test]
