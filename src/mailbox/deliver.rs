@@ -2,7 +2,9 @@
 //! `as2box deliver` and by the AS2 daemon).
 
 use crate::names::{dedupe, sanitize_attachment_name, shorten};
-use crate::store::{BoxKind, BoxRef, InboxLayout, PickupFile, Placement, Store, StoreError};
+use crate::store::{
+    BoxKind, BoxRef, InboundOrigin, InboxLayout, PickupFile, Placement, Store, StoreError,
+};
 use crate::timefmt;
 
 /// A received file: an untrusted name and where its bytes are.
@@ -86,6 +88,7 @@ pub fn deliver(
     partner_as2_id: &str,
     test: bool,
     files: Vec<IncomingFile>,
+    origin: Option<&InboundOrigin>,
 ) -> Result<Delivered, DeliverError> {
     if files.is_empty() {
         return Err(DeliverError::Empty);
@@ -139,7 +142,14 @@ pub fn deliver(
         },
     };
     let files: Vec<(String, PickupFile)> = entry_names.iter().cloned().zip(stored).collect();
-    let message_id = store.deliver(station.user_id, inbox, &message_name, placement, &files)?;
+    let message_id = store.deliver(
+        station.user_id,
+        inbox,
+        &message_name,
+        placement,
+        &files,
+        origin,
+    )?;
     let paths = entry_names
         .iter()
         .map(|n| match &folder {

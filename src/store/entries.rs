@@ -78,6 +78,15 @@ pub enum Placement<'a> {
     },
 }
 
+/// Where a received message came from (AS2), recorded with the delivery.
+#[derive(Debug, Clone)]
+pub struct InboundOrigin {
+    /// The sender's Message-ID (no brackets): duplicates are recognised by it.
+    pub as2_message_id: String,
+    /// The MIC we computed (`<base64>, <alg>`), for repeating the MDN.
+    pub mic: Option<String>,
+}
+
 /// A rename that picks the renamed entry up as a message.
 #[derive(Debug, Clone, Copy)]
 pub struct RenamePickup<'a> {
@@ -605,11 +614,19 @@ impl Store {
         message_name: &str,
         placement: Placement<'_>,
         files: &[(String, PickupFile)],
+        origin: Option<&InboundOrigin>,
     ) -> Result<i64> {
         let _guard = self.blobs().guard();
         self.write(|tx| {
             let list: Vec<PickupFile> = files.iter().map(|(_, f)| f.clone()).collect();
             let m = insert_message(tx, user_id, inbox, message_name, NewMessage::Received, &list)?;
+            if let Some(o) = origin {
+                // In the same transaction as the files: a resend after a crash finds it.
+                tx.execute(
+                    "UPDATE messages SET as2_message_id = ?2, mic = ?3 WHERE id = ?1",
+                    params![m, o.as2_message_id, o.mic],
+                )?;
+            }
             let parent = match placement {
                 Placement::Folder(name) => insert_entry(
                     tx,

@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use rusqlite::Connection;
 
 pub use blobs::{fsync_dir, hex, sha256_hex, BlobGuard, BlobStore};
-pub use entries::{NewFile, PickupFile, Placement, RenamePickup, SweepReport};
+pub use entries::{InboundOrigin, NewFile, PickupFile, Placement, RenamePickup, SweepReport};
 pub use model::*;
 pub use outgoing::{Claimed, Event};
 
