@@ -484,6 +484,7 @@ mod tests {
                 "m",
                 Placement::Folder("folder"),
                 &[("x".into(), file)],
+                None,
             )
             .unwrap();
         let now = crate::timefmt::now_ms();
