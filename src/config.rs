@@ -146,6 +146,14 @@ impl Default for ServeConfig {
             tls_cert: None,
             tls_key: None,
             public_url: None,
+            max_attempts: 10,
+            retry_base_secs: 30.0,
+            retry_max_secs: 3600.0,
+            async_mdn_timeout_secs: 7200.0,
+            send_timeout_secs: 120.0,
+            request_timeout_secs: 300.0,
+            max_body_bytes: 100 << 20,
+            max_connections: 256,
         }
     }
 }
@@ -205,6 +213,9 @@ impl Config {
             ),
             ("retention.files_hours", self.retention.files_hours),
             ("retention.messages_days", self.retention.messages_days),
+            ("serve.retry_base_secs", self.serve.retry_base_secs),
+            ("serve.retry_max_secs", self.serve.retry_max_secs),
+            ("serve.async_mdn_timeout_secs", self.serve.async_mdn_timeout_secs),
         ];
         for (key, value) in non_negative {
             if !(value.is_finite() && value >= 0.0) {
@@ -216,6 +227,17 @@ impl Config {
         }
         if self.outbox.max_files == 0 {
             return Err(invalid("outbox.max_files", "must be at least 1"));
+        }
+        for (key, value) in [
+            ("serve.send_timeout_secs", self.serve.send_timeout_secs),
+            ("serve.request_timeout_secs", self.serve.request_timeout_secs),
+        ] {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(invalid(key, "must be more than zero"));
+            }
+        }
+        if self.serve.max_attempts == 0 || self.serve.max_connections == 0 {
+            return Err(invalid("serve.max_attempts/max_connections", "must be at least 1"));
         }
         if self.mount.threads == 0 || self.mount.threads > 64 {
             return Err(invalid("mount.threads", "must be between 1 and 64"));
