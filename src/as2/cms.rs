@@ -424,6 +424,26 @@ pub fn inspect(der_bytes: &[u8]) -> Result<CmsKind> {
     })
 }
 
+/// The certificates a SignedData carries (for display and diagnosis only:
+/// verification never trusts them).
+pub fn embedded_certificates(der_bytes: &[u8]) -> Result<Vec<X509>> {
+    let (oid, inner) = der::content_info(der_bytes)?;
+    if oid != OID_SIGNED_DATA {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    if let Some(set) = der::children(inner.content)?.iter().find(|t| t.tag == 0xa0) {
+        for c in der::children(set.content)? {
+            if c.tag == 0x30 {
+                if let Ok(x) = X509::from_der(c.raw) {
+                    out.push(x);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Builds RFC 3274 CompressedData (zlib) around `data`.
 pub fn compress(data: &[u8]) -> Result<Vec<u8>> {
     use flate2::write::ZlibEncoder;

@@ -22,6 +22,8 @@ pub struct Tlv<'a> {
     pub content: &'a [u8],
     /// Whether the constructed bit is set.
     pub constructed: bool,
+    /// The whole element (identifier, length, content, end-of-contents).
+    pub raw: &'a [u8],
 }
 
 fn bad(msg: &str) -> As2Error {
@@ -71,7 +73,8 @@ fn read_tlv_depth(data: &[u8], depth: usize) -> Result<(Tlv<'_>, usize)> {
             }
             if rest[0] == 0 && rest[1] == 0 {
                 let content = data.get(start..pos).ok_or_else(|| bad("truncated"))?;
-                return Ok((Tlv { tag, tag_number, content, constructed }, pos + 2));
+                let raw = data.get(..pos + 2).ok_or_else(|| bad("truncated"))?;
+                return Ok((Tlv { tag, tag_number, content, constructed, raw }, pos + 2));
             }
             let (_, used) = read_tlv_depth(rest, depth + 1)?;
             pos += used;
@@ -94,7 +97,8 @@ fn read_tlv_depth(data: &[u8], depth: usize) -> Result<(Tlv<'_>, usize)> {
     };
     let end = pos.checked_add(len).ok_or_else(|| bad("length overflow"))?;
     let content = data.get(pos..end).ok_or_else(|| bad("truncated content"))?;
-    Ok((Tlv { tag, tag_number, content, constructed }, end))
+    let raw = data.get(..end).ok_or_else(|| bad("truncated content"))?;
+    Ok((Tlv { tag, tag_number, content, constructed, raw }, end))
 }
 
 /// The children of a constructed element.

@@ -7,8 +7,11 @@ pub mod algorithms;
 pub mod certs;
 pub mod cms;
 pub mod der;
+pub mod mdn;
 pub mod error;
 pub mod headers;
+pub mod message;
+pub mod mic;
 pub mod mime;
 
 pub use algorithms::{DigestAlgorithm, EncryptionAlgorithm};
