@@ -493,10 +493,14 @@ impl RequestInfo {
         let mdn = h.get("disposition-notification-to").map(|to| MdnRequest {
             notification_to: to.to_string(),
             async_url: h.get("receipt-delivery-option").map(str::to_string),
-            options: h
-                .get_joined("disposition-notification-options")
-                .map(|o| NotificationOptions::parse(&o))
-                .unwrap_or_default(),
+            // Duplicated fields are separate attribute lists: join with ';'.
+            options: NotificationOptions::parse(
+                &h.0.iter()
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("disposition-notification-options"))
+                    .map(|(_, v)| v.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
         });
         Ok(Self {
             message_id,

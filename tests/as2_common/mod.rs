@@ -72,3 +72,40 @@ pub fn openssl_cli() -> Option<PathBuf> {
         skip_or_fail("the openssl command is missing")
     }
 }
+
+use as2box::as2::certs::KeyPair;
+use openssl::asn1::Asn1Time;
+use openssl::bn::BigNum;
+use openssl::hash::MessageDigest;
+use openssl::pkey::PKey;
+use openssl::rsa::Rsa;
+use openssl::x509::{X509Builder, X509NameBuilder};
+
+/// A fresh self-signed RSA-2048 key pair valid from 2020 to 2040.
+pub fn make_keypair(cn: &str) -> KeyPair {
+    let rsa = Rsa::generate(2048).unwrap();
+    let key = PKey::from_rsa(rsa).unwrap();
+    let mut name = X509NameBuilder::new().unwrap();
+    name.append_entry_by_text("CN", cn).unwrap();
+    let name = name.build();
+    let mut b = X509Builder::new().unwrap();
+    b.set_version(2).unwrap();
+    let serial = BigNum::from_u32(0x1234).unwrap().to_asn1_integer().unwrap();
+    b.set_serial_number(&serial).unwrap();
+    b.set_subject_name(&name).unwrap();
+    b.set_issuer_name(&name).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&Asn1Time::from_unix(1_577_836_800).unwrap()).unwrap();
+    b.set_not_after(&Asn1Time::from_unix(2_208_988_800).unwrap()).unwrap();
+    b.sign(&key, MessageDigest::sha256()).unwrap();
+    KeyPair { key, cert: b.build(), chain: Vec::new() }
+}
+
+/// Two key pairs shared by a test binary: (ours, partner's).
+pub fn test_keys() -> &'static (KeyPair, KeyPair) {
+    static K: std::sync::OnceLock<(KeyPair, KeyPair)> = std::sync::OnceLock::new();
+    K.get_or_init(|| (make_keypair("as2box test station"), make_keypair("as2box test partner")))
+}
+
+/// 2026-11-28, a fixed "now" for tests.
+pub const NOW: i64 = 1_795_824_000;
