@@ -13,6 +13,7 @@ mod audit;
 mod messages;
 mod mount;
 mod partner;
+mod serve;
 mod station;
 mod user;
 
@@ -82,6 +83,8 @@ enum Command {
     Messages(messages::MessagesCommand),
     /// Mount the mailbox filesystem (runs in the foreground until unmounted).
     Mount(mount::MountArgs),
+    /// Run the AS2 daemon: send queued messages, receive into inboxes, MDNs, retries.
+    Serve(serve::ServeArgs),
     /// Deliver files into an inbox as one received message.
     Deliver(admin::DeliverArgs),
     /// Remove expired mailbox files and message records now.
@@ -121,6 +124,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Partner(c) => partner::run(g, c),
         Command::Messages(c) => messages::run(g, c),
         Command::Mount(a) => mount::run(g, a),
+        Command::Serve(a) => serve::run(g, a),
         Command::Deliver(a) => admin::deliver(g, a),
         Command::Gc(a) => admin::gc(g, a),
         Command::Audit(a) => audit::run(g, a),

@@ -79,13 +79,17 @@ pub type Handler = Arc<dyn Fn(Req) -> Pin<Box<dyn Future<Output = Resp> + Send>>
 fn to_headers(map: &hyper::HeaderMap) -> Headers {
     let mut h = Headers::new();
     for (name, value) in map {
-        h.push(name.as_str(), String::from_utf8_lossy(value.as_bytes()).into_owned());
+        h.push(
+            name.as_str(),
+            String::from_utf8_lossy(value.as_bytes()).into_owned(),
+        );
     }
     h
 }
 
 fn build_response(r: Resp) -> Response<Full<Bytes>> {
-    let mut b = Response::builder().status(StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
+    let mut b = Response::builder()
+        .status(StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
     for (k, v) in &r.headers {
         b = b.header(k.as_str(), v.as_str());
     }
@@ -100,18 +104,46 @@ async fn handle(
     limits: Limits,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
-    if let Some(len) = parts.headers.get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
+    if let Some(len) = parts
+        .headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
         if len > limits.max_body as u64 {
-            return Ok(build_response(Resp::text(413, format!("request body of {len} bytes is larger than the limit of {} bytes\n", limits.max_body))));
+            return Ok(build_response(Resp::text(
+                413,
+                format!(
+                    "request body of {len} bytes is larger than the limit of {} bytes\n",
+                    limits.max_body
+                ),
+            )));
         }
     }
-    let collected = tokio::time::timeout(limits.body_timeout, Limited::new(body, limits.max_body).collect()).await;
+    let collected = tokio::time::timeout(
+        limits.body_timeout,
+        Limited::new(body, limits.max_body).collect(),
+    )
+    .await;
     let body = match collected {
-        Err(_) => return Ok(build_response(Resp::text(408, "the request body did not arrive in time\n"))),
+        Err(_) => {
+            return Ok(build_response(Resp::text(
+                408,
+                "the request body did not arrive in time\n",
+            )))
+        }
         Ok(Err(e)) => {
-            let too_big = e.downcast_ref::<http_body_util::LengthLimitError>().is_some();
+            let too_big = e
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some();
             return Ok(build_response(if too_big {
-                Resp::text(413, format!("request body larger than the limit of {} bytes\n", limits.max_body))
+                Resp::text(
+                    413,
+                    format!(
+                        "request body larger than the limit of {} bytes\n",
+                        limits.max_body
+                    ),
+                )
             } else {
                 Resp::text(400, format!("cannot read the request body: {e}\n"))
             }));
@@ -158,20 +190,27 @@ pub async fn serve(
         let (handler, tls) = (handler.clone(), tls.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            let service = hyper::service::service_fn(move |req| handle(req, peer, handler.clone(), limits));
+            let service =
+                hyper::service::service_fn(move |req| handle(req, peer, handler.clone(), limits));
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
                 .max_buf_size(limits.max_header_bytes.max(8192));
             let result = match tls {
-                None => builder.serve_connection(TokioIo::new(stream), service).await,
+                None => {
+                    builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await
+                }
                 Some(acceptor) => {
                     let stream = match tls_accept(&acceptor, stream, limits.header_timeout).await {
                         Ok(s) => s,
                         Err(e) => return debug!(%peer, error = %e, "TLS handshake failed"),
                     };
-                    builder.serve_connection(TokioIo::new(stream), service).await
+                    builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await
                 }
             };
             if let Err(e) = result {
@@ -181,7 +220,11 @@ pub async fn serve(
     }
 }
 
-async fn tls_accept(acceptor: &SslAcceptor, stream: TcpStream, timeout: Duration) -> std::io::Result<SslStream<TcpStream>> {
+async fn tls_accept(
+    acceptor: &SslAcceptor,
+    stream: TcpStream,
+    timeout: Duration,
+) -> std::io::Result<SslStream<TcpStream>> {
     let ssl = Ssl::new(acceptor.context()).map_err(std::io::Error::other)?;
     let mut s = SslStream::new(ssl, stream).map_err(std::io::Error::other)?;
     tokio::time::timeout(timeout, Pin::new(&mut s).accept())
@@ -209,22 +252,50 @@ pub struct TransportError(pub String);
 
 /// POSTs `body` with `headers` to `url` (http or https), verifying the server's certificate
 /// against the system's CAs plus `trust` for https, within `timeout`.
-pub async fn post(url: &str, headers: &Headers, body: Vec<u8>, trust: Option<&X509>, timeout: Duration) -> Result<ClientResponse, TransportError> {
+pub async fn post(
+    url: &str,
+    headers: &Headers,
+    body: Vec<u8>,
+    trust: Option<&X509>,
+    timeout: Duration,
+) -> Result<ClientResponse, TransportError> {
     tokio::time::timeout(timeout, post_inner(url, headers, body, trust))
         .await
-        .map_err(|_| TransportError(format!("no answer from {url} within {} s", timeout.as_secs())))?
+        .map_err(|_| {
+            TransportError(format!(
+                "no answer from {url} within {} s",
+                timeout.as_secs()
+            ))
+        })?
 }
 
-async fn post_inner(url: &str, headers: &Headers, body: Vec<u8>, trust: Option<&X509>) -> Result<ClientResponse, TransportError> {
-    let uri: hyper::Uri = url.parse().map_err(|e| TransportError(format!("bad partner URL {url:?}: {e}")))?;
+async fn post_inner(
+    url: &str,
+    headers: &Headers,
+    body: Vec<u8>,
+    trust: Option<&X509>,
+) -> Result<ClientResponse, TransportError> {
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|e| TransportError(format!("bad partner URL {url:?}: {e}")))?;
     let https = match uri.scheme_str() {
         Some("https") => true,
         Some("http") => false,
-        _ => return Err(TransportError(format!("partner URL {url:?} must start with http:// or https://"))),
+        _ => {
+            return Err(TransportError(format!(
+                "partner URL {url:?} must start with http:// or https://"
+            )))
+        }
     };
-    let host = uri.host().ok_or_else(|| TransportError(format!("partner URL {url:?} has no host")))?.to_owned();
+    let host = uri
+        .host()
+        .ok_or_else(|| TransportError(format!("partner URL {url:?} has no host")))?
+        .to_owned();
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let path = uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
+    let path = uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
     let host_header = match uri.port_u16() {
         Some(p) => format!("{host}:{p}"),
         None => host.clone(),
@@ -233,24 +304,40 @@ async fn post_inner(url: &str, headers: &Headers, body: Vec<u8>, trust: Option<&
         .await
         .map_err(|e| TransportError(format!("cannot connect to {host}:{port}: {e}")))?;
     let _ = tcp.set_nodelay(true);
-    let mut req = Request::builder().method("POST").uri(path).header("Host", host_header);
+    let mut req = Request::builder()
+        .method("POST")
+        .uri(path)
+        .header("Host", host_header);
     for (k, v) in headers.iter() {
         if k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("host") {
             continue;
         }
         req = req.header(k, v);
     }
-    let req = req.body(Full::new(Bytes::from(body))).map_err(|e| TransportError(format!("cannot build the request: {e}")))?;
+    let req = req
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| TransportError(format!("cannot build the request: {e}")))?;
     let resp = if https {
-        let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(|e| TransportError(e.to_string()))?;
+        let mut b = SslConnector::builder(SslMethod::tls_client())
+            .map_err(|e| TransportError(e.to_string()))?;
         b.set_verify(SslVerifyMode::PEER);
         if let Some(ca) = trust {
-            b.cert_store_mut().add_cert(ca.clone()).map_err(|e| TransportError(e.to_string()))?;
+            b.cert_store_mut()
+                .add_cert(ca.clone())
+                .map_err(|e| TransportError(e.to_string()))?;
         }
-        let config = b.build().configure().map_err(|e| TransportError(e.to_string()))?;
-        let ssl = config.into_ssl(host.trim_matches(['[', ']'])).map_err(|e| TransportError(e.to_string()))?;
+        let config = b
+            .build()
+            .configure()
+            .map_err(|e| TransportError(e.to_string()))?;
+        let ssl = config
+            .into_ssl(host.trim_matches(['[', ']']))
+            .map_err(|e| TransportError(e.to_string()))?;
         let mut s = SslStream::new(ssl, tcp).map_err(|e| TransportError(e.to_string()))?;
-        Pin::new(&mut s).connect().await.map_err(|e| TransportError(format!("TLS with {host}:{port} failed: {e}")))?;
+        Pin::new(&mut s)
+            .connect()
+            .await
+            .map_err(|e| TransportError(format!("TLS with {host}:{port} failed: {e}")))?;
         send(TokioIo::new(s), req).await?
     } else {
         send(TokioIo::new(tcp), req).await?
@@ -263,10 +350,17 @@ async fn post_inner(url: &str, headers: &Headers, body: Vec<u8>, trust: Option<&
         .map_err(|e| TransportError(format!("reading the answer failed: {e}")))?
         .to_bytes()
         .to_vec();
-    Ok(ClientResponse { status, headers, body })
+    Ok(ClientResponse {
+        status,
+        headers,
+        body,
+    })
 }
 
-async fn send<T>(io: TokioIo<T>, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, TransportError>
+async fn send<T>(
+    io: TokioIo<T>,
+    req: Request<Full<Bytes>>,
+) -> Result<Response<Incoming>, TransportError>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -276,5 +370,8 @@ where
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    sender.send_request(req).await.map_err(|e| TransportError(format!("the request failed: {e}")))
+    sender
+        .send_request(req)
+        .await
+        .map_err(|e| TransportError(format!("the request failed: {e}")))
 }

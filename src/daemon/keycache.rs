@@ -29,8 +29,15 @@ pub struct KeyCache {
 }
 
 impl KeyCache {
-    fn get(&self, key: (PathBuf, Option<PathBuf>), load: impl FnOnce() -> Result<Loaded, String>) -> Result<Loaded, String> {
-        let stamps: Vec<Option<SystemTime>> = std::iter::once(&key.0).chain(key.1.iter()).map(|p| mtime(p)).collect();
+    fn get(
+        &self,
+        key: (PathBuf, Option<PathBuf>),
+        load: impl FnOnce() -> Result<Loaded, String>,
+    ) -> Result<Loaded, String> {
+        let stamps: Vec<Option<SystemTime>> = std::iter::once(&key.0)
+            .chain(key.1.iter())
+            .map(|p| mtime(p))
+            .collect();
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((at, loaded)) = entries.get(&key) {
             if *at == stamps {
@@ -63,7 +70,10 @@ impl KeyCache {
     /// The partner's certificate(s), or why there are none.
     pub fn partner_certs(&self, p: &Partner) -> Result<Arc<Vec<X509>>, String> {
         let Some(path) = &p.profile.cert_path else {
-            return Err(format!("partner {} has no certificate: run `as2box partner set --user ... {} --cert FILE`", p.as2_id, p.as2_id));
+            return Err(format!(
+                "partner {} has no certificate: run `as2box partner set --user ... {} --cert FILE`",
+                p.as2_id, p.as2_id
+            ));
         };
         self.certs(path)
     }

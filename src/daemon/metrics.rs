@@ -44,31 +44,77 @@ impl Metrics {
     pub fn render(&self, states: &[(String, String, u64)]) -> String {
         let mut s = String::new();
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let _ = writeln!(s, "# HELP as2box_messages Messages in the store by direction and state.");
+        let _ = writeln!(
+            s,
+            "# HELP as2box_messages Messages in the store by direction and state."
+        );
         let _ = writeln!(s, "# TYPE as2box_messages gauge");
         for (dir, state, n) in states {
-            let _ = writeln!(s, "as2box_messages{{direction=\"{dir}\",state=\"{state}\"}} {n}");
+            let _ = writeln!(
+                s,
+                "as2box_messages{{direction=\"{dir}\",state=\"{state}\"}} {n}"
+            );
         }
         let counters = [
-            ("as2box_received_total{outcome=\"delivered\"}", get(&self.received_ok)),
-            ("as2box_received_total{outcome=\"failed\"}", get(&self.received_failed)),
-            ("as2box_received_total{outcome=\"duplicate\"}", get(&self.received_duplicate)),
-            ("as2box_sent_total{outcome=\"delivered\"}", get(&self.sent_delivered)),
-            ("as2box_sent_total{outcome=\"retried\"}", get(&self.sent_retried)),
-            ("as2box_sent_total{outcome=\"failed\"}", get(&self.sent_failed)),
-            ("as2box_mdn_received_total{outcome=\"positive\"}", get(&self.mdn_positive)),
-            ("as2box_mdn_received_total{outcome=\"negative\"}", get(&self.mdn_negative)),
+            (
+                "as2box_received_total{outcome=\"delivered\"}",
+                get(&self.received_ok),
+            ),
+            (
+                "as2box_received_total{outcome=\"failed\"}",
+                get(&self.received_failed),
+            ),
+            (
+                "as2box_received_total{outcome=\"duplicate\"}",
+                get(&self.received_duplicate),
+            ),
+            (
+                "as2box_sent_total{outcome=\"delivered\"}",
+                get(&self.sent_delivered),
+            ),
+            (
+                "as2box_sent_total{outcome=\"retried\"}",
+                get(&self.sent_retried),
+            ),
+            (
+                "as2box_sent_total{outcome=\"failed\"}",
+                get(&self.sent_failed),
+            ),
+            (
+                "as2box_mdn_received_total{outcome=\"positive\"}",
+                get(&self.mdn_positive),
+            ),
+            (
+                "as2box_mdn_received_total{outcome=\"negative\"}",
+                get(&self.mdn_negative),
+            ),
             ("as2box_bytes_total{direction=\"in\"}", get(&self.bytes_in)),
-            ("as2box_bytes_total{direction=\"out\"}", get(&self.bytes_out)),
-            ("as2box_connections_refused_total", get(&self.connections_refused)),
-            ("as2box_pickup_to_post_ms_sum", get(&self.pickup_to_post_ms_sum)),
-            ("as2box_pickup_to_post_ms_count", get(&self.pickup_to_post_count)),
+            (
+                "as2box_bytes_total{direction=\"out\"}",
+                get(&self.bytes_out),
+            ),
+            (
+                "as2box_connections_refused_total",
+                get(&self.connections_refused),
+            ),
+            (
+                "as2box_pickup_to_post_ms_sum",
+                get(&self.pickup_to_post_ms_sum),
+            ),
+            (
+                "as2box_pickup_to_post_ms_count",
+                get(&self.pickup_to_post_count),
+            ),
         ];
         let mut last = "";
         for (name, v) in counters {
             let base = name.split('{').next().unwrap_or(name);
             if base != last {
-                let kind = if base.ends_with("_sum") || base.ends_with("_count") { "untyped" } else { "counter" };
+                let kind = if base.ends_with("_sum") || base.ends_with("_count") {
+                    "untyped"
+                } else {
+                    "counter"
+                };
                 let _ = writeln!(s, "# TYPE {base} {kind}");
                 last = base;
             }

@@ -98,7 +98,10 @@ async fn route(ctx: Arc<Ctx>, req: http::Req) -> http::Resp {
         ("POST", "/as2/test") => receive::message(ctx, req, true).await,
         ("POST", "/as2/mdn") => receive::async_mdn(ctx, req).await,
         (_, "/as2" | "/as2/test" | "/as2/mdn") => http::Resp::text(405, "use POST\n"),
-        _ => http::Resp::text(404, "not found: AS2 messages go to /as2 (test partners: /as2/test)\n"),
+        _ => http::Resp::text(
+            404,
+            "not found: AS2 messages go to /as2 (test partners: /as2/test)\n",
+        ),
     }
 }
 
@@ -107,28 +110,36 @@ fn tls_acceptor(config: &Config) -> Result<Option<Arc<openssl::ssl::SslAcceptor>
         return Ok(None);
     }
     let (Some(cert), Some(key)) = (&config.serve.tls_cert, &config.serve.tls_key) else {
-        return Err(DaemonError::Tls("serve.https_listen needs serve.tls_cert and serve.tls_key".into()));
+        return Err(DaemonError::Tls(
+            "serve.https_listen needs serve.tls_cert and serve.tls_key".into(),
+        ));
     };
-    let mut b = openssl::ssl::SslAcceptor::mozilla_intermediate_v5(openssl::ssl::SslMethod::tls_server())
-        .map_err(|e| DaemonError::Tls(e.to_string()))?;
+    let mut b =
+        openssl::ssl::SslAcceptor::mozilla_intermediate_v5(openssl::ssl::SslMethod::tls_server())
+            .map_err(|e| DaemonError::Tls(e.to_string()))?;
     b.set_certificate_chain_file(cert)
         .map_err(|e| DaemonError::Tls(format!("{}: {e}", cert.display())))?;
     b.set_private_key_file(key, openssl::ssl::SslFiletype::PEM)
         .map_err(|e| DaemonError::Tls(format!("{}: {e}", key.display())))?;
-    b.check_private_key().map_err(|e| DaemonError::Tls(format!("key does not match certificate: {e}")))?;
+    b.check_private_key()
+        .map_err(|e| DaemonError::Tls(format!("key does not match certificate: {e}")))?;
     Ok(Some(Arc::new(b.build())))
 }
 
 async fn bind(addr: &str) -> Result<TcpListener, DaemonError> {
-    TcpListener::bind(addr).await.map_err(|source| DaemonError::Listen {
-        addr: addr.to_owned(),
-        source,
-    })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| DaemonError::Listen {
+            addr: addr.to_owned(),
+            source,
+        })
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
 pub fn serve(store: Arc<Store>, config: Config) -> Result<(), DaemonError> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(run(store, config))
 }
 
@@ -140,7 +151,10 @@ async fn run(store: Arc<Store>, config: Config) -> Result<(), DaemonError> {
             .map_err(|e| DaemonError::Runtime(std::io::Error::other(e)))??
     };
     if requeued > 0 {
-        info!(messages = requeued, "requeued messages whose sending was interrupted by a stop");
+        info!(
+            messages = requeued,
+            "requeued messages whose sending was interrupted by a stop"
+        );
     }
     let tls = tls_acceptor(&config)?;
     let http_listener = bind(&config.serve.http_listen).await?;
@@ -159,10 +173,24 @@ async fn run(store: Arc<Store>, config: Config) -> Result<(), DaemonError> {
     let lim = limits(&ctx.config);
     let mut tasks = Vec::new();
     info!(addr = %ctx.config.serve.http_listen, "listening (HTTP)");
-    tasks.push(tokio::spawn(http::serve(http_listener, None, handler(ctx.clone()), lim, refused.clone(), stop_rx.clone())));
+    tasks.push(tokio::spawn(http::serve(
+        http_listener,
+        None,
+        handler(ctx.clone()),
+        lim,
+        refused.clone(),
+        stop_rx.clone(),
+    )));
     if let (Some(l), Some(acceptor)) = (https_listener, tls) {
         info!(addr = ?ctx.config.serve.https_listen, "listening (HTTPS)");
-        tasks.push(tokio::spawn(http::serve(l, Some(acceptor), handler(ctx.clone()), lim, refused.clone(), stop_rx.clone())));
+        tasks.push(tokio::spawn(http::serve(
+            l,
+            Some(acceptor),
+            handler(ctx.clone()),
+            lim,
+            refused.clone(),
+            stop_rx.clone(),
+        )));
     }
     tasks.push(tokio::spawn(send::run(ctx.clone(), stop_rx.clone())));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -172,7 +200,10 @@ async fn run(store: Arc<Store>, config: Config) -> Result<(), DaemonError> {
     }
     let _ = stop_tx.send(true);
     for t in tasks {
-        if tokio::time::timeout(Duration::from_secs(10), t).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), t)
+            .await
+            .is_err()
+        {
             warn!("a task did not stop within 10 s");
         }
     }

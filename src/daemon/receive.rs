@@ -11,7 +11,7 @@ use super::http::{Req, Resp};
 use super::metrics::inc;
 use super::Ctx;
 use crate::as2::certs::ValidityPolicy;
-use crate::as2::mdn::{build_mdn, parse_mdn, Disposition, MdnParams, MicCheck};
+use crate::as2::mdn::{build_mdn, parse_mdn, Disposition, MdnParams};
 use crate::as2::message::{parse_body, ReceiveContext, RequestInfo};
 use crate::as2::mic::Mic;
 use crate::as2::Headers;
@@ -49,7 +49,8 @@ fn looks_like_mdn(req: &Req) -> bool {
 }
 
 fn memfind(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 /// Handles a POST to `/as2` (`test` false) or `/as2/test`.
@@ -71,13 +72,25 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
         let station = store
             .station(&to)
             .map_err(|e| (500, format!("store error: {e}")))?
-            .ok_or_else(|| (404, format!("unknown AS2-To {to:?}: no such station on this gateway")))?;
+            .ok_or_else(|| {
+                (
+                    404,
+                    format!("unknown AS2-To {to:?}: no such station on this gateway"),
+                )
+            })?;
         let partner = store
             .partner(station.user_id, &from, test)
             .map_err(|e| (500, format!("store error: {e}")))?
             .ok_or_else(|| {
-                let kind = if test { "test partner (posted to /as2/test)" } else { "partner (posted to /as2)" };
-                (403, format!("AS2-From {from:?} is not a {kind} of station {to:?}"))
+                let kind = if test {
+                    "test partner (posted to /as2/test)"
+                } else {
+                    "partner (posted to /as2)"
+                };
+                (
+                    403,
+                    format!("AS2-From {from:?} is not a {kind} of station {to:?}"),
+                )
             })?;
         Ok((station, partner))
     })
@@ -99,7 +112,17 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
         inc(&ctx.metrics.received_duplicate);
         info!(message = id, message_id = %info.message_id, "duplicate: answering the MDN again, not delivering twice");
         let mic = mic.and_then(|m| Mic::parse(&m).ok());
-        return answer(&ctx, &info, &station, key.as_deref().ok(), Disposition::Processed, mic.as_ref(), "The message was received before and has been delivered.", None).await;
+        return answer(
+            &ctx,
+            &info,
+            &station,
+            key.as_deref().ok(),
+            Disposition::Processed,
+            mic.as_ref(),
+            "The message was received before and has been delivered.",
+            None,
+        )
+        .await;
     }
 
     let body = req.body.clone();
@@ -118,7 +141,17 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
             inc(&ctx.metrics.received_failed);
             warn!(station = %station.as2_id, partner = %partner.as2_id, message_id = %info.message_id, error = %e, "refused: answering a negative MDN");
             let text = format!("The message could not be processed: {e}");
-            return answer(&ctx, &info, &station, key.as_deref().ok(), Disposition::from_error(&e), None, &text, None).await;
+            return answer(
+                &ctx,
+                &info,
+                &station,
+                key.as_deref().ok(),
+                Disposition::from_error(&e),
+                None,
+                &text,
+                None,
+            )
+            .await;
         }
     };
     let bytes: u64 = msg.attachments.iter().map(|a| a.data.len() as u64).sum();
@@ -127,7 +160,10 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
         .iter()
         .enumerate()
         .map(|(i, a)| IncomingFile::Bytes {
-            name: a.filename.clone().unwrap_or_else(|| format!("attachment-{}", i + 1)),
+            name: a
+                .filename
+                .clone()
+                .unwrap_or_else(|| format!("attachment-{}", i + 1)),
             data: a.data.clone(),
         })
         .collect();
@@ -135,20 +171,49 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
         as2_message_id: info.message_id.clone(),
         mic: Some(msg.mic.to_header_value()),
     };
-    let (store, st, pa) = (ctx.store.clone(), station.as2_id.clone(), partner.as2_id.clone());
-    let delivered = blocking(move || mailbox::deliver(&store, &st, &pa, test, files, Some(&origin))).await;
+    let (store, st, pa) = (
+        ctx.store.clone(),
+        station.as2_id.clone(),
+        partner.as2_id.clone(),
+    );
+    let delivered =
+        blocking(move || mailbox::deliver(&store, &st, &pa, test, files, Some(&origin))).await;
     match delivered {
         Ok(d) => {
             inc(&ctx.metrics.received_ok);
-            ctx.metrics.bytes_in.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+            ctx.metrics
+                .bytes_in
+                .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
             info!(station = %station.as2_id, partner = %partner.as2_id, message = d.message_id, message_id = %info.message_id, files = d.paths.len(), bytes, mic = %msg.mic.to_header_value(), "received and delivered");
-            answer(&ctx, &info, &station, key.as_deref().ok(), Disposition::Processed, Some(&msg.mic), "The message was received and stored.", Some(d.message_id)).await
+            answer(
+                &ctx,
+                &info,
+                &station,
+                key.as_deref().ok(),
+                Disposition::Processed,
+                Some(&msg.mic),
+                "The message was received and stored.",
+                Some(d.message_id),
+            )
+            .await
         }
         Err(e) => {
             inc(&ctx.metrics.received_failed);
             warn!(message_id = %info.message_id, error = %e, "could not store a received message");
-            let d = Disposition::Error(crate::as2::error::DispositionModifier::UnexpectedProcessingError);
-            answer(&ctx, &info, &station, key.as_deref().ok(), d, None, "The message could not be stored; please resend it later.", None).await
+            let d = Disposition::Error(
+                crate::as2::error::DispositionModifier::UnexpectedProcessingError,
+            );
+            answer(
+                &ctx,
+                &info,
+                &station,
+                key.as_deref().ok(),
+                d,
+                None,
+                "The message could not be stored; please resend it later.",
+                None,
+            )
+            .await
         }
     }
 }
@@ -177,7 +242,13 @@ async fn answer(
     if wants_signed && signer.is_none() {
         warn!(station = %station.as2_id, "a signed MDN was requested but the station has no key pair; answering unsigned");
     }
-    let domain = ctx.config.serve.public_url.as_deref().and_then(host_of).unwrap_or_else(|| "as2box.local".into());
+    let domain = ctx
+        .config
+        .serve
+        .public_url
+        .as_deref()
+        .and_then(host_of)
+        .unwrap_or_else(|| "as2box.local".into());
     let params = MdnParams {
         request: info,
         disposition,
@@ -198,7 +269,11 @@ async fn answer(
         }
     };
     if let Some(id) = record_for {
-        let text = format!("{}\n{}", String::from_utf8_lossy(&mdn.headers.to_bytes()), String::from_utf8_lossy(&mdn.body));
+        let text = format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&mdn.headers.to_bytes()),
+            String::from_utf8_lossy(&mdn.body)
+        );
         let store = ctx.store.clone();
         let _ = blocking(move || store.set_inbound_mdn(id, &text)).await;
     }
@@ -210,14 +285,20 @@ async fn answer(
         }
         None => Resp {
             status: 200,
-            headers: mdn.headers.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
+            headers: mdn
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
             body: mdn.body,
         },
     }
 }
 
 fn host_of(url: &str) -> Option<String> {
-    url.parse::<hyper::Uri>().ok().and_then(|u| u.host().map(str::to_owned))
+    url.parse::<hyper::Uri>()
+        .ok()
+        .and_then(|u| u.host().map(str::to_owned))
 }
 
 async fn post_async_mdn(ctx: Arc<Ctx>, url: String, headers: Headers, body: Vec<u8>) {
@@ -259,18 +340,40 @@ pub async fn async_mdn(ctx: Arc<Ctx>, req: Req) -> Resp {
     .await;
     let ((id, _, state, mics), partner) = match found {
         Ok((Some(f), Some(p))) => (f, p),
-        Ok(_) => return Resp::text(404, format!("no message {:?} was sent from here\n", unverified.original_message_id)),
+        Ok(_) => {
+            return Resp::text(
+                404,
+                format!(
+                    "no message {:?} was sent from here\n",
+                    unverified.original_message_id
+                ),
+            )
+        }
         Err(e) => return Resp::text(500, format!("store error: {e}\n")),
     };
     if state != "awaiting-mdn" {
-        return Resp::text(200, format!("MDN for message {id} already handled (state {state})\n"));
+        return Resp::text(
+            200,
+            format!("MDN for message {id} already handled (state {state})\n"),
+        );
     }
     let certs = ctx.keys.partner_certs(&partner).unwrap_or_default();
     let require_signed = partner.profile.mdn_signed;
-    let checked = blocking(move || parse_mdn(&headers, &body, &certs, ValidityPolicy::at(now_unix()), require_signed)).await;
+    let checked = blocking(move || {
+        parse_mdn(
+            &headers,
+            &body,
+            &certs,
+            ValidityPolicy::at(now_unix()),
+            require_signed,
+        )
+    })
+    .await;
     let outcome = match checked {
         Ok(mdn) => super::send::judge_mdn(&mdn, &expected_mics(mics.as_deref())),
-        Err(e) => super::retry::Attempt::Final(format!("the receipt (MDN) could not be verified: {e}")),
+        Err(e) => {
+            super::retry::Attempt::Final(format!("the receipt (MDN) could not be verified: {e}"))
+        }
     };
     let mdn_text = String::from_utf8_lossy(&req.body).into_owned();
     super::send::record_outcome(&ctx, id, 0, outcome, Some(mdn_text)).await;
@@ -284,9 +387,4 @@ pub fn expected_mics(stored: Option<&str>) -> Vec<Mic> {
         .lines()
         .filter_map(|l| Mic::parse(l).ok())
         .collect()
-}
-
-/// Whether an MDN says the MIC matched (used by the sender too).
-pub fn mic_ok(check: MicCheck) -> bool {
-    matches!(check, MicCheck::Match | MicCheck::NotReturned)
 }

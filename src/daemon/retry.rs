@@ -41,9 +41,15 @@ impl Backoff {
 pub fn classify_status(status: u16) -> Option<Attempt> {
     match status {
         200..=299 => None,
-        408 | 429 => Some(Attempt::Transient(format!("the partner answered HTTP {status}"))),
-        500..=599 => Some(Attempt::Transient(format!("the partner answered HTTP {status}"))),
-        _ => Some(Attempt::Final(format!("the partner refused the message with HTTP {status}"))),
+        408 | 429 => Some(Attempt::Transient(format!(
+            "the partner answered HTTP {status}"
+        ))),
+        500..=599 => Some(Attempt::Transient(format!(
+            "the partner answered HTTP {status}"
+        ))),
+        _ => Some(Attempt::Final(format!(
+            "the partner refused the message with HTTP {status}"
+        ))),
     }
 }
 
@@ -58,7 +64,9 @@ mod tests {
             ceiling: Duration::from_secs(60),
             max_attempts: 5,
         };
-        let d: Vec<_> = (1..=5).map(|a| b.next_delay(a).map(|d| d.as_secs())).collect();
+        let d: Vec<_> = (1..=5)
+            .map(|a| b.next_delay(a).map(|d| d.as_secs()))
+            .collect();
         assert_eq!(d, [Some(10), Some(20), Some(40), Some(60), None]);
     }
 

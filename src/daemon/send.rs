@@ -16,7 +16,9 @@ use crate::as2::certs::ValidityPolicy;
 use crate::as2::mdn::{parse_mdn, ReceivedMdn};
 use crate::as2::message::{build_message, Attachment, CompressionOrder, MdnMode, SendProfile};
 use crate::as2::mic::Mic;
-use crate::store::{Claimed, CompressOption, EncryptOption, MdnOption, Partner, SignOption, Station};
+use crate::store::{
+    Claimed, CompressOption, EncryptOption, MdnOption, Partner, SignOption, Station,
+};
 use crate::timefmt::now_ms;
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -59,7 +61,9 @@ async fn expire_async_mdns(ctx: &Arc<Ctx>) {
     let secs = ctx.config.serve.async_mdn_timeout_secs;
     let store = ctx.store.clone();
     let cutoff = now_ms() - (secs * 1000.0) as i64;
-    let Ok(ids) = blocking(move || store.awaiting_mdn_before(cutoff)).await else { return };
+    let Ok(ids) = blocking(move || store.awaiting_mdn_before(cutoff)).await else {
+        return;
+    };
     for id in ids {
         let reason = format!("No receipt (MDN) arrived from the partner within {secs} seconds; the partner may not have received the message: check with them before resending.");
         record_outcome(ctx, id, 0, Attempt::Final(reason), None).await;
@@ -79,7 +83,7 @@ fn digest(s: SignOption) -> Option<DigestAlgorithm> {
 fn cipher(e: EncryptOption) -> Option<EncryptionAlgorithm> {
     match e {
         EncryptOption::None => None,
-        EncryptOption::TripleDes => Some(EncryptionAlgorithm::TripleDesCbc),
+        EncryptOption::TripleDes => Some(EncryptionAlgorithm::TripleDes),
         EncryptOption::Aes128Cbc => Some(EncryptionAlgorithm::Aes128Cbc),
         EncryptOption::Aes192Cbc => Some(EncryptionAlgorithm::Aes192Cbc),
         EncryptOption::Aes256Cbc => Some(EncryptionAlgorithm::Aes256Cbc),
@@ -88,17 +92,10 @@ fn cipher(e: EncryptOption) -> Option<EncryptionAlgorithm> {
     }
 }
 
-/// A MIME type for a file name, so that partners' translators see what they expect.
-fn content_type(name: &str) -> &'static str {
-    let lower = name.to_ascii_lowercase();
-    match lower.rsplit('.').next() {
-        Some("xml") => "application/xml",
-        Some("edi" | "x12") => "application/edi-x12",
-        Some("edifact" | "edf") => "application/edifact",
-        Some("txt" | "csv") => "text/plain",
-        _ => "application/octet-stream",
-    }
-}
+/// Every file goes as `application/octet-stream` with binary transfer encoding: the AS2
+/// core never rewrites such content (text types would be CRLF-canonicalized), so partners
+/// receive exactly the bytes the user uploaded.
+const CONTENT_TYPE: &str = "application/octet-stream";
 
 /// Builds the AS2 profile of a partner.
 fn profile(ctx: &Ctx, station: &Station, partner: &Partner) -> Result<SendProfile, String> {
@@ -125,7 +122,14 @@ fn profile(ctx: &Ctx, station: &Station, partner: &Partner) -> Result<SendProfil
     if p.mdn != MdnOption::None && p.mdn_signed {
         profile.signed_mdn_micalgs = vec![profile.sign.unwrap_or(DigestAlgorithm::Sha256)];
     }
-    if let Some(host) = ctx.config.serve.public_url.as_deref().and_then(|u| u.parse::<hyper::Uri>().ok()).and_then(|u| u.host().map(str::to_owned)) {
+    if let Some(host) = ctx
+        .config
+        .serve
+        .public_url
+        .as_deref()
+        .and_then(|u| u.parse::<hyper::Uri>().ok())
+        .and_then(|u| u.host().map(str::to_owned))
+    {
         profile.message_id_domain = host;
     }
     Ok(profile)
@@ -172,11 +176,24 @@ async fn attempt(ctx: &Arc<Ctx>, c: Claimed) -> (Attempt, Option<String>) {
     .await;
     let (station, partner) = match loaded {
         Ok((Some(s), Some(p))) => (s, p),
-        Ok(_) => return (Attempt::Final("The station or partner was removed before the message could be sent.".into()), None),
+        Ok(_) => {
+            return (
+                Attempt::Final(
+                    "The station or partner was removed before the message could be sent.".into(),
+                ),
+                None,
+            )
+        }
         Err(e) => return (Attempt::Transient(format!("store error: {e}")), None),
     };
     let Some(url) = partner.url.clone() else {
-        return (Attempt::Final(format!("The partner {} has no URL to send to: set one with `as2box partner set --url`.", partner.as2_id)), None);
+        return (
+            Attempt::Final(format!(
+                "The partner {} has no URL to send to: set one with `as2box partner set --url`.",
+                partner.as2_id
+            )),
+            None,
+        );
     };
     let profile = match profile(ctx, &station, &partner) {
         Ok(p) => p,
@@ -185,7 +202,9 @@ async fn attempt(ctx: &Arc<Ctx>, c: Claimed) -> (Attempt, Option<String>) {
     let signer = if profile.sign.is_some() || !profile.signed_mdn_micalgs.is_empty() {
         match ctx.keys.station_key(&station) {
             Ok(k) => Some(k),
-            Err(e) if profile.sign.is_some() => return (Attempt::Final(format!("Not sent: {e}.")), None),
+            Err(e) if profile.sign.is_some() => {
+                return (Attempt::Final(format!("Not sent: {e}.")), None)
+            }
             Err(_) => None,
         }
     } else {
@@ -194,7 +213,9 @@ async fn attempt(ctx: &Arc<Ctx>, c: Claimed) -> (Attempt, Option<String>) {
     let certs = if profile.encrypt.is_some() || partner.profile.mdn_signed {
         match ctx.keys.partner_certs(&partner) {
             Ok(c) => c,
-            Err(e) if profile.encrypt.is_some() => return (Attempt::Final(format!("Not sent: {e}.")), None),
+            Err(e) if profile.encrypt.is_some() => {
+                return (Attempt::Final(format!("Not sent: {e}.")), None)
+            }
             Err(_) => Arc::new(Vec::new()),
         }
     } else {
@@ -208,28 +229,70 @@ async fn attempt(ctx: &Arc<Ctx>, c: Claimed) -> (Attempt, Option<String>) {
             .map(|f| {
                 let mut data = Vec::with_capacity(f.size as usize);
                 use std::io::Read;
-                store.blobs().open_blob(&f.sha256)?.read_to_end(&mut data).map_err(|e| crate::store::StoreError::Io { context: format!("read blob {}", f.sha256), source: e })?;
-                Ok(Attachment { filename: Some(f.name.clone()), content_type: content_type(&f.name).into(), data })
+                store
+                    .blobs()
+                    .open_blob(&f.sha256)?
+                    .read_to_end(&mut data)
+                    .map_err(|e| crate::store::StoreError::Io {
+                        context: format!("read blob {}", f.sha256),
+                        source: e,
+                    })?;
+                Ok(Attachment {
+                    filename: Some(f.name.clone()),
+                    content_type: CONTENT_TYPE.into(),
+                    data,
+                })
             })
             .collect::<Result<Vec<_>, crate::store::StoreError>>()
     })
     .await;
     let attachments = match attachments {
         Ok(a) => a,
-        Err(e) => return (Attempt::Final(format!("The message's files could not be read: {e}.")), None),
+        Err(e) => {
+            return (
+                Attempt::Final(format!("The message's files could not be read: {e}.")),
+                None,
+            )
+        }
     };
     let bytes: u64 = attachments.iter().map(|a| a.data.len() as u64).sum();
-    let (p2, s2, r2, mid) = (profile.clone(), signer.clone(), certs.first().cloned(), c.as2_message_id.clone());
-    let built = blocking(move || build_message(&attachments, &p2, s2.as_deref(), r2.as_ref(), now_ms() / 1000, mid.as_deref())).await;
+    let (p2, s2, r2, mid) = (
+        profile.clone(),
+        signer.clone(),
+        certs.first().cloned(),
+        c.as2_message_id.clone(),
+    );
+    let built = blocking(move || {
+        build_message(
+            &attachments,
+            &p2,
+            s2.as_deref(),
+            r2.as_ref(),
+            now_ms() / 1000,
+            mid.as_deref(),
+        )
+    })
+    .await;
     let msg = match built {
         Ok(m) => m,
-        Err(e) => return (Attempt::Final(format!("The message could not be built: {e}.")), None),
+        Err(e) => {
+            return (
+                Attempt::Final(format!("The message could not be built: {e}.")),
+                None,
+            )
+        }
     };
-    let mics: Vec<String> = msg.acceptable_mics().iter().map(|m| m.to_header_value()).collect();
+    let mics: Vec<String> = msg
+        .acceptable_mics()
+        .iter()
+        .map(|m| m.to_header_value())
+        .collect();
     let headers_text = String::from_utf8_lossy(&msg.headers.to_bytes()).into_owned();
     let (store, mid) = (ctx.store.clone(), msg.message_id.clone());
     let mics_text = mics.join("\n");
-    if let Err(e) = blocking(move || store.message_prepared(c.id, &mid, Some(&mics_text), &headers_text)).await {
+    if let Err(e) =
+        blocking(move || store.message_prepared(c.id, &mid, Some(&mics_text), &headers_text)).await
+    {
         return (Attempt::Transient(format!("store error: {e}")), None);
     }
     let trust = match &partner.profile.trust_path {
@@ -239,14 +302,17 @@ async fn attempt(ctx: &Arc<Ctx>, c: Claimed) -> (Attempt, Option<String>) {
     let timeout = Duration::from_secs_f64(ctx.config.serve.send_timeout_secs);
     info!(message = c.id, attempt = c.attempts, %url, message_id = %msg.message_id, bytes, "sending");
     let expected = msg.acceptable_mics();
-    let resp = match super::http::post(&url, &msg.headers, msg.body, trust.as_ref(), timeout).await {
+    let resp = match super::http::post(&url, &msg.headers, msg.body, trust.as_ref(), timeout).await
+    {
         Ok(r) => r,
         Err(e) => return (Attempt::Transient(e.0), None),
     };
     if let Some(a) = classify_status(resp.status) {
         return (a, None);
     }
-    ctx.metrics.bytes_out.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    ctx.metrics
+        .bytes_out
+        .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
     match partner.profile.mdn {
         MdnOption::None => (Attempt::Delivered, None),
         MdnOption::Async => {
@@ -256,19 +322,43 @@ async fn attempt(ctx: &Arc<Ctx>, c: Claimed) -> (Attempt, Option<String>) {
             (Attempt::Transient(String::new()), None)
         }
         MdnOption::Sync => {
-            let mdn_text = format!("{}\n{}", String::from_utf8_lossy(&resp.headers.to_bytes()), String::from_utf8_lossy(&resp.body));
+            let mdn_text = format!(
+                "{}\n{}",
+                String::from_utf8_lossy(&resp.headers.to_bytes()),
+                String::from_utf8_lossy(&resp.body)
+            );
             let require_signed = partner.profile.mdn_signed;
-            let parsed = blocking(move || parse_mdn(&resp.headers, &resp.body, &certs, ValidityPolicy::at(now_ms() / 1000), require_signed)).await;
+            let parsed = blocking(move || {
+                parse_mdn(
+                    &resp.headers,
+                    &resp.body,
+                    &certs,
+                    ValidityPolicy::at(now_ms() / 1000),
+                    require_signed,
+                )
+            })
+            .await;
             match parsed {
                 Ok(mdn) => (judge_mdn(&mdn, &expected), Some(mdn_text)),
-                Err(e) => (Attempt::Final(format!("The partner's receipt (MDN) could not be verified: {e}.")), Some(mdn_text)),
+                Err(e) => (
+                    Attempt::Final(format!(
+                        "The partner's receipt (MDN) could not be verified: {e}."
+                    )),
+                    Some(mdn_text),
+                ),
             }
         }
     }
 }
 
 /// Records what an attempt came to. `attempts` 0 means "from an async MDN or a timeout".
-pub async fn record_outcome(ctx: &Arc<Ctx>, id: i64, attempts: u32, outcome: Attempt, mdn: Option<String>) {
+pub async fn record_outcome(
+    ctx: &Arc<Ctx>,
+    id: i64,
+    attempts: u32,
+    outcome: Attempt,
+    mdn: Option<String>,
+) {
     let store = ctx.store.clone();
     let backoff = Backoff {
         base: Duration::from_secs_f64(ctx.config.serve.retry_base_secs),
