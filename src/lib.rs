@@ -4,3 +4,8 @@
 
 pub mod as2;
 pub mod config;
+
+/// Command-line commands (the lead wires the rest in `src/cli/mod.rs`).
+pub mod cli {
+    pub mod decode;
+}
