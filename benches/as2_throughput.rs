@@ -28,17 +28,27 @@ fn keypair(cn: &str) -> KeyPair {
     b.set_subject_name(&n).unwrap();
     b.set_issuer_name(&n).unwrap();
     b.set_pubkey(&key).unwrap();
-    b.set_not_before(&Asn1Time::from_unix(1_577_836_800).unwrap()).unwrap();
-    b.set_not_after(&Asn1Time::from_unix(2_208_988_800).unwrap()).unwrap();
+    b.set_not_before(&Asn1Time::from_unix(1_577_836_800).unwrap())
+        .unwrap();
+    b.set_not_after(&Asn1Time::from_unix(2_208_988_800).unwrap())
+        .unwrap();
     b.sign(&key, MessageDigest::sha256()).unwrap();
-    KeyPair { key, cert: b.build(), chain: vec![] }
+    KeyPair {
+        key,
+        cert: b.build(),
+        chain: vec![],
+    }
 }
 
 fn mib_s(size: usize, secs: f64) -> String {
     if secs <= 0.0 {
         return "-".into();
     }
-    format!("{:8.1} MiB/s ({:7.1} ms)", size as f64 / 1048576.0 / secs, secs * 1000.0)
+    format!(
+        "{:8.1} MiB/s ({:7.1} ms)",
+        size as f64 / 1048576.0 / secs,
+        secs * 1000.0
+    )
 }
 
 fn main() {
@@ -60,15 +70,22 @@ fn main() {
     let b_pem = w("b.pem", &pem(&b));
     let a_crt = w("a.crt", &a.cert.to_pem().unwrap());
     let b_crt = w("b.crt", &b.cert.to_pem().unwrap());
-    let python: Option<PathBuf> = std::env::var_os("AS2BOX_PYTHON").map(PathBuf::from).or_else(|| {
-        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-interop/bin/python");
-        p.exists().then_some(p)
-    });
+    let python: Option<PathBuf> = std::env::var_os("AS2BOX_PYTHON")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-interop/bin/python");
+            p.exists().then_some(p)
+        });
 
     println!("build+parse, signed sha256 + AES-256-CBC, binary payload, 2 cores");
-    println!("{:>7} | {:>28} | {:>28} | {:>28}", "size", "as2box (in-process)", "openssl cms CLI (4 runs)", "pyas2lib (in-process)");
+    println!(
+        "{:>7} | {:>28} | {:>28} | {:>28}",
+        "size", "as2box (in-process)", "openssl cms CLI (4 runs)", "pyas2lib (in-process)"
+    );
     for size in [1usize << 20, 10 << 20] {
-        let data: Vec<u8> = (0..size).map(|i| (i.wrapping_mul(2654435761) >> 7) as u8).collect();
+        let data: Vec<u8> = (0..size)
+            .map(|i| (i.wrapping_mul(2654435761) >> 7) as u8)
+            .collect();
         let iters = if size <= 1 << 20 { 10 } else { 3 };
 
         // as2box: build (canonical entity, sign, encrypt) + parse (decrypt, verify, split, MIC).
@@ -78,7 +95,11 @@ fn main() {
         let keys = [b.clone()];
         let certs = [a.cert.clone()];
         let ctx = ReceiveContext::new(&keys, &certs, ValidityPolicy::at(NOW));
-        let att = [Attachment { filename: Some("f.bin".into()), content_type: "application/octet-stream".into(), data: data.clone() }];
+        let att = [Attachment {
+            filename: Some("f.bin".into()),
+            content_type: "application/octet-stream".into(),
+            data: data.clone(),
+        }];
         let t = Instant::now();
         for _ in 0..iters {
             let m = build_message(&att, &p, Some(&a), Some(&b.cert), NOW, None).unwrap();
@@ -90,7 +111,11 @@ fn main() {
         // openssl cms: sign, encrypt, decrypt, verify (same crypto, 4 processes).
         let input = w("in.bin", &data);
         let run = |args: &[&str]| {
-            let ok = Command::new("openssl").args(args).output().map(|o| o.status.success()).unwrap_or(false);
+            let ok = Command::new("openssl")
+                .args(args)
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
             assert!(ok, "openssl {args:?}");
         };
         let sig = dir.path().join("sig.der").display().to_string();
@@ -99,10 +124,35 @@ fn main() {
         let cli = if Command::new("openssl").arg("version").output().is_ok() {
             let t = Instant::now();
             for _ in 0..iters {
-                run(&["cms", "-sign", "-binary", "-md", "sha256", "-in", &input, "-signer", &a_pem, "-outform", "DER", "-out", &sig]);
-                run(&["cms", "-encrypt", "-binary", "-aes256", "-in", &input, "-outform", "DER", "-out", &env, &b_crt]);
-                run(&["cms", "-decrypt", "-binary", "-inform", "DER", "-in", &env, "-inkey", &b_pem, "-out", &dec]);
-                run(&["cms", "-verify", "-binary", "-inform", "DER", "-in", &sig, "-content", &dec, "-CAfile", &a_crt, "-purpose", "any", "-out", "/dev/null"]);
+                run(&[
+                    "cms", "-sign", "-binary", "-md", "sha256", "-in", &input, "-signer", &a_pem,
+                    "-outform", "DER", "-out", &sig,
+                ]);
+                run(&[
+                    "cms", "-encrypt", "-binary", "-aes256", "-in", &input, "-outform", "DER",
+                    "-out", &env, &b_crt,
+                ]);
+                run(&[
+                    "cms", "-decrypt", "-binary", "-inform", "DER", "-in", &env, "-inkey", &b_pem,
+                    "-out", &dec,
+                ]);
+                run(&[
+                    "cms",
+                    "-verify",
+                    "-binary",
+                    "-inform",
+                    "DER",
+                    "-in",
+                    &sig,
+                    "-content",
+                    &dec,
+                    "-CAfile",
+                    &a_crt,
+                    "-purpose",
+                    "any",
+                    "-out",
+                    "/dev/null",
+                ]);
             }
             t.elapsed().as_secs_f64() / iters as f64
         } else {
@@ -110,20 +160,32 @@ fn main() {
         };
 
         let py = python.as_ref().and_then(|py| {
-            let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/bench_pyas2lib.py");
-            let out = Command::new(py).arg(script).args([&a_pem, &b_pem, &size.to_string(), &iters.to_string()]).output().ok()?;
+            let script =
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/bench_pyas2lib.py");
+            let out = Command::new(py)
+                .arg(script)
+                .args([&a_pem, &b_pem, &size.to_string(), &iters.to_string()])
+                .output()
+                .ok()?;
             if !out.status.success() {
-                eprintln!("pyas2lib bench failed: {}", String::from_utf8_lossy(&out.stderr));
+                eprintln!(
+                    "pyas2lib bench failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
                 return None;
             }
-            String::from_utf8_lossy(&out.stdout).trim().parse::<f64>().ok()
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse::<f64>()
+                .ok()
         });
         println!(
             "{:>4} MiB | {:>28} | {:>28} | {:>28}",
             size >> 20,
             mib_s(size, ours),
             mib_s(size, cli),
-            py.map(|s| mib_s(size, s)).unwrap_or_else(|| "n/a (no .venv-interop)".into())
+            py.map(|s| mib_s(size, s))
+                .unwrap_or_else(|| "n/a (no .venv-interop)".into())
         );
     }
 }

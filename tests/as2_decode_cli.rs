@@ -27,14 +27,24 @@ fn p(dir: &std::path::Path, f: &str) -> String {
 
 #[test]
 fn decodes_mendelson_message_and_extracts() {
-    let Some(dir) = as2_common::vectors_dir() else { return };
+    let Some(dir) = as2_common::vectors_dir() else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let out_dir = tmp.path().join("out");
     let (ok, v, _) = decode(&[
         &p(&dir, "mecas2_compressed_signed_encrypted.as2"),
-        "--key", &p(&dir, "cert_test.p12"), "--key-pass", "test",
-        "--cert", &p(&dir, "cert_mecas2_public.pem"),
-        "--at", "1641304626", "--json", "--extract", out_dir.to_str().unwrap(),
+        "--key",
+        &p(&dir, "cert_test.p12"),
+        "--key-pass",
+        "test",
+        "--cert",
+        &p(&dir, "cert_mecas2_public.pem"),
+        "--at",
+        "1641304626",
+        "--json",
+        "--extract",
+        out_dir.to_str().unwrap(),
     ]);
     assert!(ok, "{v}");
     assert_eq!(v["kind"], "message");
@@ -49,38 +59,70 @@ fn decodes_mendelson_message_and_extracts() {
     let payload = as2_common::vector(&dir, "payload.txt");
     let extracted = std::fs::read(out_dir.join("payload.txt")).unwrap();
     assert_eq!(v["attachments"][0]["size"], extracted.len());
-    assert_eq!(v["attachments"][0]["sha256"], as2_common::sha256_hex(&extracted));
-    let norm = |b: &[u8]| b.iter().copied().filter(|&c| c != b'\r').collect::<Vec<u8>>();
+    assert_eq!(
+        v["attachments"][0]["sha256"],
+        as2_common::sha256_hex(&extracted)
+    );
+    let norm = |b: &[u8]| {
+        b.iter()
+            .copied()
+            .filter(|&c| c != b'\r')
+            .collect::<Vec<u8>>()
+    };
     assert_eq!(norm(&extracted), norm(&payload));
     // Extract never overwrites.
     let (ok, _, _) = decode(&[
         &p(&dir, "mecas2_compressed_signed_encrypted.as2"),
-        "--key", &p(&dir, "cert_test.p12"), "--key-pass", "test", "--cert", &p(&dir, "cert_mecas2_public.pem"),
-        "--at", "1641304626", "--extract", out_dir.to_str().unwrap(),
+        "--key",
+        &p(&dir, "cert_test.p12"),
+        "--key-pass",
+        "test",
+        "--cert",
+        &p(&dir, "cert_mecas2_public.pem"),
+        "--at",
+        "1641304626",
+        "--extract",
+        out_dir.to_str().unwrap(),
     ]);
     assert!(!ok);
 }
 
 #[test]
 fn pem_key_and_text_output() {
-    let Some(dir) = as2_common::vectors_dir() else { return };
+    let Some(dir) = as2_common::vectors_dir() else {
+        return;
+    };
     let (ok, _, text) = decode(&[
         &p(&dir, "mecas2_encrypted.as2"),
-        "--key", &p(&dir, "cert_test.pem"), "--key-pass", "test",
-        "--cert", &p(&dir, "cert_mecas2_public.pem"),
+        "--key",
+        &p(&dir, "cert_test.pem"),
+        "--key-pass",
+        "test",
+        "--cert",
+        &p(&dir, "cert_mecas2_public.pem"),
     ]);
     assert!(ok, "{text}");
     assert!(text.contains("cipher: des-ede3-cbc"), "{text}");
-    assert!(text.contains("filename: payload.txt") || text.contains("size: "), "{text}");
+    assert!(
+        text.contains("filename: payload.txt") || text.contains("size: "),
+        "{text}"
+    );
 }
 
 #[test]
 fn wrong_certificate_reports_authentication_failed() {
-    let Some(dir) = as2_common::vectors_dir() else { return };
+    let Some(dir) = as2_common::vectors_dir() else {
+        return;
+    };
     let (ok, v, _) = decode(&[
         &p(&dir, "mecas2_signed.as2"),
-        "--key", &p(&dir, "cert_test.p12"), "--key-pass", "test",
-        "--cert", &p(&dir, "cert_test_public.pem"), "--json",
+        "--key",
+        &p(&dir, "cert_test.p12"),
+        "--key-pass",
+        "test",
+        "--cert",
+        &p(&dir, "cert_test_public.pem"),
+        "--json",
     ]);
     assert!(!ok);
     assert_eq!(v["ok"], false);
@@ -90,7 +132,9 @@ fn wrong_certificate_reports_authentication_failed() {
 
 #[test]
 fn decodes_mdns() {
-    let Some(dir) = as2_common::vectors_dir() else { return };
+    let Some(dir) = as2_common::vectors_dir() else {
+        return;
+    };
     let (ok, v, _) = decode(&[&p(&dir, "mecas2_unsigned.mdn"), "--json"]);
     assert!(ok, "{v}");
     assert_eq!(v["kind"], "mdn");
@@ -98,7 +142,12 @@ fn decodes_mdns() {
     assert_eq!(v["signed"], false);
 
     // Sterling's certificate expired in 2020: refused unless accepted explicitly.
-    let args = [p(&dir, "sb2bi_signed.mdn"), "--cert".into(), p(&dir, "cert_sb2bi_public.pem"), "--json".into()];
+    let args = [
+        p(&dir, "sb2bi_signed.mdn"),
+        "--cert".into(),
+        p(&dir, "cert_sb2bi_public.pem"),
+        "--json".into(),
+    ];
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     let (ok, v, _) = decode(&a);
     assert!(!ok);
@@ -110,6 +159,9 @@ fn decodes_mdns() {
     assert_eq!(v["disposition"], "processed");
     assert_eq!(v["signature"]["verified"], true);
     assert_eq!(v["signature"]["certificate_valid"], false);
-    assert_eq!(v["original_message_id"], "151694007918.24690.7052273208458909245@ip-172-31-14-209.ec2.internal");
+    assert_eq!(
+        v["original_message_id"],
+        "151694007918.24690.7052273208458909245@ip-172-31-14-209.ec2.internal"
+    );
     assert!(v["mic"]["value"].is_string());
 }

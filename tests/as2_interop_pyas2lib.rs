@@ -40,12 +40,16 @@ fn text_payload() -> Vec<u8> {
 }
 
 fn binary_payload() -> Vec<u8> {
-    (0..7000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect()
+    (0..7000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect()
 }
 
 #[test]
 fn we_send_pyas2lib_receives_every_combination() {
-    let Some(py) = as2_common::python() else { return };
+    let Some(py) = as2_common::python() else {
+        return;
+    };
     let (ours, theirs) = test_keys();
     let mut peer = Peer::start(&py, theirs, &ours.cert);
     let url = format!("http://127.0.0.1:{}/as2", peer.port);
@@ -65,7 +69,11 @@ fn we_send_pyas2lib_receives_every_combination() {
     let mut n = 0;
     for (i, digest) in DIGESTS.iter().enumerate() {
         for (j, cipher) in CIPHERS.iter().enumerate() {
-            for compress in [None, Some(CompressionOrder::BeforeSigning), Some(CompressionOrder::AfterSigning)] {
+            for compress in [
+                None,
+                Some(CompressionOrder::BeforeSigning),
+                Some(CompressionOrder::AfterSigning),
+            ] {
                 if compress == Some(CompressionOrder::AfterSigning) && digest.is_none() {
                     continue; // same as BeforeSigning without a signature
                 }
@@ -82,41 +90,87 @@ fn we_send_pyas2lib_receives_every_combination() {
                     p.sign = *digest;
                     p.encrypt = *cipher;
                     p.compress = compress;
-                    p.signed_mdn_micalgs = if signed_mdn { vec![DigestAlgorithm::Sha256] } else { vec![] };
-                    p.mdn = if asynchronous { MdnMode::Async(async_url.clone()) } else { MdnMode::Sync };
-                    let att = Attachment { filename: Some(format!("file{n}.dat")), content_type: ct.into(), data: data.clone() };
-                    let m = build_message(&[att], &p, Some(ours), Some(&theirs.cert), NOW, None).unwrap();
+                    p.signed_mdn_micalgs = if signed_mdn {
+                        vec![DigestAlgorithm::Sha256]
+                    } else {
+                        vec![]
+                    };
+                    p.mdn = if asynchronous {
+                        MdnMode::Async(async_url.clone())
+                    } else {
+                        MdnMode::Sync
+                    };
+                    let att = Attachment {
+                        filename: Some(format!("file{n}.dat")),
+                        content_type: ct.into(),
+                        data: data.clone(),
+                    };
+                    let m = build_message(&[att], &p, Some(ours), Some(&theirs.cert), NOW, None)
+                        .unwrap();
                     let label = format!("{digest:?} {cipher:?} {compress:?} signed_mdn={signed_mdn} async={asynchronous} binary={binary}");
                     let resp = http_post(&url, &m.headers, &m.body);
                     assert_eq!(resp.status(), 200, "{label}");
                     let mdn_msg = if asynchronous {
-                        assert!(resp.body.is_empty(), "{label}: async MDN must not come in the response");
-                        rx.recv_timeout(Duration::from_secs(120)).expect("async MDN")
+                        assert!(
+                            resp.body.is_empty(),
+                            "{label}: async MDN must not come in the response"
+                        );
+                        rx.recv_timeout(Duration::from_secs(120))
+                            .expect("async MDN")
                     } else {
                         resp
                     };
-                    let mdn = parse_mdn(&mdn_msg.headers, &mdn_msg.body, &[theirs.cert.clone()], ValidityPolicy::at(NOW), signed_mdn)
-                        .unwrap_or_else(|e| panic!("{label}: {e}"));
+                    let mdn = parse_mdn(
+                        &mdn_msg.headers,
+                        &mdn_msg.body,
+                        std::slice::from_ref(&theirs.cert),
+                        ValidityPolicy::at(NOW),
+                        signed_mdn,
+                    )
+                    .unwrap_or_else(|e| panic!("{label}: {e}"));
                     assert_eq!(mdn.signed, signed_mdn, "{label}");
                     assert_eq!(mdn.original_message_id, m.message_id, "{label}");
-                    assert_eq!(mdn.disposition, Disposition::Processed, "{label}: {}", mdn.text);
+                    assert_eq!(
+                        mdn.disposition,
+                        Disposition::Processed,
+                        "{label}: {}",
+                        mdn.text
+                    );
                     // pyas2lib returns a MIC for signed messages only.
-                    let want = if digest.is_some() { MicCheck::Match } else { MicCheck::NotReturned };
+                    let want = if digest.is_some() {
+                        MicCheck::Match
+                    } else {
+                        MicCheck::NotReturned
+                    };
                     assert_eq!(mdn.check_mic(&m.acceptable_mics()), want, "{label}");
 
                     let mid = m.message_id.clone();
-                    let ev = peer.wait_event(|v| v["event"] == "received" && v["message_id"] == mid.as_str());
+                    let ev = peer.wait_event(|v| {
+                        v["event"] == "received" && v["message_id"] == mid.as_str()
+                    });
                     assert_eq!(ev["status"], "processed", "{label}: {ev}");
                     assert_eq!(ev["signed"], digest.is_some(), "{label}");
                     assert_eq!(ev["encrypted"], cipher.is_some(), "{label}");
                     assert_eq!(ev["compressed"], compress.is_some(), "{label}");
                     if let Some(d) = digest {
-                        assert_eq!(ev["mic"], m.mic.as_ref().unwrap().digest_b64.as_str(), "{label}");
+                        assert_eq!(
+                            ev["mic"],
+                            m.mic.as_ref().unwrap().digest_b64.as_str(),
+                            "{label}"
+                        );
                         assert_eq!(ev["digest_alg"], d.compact_name(), "{label}");
                     }
-                    let sent = if binary { data.clone() } else { canonicalize_crlf(&data) };
+                    let sent = if binary {
+                        data.clone()
+                    } else {
+                        canonicalize_crlf(&data)
+                    };
                     assert_eq!(ev["payloads"][0]["sha256"], sha256_hex(&sent), "{label}");
-                    assert_eq!(ev["payloads"][0]["filename"], format!("file{n}.dat"), "{label}");
+                    assert_eq!(
+                        ev["payloads"][0]["filename"],
+                        format!("file{n}.dat"),
+                        "{label}"
+                    );
                 }
             }
         }
@@ -126,7 +180,9 @@ fn we_send_pyas2lib_receives_every_combination() {
 
 #[test]
 fn pyas2lib_sends_we_receive_every_combination() {
-    let Some(py) = as2_common::python() else { return };
+    let Some(py) = as2_common::python() else {
+        return;
+    };
     let (ours, theirs) = test_keys();
     let mut peer = Peer::start(&py, theirs, &ours.cert);
     let (listener, port) = listen();
@@ -141,7 +197,8 @@ fn pyas2lib_sends_we_receive_every_combination() {
             let certs = [partner_cert.clone()];
             let ctx = ReceiveContext::new(&keys, &certs, ValidityPolicy::at(NOW));
             let result = parse_message(&req.headers, &req.body, &ctx);
-            let info = as2box::as2::message::RequestInfo::from_headers(&req.headers).expect("AS2 headers");
+            let info =
+                as2box::as2::message::RequestInfo::from_headers(&req.headers).expect("AS2 headers");
             let (disp, mic) = match &result {
                 Ok(r) => (Disposition::Processed, Some(r.mic.clone())),
                 Err(e) => (Disposition::from_error(e), None),
@@ -176,19 +233,41 @@ fn pyas2lib_sends_we_receive_every_combination() {
                     assert_eq!(r.status(), 200);
                 }
             }
-            if tx.send((info.message_id.clone(), result.map_err(|e| e.to_string()))).is_err() {
+            if tx
+                .send((info.message_id.clone(), result.map_err(|e| e.to_string())))
+                .is_err()
+            {
                 break;
             }
         }
     });
     let url = format!("http://127.0.0.1:{port}/as2");
-    let digests = [None, Some("sha1"), Some("sha224"), Some("sha256"), Some("sha384"), Some("sha512")];
-    let ciphers = [None, Some("tripledes_192_cbc"), Some("aes_128_cbc"), Some("aes_192_cbc"), Some("aes_256_cbc")];
+    let digests = [
+        None,
+        Some("sha1"),
+        Some("sha224"),
+        Some("sha256"),
+        Some("sha384"),
+        Some("sha512"),
+    ];
+    let ciphers = [
+        None,
+        Some("tripledes_192_cbc"),
+        Some("aes_128_cbc"),
+        Some("aes_192_cbc"),
+        Some("aes_256_cbc"),
+    ];
     let mut n = 0;
     for d in digests {
         for c in ciphers {
             for compress in [false, true] {
-                for (mdn, mdn_digest) in [("sync", None), ("sync", Some("sha256")), ("async", Some("sha512")), ("async", None), ("none", None)] {
+                for (mdn, mdn_digest) in [
+                    ("sync", None),
+                    ("sync", Some("sha256")),
+                    ("async", Some("sha512")),
+                    ("async", None),
+                    ("none", None),
+                ] {
                     n += 1;
                     let binary = n % 2 == 0;
                     let (ct, data) = if binary {
@@ -197,13 +276,17 @@ fn pyas2lib_sends_we_receive_every_combination() {
                         ("application/edi-x12", text_payload())
                     };
                     let id = format!("job{n}");
-                    let label = format!("{d:?} {c:?} compress={compress} mdn={mdn} {mdn_digest:?} binary={binary}");
+                    let label = format!(
+                        "{d:?} {c:?} compress={compress} mdn={mdn} {mdn_digest:?} binary={binary}"
+                    );
                     peer.command(&json!({
                         "cmd": "send", "id": id, "url": url,
                         "data_b64": base64_std(&data), "filename": format!("in{n}.dat"), "content_type": ct,
                         "sign": d, "encrypt": c, "compress": compress, "mdn": mdn, "mdn_digest": mdn_digest,
                     }));
-                    let (mid, result) = rx.recv_timeout(Duration::from_secs(120)).expect("message arrives");
+                    let (mid, result) = rx
+                        .recv_timeout(Duration::from_secs(120))
+                        .expect("message arrives");
                     let r = result.unwrap_or_else(|e| panic!("{label}: {e}"));
                     let ev = peer.wait_event(|v| v["event"] == "sent" && v["id"] == id.as_str());
                     assert!(ev.get("error").is_none(), "{label}: {ev}");
@@ -214,10 +297,22 @@ fn pyas2lib_sends_we_receive_every_combination() {
                     // pyas2lib canonicalizes text (LF → CRLF) when it signs,
                     // encrypts or compresses, and leaves octet-stream alone.
                     let secured = d.is_some() || c.is_some() || compress;
-                    let want = if binary || !secured { data.clone() } else { canonicalize_crlf(&data) };
+                    let want = if binary || !secured {
+                        data.clone()
+                    } else {
+                        canonicalize_crlf(&data)
+                    };
                     assert_eq!(r.attachments.len(), 1, "{label}");
-                    assert_eq!(sha256_hex(&r.attachments[0].data), sha256_hex(&want), "{label}");
-                    assert_eq!(r.attachments[0].filename.as_deref(), Some(format!("in{n}.dat").as_str()), "{label}");
+                    assert_eq!(
+                        sha256_hex(&r.attachments[0].data),
+                        sha256_hex(&want),
+                        "{label}"
+                    );
+                    assert_eq!(
+                        r.attachments[0].filename.as_deref(),
+                        Some(format!("in{n}.dat").as_str()),
+                        "{label}"
+                    );
                     if d.is_some() {
                         assert_eq!(ev["mic"], r.mic.digest_b64.as_str(), "{label}: MICs agree");
                     }

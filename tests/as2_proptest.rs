@@ -8,33 +8,64 @@ use as2_common::{test_keys, NOW};
 use as2box::as2::certs::ValidityPolicy;
 use as2box::as2::headers::Headers;
 use as2box::as2::mdn::{build_mdn, parse_mdn, Disposition, MdnParams, MicCheck};
-use as2box::as2::message::{build_message, parse_message, Attachment, CompressionOrder, ReceiveContext, SendProfile};
+use as2box::as2::message::{
+    build_message, parse_message, Attachment, CompressionOrder, ReceiveContext, SendProfile,
+};
 use as2box::as2::mime::canonicalize_crlf;
 use as2box::as2::{DigestAlgorithm, EncryptionAlgorithm};
 use proptest::prelude::*;
 
 fn digest() -> impl Strategy<Value = Option<DigestAlgorithm>> {
-    prop_oneof![Just(None), proptest::sample::select(DigestAlgorithm::SIGNING.to_vec()).prop_map(Some)]
+    prop_oneof![
+        Just(None),
+        proptest::sample::select(DigestAlgorithm::SIGNING.to_vec()).prop_map(Some)
+    ]
 }
 
 fn cipher() -> impl Strategy<Value = Option<EncryptionAlgorithm>> {
-    prop_oneof![Just(None), proptest::sample::select(EncryptionAlgorithm::ALL.to_vec()).prop_map(Some)]
+    prop_oneof![
+        Just(None),
+        proptest::sample::select(EncryptionAlgorithm::ALL.to_vec()).prop_map(Some)
+    ]
 }
 
 fn compression() -> impl Strategy<Value = Option<CompressionOrder>> {
-    prop_oneof![Just(None), Just(Some(CompressionOrder::BeforeSigning)), Just(Some(CompressionOrder::AfterSigning))]
+    prop_oneof![
+        Just(None),
+        Just(Some(CompressionOrder::BeforeSigning)),
+        Just(Some(CompressionOrder::AfterSigning))
+    ]
 }
 
 /// Payload bytes: arbitrary binary, or text lines joined by a mix of CRLF/LF/CR.
 fn payload() -> impl Strategy<Value = (bool, Vec<u8>)> {
     prop_oneof![
         proptest::collection::vec(any::<u8>(), 0..3000).prop_map(|v| (false, v)),
-        proptest::collection::vec(("[ -~]{0,40}", prop_oneof![Just("\r\n"), Just("\n"), Just("\r"), Just("")]), 0..60)
-            .prop_map(|lines| (true, lines.into_iter().flat_map(|(l, e)| [l.into_bytes(), e.as_bytes().to_vec()]).flatten().collect())),
+        proptest::collection::vec(
+            (
+                "[ -~]{0,40}",
+                prop_oneof![Just("\r\n"), Just("\n"), Just("\r"), Just("")]
+            ),
+            0..60
+        )
+        .prop_map(|lines| (
+            true,
+            lines
+                .into_iter()
+                .flat_map(|(l, e)| [l.into_bytes(), e.as_bytes().to_vec()])
+                .flatten()
+                .collect()
+        )),
     ]
 }
 
-fn round_trip(atts: &[Attachment], d: Option<DigestAlgorithm>, c: Option<EncryptionAlgorithm>, z: Option<CompressionOrder>, binary_canon: bool) -> Result<(), TestCaseError> {
+fn round_trip(
+    atts: &[Attachment],
+    d: Option<DigestAlgorithm>,
+    c: Option<EncryptionAlgorithm>,
+    z: Option<CompressionOrder>,
+    binary_canon: bool,
+) -> Result<(), TestCaseError> {
     let (ours, theirs) = test_keys();
     let mut p = SendProfile::new("A", "B");
     p.sign = d;
@@ -45,20 +76,50 @@ fn round_trip(atts: &[Attachment], d: Option<DigestAlgorithm>, c: Option<Encrypt
     let m = build_message(atts, &p, Some(ours), Some(&theirs.cert), NOW, None).unwrap();
     let keys = [theirs.clone()];
     let certs = [ours.cert.clone()];
-    let r = parse_message(&m.headers, &m.body, &ReceiveContext::new(&keys, &certs, ValidityPolicy::at(NOW))).unwrap();
+    let r = parse_message(
+        &m.headers,
+        &m.body,
+        &ReceiveContext::new(&keys, &certs, ValidityPolicy::at(NOW)),
+    )
+    .unwrap();
     prop_assert_eq!(r.attachments.len(), atts.len());
     for (got, sent) in r.attachments.iter().zip(atts) {
-        let want = if !binary_canon && sent.content_type.starts_with("text/") { canonicalize_crlf(&sent.data) } else { sent.data.clone() };
-        prop_assert!(got.data == want, "payload differs ({} vs {} bytes)", got.data.len(), want.len());
+        let want = if !binary_canon && sent.content_type.starts_with("text/") {
+            canonicalize_crlf(&sent.data)
+        } else {
+            sent.data.clone()
+        };
+        prop_assert!(
+            got.data == want,
+            "payload differs ({} vs {} bytes)",
+            got.data.len(),
+            want.len()
+        );
         prop_assert_eq!(&got.filename, &sent.filename);
     }
     prop_assert!(m.mic.as_ref().unwrap().matches(&r.mic));
     // Close the loop with a signed MDN.
     let mdn = build_mdn(&MdnParams {
-        request: &r.info, disposition: Disposition::Processed, mic: Some(&r.mic), reporting_ua: "p", text: "ok",
-        signer: Some(theirs), smime_capabilities: true, algorithm_protection: false, now_unix: NOW, message_id_domain: "x",
-    }).unwrap();
-    let got = parse_mdn(&mdn.headers, &mdn.body, &[theirs.cert.clone()], ValidityPolicy::at(NOW), true).unwrap();
+        request: &r.info,
+        disposition: Disposition::Processed,
+        mic: Some(&r.mic),
+        reporting_ua: "p",
+        text: "ok",
+        signer: Some(theirs),
+        smime_capabilities: true,
+        algorithm_protection: false,
+        now_unix: NOW,
+        message_id_domain: "x",
+    })
+    .unwrap();
+    let got = parse_mdn(
+        &mdn.headers,
+        &mdn.body,
+        std::slice::from_ref(&theirs.cert),
+        ValidityPolicy::at(NOW),
+        true,
+    )
+    .unwrap();
     prop_assert_eq!(got.check_mic(&m.acceptable_mics()), MicCheck::Match);
     Ok(())
 }
@@ -141,6 +202,17 @@ proptest! {
 #[test]
 fn empty_file_round_trips() {
     for c in [None, Some(EncryptionAlgorithm::Aes128Cbc)] {
-        round_trip(&[Attachment { filename: Some("empty".into()), content_type: "application/octet-stream".into(), data: vec![] }], Some(DigestAlgorithm::Sha256), c, Some(CompressionOrder::BeforeSigning), false).unwrap();
+        round_trip(
+            &[Attachment {
+                filename: Some("empty".into()),
+                content_type: "application/octet-stream".into(),
+                data: vec![],
+            }],
+            Some(DigestAlgorithm::Sha256),
+            c,
+            Some(CompressionOrder::BeforeSigning),
+            false,
+        )
+        .unwrap();
     }
 }

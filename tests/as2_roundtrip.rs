@@ -8,13 +8,17 @@ use as2box::as2::certs::ValidityPolicy;
 use as2box::as2::headers::Headers;
 use as2box::as2::mdn::{build_mdn, parse_mdn, Disposition, MdnParams, MicCheck};
 use as2box::as2::message::{
-    build_message, parse_message, Attachment, CompressionOrder, MdnMode, MicRule,
-    OutgoingMessage, ReceiveContext, RequestInfo, SendProfile,
+    build_message, parse_message, Attachment, CompressionOrder, MdnMode, MicRule, OutgoingMessage,
+    ReceiveContext, RequestInfo, SendProfile,
 };
 use as2box::as2::{As2Error, DigestAlgorithm, DispositionModifier, EncryptionAlgorithm};
 
 fn att(name: &str, ct: &str, data: &[u8]) -> Attachment {
-    Attachment { filename: Some(name.into()), content_type: ct.into(), data: data.to_vec() }
+    Attachment {
+        filename: Some(name.into()),
+        content_type: ct.into(),
+        data: data.to_vec(),
+    }
 }
 
 fn send(
@@ -44,21 +48,46 @@ fn receive(m: &OutgoingMessage) -> Result<as2box::as2::message::ReceivedMessage,
 fn every_combination_round_trips_with_matching_mic() {
     let text = b"UNB+UNOA:2+X\nUNH+1\r\nline three\n".to_vec();
     let binary: Vec<u8> = (0..=255u8).cycle().take(5000).collect();
-    let digests = [None, Some(DigestAlgorithm::Sha1), Some(DigestAlgorithm::Sha224), Some(DigestAlgorithm::Sha256), Some(DigestAlgorithm::Sha384), Some(DigestAlgorithm::Sha512)];
-    let ciphers = [None, Some(EncryptionAlgorithm::TripleDes), Some(EncryptionAlgorithm::Aes128Cbc), Some(EncryptionAlgorithm::Aes192Cbc), Some(EncryptionAlgorithm::Aes256Cbc), Some(EncryptionAlgorithm::Aes128Gcm), Some(EncryptionAlgorithm::Aes256Gcm)];
-    let comps = [None, Some(CompressionOrder::BeforeSigning), Some(CompressionOrder::AfterSigning)];
+    let digests = [
+        None,
+        Some(DigestAlgorithm::Sha1),
+        Some(DigestAlgorithm::Sha224),
+        Some(DigestAlgorithm::Sha256),
+        Some(DigestAlgorithm::Sha384),
+        Some(DigestAlgorithm::Sha512),
+    ];
+    let ciphers = [
+        None,
+        Some(EncryptionAlgorithm::TripleDes),
+        Some(EncryptionAlgorithm::Aes128Cbc),
+        Some(EncryptionAlgorithm::Aes192Cbc),
+        Some(EncryptionAlgorithm::Aes256Cbc),
+        Some(EncryptionAlgorithm::Aes128Gcm),
+        Some(EncryptionAlgorithm::Aes256Gcm),
+    ];
+    let comps = [
+        None,
+        Some(CompressionOrder::BeforeSigning),
+        Some(CompressionOrder::AfterSigning),
+    ];
     let mut n = 0;
     for d in digests {
         for c in ciphers {
             for z in comps {
-                let atts = [att("a.edi", "application/edi-consent", &text), att("b.bin", "application/octet-stream", &binary)];
+                let atts = [
+                    att("a.edi", "application/edi-consent", &text),
+                    att("b.bin", "application/octet-stream", &binary),
+                ];
                 let sets: [&[Attachment]; 2] = [&atts[..1], &atts[..]];
                 for set in sets {
                     let m = send(set, d, c, z);
                     let r = receive(&m).unwrap_or_else(|e| panic!("{d:?} {c:?} {z:?}: {e}"));
                     assert_eq!(r.attachments.len(), set.len());
                     // Text was CRLF-canonicalized; binary is untouched.
-                    assert_eq!(r.attachments[0].data, b"UNB+UNOA:2+X\r\nUNH+1\r\nline three\r\n");
+                    assert_eq!(
+                        r.attachments[0].data,
+                        b"UNB+UNOA:2+X\r\nUNH+1\r\nline three\r\n"
+                    );
                     assert_eq!(r.attachments[0].filename.as_deref(), Some("a.edi"));
                     if set.len() == 2 {
                         assert_eq!(r.attachments[1].data, binary);
@@ -69,10 +98,16 @@ fn every_combination_round_trips_with_matching_mic() {
                     assert_eq!(r.info.as2_from, "as2box A");
                     assert_eq!(r.info.as2_to, "partner\"B");
                     let expected = m.mic.clone().expect("a MIC is always predicted");
-                    assert!(expected.matches(&r.mic), "{d:?} {c:?} {z:?}: {:?} vs {:?} ({:?})", expected, r.mic, r.mic_rule);
-                    if d.is_some() {
+                    assert!(
+                        expected.matches(&r.mic),
+                        "{d:?} {c:?} {z:?}: {:?} vs {:?} ({:?})",
+                        expected,
+                        r.mic,
+                        r.mic_rule
+                    );
+                    if let Some(d) = d {
                         assert_eq!(r.mic_rule, MicRule::Signed);
-                        assert_eq!(r.mic.algorithm, d.unwrap());
+                        assert_eq!(r.mic.algorithm, d);
                     } else if z.is_some() {
                         assert_eq!(r.mic_rule, MicRule::CompressedEntity);
                         // The RFC 4130 alternative agrees too.
@@ -88,24 +123,52 @@ fn every_combination_round_trips_with_matching_mic() {
 
 #[test]
 fn headers_are_complete() {
-    let m = send(&[att("x.txt", "text/plain", b"x")], Some(DigestAlgorithm::Sha256), Some(EncryptionAlgorithm::Aes256Cbc), None);
+    let m = send(
+        &[att("x.txt", "text/plain", b"x")],
+        Some(DigestAlgorithm::Sha256),
+        Some(EncryptionAlgorithm::Aes256Cbc),
+        None,
+    );
     let h = &m.headers;
     assert_eq!(h.get("AS2-Version"), Some("1.2"));
     assert_eq!(h.get("AS2-From"), Some("\"as2box A\""));
     assert_eq!(h.get("AS2-To"), Some("\"partner\\\"B\""));
-    assert_eq!(h.get("Message-ID"), Some(format!("<{}>", m.message_id).as_str()));
+    assert_eq!(
+        h.get("Message-ID"),
+        Some(format!("<{}>", m.message_id).as_str())
+    );
     assert_eq!(h.get("Date"), Some("Sat, 28 Nov 2026 00:00:00 +0000"));
     assert_eq!(h.get("MIME-Version"), Some("1.0"));
-    assert!(h.get("Content-Type").unwrap().starts_with("application/pkcs7-mime; smime-type=enveloped-data"));
-    assert_eq!(h.get("Disposition-Notification-To"), Some("as2box@localhost"));
-    assert!(h.get("Disposition-Notification-Options").unwrap().contains("signed-receipt-micalg=optional, sha-256"));
+    assert!(h
+        .get("Content-Type")
+        .unwrap()
+        .starts_with("application/pkcs7-mime; smime-type=enveloped-data"));
+    assert_eq!(
+        h.get("Disposition-Notification-To"),
+        Some("as2box@localhost")
+    );
+    assert!(h
+        .get("Disposition-Notification-Options")
+        .unwrap()
+        .contains("signed-receipt-micalg=optional, sha-256"));
     assert_eq!(h.get("EDIINT-Features"), Some("multiple-attachments"));
     assert!(h.get("Receipt-Delivery-Option").is_none());
     let (ours, _) = test_keys();
     let mut p = SendProfile::new("a", "b");
     p.mdn = MdnMode::Async("http://127.0.0.1:1/mdn".into());
-    let m = build_message(&[att("x", "text/plain", b"x")], &p, Some(ours), None, NOW, Some("<given@id>")).unwrap();
-    assert_eq!(m.headers.get("Receipt-Delivery-Option"), Some("http://127.0.0.1:1/mdn"));
+    let m = build_message(
+        &[att("x", "text/plain", b"x")],
+        &p,
+        Some(ours),
+        None,
+        NOW,
+        Some("<given@id>"),
+    )
+    .unwrap();
+    assert_eq!(
+        m.headers.get("Receipt-Delivery-Option"),
+        Some("http://127.0.0.1:1/mdn")
+    );
     assert_eq!(m.message_id, "given@id");
     p.mdn = MdnMode::None;
     let m = build_message(&[att("x", "text/plain", b"x")], &p, None, None, NOW, None).unwrap();
@@ -119,9 +182,25 @@ fn mdn_round_trip_signed_and_unsigned() {
         for sync in [true, false] {
             let mut p = SendProfile::new("A", "B");
             p.sign = Some(DigestAlgorithm::Sha384);
-            p.signed_mdn_micalgs = if signed { vec![DigestAlgorithm::Sha512, DigestAlgorithm::Sha256] } else { vec![] };
-            p.mdn = if sync { MdnMode::Sync } else { MdnMode::Async("http://127.0.0.1:9/x".into()) };
-            let m = build_message(&[att("f", "text/plain", b"hello")], &p, Some(ours), None, NOW, None).unwrap();
+            p.signed_mdn_micalgs = if signed {
+                vec![DigestAlgorithm::Sha512, DigestAlgorithm::Sha256]
+            } else {
+                vec![]
+            };
+            p.mdn = if sync {
+                MdnMode::Sync
+            } else {
+                MdnMode::Async("http://127.0.0.1:9/x".into())
+            };
+            let m = build_message(
+                &[att("f", "text/plain", b"hello")],
+                &p,
+                Some(ours),
+                None,
+                NOW,
+                None,
+            )
+            .unwrap();
             let keys = [partner.clone()];
             let certs = [ours.cert.clone()];
             let ctx = ReceiveContext::new(&keys, &certs, ValidityPolicy::at(NOW));
@@ -143,7 +222,14 @@ fn mdn_round_trip_signed_and_unsigned() {
             assert_eq!(mdn.async_url.is_none(), sync);
             assert_eq!(mdn.headers.get("AS2-From"), Some("B"));
             assert_eq!(mdn.headers.get("AS2-To"), Some("A"));
-            let got = parse_mdn(&mdn.headers, &mdn.body, &[partner.cert.clone()], ValidityPolicy::at(NOW), signed).unwrap();
+            let got = parse_mdn(
+                &mdn.headers,
+                &mdn.body,
+                std::slice::from_ref(&partner.cert),
+                ValidityPolicy::at(NOW),
+                signed,
+            )
+            .unwrap();
             assert_eq!(got.signed, signed);
             assert_eq!(got.signature.is_some(), signed);
             assert_eq!(got.original_message_id, m.message_id);
@@ -153,8 +239,18 @@ fn mdn_round_trip_signed_and_unsigned() {
             assert_eq!(got.original_recipient.as_deref(), Some("B"));
             if signed {
                 // A signed MDN verified with the wrong certificate fails.
-                let err = parse_mdn(&mdn.headers, &mdn.body, &[ours.cert.clone()], ValidityPolicy::at(NOW), true).unwrap_err();
-                assert_eq!(err.disposition_modifier(), DispositionModifier::AuthenticationFailed);
+                let err = parse_mdn(
+                    &mdn.headers,
+                    &mdn.body,
+                    std::slice::from_ref(&ours.cert),
+                    ValidityPolicy::at(NOW),
+                    true,
+                )
+                .unwrap_err();
+                assert_eq!(
+                    err.disposition_modifier(),
+                    DispositionModifier::AuthenticationFailed
+                );
             }
         }
     }
@@ -187,11 +283,16 @@ fn negative_mdn_carries_the_modifier() {
     .unwrap();
     assert!(!mdn.signed, "no signed receipt was requested");
     let got = parse_mdn(&mdn.headers, &mdn.body, &[], ValidityPolicy::at(NOW), false).unwrap();
-    assert_eq!(got.disposition, Disposition::Error(DispositionModifier::DecryptionFailed));
+    assert_eq!(
+        got.disposition,
+        Disposition::Error(DispositionModifier::DecryptionFailed)
+    );
     assert_eq!(got.check_mic(&[]), MicCheck::NotReturned);
 }
 
-fn modifier_of(r: Result<as2box::as2::message::ReceivedMessage, As2Error>) -> (String, DispositionModifier) {
+fn modifier_of(
+    r: Result<as2box::as2::message::ReceivedMessage, As2Error>,
+) -> (String, DispositionModifier) {
     let e = r.expect_err("must fail");
     (format!("{e:?}"), e.disposition_modifier())
 }
@@ -199,7 +300,12 @@ fn modifier_of(r: Result<as2box::as2::message::ReceivedMessage, As2Error>) -> (S
 #[test]
 fn wrong_certificate_is_authentication_failed() {
     let (ours, partner) = test_keys();
-    let m = send(&[att("f", "text/plain", b"x")], Some(DigestAlgorithm::Sha256), None, None);
+    let m = send(
+        &[att("f", "text/plain", b"x")],
+        Some(DigestAlgorithm::Sha256),
+        None,
+        None,
+    );
     let keys = [partner.clone()];
     let wrong = [partner.cert.clone()];
     let ctx = ReceiveContext::new(&keys, &wrong, ValidityPolicy::at(NOW));
@@ -211,7 +317,12 @@ fn wrong_certificate_is_authentication_failed() {
 #[test]
 fn wrong_key_is_decryption_failed() {
     let (ours, _) = test_keys();
-    let m = send(&[att("f", "text/plain", b"x")], None, Some(EncryptionAlgorithm::Aes128Cbc), None);
+    let m = send(
+        &[att("f", "text/plain", b"x")],
+        None,
+        Some(EncryptionAlgorithm::Aes128Cbc),
+        None,
+    );
     let keys = [ours.clone()];
     let ctx = ReceiveContext::new(&keys, &[], ValidityPolicy::at(NOW));
     let (e, m_) = modifier_of(parse_message(&m.headers, &m.body, &ctx));
@@ -220,7 +331,12 @@ fn wrong_key_is_decryption_failed() {
 
 #[test]
 fn tampered_body_is_integrity_check_failed() {
-    let m = send(&[att("f", "text/plain", b"pay 100 EUR")], Some(DigestAlgorithm::Sha256), None, None);
+    let m = send(
+        &[att("f", "text/plain", b"pay 100 EUR")],
+        Some(DigestAlgorithm::Sha256),
+        None,
+        None,
+    );
     let mut t = m.clone();
     let pos = t.body.windows(3).position(|w| w == b"100").unwrap();
     t.body[pos] = b'9';
@@ -230,12 +346,19 @@ fn tampered_body_is_integrity_check_failed() {
 
 #[test]
 fn truncated_body_fails_typed() {
-    for (sign, enc) in [(Some(DigestAlgorithm::Sha256), None), (None, Some(EncryptionAlgorithm::Aes256Cbc))] {
+    for (sign, enc) in [
+        (Some(DigestAlgorithm::Sha256), None),
+        (None, Some(EncryptionAlgorithm::Aes256Cbc)),
+    ] {
         let m = send(&[att("f", "text/plain", &[b'x'; 2000])], sign, enc, None);
         let mut t = m.clone();
         t.body.truncate(t.body.len() / 2);
         let (e, m_) = modifier_of(receive(&t));
-        let want = if sign.is_some() { DispositionModifier::UnexpectedProcessingError } else { DispositionModifier::DecryptionFailed };
+        let want = if sign.is_some() {
+            DispositionModifier::UnexpectedProcessingError
+        } else {
+            DispositionModifier::DecryptionFailed
+        };
         assert_eq!(m_, want, "{e}");
     }
 }
@@ -243,22 +366,53 @@ fn truncated_body_fails_typed() {
 #[test]
 fn wrong_mic_is_a_mismatch() {
     let (ours, partner) = test_keys();
-    let m = send(&[att("f", "text/plain", b"x")], Some(DigestAlgorithm::Sha256), None, None);
-    let other = send(&[att("f", "text/plain", b"y")], Some(DigestAlgorithm::Sha256), None, None);
+    let m = send(
+        &[att("f", "text/plain", b"x")],
+        Some(DigestAlgorithm::Sha256),
+        None,
+        None,
+    );
+    let other = send(
+        &[att("f", "text/plain", b"y")],
+        Some(DigestAlgorithm::Sha256),
+        None,
+        None,
+    );
     let r = receive(&other).unwrap();
     let info = RequestInfo::from_headers(&m.headers).unwrap();
     let mdn = build_mdn(&MdnParams {
-        request: &info, disposition: Disposition::Processed, mic: Some(&r.mic), reporting_ua: "x", text: "x",
-        signer: Some(partner), smime_capabilities: false, algorithm_protection: false, now_unix: NOW, message_id_domain: "x",
-    }).unwrap();
-    let got = parse_mdn(&mdn.headers, &mdn.body, &[partner.cert.clone()], ValidityPolicy::at(NOW), false).unwrap();
+        request: &info,
+        disposition: Disposition::Processed,
+        mic: Some(&r.mic),
+        reporting_ua: "x",
+        text: "x",
+        signer: Some(partner),
+        smime_capabilities: false,
+        algorithm_protection: false,
+        now_unix: NOW,
+        message_id_domain: "x",
+    })
+    .unwrap();
+    let got = parse_mdn(
+        &mdn.headers,
+        &mdn.body,
+        std::slice::from_ref(&partner.cert),
+        ValidityPolicy::at(NOW),
+        false,
+    )
+    .unwrap();
     assert_eq!(got.check_mic(&m.acceptable_mics()), MicCheck::Mismatch);
     let _ = ours;
 }
 
 #[test]
 fn unknown_algorithm_is_typed() {
-    let m = send(&[att("f", "text/plain", b"x")], Some(DigestAlgorithm::Sha256), None, None);
+    let m = send(
+        &[att("f", "text/plain", b"x")],
+        Some(DigestAlgorithm::Sha256),
+        None,
+        None,
+    );
     let mut h = m.headers.clone();
     // An unknown micalg in the MDN request is ignored for the MIC (signature digest wins) ...
     h.push("Disposition-Notification-Options", "signed-receipt-protocol=optional, pkcs7-signature; signed-receipt-micalg=optional, whirlpool");
@@ -268,12 +422,32 @@ fn unknown_algorithm_is_typed() {
     let ctx = ReceiveContext::new(&keys, &certs, ValidityPolicy::at(NOW));
     assert!(parse_message(&h, &m.body, &ctx).is_ok());
     // ... and an unknown CMS content type or parsing name is an error.
-    assert!(matches!(DigestAlgorithm::parse("whirlpool"), Err(As2Error::UnsupportedAlgorithm(_))));
-    assert!(matches!(EncryptionAlgorithm::parse("rc2-40"), Err(As2Error::UnsupportedAlgorithm(_))));
-    let mut h2 = Headers::from_pairs([("AS2-From", "a"), ("AS2-To", "b"), ("Message-ID", "<x@y>"),
-        ("Content-Type", "application/pkcs7-mime; smime-type=enveloped-data")]);
+    assert!(matches!(
+        DigestAlgorithm::parse("whirlpool"),
+        Err(As2Error::UnsupportedAlgorithm(_))
+    ));
+    assert!(matches!(
+        EncryptionAlgorithm::parse("rc2-40"),
+        Err(As2Error::UnsupportedAlgorithm(_))
+    ));
+    let mut h2 = Headers::from_pairs([
+        ("AS2-From", "a"),
+        ("AS2-To", "b"),
+        ("Message-ID", "<x@y>"),
+        (
+            "Content-Type",
+            "application/pkcs7-mime; smime-type=enveloped-data",
+        ),
+    ]);
     // id-data ContentInfo: a CMS type we do not accept at top level.
-    let body = as2box::as2::der::encode_tlv(0x30, &[as2box::as2::der::encode_oid("1.2.840.113549.1.7.1"), as2box::as2::der::encode_tlv(0xa0, &as2box::as2::der::encode_tlv(0x04, b"x"))].concat());
+    let body = as2box::as2::der::encode_tlv(
+        0x30,
+        &[
+            as2box::as2::der::encode_oid("1.2.840.113549.1.7.1"),
+            as2box::as2::der::encode_tlv(0xa0, &as2box::as2::der::encode_tlv(0x04, b"x")),
+        ]
+        .concat(),
+    );
     let err = parse_message(&h2, &body, &ctx).unwrap_err();
     assert!(matches!(err, As2Error::UnsupportedAlgorithm(_)), "{err:?}");
     h2.0.retain(|(k, _)| k != "Content-Type");
@@ -287,20 +461,40 @@ fn garbage_and_missing_headers() {
     let ctx = ReceiveContext::new(&keys, &certs, ValidityPolicy::at(NOW));
     let base = [("AS2-From", "a"), ("AS2-To", "b"), ("Message-ID", "<x@y>")];
     for missing in ["AS2-From", "AS2-To", "Message-ID"] {
-        let h = Headers::from_pairs(base.iter().filter(|(k, _)| *k != missing).copied().chain([("Content-Type", "text/plain")]));
+        let h = Headers::from_pairs(
+            base.iter()
+                .filter(|(k, _)| *k != missing)
+                .copied()
+                .chain([("Content-Type", "text/plain")]),
+        );
         match parse_message(&h, b"x", &ctx) {
             Err(As2Error::MissingHeader(n)) => assert_eq!(n, missing),
             other => panic!("{missing}: {other:?}"),
         }
     }
     let h = Headers::from_pairs(base);
-    assert!(matches!(parse_message(&h, b"x", &ctx), Err(As2Error::MissingHeader("Content-Type"))));
+    assert!(matches!(
+        parse_message(&h, b"x", &ctx),
+        Err(As2Error::MissingHeader("Content-Type"))
+    ));
     for (ct, body) in [
-        ("multipart/signed; boundary=zz", &b"garbage without delimiters"[..]),
+        (
+            "multipart/signed; boundary=zz",
+            &b"garbage without delimiters"[..],
+        ),
         ("multipart/signed", &b"--zz\r\n\r\n--zz--"[..]),
-        ("application/pkcs7-mime; smime-type=enveloped-data", &b"\x30\x82\xff\xff garbage"[..]),
-        ("application/pkcs7-mime; smime-type=compressed-data", &b"not der"[..]),
-        ("multipart/related; boundary=q", &b"--q\r\nno colon line\r\n\r\nx\r\n--q--"[..]),
+        (
+            "application/pkcs7-mime; smime-type=enveloped-data",
+            &b"\x30\x82\xff\xff garbage"[..],
+        ),
+        (
+            "application/pkcs7-mime; smime-type=compressed-data",
+            &b"not der"[..],
+        ),
+        (
+            "multipart/related; boundary=q",
+            &b"--q\r\nno colon line\r\n\r\nx\r\n--q--"[..],
+        ),
     ] {
         let h = Headers::from_pairs(base.iter().copied().chain([("Content-Type", ct)]));
         let e = parse_message(&h, body, &ctx).expect_err(ct);
@@ -323,23 +517,41 @@ fn insufficient_security_is_reported() {
     let certs = [ours.cert.clone()];
     let mut ctx = ReceiveContext::new(&keys, &certs, ValidityPolicy::at(NOW));
     ctx.require_signature = true;
-    assert_eq!(parse_message(&m.headers, &m.body, &ctx).unwrap_err().disposition_modifier(), DispositionModifier::InsufficientMessageSecurity);
+    assert_eq!(
+        parse_message(&m.headers, &m.body, &ctx)
+            .unwrap_err()
+            .disposition_modifier(),
+        DispositionModifier::InsufficientMessageSecurity
+    );
     ctx.require_signature = false;
     ctx.require_encryption = true;
-    assert_eq!(parse_message(&m.headers, &m.body, &ctx).unwrap_err().disposition_modifier(), DispositionModifier::InsufficientMessageSecurity);
+    assert_eq!(
+        parse_message(&m.headers, &m.body, &ctx)
+            .unwrap_err()
+            .disposition_modifier(),
+        DispositionModifier::InsufficientMessageSecurity
+    );
 }
 
 #[test]
 fn expired_partner_certificate_needs_explicit_policy() {
     let (ours, partner) = test_keys();
-    let m = send(&[att("f", "text/plain", b"x")], Some(DigestAlgorithm::Sha256), None, None);
+    let m = send(
+        &[att("f", "text/plain", b"x")],
+        Some(DigestAlgorithm::Sha256),
+        None,
+        None,
+    );
     let keys = [partner.clone()];
     let certs = [ours.cert.clone()];
     let later = 2_300_000_000; // after the test certificate's notAfter (2040)
     let ctx = ReceiveContext::new(&keys, &certs, ValidityPolicy::at(later));
     let e = parse_message(&m.headers, &m.body, &ctx).unwrap_err();
     assert!(matches!(e, As2Error::CertificateNotValid(_)), "{e:?}");
-    assert_eq!(e.disposition_modifier(), DispositionModifier::AuthenticationFailed);
+    assert_eq!(
+        e.disposition_modifier(),
+        DispositionModifier::AuthenticationFailed
+    );
     let ctx = ReceiveContext::new(&keys, &certs, ValidityPolicy::accept_expired(later));
     let r = parse_message(&m.headers, &m.body, &ctx).unwrap();
     assert!(!r.signature.unwrap().certificate_valid);
@@ -353,23 +565,64 @@ fn sterling_switches_and_binary_canonicalization() {
     p.smime_capabilities = false;
     p.algorithm_protection = false;
     p.binary_canonicalization = true;
-    let m = build_message(&[att("f.txt", "text/plain", b"a\nb\n")], &p, Some(ours), None, NOW, None).unwrap();
+    let m = build_message(
+        &[att("f.txt", "text/plain", b"a\nb\n")],
+        &p,
+        Some(ours),
+        None,
+        NOW,
+        None,
+    )
+    .unwrap();
     let keys = [partner.clone()];
     let certs = [ours.cert.clone()];
-    let r = parse_message(&m.headers, &m.body, &ReceiveContext::new(&keys, &certs, ValidityPolicy::at(NOW))).unwrap();
-    assert_eq!(r.attachments[0].data, b"a\nb\n", "binary canonicalization keeps LF");
+    let r = parse_message(
+        &m.headers,
+        &m.body,
+        &ReceiveContext::new(&keys, &certs, ValidityPolicy::at(NOW)),
+    )
+    .unwrap();
+    assert_eq!(
+        r.attachments[0].data, b"a\nb\n",
+        "binary canonicalization keeps LF"
+    );
     // The signature has no SMIMECapabilities (OID 1.2.840.113549.1.9.15)
     // and no CMSAlgorithmProtection (1.2.840.113549.1.9.52).
     let sig = signature_of(&m);
-    assert!(!contains(&sig, &as2box::as2::der::encode_oid("1.2.840.113549.1.9.15")));
-    assert!(!contains(&sig, &as2box::as2::der::encode_oid("1.2.840.113549.1.9.52")));
+    assert!(!contains(
+        &sig,
+        &as2box::as2::der::encode_oid("1.2.840.113549.1.9.15")
+    ));
+    assert!(!contains(
+        &sig,
+        &as2box::as2::der::encode_oid("1.2.840.113549.1.9.52")
+    ));
     p.smime_capabilities = true;
     p.algorithm_protection = true;
-    let m = build_message(&[att("f.txt", "text/plain", b"a\nb\n")], &p, Some(ours), None, NOW, None).unwrap();
+    let m = build_message(
+        &[att("f.txt", "text/plain", b"a\nb\n")],
+        &p,
+        Some(ours),
+        None,
+        NOW,
+        None,
+    )
+    .unwrap();
     let sig = signature_of(&m);
-    assert!(contains(&sig, &as2box::as2::der::encode_oid("1.2.840.113549.1.9.15")));
-    assert!(contains(&sig, &as2box::as2::der::encode_oid("1.2.840.113549.1.9.52")));
-    assert!(parse_message(&m.headers, &m.body, &ReceiveContext::new(&keys, &certs, ValidityPolicy::at(NOW))).is_ok());
+    assert!(contains(
+        &sig,
+        &as2box::as2::der::encode_oid("1.2.840.113549.1.9.15")
+    ));
+    assert!(contains(
+        &sig,
+        &as2box::as2::der::encode_oid("1.2.840.113549.1.9.52")
+    ));
+    assert!(parse_message(
+        &m.headers,
+        &m.body,
+        &ReceiveContext::new(&keys, &certs, ValidityPolicy::at(NOW))
+    )
+    .is_ok());
 }
 
 fn contains(h: &[u8], n: &[u8]) -> bool {
@@ -394,11 +647,22 @@ fn lf_only_peer_and_transfer_encodings() {
     let ctx = ReceiveContext::new(&keys, &certs, ValidityPolicy::at(NOW));
     let mut p = SendProfile::new("A", "B");
     p.sign = Some(DigestAlgorithm::Sha256);
-    let m = build_message(&[att("f.txt", "text/plain", b"l1\nl2\n")], &p, Some(ours), None, NOW, None).unwrap();
+    let m = build_message(
+        &[att("f.txt", "text/plain", b"l1\nl2\n")],
+        &p,
+        Some(ours),
+        None,
+        NOW,
+        None,
+    )
+    .unwrap();
     let lf: Vec<u8> = m.body.iter().copied().filter(|&c| c != b'\r').collect();
     let r = parse_message(&m.headers, &lf, &ctx).unwrap();
     assert_eq!(r.attachments[0].data, b"l1\nl2\n");
-    assert!(m.mic.as_ref().unwrap().matches(&r.mic), "MIC over the canonical form");
+    assert!(
+        m.mic.as_ref().unwrap().matches(&r.mic),
+        "MIC over the canonical form"
+    );
 
     let base = [("AS2-From", "a"), ("AS2-To", "b"), ("Message-ID", "x@y")];
     for (cte, body, want) in [
@@ -407,7 +671,10 @@ fn lf_only_peer_and_transfer_encodings() {
         (None, &b"hello"[..], &b"hello"[..]),
         (Some("binary"), &b"\x00\xff"[..], &b"\x00\xff"[..]),
     ] {
-        let mut h = Headers::from_pairs(base.iter().copied().chain([("Content-Type", "application/edi-x12"), ("Content-Disposition", "attachment; filename=order.x12")]));
+        let mut h = Headers::from_pairs(base.iter().copied().chain([
+            ("Content-Type", "application/edi-x12"),
+            ("Content-Disposition", "attachment; filename=order.x12"),
+        ]));
         if let Some(c) = cte {
             h.push("Content-Transfer-Encoding", c);
         }

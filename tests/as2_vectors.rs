@@ -32,7 +32,9 @@ fn mecas2(name: &str) -> Option<(as2box::as2::message::ReceivedMessage, Vec<u8>)
 
 #[test]
 fn mendelson_signed() {
-    let Some((m, payload)) = mecas2("mecas2_signed.as2") else { return };
+    let Some((m, payload)) = mecas2("mecas2_signed.as2") else {
+        return;
+    };
     let sig = m.signature.expect("signed");
     assert_eq!(sig.digest, Some(DigestAlgorithm::Sha256));
     assert!(sig.certificate_valid);
@@ -47,7 +49,9 @@ fn mendelson_signed() {
 
 #[test]
 fn mendelson_encrypted() {
-    let Some((m, payload)) = mecas2("mecas2_encrypted.as2") else { return };
+    let Some((m, payload)) = mecas2("mecas2_encrypted.as2") else {
+        return;
+    };
     assert_eq!(m.encryption, Some(Some(EncryptionAlgorithm::TripleDes)));
     assert!(m.signature.is_none());
     assert_eq!(norm(&m.attachments[0].data), norm(&payload));
@@ -55,36 +59,56 @@ fn mendelson_encrypted() {
 
 #[test]
 fn mendelson_signed_encrypted() {
-    let Some((m, payload)) = mecas2("mecas2_signed_encrypted.as2") else { return };
+    let Some((m, payload)) = mecas2("mecas2_signed_encrypted.as2") else {
+        return;
+    };
     assert_eq!(m.encryption, Some(Some(EncryptionAlgorithm::TripleDes)));
-    assert_eq!(m.signature.expect("signed").digest, Some(DigestAlgorithm::Sha256));
+    assert_eq!(
+        m.signature.expect("signed").digest,
+        Some(DigestAlgorithm::Sha256)
+    );
     assert_eq!(norm(&m.attachments[0].data), norm(&payload));
 }
 
 #[test]
 fn mendelson_compressed() {
-    let Some((m, payload)) = mecas2("mecas2_compressed.as2") else { return };
+    let Some((m, payload)) = mecas2("mecas2_compressed.as2") else {
+        return;
+    };
     assert!(m.compressed);
     assert_eq!(norm(&m.attachments[0].data), norm(&payload));
 }
 
 #[test]
 fn mendelson_compressed_signed_encrypted() {
-    let Some((m, payload)) = mecas2("mecas2_compressed_signed_encrypted.as2") else { return };
+    let Some((m, payload)) = mecas2("mecas2_compressed_signed_encrypted.as2") else {
+        return;
+    };
     assert!(m.compressed);
     assert_eq!(m.encryption, Some(Some(EncryptionAlgorithm::TripleDes)));
-    assert_eq!(m.signature.expect("signed").digest, Some(DigestAlgorithm::Sha256));
+    assert_eq!(
+        m.signature.expect("signed").digest,
+        Some(DigestAlgorithm::Sha256)
+    );
     assert_eq!(norm(&m.attachments[0].data), norm(&payload));
 }
 
 #[test]
 fn mendelson_unsigned_mdn() {
-    let Some(dir) = as2_common::vectors_dir() else { return };
+    let Some(dir) = as2_common::vectors_dir() else {
+        return;
+    };
     let (h, body) = split_http_capture(&as2_common::vector(&dir, "mecas2_unsigned.mdn")).unwrap();
     let mdn = parse_mdn(&h, &body, &[], ValidityPolicy::at(CAPTURE_TIME), false).unwrap();
     assert!(!mdn.signed);
-    assert_eq!(mdn.disposition, Disposition::Error(DispositionModifier::AuthenticationFailed));
-    assert_eq!(mdn.original_message_id, "20161230102316.10728.85252@imac.local");
+    assert_eq!(
+        mdn.disposition,
+        Disposition::Error(DispositionModifier::AuthenticationFailed)
+    );
+    assert_eq!(
+        mdn.original_message_id,
+        "20161230102316.10728.85252@imac.local"
+    );
     // Requiring a signature turns the same MDN into an error.
     assert!(matches!(
         parse_mdn(&h, &body, &[], ValidityPolicy::at(CAPTURE_TIME), true),
@@ -100,17 +124,25 @@ fn mendelson_signed_mdn() {
     // says. Verification with the configured certificate therefore fails with
     // authentication-failed; with the signer's own certificate it verifies
     // and the MIC matches.
-    let Some(dir) = as2_common::vectors_dir() else { return };
+    let Some(dir) = as2_common::vectors_dir() else {
+        return;
+    };
     let (h, body) = split_http_capture(&as2_common::vector(&dir, "mecas2_signed.mdn")).unwrap();
     let key3 = load_certificates(&as2_common::vector(&dir, "cert_mecas2_public.pem")).unwrap();
     let err = parse_mdn(&h, &body, &key3, ValidityPolicy::at(CAPTURE_TIME), true).unwrap_err();
-    assert_eq!(err.disposition_modifier(), DispositionModifier::AuthenticationFailed);
+    assert_eq!(
+        err.disposition_modifier(),
+        DispositionModifier::AuthenticationFailed
+    );
 
     // Unverified parse (no certificates) still reads the report.
     let mdn = parse_mdn(&h, &body, &[], ValidityPolicy::at(CAPTURE_TIME), true).unwrap();
     assert!(mdn.signed && mdn.signature.is_none());
     let expected = Mic::parse("O4bvrm5t2YunRfwvZicNdEUmPaPZ9vUslX8loVLDck0=, sha256").unwrap();
-    assert_eq!(mdn.check_mic(std::slice::from_ref(&expected)), MicCheck::Match);
+    assert_eq!(
+        mdn.check_mic(std::slice::from_ref(&expected)),
+        MicCheck::Match
+    );
     let wrong = Mic::compute(b"something else", DigestAlgorithm::Sha256).unwrap();
     assert_eq!(mdn.check_mic(&[wrong]), MicCheck::Mismatch);
 
@@ -118,11 +150,20 @@ fn mendelson_signed_mdn() {
     let e = as2box::as2::mime::Entity::from_parts(h.clone(), &body);
     let boundary = e.content_type().param("boundary").unwrap().to_string();
     let parts = as2box::as2::mime::split_multipart(e.body(), &boundary).unwrap();
-    let sig = as2box::as2::mime::Entity::parse(parts[1]).unwrap().decoded_body().unwrap();
+    let sig = as2box::as2::mime::Entity::parse(parts[1])
+        .unwrap()
+        .decoded_body()
+        .unwrap();
     let embedded = as2box::as2::cms::embedded_certificates(&sig).unwrap();
     assert_eq!(embedded.len(), 1);
-    let mdn = parse_mdn(&h, &body, &embedded, ValidityPolicy::accept_expired(CAPTURE_TIME), true)
-        .unwrap();
+    let mdn = parse_mdn(
+        &h,
+        &body,
+        &embedded,
+        ValidityPolicy::accept_expired(CAPTURE_TIME),
+        true,
+    )
+    .unwrap();
     assert!(mdn.signature.is_some());
     assert_eq!(mdn.disposition, Disposition::Processed);
     assert_eq!(mdn.check_mic(&[expected]), MicCheck::Match);
@@ -130,7 +171,9 @@ fn mendelson_signed_mdn() {
 
 #[test]
 fn sterling_signed_mdn_expired_certificate() {
-    let Some(dir) = as2_common::vectors_dir() else { return };
+    let Some(dir) = as2_common::vectors_dir() else {
+        return;
+    };
     let certs = load_certificates(&as2_common::vector(&dir, "cert_sb2bi_public.pem")).unwrap();
     let (h, body) = split_http_capture(&as2_common::vector(&dir, "sb2bi_signed.mdn")).unwrap();
     // 2026: the certificate expired in 2020; strict checking refuses it.
@@ -149,7 +192,9 @@ fn sterling_signed_mdn_expired_certificate() {
 
 #[test]
 fn sterling_signed_compressed_message() {
-    let Some(dir) = as2_common::vectors_dir() else { return };
+    let Some(dir) = as2_common::vectors_dir() else {
+        return;
+    };
     let certs = load_certificates(&as2_common::vector(&dir, "cert_sb2bi_public.pem")).unwrap();
     let (h, body) = split_http_capture(&as2_common::vector(&dir, "sb2bi_signed_cmp.msg")).unwrap();
     let ctx = ReceiveContext::new(&[], &certs, ValidityPolicy::accept_expired(1_516_974_505));
@@ -159,7 +204,10 @@ fn sterling_signed_compressed_message() {
     let sig = m.signature.expect("signed");
     assert_eq!(sig.digest, Some(DigestAlgorithm::Sha1));
     assert_eq!(m.mic.algorithm, DigestAlgorithm::Sha1);
-    assert_eq!(m.info.message_id, "0574493161569973Sterling20574493161569973MOKO");
+    assert_eq!(
+        m.info.message_id,
+        "0574493161569973Sterling20574493161569973MOKO"
+    );
     assert_eq!(m.attachments.len(), 1);
     assert!(!m.attachments[0].data.is_empty());
 }

@@ -27,8 +27,13 @@ pub enum DigestAlgorithm {
 
 impl DigestAlgorithm {
     /// All algorithms we sign with, strongest last.
-    pub const SIGNING: [DigestAlgorithm; 5] =
-        [Self::Sha1, Self::Sha224, Self::Sha256, Self::Sha384, Self::Sha512];
+    pub const SIGNING: [DigestAlgorithm; 5] = [
+        Self::Sha1,
+        Self::Sha224,
+        Self::Sha256,
+        Self::Sha384,
+        Self::Sha512,
+    ];
 
     /// Parses any spelling seen in the wild: `sha-256`, `sha256`, `SHA256`,
     /// `sha_256`, `sha2-256`, `rsa-sha256`... Unknown names give an error.
@@ -205,12 +210,33 @@ mod tests {
 
     #[test]
     fn digest_spellings_seen_in_the_wild() {
-        for s in ["sha-256", "sha256", "SHA256", "sha_256", "SHA-256", " sha-256 ", "rsa-sha256"] {
-            assert_eq!(DigestAlgorithm::parse(s).unwrap(), DigestAlgorithm::Sha256, "{s}");
+        for s in [
+            "sha-256",
+            "sha256",
+            "SHA256",
+            "sha_256",
+            "SHA-256",
+            " sha-256 ",
+            "rsa-sha256",
+        ] {
+            assert_eq!(
+                DigestAlgorithm::parse(s).unwrap(),
+                DigestAlgorithm::Sha256,
+                "{s}"
+            );
         }
-        assert_eq!(DigestAlgorithm::parse("SHA1").unwrap(), DigestAlgorithm::Sha1);
-        assert_eq!(DigestAlgorithm::parse("sha-1").unwrap(), DigestAlgorithm::Sha1);
-        assert_eq!(DigestAlgorithm::parse("sha-512").unwrap(), DigestAlgorithm::Sha512);
+        assert_eq!(
+            DigestAlgorithm::parse("SHA1").unwrap(),
+            DigestAlgorithm::Sha1
+        );
+        assert_eq!(
+            DigestAlgorithm::parse("sha-1").unwrap(),
+            DigestAlgorithm::Sha1
+        );
+        assert_eq!(
+            DigestAlgorithm::parse("sha-512").unwrap(),
+            DigestAlgorithm::Sha512
+        );
         assert!(matches!(
             DigestAlgorithm::parse("whirlpool"),
             Err(As2Error::UnsupportedAlgorithm(_))

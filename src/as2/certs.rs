@@ -68,11 +68,15 @@ impl KeyPair {
     pub fn from_pkcs12(der: &[u8], password: &str) -> Result<Self> {
         ensure_legacy_provider();
         let p12 = Pkcs12::from_der(der).map_err(|e| cred_err("not PKCS#12 or PEM", e))?;
-        let parsed = p12.parse2(password).map_err(|e| cred_err("PKCS#12 (wrong password?)", e))?;
-        let key = parsed.pkey.ok_or_else(|| cred_err("PKCS#12", "no private key"))?;
+        let parsed = p12
+            .parse2(password)
+            .map_err(|e| cred_err("PKCS#12 (wrong password?)", e))?;
+        let key = parsed
+            .pkey
+            .ok_or_else(|| cred_err("PKCS#12", "no private key"))?;
         let mut certs: Vec<X509> = parsed.cert.into_iter().collect();
         if let Some(ca) = parsed.ca {
-            certs.extend(ca.into_iter());
+            certs.extend(ca);
         }
         Self::from_key_and_certs(key, certs)
     }
@@ -84,7 +88,11 @@ impl KeyPair {
             .ok_or_else(|| cred_err("key pair", "no certificate matches the private key"))?;
         let mut certs = certs;
         let cert = certs.remove(idx);
-        Ok(Self { key, cert, chain: certs })
+        Ok(Self {
+            key,
+            cert,
+            chain: certs,
+        })
     }
 }
 
@@ -134,13 +142,19 @@ pub struct ValidityPolicy {
 impl ValidityPolicy {
     /// Strict checking at the given time.
     pub fn at(unix: i64) -> Self {
-        Self { at_unix: unix, accept_expired: false }
+        Self {
+            at_unix: unix,
+            accept_expired: false,
+        }
     }
 
     /// Checking at the given time that lets expired certificates through,
     /// reported as such.
     pub fn accept_expired(unix: i64) -> Self {
-        Self { at_unix: unix, accept_expired: true }
+        Self {
+            at_unix: unix,
+            accept_expired: true,
+        }
     }
 }
 

@@ -281,7 +281,11 @@ fn verify_inner(
             Ok(()) => {
                 let valid = check_validity(cert, policy)?;
                 return Ok((
-                    SignatureInfo { digest, signer: subject_of(cert), certificate_valid: valid },
+                    SignatureInfo {
+                        digest,
+                        signer: subject_of(cert),
+                        certificate_valid: valid,
+                    },
                     out,
                 ));
             }
@@ -320,7 +324,8 @@ pub fn encrypt(data: &[u8], recipient: &X509, alg: EncryptionAlgorithm) -> Resul
     stack.push(recipient.clone()).map_err(|_| ossl("stack"))?;
     let cms = CmsContentInfo::encrypt(&stack, data, alg.cipher(), CMSOptions::BINARY)
         .map_err(|e| As2Error::Crypto(format!("CMS_encrypt: {e}")))?;
-    cms.to_der().map_err(|e| As2Error::Crypto(format!("i2d CMS: {e}")))
+    cms.to_der()
+        .map_err(|e| As2Error::Crypto(format!("i2d CMS: {e}")))
 }
 
 /// Decrypts an EnvelopedData/AuthEnvelopedData with the first of `keys` that
@@ -336,10 +341,16 @@ pub fn decrypt(
                 "expected enveloped data, found {other:?}"
             )))
         }
-        Err(e) => return Err(As2Error::DecryptionFailed(format!("not a CMS envelope: {e}"))),
+        Err(e) => {
+            return Err(As2Error::DecryptionFailed(format!(
+                "not a CMS envelope: {e}"
+            )))
+        }
     };
     if keys.is_empty() {
-        return Err(As2Error::DecryptionFailed("no station key configured".into()));
+        return Err(As2Error::DecryptionFailed(
+            "no station key configured".into(),
+        ));
     }
     let cms = CmsContentInfo::from_der(der_bytes)
         .map_err(|e| As2Error::DecryptionFailed(format!("not a CMS envelope: {e}")))?;
@@ -389,7 +400,8 @@ pub fn inspect(der_bytes: &[u8]) -> Result<CmsKind> {
             if let Some(set) = kids.get(1).filter(|t| t.tag == 0x31) {
                 for alg in der::children(set.content)? {
                     if let Some(o) = der::children(alg.content)?.first() {
-                        if let Some(d) = DigestAlgorithm::from_oid(&der::oid_to_string(o.content)?) {
+                        if let Some(d) = DigestAlgorithm::from_oid(&der::oid_to_string(o.content)?)
+                        {
                             digests.push(d);
                         }
                     }
@@ -451,7 +463,9 @@ pub fn compress(data: &[u8]) -> Result<Vec<u8>> {
     let mut enc = ZlibEncoder::new(Vec::new(), flate2::Compression::default());
     enc.write_all(data)
         .map_err(|e| As2Error::Crypto(format!("zlib: {e}")))?;
-    let z = enc.finish().map_err(|e| As2Error::Crypto(format!("zlib: {e}")))?;
+    let z = enc
+        .finish()
+        .map_err(|e| As2Error::Crypto(format!("zlib: {e}")))?;
     let alg = der::encode_tlv(0x30, &der::encode_oid(OID_ZLIB));
     let mut encap = der::encode_oid(OID_DATA);
     encap.extend(der::encode_tlv(0xa0, &der::encode_tlv(0x04, &z)));

@@ -74,7 +74,16 @@ fn read_tlv_depth(data: &[u8], depth: usize) -> Result<(Tlv<'_>, usize)> {
             if rest[0] == 0 && rest[1] == 0 {
                 let content = data.get(start..pos).ok_or_else(|| bad("truncated"))?;
                 let raw = data.get(..pos + 2).ok_or_else(|| bad("truncated"))?;
-                return Ok((Tlv { tag, tag_number, content, constructed, raw }, pos + 2));
+                return Ok((
+                    Tlv {
+                        tag,
+                        tag_number,
+                        content,
+                        constructed,
+                        raw,
+                    },
+                    pos + 2,
+                ));
             }
             let (_, used) = read_tlv_depth(rest, depth + 1)?;
             pos += used;
@@ -98,7 +107,16 @@ fn read_tlv_depth(data: &[u8], depth: usize) -> Result<(Tlv<'_>, usize)> {
     let end = pos.checked_add(len).ok_or_else(|| bad("length overflow"))?;
     let content = data.get(pos..end).ok_or_else(|| bad("truncated content"))?;
     let raw = data.get(..end).ok_or_else(|| bad("truncated content"))?;
-    Ok((Tlv { tag, tag_number, content, constructed, raw }, end))
+    Ok((
+        Tlv {
+            tag,
+            tag_number,
+            content,
+            constructed,
+            raw,
+        },
+        end,
+    ))
 }
 
 /// The children of a constructed element.
@@ -157,7 +175,11 @@ pub fn oid_to_string(content: &[u8]) -> Result<String> {
     if arcs.is_empty() {
         return Err(bad("empty OID"));
     }
-    Ok(arcs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join("."))
+    Ok(arcs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join("."))
 }
 
 /// Encodes a dotted OID as a full DER element.
@@ -165,7 +187,10 @@ pub fn encode_oid(dotted: &str) -> Vec<u8> {
     let arcs: Vec<u64> = dotted.split('.').filter_map(|a| a.parse().ok()).collect();
     let mut content = Vec::new();
     if arcs.len() >= 2 {
-        encode_base128(arcs[0] * 40 + arcs[1], &mut content);
+        encode_base128(
+            arcs[0].saturating_mul(40).saturating_add(arcs[1]),
+            &mut content,
+        );
         for a in &arcs[2..] {
             encode_base128(*a, &mut content);
         }
@@ -209,9 +234,15 @@ pub fn content_info(der: &[u8]) -> Result<(String, Tlv<'_>)> {
         return Err(bad("ContentInfo is not a SEQUENCE"));
     }
     let kids = children(ci.content)?;
-    let oid = kids.first().filter(|t| t.tag == 0x06).ok_or_else(|| bad("no contentType"))?;
+    let oid = kids
+        .first()
+        .filter(|t| t.tag == 0x06)
+        .ok_or_else(|| bad("no contentType"))?;
     let oid = oid_to_string(oid.content)?;
-    let explicit = kids.get(1).filter(|t| t.tag == 0xa0).ok_or_else(|| bad("no content"))?;
+    let explicit = kids
+        .get(1)
+        .filter(|t| t.tag == 0xa0)
+        .ok_or_else(|| bad("no content"))?;
     let inner = children(explicit.content)?;
     let inner = *inner.first().ok_or_else(|| bad("empty content"))?;
     Ok((oid, inner))
@@ -223,7 +254,11 @@ mod tests {
 
     #[test]
     fn oid_round_trip() {
-        for o in ["1.2.840.113549.1.9.16.1.9", "2.16.840.1.101.3.4.1.42", "1.3.14.3.2.26"] {
+        for o in [
+            "1.2.840.113549.1.9.16.1.9",
+            "2.16.840.1.101.3.4.1.42",
+            "1.3.14.3.2.26",
+        ] {
             let enc = encode_oid(o);
             let (t, used) = read_tlv(&enc).unwrap();
             assert_eq!(used, enc.len());
@@ -238,7 +273,9 @@ mod tests {
         let (t, used) = read_tlv(&enc).unwrap();
         assert_eq!((t.content.len(), used), (300, enc.len()));
         // Constructed OCTET STRING, indefinite length, two segments.
-        let ber = [0x24, 0x80, 0x04, 0x02, b'a', b'b', 0x04, 0x01, b'c', 0x00, 0x00];
+        let ber = [
+            0x24, 0x80, 0x04, 0x02, b'a', b'b', 0x04, 0x01, b'c', 0x00, 0x00,
+        ];
         let (t, used) = read_tlv(&ber).unwrap();
         assert_eq!(used, ber.len());
         assert_eq!(octet_string_bytes(&t).unwrap(), b"abc");

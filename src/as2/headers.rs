@@ -26,7 +26,12 @@ impl Headers {
         K: Into<String>,
         V: Into<String>,
     {
-        Self(pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+        Self(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
     }
 
     /// Appends a field.
@@ -150,7 +155,10 @@ pub fn find_header_end(data: &[u8]) -> (usize, usize) {
         return (0, 1);
     }
     let mut i = 0;
-    while let Some(off) = data.get(i..).and_then(|d| d.iter().position(|&c| c == b'\n')) {
+    while let Some(off) = data
+        .get(i..)
+        .and_then(|d| d.iter().position(|&c| c == b'\n'))
+    {
         let nl = i + off;
         let rest = data.get(nl + 1..).unwrap_or(&[]);
         if rest.starts_with(b"\r\n") {
@@ -192,7 +200,10 @@ impl ParamValue {
             };
             raw.push((k.trim().to_ascii_lowercase(), unquote(v.trim())));
         }
-        Self { value, params: decode_rfc2231(raw) }
+        Self {
+            value,
+            params: decode_rfc2231(raw),
+        }
     }
 
     /// The value lower-cased (for content types).
@@ -390,7 +401,10 @@ fn parse_encoded_word(s: &str) -> Option<(String, usize)> {
                 match b[i] {
                     b'_' => out.push(b' '),
                     b'=' => {
-                        match (b.get(i + 1).and_then(|c| hex(*c)), b.get(i + 2).and_then(|c| hex(*c))) {
+                        match (
+                            b.get(i + 1).and_then(|c| hex(*c)),
+                            b.get(i + 2).and_then(|c| hex(*c)),
+                        ) {
                             (Some(h), Some(l)) => {
                                 out.push(h * 16 + l);
                                 i += 2;
@@ -572,12 +586,14 @@ mod tests {
         assert_eq!(p.param("filename"), Some("plain.edi"));
         let p = ParamValue::parse("attachment; filename*=UTF-8''%E2%82%AC%20rates.txt");
         assert_eq!(p.param("filename"), Some("€ rates.txt"));
-        let p = ParamValue::parse(
-            "attachment; filename*0*=UTF-8''long%20; filename*1=\"name.txt\"",
-        );
+        let p =
+            ParamValue::parse("attachment; filename*0*=UTF-8''long%20; filename*1=\"name.txt\"");
         assert_eq!(p.param("filename"), Some("long name.txt"));
         assert_eq!(decode_rfc2047("=?UTF-8?B?w6TDtsO8LnR4dA==?="), "äöü.txt");
-        assert_eq!(decode_rfc2047("=?iso-8859-1?Q?caf=E9_menu?= .txt"), "café menu .txt");
+        assert_eq!(
+            decode_rfc2047("=?iso-8859-1?Q?caf=E9_menu?= .txt"),
+            "café menu .txt"
+        );
         assert_eq!(decode_rfc2047("=?x?Z?bad?="), "=?x?Z?bad?=");
         assert_eq!(decode_rfc2047("=?utf-8?Q?a?= =?utf-8?Q?b?="), "ab");
     }
@@ -617,6 +633,9 @@ mod tests {
     #[test]
     fn dates() {
         assert_eq!(format_date(0), "Thu, 01 Jan 1970 00:00:00 +0000");
-        assert_eq!(format_date(1_641_304_626), "Tue, 04 Jan 2022 13:57:06 +0000");
+        assert_eq!(
+            format_date(1_641_304_626),
+            "Tue, 04 Jan 2022 13:57:06 +0000"
+        );
     }
 }

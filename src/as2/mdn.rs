@@ -15,8 +15,12 @@ use super::algorithms::DigestAlgorithm;
 use super::certs::{KeyPair, ValidityPolicy};
 use super::cms::{self, SignOptions, SignatureInfo};
 use super::error::{As2Error, DispositionModifier, Result};
-use super::headers::{format_date, normalize_message_id, quote_as2_name, unquote_as2_name, Headers};
-use super::message::{generate_message_id, signed_entity, RequestInfo, AS2_VERSION, EDIINT_FEATURES};
+use super::headers::{
+    format_date, normalize_message_id, quote_as2_name, unquote_as2_name, Headers,
+};
+use super::message::{
+    generate_message_id, signed_entity, RequestInfo, AS2_VERSION, EDIINT_FEATURES,
+};
 use super::mic::Mic;
 use super::mime::{canonicalize_crlf, has_bare_lf, make_boundary, split_multipart, Entity};
 
@@ -62,7 +66,11 @@ impl Disposition {
             None => (d, None),
         };
         let ty_l = ty.to_ascii_lowercase();
-        let text_after_colon = |m: &str| m.split_once(':').map(|(_, t)| t.trim().to_string()).unwrap_or_default();
+        let text_after_colon = |m: &str| {
+            m.split_once(':')
+                .map(|(_, t)| t.trim().to_string())
+                .unwrap_or_default()
+        };
         match (ty_l.as_str(), modifier) {
             ("processed", None) => Ok(Self::Processed),
             ("processed", Some(m)) => {
@@ -147,12 +155,20 @@ pub fn build_mdn(p: &MdnParams<'_>) -> Result<OutgoingMdn> {
     report.push_str(&format!("Original-Message-ID: <{}>\r\n", req.message_id));
     report.push_str(&format!("Disposition: {}\r\n", p.disposition.to_field()));
     if let Some(m) = p.mic {
-        report.push_str(&format!("Received-Content-MIC: {}\r\n", m.to_header_value()));
+        report.push_str(&format!(
+            "Received-Content-MIC: {}\r\n",
+            m.to_header_value()
+        ));
     }
     let text = canonicalize_crlf(p.text.as_bytes());
     let boundary = make_boundary();
     let mut body = Vec::new();
-    body.extend_from_slice(format!("--{boundary}\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: 7bit\r\n\r\n").as_bytes());
+    body.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: 7bit\r\n\r\n"
+        )
+        .as_bytes(),
+    );
     body.extend_from_slice(&text);
     body.extend_from_slice(format!("\r\n--{boundary}\r\nContent-Type: message/disposition-notification\r\nContent-Transfer-Encoding: 7bit\r\n\r\n").as_bytes());
     body.extend_from_slice(report.as_bytes());
@@ -169,7 +185,11 @@ pub fn build_mdn(p: &MdnParams<'_>) -> Result<OutgoingMdn> {
         .map(|m| m.preferred_micalg().unwrap_or(DigestAlgorithm::Sha256));
     let mut signed = false;
     if let (Some(alg), Some(key)) = (sign_alg, p.signer) {
-        let alg = if alg == DigestAlgorithm::Md5 { DigestAlgorithm::Sha256 } else { alg };
+        let alg = if alg == DigestAlgorithm::Md5 {
+            DigestAlgorithm::Sha256
+        } else {
+            alg
+        };
         entity = signed_entity(
             &entity,
             key,
@@ -289,7 +309,11 @@ pub fn parse_mdn(
         let parts = split_multipart(entity.body(), &boundary)?;
         let (content, sig) = match parts.as_slice() {
             [c, s] => (*c, Entity::parse(s)?),
-            _ => return Err(As2Error::MalformedMime("multipart/signed needs 2 parts".into())),
+            _ => {
+                return Err(As2Error::MalformedMime(
+                    "multipart/signed needs 2 parts".into(),
+                ))
+            }
         };
         if !partner_certs.is_empty() {
             let der = sig.decoded_body()?;
@@ -307,7 +331,10 @@ pub fn parse_mdn(
         return Err(As2Error::InsufficientSecurity("MDN is not signed".into()));
     }
     if entity.media_type() != "multipart/report" {
-        return Err(As2Error::NotAnMdn(format!("content type {}", entity.media_type())));
+        return Err(As2Error::NotAnMdn(format!(
+            "content type {}",
+            entity.media_type()
+        )));
     }
     let boundary = entity
         .content_type()
@@ -340,12 +367,16 @@ pub fn parse_mdn(
             text = String::from_utf8_lossy(&e.decoded_body()?).into_owned();
         }
     }
-    let f = fields.ok_or_else(|| As2Error::NotAnMdn("no message/disposition-notification part".into()))?;
+    let f = fields
+        .ok_or_else(|| As2Error::NotAnMdn("no message/disposition-notification part".into()))?;
     let original_message_id = normalize_message_id(
         f.get("original-message-id")
             .ok_or(As2Error::MissingHeader("Original-Message-ID"))?,
     );
-    let disposition = Disposition::parse(f.get("disposition").ok_or(As2Error::MissingHeader("Disposition"))?)?;
+    let disposition = Disposition::parse(
+        f.get("disposition")
+            .ok_or(As2Error::MissingHeader("Disposition"))?,
+    )?;
     let mic = match f.get("received-content-mic") {
         Some(v) => Some(Mic::parse(v)?),
         None => None,
@@ -382,10 +413,16 @@ mod tests {
             assert_eq!(Disposition::parse(&d.to_field()).unwrap(), d);
         }
         assert_eq!(
-            Disposition::parse("automatic-action/MDN-sent-automatically; Processed/Error: Authentication-Failed").unwrap(),
+            Disposition::parse(
+                "automatic-action/MDN-sent-automatically; Processed/Error: Authentication-Failed"
+            )
+            .unwrap(),
             Disposition::Error(DispositionModifier::AuthenticationFailed)
         );
-        assert_eq!(Disposition::parse("processed").unwrap(), Disposition::Processed);
+        assert_eq!(
+            Disposition::parse("processed").unwrap(),
+            Disposition::Processed
+        );
         assert!(Disposition::parse("exploded").is_err());
         assert!(Disposition::Processed.is_processed());
         assert!(!Disposition::Error(DispositionModifier::DecryptionFailed).is_processed());

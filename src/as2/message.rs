@@ -13,6 +13,7 @@
 //! * compressed and unsigned: RFC 5402 says over the uncompressed MIME entity
 //!   including its headers, which differs from RFC 4130. We compute both and
 //!   return the RFC 5402 value as primary and the RFC 4130 one as alternative.
+//!
 //! The MIC algorithm is the signature's digest for signed messages (what
 //! pyas2lib, Mendelson and Sterling do), otherwise the first supported
 //! `signed-receipt-micalg` the sender asked for, else SHA-1 (RFC 4130 §7.3.1).
@@ -216,7 +217,9 @@ fn entity_bytes(headers: &[(&str, String)], body: &[u8]) -> Vec<u8> {
 
 fn check_header_value(name: &str, v: &str) -> Result<()> {
     if v.chars().any(|c| c == '\r' || c == '\n') {
-        return Err(As2Error::InvalidInput(format!("{name} contains a line break")));
+        return Err(As2Error::InvalidInput(format!(
+            "{name} contains a line break"
+        )));
     }
     Ok(())
 }
@@ -273,18 +276,17 @@ fn compressed_entity(inner: &[u8]) -> Result<Vec<u8>> {
                 "application/pkcs7-mime; smime-type=compressed-data; name=\"smime.p7z\"".into(),
             ),
             ("Content-Transfer-Encoding", "binary".into()),
-            ("Content-Disposition", "attachment; filename=\"smime.p7z\"".into()),
+            (
+                "Content-Disposition",
+                "attachment; filename=\"smime.p7z\"".into(),
+            ),
         ],
         &der,
     ))
 }
 
 /// Builds a `multipart/signed` entity around `inner` (signed exactly as given).
-pub(crate) fn signed_entity(
-    inner: &[u8],
-    signer: &KeyPair,
-    opts: &SignOptions,
-) -> Result<Vec<u8>> {
+pub(crate) fn signed_entity(inner: &[u8], signer: &KeyPair, opts: &SignOptions) -> Result<Vec<u8>> {
     let sig = cms::sign_detached(inner, signer, opts)?;
     let boundary = make_boundary();
     let mut body = Vec::with_capacity(inner.len() + sig.len() * 2 + 512);
@@ -298,7 +300,10 @@ pub(crate) fn signed_entity(
                 "application/pkcs7-signature; name=\"smime.p7s\"; smime-type=signed-data".into(),
             ),
             ("Content-Transfer-Encoding", "base64".into()),
-            ("Content-Disposition", "attachment; filename=\"smime.p7s\"".into()),
+            (
+                "Content-Disposition",
+                "attachment; filename=\"smime.p7s\"".into(),
+            ),
         ],
         &base64_encode_lines(&sig),
     ));
@@ -326,7 +331,10 @@ pub fn build_message(
         ("AS2-From", &profile.as2_from),
         ("AS2-To", &profile.as2_to),
         ("Subject", &profile.subject),
-        ("Disposition-Notification-To", &profile.disposition_notification_to),
+        (
+            "Disposition-Notification-To",
+            &profile.disposition_notification_to,
+        ),
         ("Message-ID domain", &profile.message_id_domain),
     ] {
         check_header_value(n, v)?;
@@ -335,7 +343,9 @@ pub fn build_message(
         return Err(As2Error::InvalidInput("empty AS2 name".into()));
     }
     if profile.as2_from.len() > 128 || profile.as2_to.len() > 128 {
-        return Err(As2Error::InvalidInput("AS2 name longer than 128 characters".into()));
+        return Err(As2Error::InvalidInput(
+            "AS2 name longer than 128 characters".into(),
+        ));
     }
     let (payload, content) = payload_entity(attachments, profile.binary_canonicalization)?;
     let sign_opts = |digest| SignOptions {
@@ -344,7 +354,11 @@ pub fn build_message(
         algorithm_protection: profile.algorithm_protection,
         signing_time: now_unix,
     };
-    let unsigned_alg = profile.signed_mdn_micalgs.first().copied().unwrap_or(DigestAlgorithm::Sha1);
+    let unsigned_alg = profile
+        .signed_mdn_micalgs
+        .first()
+        .copied()
+        .unwrap_or(DigestAlgorithm::Sha1);
 
     let mut entity = payload.clone();
     let mut mic = None;
@@ -362,10 +376,17 @@ pub fn build_message(
     }
     if profile.sign.is_none() {
         let rfc4130 = if profile.encrypt.is_some() {
-            (MicRule::EncryptedEntity, Mic::compute(&entity, unsigned_alg)?)
+            (
+                MicRule::EncryptedEntity,
+                Mic::compute(&entity, unsigned_alg)?,
+            )
         } else {
             let body = Entity::parse(&entity)?.body().to_vec();
-            let body = if profile.compress.is_some() { body } else { content };
+            let body = if profile.compress.is_some() {
+                body
+            } else {
+                content
+            };
             (MicRule::PlainContent, Mic::compute(&body, unsigned_alg)?)
         };
         if profile.compress.is_some() {
@@ -376,8 +397,9 @@ pub fn build_message(
         }
     }
     if let Some(alg) = profile.encrypt {
-        let cert = recipient
-            .ok_or_else(|| As2Error::InvalidInput("encryption needs the partner certificate".into()))?;
+        let cert = recipient.ok_or_else(|| {
+            As2Error::InvalidInput("encryption needs the partner certificate".into())
+        })?;
         let der = cms::encrypt(&entity, cert, alg)?;
         entity = entity_bytes(
             &[
@@ -386,7 +408,10 @@ pub fn build_message(
                     "application/pkcs7-mime; smime-type=enveloped-data; name=\"smime.p7m\"".into(),
                 ),
                 ("Content-Transfer-Encoding", "binary".into()),
-                ("Content-Disposition", "attachment; filename=\"smime.p7m\"".into()),
+                (
+                    "Content-Disposition",
+                    "attachment; filename=\"smime.p7m\"".into(),
+                ),
             ],
             &der,
         );
@@ -412,10 +437,16 @@ pub fn build_message(
     match &profile.mdn {
         MdnMode::None => {}
         mode => {
-            h.push("Disposition-Notification-To", profile.disposition_notification_to.clone());
+            h.push(
+                "Disposition-Notification-To",
+                profile.disposition_notification_to.clone(),
+            );
             if !profile.signed_mdn_micalgs.is_empty() {
-                let algs: Vec<&str> =
-                    profile.signed_mdn_micalgs.iter().map(|a| a.micalg()).collect();
+                let algs: Vec<&str> = profile
+                    .signed_mdn_micalgs
+                    .iter()
+                    .map(|a| a.micalg())
+                    .collect();
                 h.push(
                     "Disposition-Notification-Options",
                     format!(
@@ -483,10 +514,15 @@ impl RequestInfo {
     /// Reads the AS2 header fields (RFC 4130 §6). `AS2-From`, `AS2-To` and
     /// `Message-ID` are required.
     pub fn from_headers(h: &Headers) -> Result<Self> {
-        let as2_from = unquote_as2_name(h.get("as2-from").ok_or(As2Error::MissingHeader("AS2-From"))?);
+        let as2_from = unquote_as2_name(
+            h.get("as2-from")
+                .ok_or(As2Error::MissingHeader("AS2-From"))?,
+        );
         let as2_to = unquote_as2_name(h.get("as2-to").ok_or(As2Error::MissingHeader("AS2-To"))?);
-        let message_id =
-            normalize_message_id(h.get("message-id").ok_or(As2Error::MissingHeader("Message-ID"))?);
+        let message_id = normalize_message_id(
+            h.get("message-id")
+                .ok_or(As2Error::MissingHeader("Message-ID"))?,
+        );
         if message_id.is_empty() {
             return Err(As2Error::MissingHeader("Message-ID"));
         }
@@ -645,15 +681,17 @@ pub fn parse_body(
             if outer_content.is_none() && encryption.is_none() && signature.is_none() {
                 outer_content = Some(der.clone());
             }
-            let kind = cms::inspect(&der).map_err(|e| match entity
-                .content_type()
-                .param("smime-type")
-                .map(|s| s.to_ascii_lowercase())
-                .as_deref()
-            {
-                Some("enveloped-data") => As2Error::DecryptionFailed(e.to_string()),
-                Some("compressed-data") => As2Error::DecompressionFailed(e.to_string()),
-                _ => e,
+            let kind = cms::inspect(&der).map_err(|e| {
+                match entity
+                    .content_type()
+                    .param("smime-type")
+                    .map(|s| s.to_ascii_lowercase())
+                    .as_deref()
+                {
+                    Some("enveloped-data") => As2Error::DecryptionFailed(e.to_string()),
+                    Some("compressed-data") => As2Error::DecompressionFailed(e.to_string()),
+                    _ => e,
+                }
             })?;
             match kind {
                 CmsKind::Enveloped { .. } => {
@@ -688,7 +726,9 @@ pub fn parse_body(
                     entity = Entity::parse(&content)?;
                 }
                 CmsKind::Other(oid) => {
-                    return Err(As2Error::UnsupportedAlgorithm(format!("CMS content type {oid}")))
+                    return Err(As2Error::UnsupportedAlgorithm(format!(
+                        "CMS content type {oid}"
+                    )))
                 }
             }
             continue;
@@ -715,9 +755,10 @@ pub fn parse_body(
             }
             let sig_der = sig_part.decoded_body()?;
             let (info_sig, verified) = verify_with_fallbacks(&sig_der, content, ctx)?;
-            let micalg = info_sig
-                .digest
-                .or_else(|| ct.param("micalg").and_then(|m| DigestAlgorithm::parse(m).ok()));
+            let micalg = info_sig.digest.or_else(|| {
+                ct.param("micalg")
+                    .and_then(|m| DigestAlgorithm::parse(m).ok())
+            });
             if signature.is_none() {
                 sig_micalg = micalg;
                 signature = Some(info_sig);
@@ -738,7 +779,11 @@ pub fn parse_body(
                 let e = Entity::parse(p)?;
                 out.push(ReceivedAttachment {
                     filename: e.filename(),
-                    content_type: e.headers.get("content-type").unwrap_or("text/plain").to_string(),
+                    content_type: e
+                        .headers
+                        .get("content-type")
+                        .unwrap_or("text/plain")
+                        .to_string(),
                     data: e.decoded_body()?,
                 });
             }
@@ -746,15 +791,23 @@ pub fn parse_body(
         } else {
             vec![ReceivedAttachment {
                 filename: entity.filename(),
-                content_type: entity.headers.get("content-type").unwrap_or("text/plain").to_string(),
+                content_type: entity
+                    .headers
+                    .get("content-type")
+                    .unwrap_or("text/plain")
+                    .to_string(),
                 data: entity.decoded_body()?,
             }]
         };
         if ctx.require_signature && signature.is_none() {
-            return Err(As2Error::InsufficientSecurity("message is not signed".into()));
+            return Err(As2Error::InsufficientSecurity(
+                "message is not signed".into(),
+            ));
         }
         if ctx.require_encryption && encryption.is_none() {
-            return Err(As2Error::InsufficientSecurity("message is not encrypted".into()));
+            return Err(As2Error::InsufficientSecurity(
+                "message is not encrypted".into(),
+            ));
         }
         let requested = info.mdn.as_ref().and_then(MdnRequest::preferred_micalg);
         let (mic, mic_rule, alternatives) = if let Some(sc) = &signed_content {
@@ -778,7 +831,11 @@ pub fn parse_body(
                 }
             };
             match &uncompressed_entity {
-                Some(u) => (Mic::compute(u, alg)?, MicRule::CompressedEntity, vec![rfc4130]),
+                Some(u) => (
+                    Mic::compute(u, alg)?,
+                    MicRule::CompressedEntity,
+                    vec![rfc4130],
+                ),
                 None => (rfc4130.1, rfc4130.0, Vec::new()),
             }
         };

@@ -21,7 +21,10 @@ impl Mic {
     pub fn compute(data: &[u8], algorithm: DigestAlgorithm) -> Result<Self> {
         let d = hash(algorithm.message_digest(), data)
             .map_err(|e| As2Error::Crypto(format!("digest: {e}")))?;
-        Ok(Self { digest_b64: base64_encode(&d), algorithm })
+        Ok(Self {
+            digest_b64: base64_encode(&d),
+            algorithm,
+        })
     }
 
     /// The `Received-Content-MIC` value: `<base64>, <micalg>` (RFC 4130
@@ -60,7 +63,10 @@ impl Mic {
         } else {
             DigestAlgorithm::parse(alg)?
         };
-        Ok(Self { digest_b64: b64.to_string(), algorithm })
+        Ok(Self {
+            digest_b64: b64.to_string(),
+            algorithm,
+        })
     }
 
     /// Same algorithm and same digest bytes (base64 compared after decoding,
@@ -93,7 +99,10 @@ mod tests {
     fn compute_parse_match() {
         let m = Mic::compute(b"abc", DigestAlgorithm::Sha256).unwrap();
         assert_eq!(m.digest_b64, "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=");
-        assert_eq!(m.to_header_value(), "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=, sha-256");
+        assert_eq!(
+            m.to_header_value(),
+            "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=, sha-256"
+        );
         let p = Mic::parse("ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=, SHA256").unwrap();
         assert!(p.matches(&m));
         let p = Mic::parse("ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=").unwrap();

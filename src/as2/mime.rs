@@ -40,13 +40,21 @@ impl Entity {
     pub fn parse(raw: &[u8]) -> Result<Self> {
         let (hlen, body_start) = find_header_end(raw);
         let headers = Headers::parse_block(raw.get(..hlen).unwrap_or(&[]))?;
-        Ok(Self { headers, raw: raw.to_vec(), body_start })
+        Ok(Self {
+            headers,
+            raw: raw.to_vec(),
+            body_start,
+        })
     }
 
     /// An entity from separately transported headers (HTTP) and body; `raw`
     /// is then the body alone (`body_start == 0`).
     pub fn from_parts(headers: Headers, body: &[u8]) -> Self {
-        Self { headers, raw: body.to_vec(), body_start: 0 }
+        Self {
+            headers,
+            raw: body.to_vec(),
+            body_start: 0,
+        }
     }
 
     /// The body bytes, still transfer-encoded.
@@ -230,7 +238,10 @@ pub fn split_multipart<'a>(body: &'a [u8], boundary: &str) -> Result<Vec<&'a [u8
     let mut delims: Vec<(usize, usize, bool)> = Vec::new();
     let mut line_start = 0usize;
     loop {
-        if body.get(line_start..).is_some_and(|rest| rest.starts_with(&delim)) {
+        if body
+            .get(line_start..)
+            .is_some_and(|rest| rest.starts_with(&delim))
+        {
             let after = line_start + delim.len();
             let is_close = body.get(after..after + 2) == Some(b"--".as_slice());
             let eol = body
@@ -248,13 +259,16 @@ pub fn split_multipart<'a>(body: &'a [u8], boundary: &str) -> Result<Vec<&'a [u8
                 }
             }
         }
-        match body.get(line_start..).and_then(|r| r.iter().position(|&c| c == b'\n')) {
+        match body
+            .get(line_start..)
+            .and_then(|r| r.iter().position(|&c| c == b'\n'))
+        {
             Some(p) => line_start = line_start + p + 1,
             None => break,
         }
     }
     let closed = delims.last().is_some_and(|d| d.2);
-    if delims.len() < 2 && !(delims.len() == 1 && !closed) {
+    if delims.is_empty() || (delims.len() == 1 && closed) {
         return Err(As2Error::MalformedMime(format!(
             "multipart body has no parts for boundary {boundary:?}"
         )));
@@ -278,7 +292,9 @@ pub fn split_multipart<'a>(body: &'a [u8], boundary: &str) -> Result<Vec<&'a [u8
         parts.push(body.get(start..e.max(start)).unwrap_or(&[]));
     }
     if parts.is_empty() {
-        return Err(As2Error::MalformedMime("multipart body has no parts".into()));
+        return Err(As2Error::MalformedMime(
+            "multipart body has no parts".into(),
+        ));
     }
     Ok(parts)
 }
@@ -330,9 +346,15 @@ mod tests {
 
     #[test]
     fn transfer_encodings() {
-        assert_eq!(decode_transfer(b"aGVs\r\nbG8=\r\n", "base64").unwrap(), b"hello");
+        assert_eq!(
+            decode_transfer(b"aGVs\r\nbG8=\r\n", "base64").unwrap(),
+            b"hello"
+        );
         assert_eq!(decode_transfer(b"aGVsbG8", "base64").unwrap(), b"hello");
-        assert_eq!(decode_transfer(b"a=3Db=\r\nc", "quoted-printable").unwrap(), b"a=bc");
+        assert_eq!(
+            decode_transfer(b"a=3Db=\r\nc", "quoted-printable").unwrap(),
+            b"a=bc"
+        );
         assert_eq!(decode_transfer(b"\x00\xff", "binary").unwrap(), b"\x00\xff");
         assert!(decode_transfer(b"x", "x-uuencode").is_err());
         assert!(decode_transfer(b"!!!!", "base64").is_err());
@@ -350,12 +372,21 @@ mod tests {
     fn multipart_split() {
         let body = b"preamble\r\n--XX\r\nA: 1\r\n\r\none\r\n--XX\r\nA: 2\r\n\r\ntwo\r\n\r\n--XX--\r\nepilogue";
         let parts = split_multipart(body, "XX").unwrap();
-        assert_eq!(parts, vec![&b"A: 1\r\n\r\none"[..], &b"A: 2\r\n\r\ntwo\r\n"[..]]);
+        assert_eq!(
+            parts,
+            vec![&b"A: 1\r\n\r\none"[..], &b"A: 2\r\n\r\ntwo\r\n"[..]]
+        );
         let lf = b"--XX\nA: 1\n\none\n--XX--\n";
-        assert_eq!(split_multipart(lf, "XX").unwrap(), vec![&b"A: 1\n\none"[..]]);
+        assert_eq!(
+            split_multipart(lf, "XX").unwrap(),
+            vec![&b"A: 1\n\none"[..]]
+        );
         // A line that merely starts with the delimiter text is not a delimiter.
         let tricky = b"--XX\r\n\r\n--XXY\r\n--XX--";
-        assert_eq!(split_multipart(tricky, "XX").unwrap(), vec![&b"\r\n--XXY"[..]]);
+        assert_eq!(
+            split_multipart(tricky, "XX").unwrap(),
+            vec![&b"\r\n--XXY"[..]]
+        );
         assert!(split_multipart(b"--XX\r\nA: 1\r\n\r\none", "XX").is_err());
         assert!(split_multipart(b"nothing here", "XX").is_err());
         assert!(split_multipart(b"x", "").is_err());
@@ -363,11 +394,18 @@ mod tests {
 
     #[test]
     fn filenames() {
-        let e = Entity::parse(b"Content-Disposition: attachment; filename=\"../../etc/passwd\"\r\n\r\n").unwrap();
+        let e = Entity::parse(
+            b"Content-Disposition: attachment; filename=\"../../etc/passwd\"\r\n\r\n",
+        )
+        .unwrap();
         assert_eq!(e.filename().as_deref(), Some("passwd"));
-        let e = Entity::parse(b"Content-Type: application/edi-x12; name=order.x12\r\n\r\n").unwrap();
+        let e =
+            Entity::parse(b"Content-Type: application/edi-x12; name=order.x12\r\n\r\n").unwrap();
         assert_eq!(e.filename().as_deref(), Some("order.x12"));
-        let e = Entity::parse(b"Content-Disposition: attachment; filename=\"=?utf-8?B?w6TDtsO8LnR4dA==?=\"\r\n\r\n").unwrap();
+        let e = Entity::parse(
+            b"Content-Disposition: attachment; filename=\"=?utf-8?B?w6TDtsO8LnR4dA==?=\"\r\n\r\n",
+        )
+        .unwrap();
         assert_eq!(e.filename().as_deref(), Some("äöü.txt"));
         let e = Entity::parse(b"Content-Disposition: attachment; filename=..\r\n\r\n").unwrap();
         assert_eq!(e.filename(), None);

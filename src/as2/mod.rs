@@ -3,13 +3,18 @@
 //!
 //! See `docs/AS2.md` for the map of types and the RFC sections they follow.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod algorithms;
 pub mod certs;
 pub mod cms;
 pub mod der;
-pub mod mdn;
 pub mod error;
 pub mod headers;
+pub mod mdn;
 pub mod message;
 pub mod mic;
 pub mod mime;

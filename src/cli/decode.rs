@@ -57,7 +57,10 @@ fn now_unix() -> i64 {
 }
 
 fn sha256_hex(d: &[u8]) -> String {
-    openssl::sha::sha256(d).iter().map(|b| format!("{b:02x}")).collect()
+    openssl::sha::sha256(d)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn mic_json(m: &Mic, rule: Option<MicRule>) -> Value {
@@ -102,7 +105,8 @@ fn is_mdn(headers: &Headers, body: &[u8]) -> bool {
 
 /// Runs `as2box decode`.
 pub fn run(args: &DecodeArgs) -> Result<()> {
-    let raw = std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let raw =
+        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
     let keys = match &args.key {
         Some(p) => {
             let data = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
@@ -114,18 +118,30 @@ pub fn run(args: &DecodeArgs) -> Result<()> {
     let certs = match &args.cert {
         Some(p) => {
             let data = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-            load_certificates(&data).with_context(|| format!("loading certificate {}", p.display()))?
+            load_certificates(&data)
+                .with_context(|| format!("loading certificate {}", p.display()))?
         }
         None => Vec::new(),
     };
     let at = args.at.unwrap_or_else(now_unix);
-    let policy = ValidityPolicy { at_unix: at, accept_expired: args.accept_expired };
-    let (headers, body) = split_http_capture(&raw).context("not a capture (headers, blank line, body)")?;
+    let policy = ValidityPolicy {
+        at_unix: at,
+        accept_expired: args.accept_expired,
+    };
+    let (headers, body) =
+        split_http_capture(&raw).context("not a capture (headers, blank line, body)")?;
 
     let (out, ok) = if is_mdn(&headers, &body) {
         decode_mdn(&headers, &body, &certs, policy)
     } else {
-        decode_message(&headers, &body, &keys, &certs, policy, args.extract.as_deref())?
+        decode_message(
+            &headers,
+            &body,
+            &keys,
+            &certs,
+            policy,
+            args.extract.as_deref(),
+        )?
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -135,13 +151,20 @@ pub fn run(args: &DecodeArgs) -> Result<()> {
     if !ok {
         bail!(
             "{}",
-            out["error"]["message"].as_str().unwrap_or("decoding failed")
+            out["error"]["message"]
+                .as_str()
+                .unwrap_or("decoding failed")
         );
     }
     Ok(())
 }
 
-fn decode_mdn(headers: &Headers, body: &[u8], certs: &[openssl::x509::X509], policy: ValidityPolicy) -> (Value, bool) {
+fn decode_mdn(
+    headers: &Headers,
+    body: &[u8],
+    certs: &[openssl::x509::X509],
+    policy: ValidityPolicy,
+) -> (Value, bool) {
     match parse_mdn(headers, body, certs, policy, false) {
         Ok(m) => (
             json!({
@@ -230,7 +253,8 @@ fn decode_message(
                         .and_then(sanitize_filename)
                         .unwrap_or_else(|| format!("attachment-{}.bin", i + 1));
                     let path = dir.join(&name);
-                    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
                     let mut f = std::fs::OpenOptions::new()
                         .write(true)
                         .create_new(true)
@@ -253,8 +277,12 @@ fn decode_message(
                 Value::Null
             };
             out["mic"] = mic_json(&r.mic, Some(r.mic_rule));
-            out["mic_alternatives"] =
-                Value::Array(r.mic_alternatives.iter().map(|(rule, m)| mic_json(m, Some(*rule))).collect());
+            out["mic_alternatives"] = Value::Array(
+                r.mic_alternatives
+                    .iter()
+                    .map(|(rule, m)| mic_json(m, Some(*rule)))
+                    .collect(),
+            );
             out["attachments"] = Value::Array(atts);
             out["error"] = Value::Null;
             Ok((out, true))
@@ -289,7 +317,12 @@ fn print_text(v: &Value, indent: &str) {
                         println!("{indent}  -");
                         print_text(it, &format!("{indent}    "));
                     } else {
-                        println!("{indent}  - {}", it.as_str().map(str::to_string).unwrap_or_else(|| it.to_string()));
+                        println!(
+                            "{indent}  - {}",
+                            it.as_str()
+                                .map(str::to_string)
+                                .unwrap_or_else(|| it.to_string())
+                        );
                     }
                 }
             }

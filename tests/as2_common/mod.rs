@@ -41,7 +41,9 @@ pub fn vector(dir: &std::path::Path, name: &str) -> Vec<u8> {
 pub fn python() -> Option<PathBuf> {
     let py = std::env::var_os("AS2BOX_PYTHON")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-interop/bin/python"));
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-interop/bin/python")
+        });
     if !py.exists() {
         return skip_or_fail(&format!(
             "interop python {} is missing (run scripts/setup-interop)",
@@ -54,7 +56,10 @@ pub fn python() -> Option<PathBuf> {
         .map(|s| s.success())
         .unwrap_or(false);
     if !ok {
-        return skip_or_fail(&format!("{} cannot import pyas2lib (run scripts/setup-interop)", py.display()));
+        return skip_or_fail(&format!(
+            "{} cannot import pyas2lib (run scripts/setup-interop)",
+            py.display()
+        ));
     }
     Some(py)
 }
@@ -95,16 +100,27 @@ pub fn make_keypair(cn: &str) -> KeyPair {
     b.set_subject_name(&name).unwrap();
     b.set_issuer_name(&name).unwrap();
     b.set_pubkey(&key).unwrap();
-    b.set_not_before(&Asn1Time::from_unix(1_577_836_800).unwrap()).unwrap();
-    b.set_not_after(&Asn1Time::from_unix(2_208_988_800).unwrap()).unwrap();
+    b.set_not_before(&Asn1Time::from_unix(1_577_836_800).unwrap())
+        .unwrap();
+    b.set_not_after(&Asn1Time::from_unix(2_208_988_800).unwrap())
+        .unwrap();
     b.sign(&key, MessageDigest::sha256()).unwrap();
-    KeyPair { key, cert: b.build(), chain: Vec::new() }
+    KeyPair {
+        key,
+        cert: b.build(),
+        chain: Vec::new(),
+    }
 }
 
 /// Two key pairs shared by a test binary: (ours, partner's).
 pub fn test_keys() -> &'static (KeyPair, KeyPair) {
     static K: std::sync::OnceLock<(KeyPair, KeyPair)> = std::sync::OnceLock::new();
-    K.get_or_init(|| (make_keypair("as2box test station"), make_keypair("as2box test partner")))
+    K.get_or_init(|| {
+        (
+            make_keypair("as2box test station"),
+            make_keypair("as2box test partner"),
+        )
+    })
 }
 
 /// 2026-11-28, a fixed "now" for tests.
@@ -132,7 +148,11 @@ pub struct HttpMessage {
 impl HttpMessage {
     /// The status code of a response.
     pub fn status(&self) -> u16 {
-        self.start.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+        self.start
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
     }
 }
 
@@ -158,7 +178,10 @@ pub fn read_http(stream: &mut TcpStream) -> std::io::Result<HttpMessage> {
         }
     }
     let mut body = Vec::new();
-    match headers.get("content-length").and_then(|v| v.parse::<usize>().ok()) {
+    match headers
+        .get("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
         Some(n) => {
             body.resize(n, 0);
             r.read_exact(&mut body)?;
@@ -167,11 +190,20 @@ pub fn read_http(stream: &mut TcpStream) -> std::io::Result<HttpMessage> {
             r.read_to_end(&mut body)?;
         }
     }
-    Ok(HttpMessage { start: start.trim_end().to_string(), headers, body })
+    Ok(HttpMessage {
+        start: start.trim_end().to_string(),
+        headers,
+        body,
+    })
 }
 
 /// Writes a request or response with the given start line.
-pub fn write_http(stream: &mut TcpStream, start: &str, headers: &Headers, body: &[u8]) -> std::io::Result<()> {
+pub fn write_http(
+    stream: &mut TcpStream,
+    start: &str,
+    headers: &Headers,
+    body: &[u8],
+) -> std::io::Result<()> {
     let mut out = Vec::with_capacity(body.len() + 1024);
     out.extend_from_slice(start.as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -181,7 +213,13 @@ pub fn write_http(stream: &mut TcpStream, start: &str, headers: &Headers, body: 
         }
         out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
     }
-    out.extend_from_slice(format!("Content-Length: {}\r\nConnection: close\r\n\r\n", body.len()).as_bytes());
+    out.extend_from_slice(
+        format!(
+            "Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
     out.extend_from_slice(body);
     stream.write_all(&out)?;
     stream.flush()
@@ -189,7 +227,9 @@ pub fn write_http(stream: &mut TcpStream, start: &str, headers: &Headers, body: 
 
 /// POSTs to `url` (`http://127.0.0.1:PORT/path` only) and returns the response.
 pub fn http_post(url: &str, headers: &Headers, body: &[u8]) -> HttpMessage {
-    let rest = url.strip_prefix("http://127.0.0.1:").expect("loopback URLs only");
+    let rest = url
+        .strip_prefix("http://127.0.0.1:")
+        .expect("loopback URLs only");
     let (port, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -228,7 +268,11 @@ pub struct Peer {
 
 impl Peer {
     /// Starts the peer with `peer_key` as its key and `our_cert` as partner.
-    pub fn start(python: &std::path::Path, peer_key: &KeyPair, our_cert: &openssl::x509::X509) -> Peer {
+    pub fn start(
+        python: &std::path::Path,
+        peer_key: &KeyPair,
+        our_cert: &openssl::x509::X509,
+    ) -> Peer {
         let dir = tempfile::tempdir().unwrap();
         let key_path = dir.path().join("peer.pem");
         let mut pem = peer_key.key.private_key_to_pem_pkcs8().unwrap();
@@ -236,11 +280,14 @@ impl Peer {
         std::fs::write(&key_path, pem).unwrap();
         let cert_path = dir.path().join("partner.pem");
         std::fs::write(&cert_path, our_cert.to_pem().unwrap()).unwrap();
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/pyas2_peer.py");
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/pyas2_peer.py");
         let mut child = Command::new(python)
             .arg(script)
-            .arg("--key").arg(&key_path)
-            .arg("--partner-cert").arg(&cert_path)
+            .arg("--key")
+            .arg(&key_path)
+            .arg("--partner-cert")
+            .arg(&cert_path)
             .args(["--name", "pyas2peer", "--partner-name", "as2box"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -262,7 +309,14 @@ impl Peer {
                 }
             }
         });
-        let mut p = Peer { child, stdin, events: rx, backlog: Vec::new(), port: 0, _dir: dir };
+        let mut p = Peer {
+            child,
+            stdin,
+            events: rx,
+            backlog: Vec::new(),
+            port: 0,
+            _dir: dir,
+        };
         let ev = p.wait_event(|v| v["event"] == "listening");
         p.port = ev["port"].as_u64().unwrap() as u16;
         p
@@ -308,5 +362,8 @@ impl Drop for Peer {
 
 /// sha256 hex.
 pub fn sha256_hex(data: &[u8]) -> String {
-    openssl::sha::sha256(data).iter().map(|b| format!("{b:02x}")).collect()
+    openssl::sha::sha256(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
