@@ -107,6 +107,7 @@ fn we_send_pyas2lib_receives_every_combination() {
                     };
                     let m = build_message(&[att], &p, Some(ours), Some(&theirs.cert), NOW, None)
                         .unwrap();
+                    as2_common::save_seed("parse_message", &m.headers, &m.body);
                     let label = format!("{digest:?} {cipher:?} {compress:?} signed_mdn={signed_mdn} async={asynchronous} binary={binary}");
                     let resp = http_post(&url, &m.headers, &m.body);
                     assert_eq!(resp.status(), 200, "{label}");
@@ -120,6 +121,7 @@ fn we_send_pyas2lib_receives_every_combination() {
                     } else {
                         resp
                     };
+                    as2_common::save_seed("parse_mdn", &mdn_msg.headers, &mdn_msg.body);
                     let mdn = parse_mdn(
                         &mdn_msg.headers,
                         &mdn_msg.body,
@@ -193,6 +195,7 @@ fn pyas2lib_sends_we_receive_every_combination() {
         for s in listener.incoming() {
             let Ok(mut s) = s else { break };
             let req = read_http(&mut s).expect("read request");
+            as2_common::save_seed("parse_message", &req.headers, &req.body);
             let keys = [station.clone()];
             let certs = [partner_cert.clone()];
             let ctx = ReceiveContext::new(&keys, &certs, ValidityPolicy::at(NOW));
