@@ -702,3 +702,25 @@ fn folded_duplicated_headers_and_quoted_names() {
     assert_eq!(mdn.preferred_micalg(), Some(DigestAlgorithm::Sha256));
     assert_eq!(r.mic.algorithm, DigestAlgorithm::Sha256);
 }
+
+#[test]
+fn base64_envelope_without_transfer_encoding_header() {
+    let m = send(
+        &[att("f", "text/plain", b"x")],
+        Some(DigestAlgorithm::Sha256),
+        Some(EncryptionAlgorithm::Aes128Cbc),
+        None,
+    );
+    let mut h = m.headers.clone();
+    h.0.retain(|(k, _)| !k.eq_ignore_ascii_case("content-transfer-encoding"));
+    let b64 = as2box::as2::mime::base64_encode_lines(&m.body);
+    let mut t = m.clone();
+    t.headers = h.clone();
+    t.body = b64.clone();
+    let r = receive(&t).unwrap();
+    assert_eq!(r.attachments[0].data, b"x");
+    // Declared base64 works as well.
+    h.push("Content-Transfer-Encoding", "base64");
+    t.headers = h;
+    assert_eq!(receive(&t).unwrap().attachments[0].data, b"x");
+}

@@ -677,7 +677,15 @@ pub fn parse_body(
     for _depth in 0..8 {
         let media = entity.media_type();
         if is_pkcs7_mime(&media) {
-            let der = entity.decoded_body()?;
+            let mut der = entity.decoded_body()?;
+            // Some peers send base64 without saying so (no transfer encoding).
+            if der.first() != Some(&0x30) {
+                if let Ok(d) = super::mime::base64_decode(&der) {
+                    if d.first() == Some(&0x30) {
+                        der = d;
+                    }
+                }
+            }
             if outer_content.is_none() && encryption.is_none() && signature.is_none() {
                 outer_content = Some(der.clone());
             }
@@ -839,6 +847,15 @@ pub fn parse_body(
                 None => (rfc4130.1, rfc4130.0, Vec::new()),
             }
         };
+        if let Some((rule, alt)) = alternatives.first() {
+            tracing::debug!(
+                message_id = %info.message_id,
+                mic = %mic,
+                alternative = %alt,
+                alternative_rule = rule.name(),
+                "compressed unsigned message: returning the RFC 5402 MIC; RFC 4130 would give the alternative"
+            );
+        }
         return Ok(ReceivedMessage {
             info,
             encryption,
