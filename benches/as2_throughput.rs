@@ -25,6 +25,11 @@ fn keypair(cn: &str) -> KeyPair {
     let n = n.build();
     let mut b = X509Builder::new().unwrap();
     b.set_version(2).unwrap();
+    let serial = openssl::bn::BigNum::from_u32(7)
+        .unwrap()
+        .to_asn1_integer()
+        .unwrap();
+    b.set_serial_number(&serial).unwrap();
     b.set_subject_name(&n).unwrap();
     b.set_issuer_name(&n).unwrap();
     b.set_pubkey(&key).unwrap();
