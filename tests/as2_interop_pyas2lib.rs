@@ -67,6 +67,7 @@ fn we_send_pyas2lib_receives_every_combination() {
         }
     });
     let mut n = 0;
+    let mut mdn_kinds = std::collections::HashSet::new();
     for (i, digest) in DIGESTS.iter().enumerate() {
         for (j, cipher) in CIPHERS.iter().enumerate() {
             for compress in [
@@ -81,6 +82,7 @@ fn we_send_pyas2lib_receives_every_combination() {
                     n += 1;
                     let asynchronous = (i + j + n) % 4 == 0;
                     let binary = n % 2 == 0;
+                    mdn_kinds.insert((signed_mdn, asynchronous));
                     let (ct, data) = if binary {
                         ("application/octet-stream", binary_payload())
                     } else {
@@ -178,6 +180,11 @@ fn we_send_pyas2lib_receives_every_combination() {
         }
     }
     assert!(n >= 100, "{n} combinations");
+    assert_eq!(
+        mdn_kinds.len(),
+        4,
+        "sync/async × signed/unsigned MDNs all exercised"
+    );
 }
 
 #[test]
