@@ -337,6 +337,51 @@ fn pyas2lib_sends_we_receive_every_combination() {
         }
     }
     assert_eq!(n, 6 * 5 * 2 * 5);
+
+    // RSAES-OAEP key transport from pyas2lib decrypts. pyas2lib's RSASSA-PSS
+    // signatures carry no PSS parameters (RFC 4056 §3 requires them in CMS);
+    // OpenSSL, including `openssl cms -verify`, rejects them: we answer
+    // authentication-failed, which is the right MDN for an unverifiable signature.
+    for (k, (sign_alg, key_enc_alg, ok)) in [
+        ("rsassa_pkcs1v15", "rsaes_oaep", true),
+        ("rsassa_pss", "rsaes_pkcs1v15", false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = format!("alg{k}");
+        let data = text_payload();
+        peer.command(&json!({
+            "cmd": "send", "id": id, "url": url, "data_b64": base64_std(&data), "filename": "alg.edi",
+            "content_type": "application/edi-x12", "sign": "sha256", "encrypt": "aes_256_cbc", "compress": false,
+            "mdn": "sync", "mdn_digest": "sha256", "sign_alg": sign_alg, "key_enc_alg": key_enc_alg,
+        }));
+        let (_, result) = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("message arrives");
+        let ev = peer.wait_event(|v| v["event"] == "sent" && v["id"] == id.as_str());
+        if ok {
+            let r = result.unwrap_or_else(|e| panic!("{sign_alg} {key_enc_alg}: {e}"));
+            assert_eq!(
+                r.attachments[0].data,
+                canonicalize_crlf(&data),
+                "{key_enc_alg}"
+            );
+            assert_eq!(ev["mic"], r.mic.digest_b64.as_str(), "{key_enc_alg}");
+            assert_eq!(ev["mdn_status"], "processed", "{key_enc_alg}: {ev}");
+        } else {
+            assert!(
+                result
+                    .unwrap_err()
+                    .contains("signature verification failed"),
+                "{sign_alg}"
+            );
+            assert_eq!(
+                ev["mdn_detail"], "authentication-failed",
+                "{sign_alg}: {ev}"
+            );
+        }
+    }
 }
 
 fn base64_std(d: &[u8]) -> String {
