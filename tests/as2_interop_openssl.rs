@@ -253,6 +253,50 @@ fn openssl_decrypts_our_envelopes() {
             EncryptionAlgorithm::Aes256Gcm => "aes-256-gcm",
         };
         assert!(info.contains(want), "{c:?}: {info}");
+        // RSAES-OAEP key transport: openssl opens it, and so do we.
+        p.rsa_oaep = true;
+        let m2 = build_message(
+            &[Attachment {
+                filename: None,
+                content_type: "application/octet-stream".into(),
+                data: data.clone(),
+            }],
+            &p,
+            None,
+            Some(&theirs.cert),
+            NOW,
+            None,
+        )
+        .unwrap();
+        let der2 = f.write("env-oaep.der", &m2.body);
+        let (ok, info2, _) = openssl(&["cms", "-cmsout", "-print", "-inform", "DER", "-in", &der2]);
+        assert!(
+            ok && String::from_utf8_lossy(&info2).contains("rsaesOaep"),
+            "{c:?}: OAEP"
+        );
+        let (ok, out, err) = openssl(&[
+            "cms",
+            "-decrypt",
+            "-binary",
+            "-inform",
+            "DER",
+            "-in",
+            &der2,
+            "-recip",
+            &f.p("theirs.crt"),
+            "-inkey",
+            &f.p("theirs.key"),
+        ]);
+        assert!(ok, "{c:?} OAEP: {err}");
+        assert_eq!(Entity::parse(&out).unwrap().body(), &data[..], "{c:?} OAEP");
+        let keys = [theirs.clone()];
+        let r = parse_message(
+            &m2.headers,
+            &m2.body,
+            &ReceiveContext::new(&keys, &[], ValidityPolicy::at(NOW)),
+        )
+        .unwrap();
+        assert_eq!(r.attachments[0].data, data, "{c:?} OAEP");
         // The wrong key does not open it.
         let (ok, _, _) = openssl(&[
             "cms",

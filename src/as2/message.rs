@@ -100,6 +100,9 @@ pub struct SendProfile {
     pub algorithm_protection: bool,
     /// Treat every payload as binary: never CRLF-canonicalize text (Sterling).
     pub binary_canonicalization: bool,
+    /// Use RSAES-OAEP key transport instead of RSA PKCS#1 v1.5 (pyas2lib
+    /// cannot decrypt it; OpenSSL and most commercial peers can).
+    pub rsa_oaep: bool,
 }
 
 impl SendProfile {
@@ -119,6 +122,7 @@ impl SendProfile {
             smime_capabilities: true,
             algorithm_protection: false,
             binary_canonicalization: false,
+            rsa_oaep: false,
         }
     }
 }
@@ -400,7 +404,11 @@ pub fn build_message(
         let cert = recipient.ok_or_else(|| {
             As2Error::InvalidInput("encryption needs the partner certificate".into())
         })?;
-        let der = cms::encrypt(&entity, cert, alg)?;
+        let der = if profile.rsa_oaep {
+            cms::encrypt_oaep(&entity, cert, alg)?
+        } else {
+            cms::encrypt(&entity, cert, alg)?
+        };
         entity = entity_bytes(
             &[
                 (
