@@ -388,3 +388,52 @@ fn base64_std(d: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(d)
 }
+
+#[test]
+fn pyas2lib_negative_mdns_parse_with_the_right_modifier() {
+    use as2box::as2::DispositionModifier;
+    let Some(py) = as2_common::python() else {
+        return;
+    };
+    let (ours, theirs) = test_keys();
+    let mut peer = Peer::start(&py, theirs, &ours.cert);
+    let url = format!("http://127.0.0.1:{}/as2", peer.port);
+    let stranger = as2_common::make_keypair("stranger");
+    let att = [Attachment {
+        filename: Some("x.edi".into()),
+        content_type: "application/edi-x12".into(),
+        data: text_payload(),
+    }];
+    // (signer, encryption recipient, expected modifier from pyas2lib)
+    let cases = [
+        (&stranger, None, DispositionModifier::AuthenticationFailed),
+        (
+            ours,
+            Some(&stranger.cert),
+            DispositionModifier::DecryptionFailed,
+        ),
+    ];
+    for (signer, recipient, want) in cases {
+        let mut p = SendProfile::new("as2box", "pyas2peer");
+        p.sign = Some(DigestAlgorithm::Sha256);
+        p.encrypt = recipient.map(|_| EncryptionAlgorithm::Aes128Cbc);
+        p.signed_mdn_micalgs = vec![DigestAlgorithm::Sha256];
+        let m = build_message(&att, &p, Some(signer), recipient, NOW, None).unwrap();
+        let resp = http_post(&url, &m.headers, &m.body);
+        assert_eq!(resp.status(), 200);
+        let mdn = parse_mdn(
+            &resp.headers,
+            &resp.body,
+            std::slice::from_ref(&theirs.cert),
+            ValidityPolicy::at(NOW),
+            true,
+        )
+        .unwrap();
+        assert_eq!(mdn.original_message_id, m.message_id);
+        assert_eq!(mdn.disposition, Disposition::Error(want), "{}", mdn.text);
+        assert_eq!(mdn.check_mic(&m.acceptable_mics()), MicCheck::NotReturned);
+        let mid = m.message_id.clone();
+        let ev = peer.wait_event(|v| v["event"] == "received" && v["message_id"] == mid.as_str());
+        assert_eq!(ev["status"], "processed/Error", "{ev}");
+    }
+}
