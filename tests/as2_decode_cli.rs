@@ -165,3 +165,68 @@ fn decodes_mdns() {
     );
     assert!(v["mic"]["value"].is_string());
 }
+
+#[test]
+fn every_capture_decodes_through_the_cli() {
+    let Some(dir) = as2_common::vectors_dir() else {
+        return;
+    };
+    let payload = as2_common::vector(&dir, "payload.txt");
+    let norm = |b: &[u8]| {
+        b.iter()
+            .copied()
+            .filter(|&c| c != b'\r')
+            .collect::<Vec<u8>>()
+    };
+    let want_sha = as2_common::sha256_hex(&payload);
+    let want_sha_crlf = as2_common::sha256_hex(&as2box::as2::mime::canonicalize_crlf(&payload));
+    for (file, enc, signed, compressed) in [
+        ("mecas2_signed.as2", false, true, false),
+        ("mecas2_encrypted.as2", true, false, false),
+        ("mecas2_signed_encrypted.as2", true, true, false),
+        // The "compressed" capture is also signed (multipart/signed around compressed-data).
+        ("mecas2_compressed.as2", false, true, true),
+        ("mecas2_compressed_signed_encrypted.as2", true, true, true),
+    ] {
+        let (ok, v, _) = decode(&[
+            &p(&dir, file),
+            "--key",
+            &p(&dir, "cert_test.p12"),
+            "--key-pass",
+            "test",
+            "--cert",
+            &p(&dir, "cert_mecas2_public.pem"),
+            "--at",
+            "1641304626",
+            "--json",
+        ]);
+        assert!(ok, "{file}: {v}");
+        assert_eq!(v["encrypted"].is_object(), enc, "{file}");
+        assert_eq!(v["signed"].is_object(), signed, "{file}");
+        assert_eq!(v["compressed"].is_object(), compressed, "{file}");
+        if enc {
+            assert_eq!(v["encrypted"]["cipher"], "des-ede3-cbc", "{file}");
+        }
+        if signed {
+            assert_eq!(v["signed"]["digest"], "sha-256", "{file}");
+        }
+        let sha = v["attachments"][0]["sha256"].as_str().unwrap().to_string();
+        assert!(
+            sha == want_sha || sha == want_sha_crlf,
+            "{file}: content equals payload.txt"
+        );
+        let _ = norm;
+    }
+    let (ok, v, _) = decode(&[
+        &p(&dir, "sb2bi_signed_cmp.msg"),
+        "--cert",
+        &p(&dir, "cert_sb2bi_public.pem"),
+        "--accept-expired",
+        "--json",
+    ]);
+    assert!(ok, "{v}");
+    assert_eq!(v["signed"]["digest"], "sha-1");
+    assert_eq!(v["signed"]["certificate_valid"], false);
+    assert_eq!(v["compressed"]["before_signing"], true);
+    assert_eq!(v["mic"]["algorithm"], "sha-1");
+}
