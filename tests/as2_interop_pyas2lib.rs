@@ -67,6 +67,7 @@ fn we_send_pyas2lib_receives_every_combination() {
         }
     });
     let mut n = 0;
+    let mut mdn_kinds = std::collections::HashSet::new();
     for (i, digest) in DIGESTS.iter().enumerate() {
         for (j, cipher) in CIPHERS.iter().enumerate() {
             for compress in [
@@ -81,6 +82,7 @@ fn we_send_pyas2lib_receives_every_combination() {
                     n += 1;
                     let asynchronous = (i + j + n) % 4 == 0;
                     let binary = n % 2 == 0;
+                    mdn_kinds.insert((signed_mdn, asynchronous));
                     let (ct, data) = if binary {
                         ("application/octet-stream", binary_payload())
                     } else {
@@ -107,6 +109,7 @@ fn we_send_pyas2lib_receives_every_combination() {
                     };
                     let m = build_message(&[att], &p, Some(ours), Some(&theirs.cert), NOW, None)
                         .unwrap();
+                    as2_common::save_seed("parse_message", &m.headers, &m.body);
                     let label = format!("{digest:?} {cipher:?} {compress:?} signed_mdn={signed_mdn} async={asynchronous} binary={binary}");
                     let resp = http_post(&url, &m.headers, &m.body);
                     assert_eq!(resp.status(), 200, "{label}");
@@ -120,10 +123,11 @@ fn we_send_pyas2lib_receives_every_combination() {
                     } else {
                         resp
                     };
+                    as2_common::save_seed("parse_mdn", &mdn_msg.headers, &mdn_msg.body);
                     let mdn = parse_mdn(
                         &mdn_msg.headers,
                         &mdn_msg.body,
-                        &[theirs.cert.clone()],
+                        std::slice::from_ref(&theirs.cert),
                         ValidityPolicy::at(NOW),
                         signed_mdn,
                     )
@@ -176,6 +180,11 @@ fn we_send_pyas2lib_receives_every_combination() {
         }
     }
     assert!(n >= 100, "{n} combinations");
+    assert_eq!(
+        mdn_kinds.len(),
+        4,
+        "sync/async × signed/unsigned MDNs all exercised"
+    );
 }
 
 #[test]
@@ -193,6 +202,7 @@ fn pyas2lib_sends_we_receive_every_combination() {
         for s in listener.incoming() {
             let Ok(mut s) = s else { break };
             let req = read_http(&mut s).expect("read request");
+            as2_common::save_seed("parse_message", &req.headers, &req.body);
             let keys = [station.clone()];
             let certs = [partner_cert.clone()];
             let ctx = ReceiveContext::new(&keys, &certs, ValidityPolicy::at(NOW));
@@ -327,9 +337,103 @@ fn pyas2lib_sends_we_receive_every_combination() {
         }
     }
     assert_eq!(n, 6 * 5 * 2 * 5);
+
+    // RSAES-OAEP key transport from pyas2lib decrypts. pyas2lib's RSASSA-PSS
+    // signatures carry no PSS parameters (RFC 4056 §3 requires them in CMS);
+    // OpenSSL, including `openssl cms -verify`, rejects them: we answer
+    // authentication-failed, which is the right MDN for an unverifiable signature.
+    for (k, (sign_alg, key_enc_alg, ok)) in [
+        ("rsassa_pkcs1v15", "rsaes_oaep", true),
+        ("rsassa_pss", "rsaes_pkcs1v15", false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = format!("alg{k}");
+        let data = text_payload();
+        peer.command(&json!({
+            "cmd": "send", "id": id, "url": url, "data_b64": base64_std(&data), "filename": "alg.edi",
+            "content_type": "application/edi-x12", "sign": "sha256", "encrypt": "aes_256_cbc", "compress": false,
+            "mdn": "sync", "mdn_digest": "sha256", "sign_alg": sign_alg, "key_enc_alg": key_enc_alg,
+        }));
+        let (_, result) = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("message arrives");
+        let ev = peer.wait_event(|v| v["event"] == "sent" && v["id"] == id.as_str());
+        if ok {
+            let r = result.unwrap_or_else(|e| panic!("{sign_alg} {key_enc_alg}: {e}"));
+            assert_eq!(
+                r.attachments[0].data,
+                canonicalize_crlf(&data),
+                "{key_enc_alg}"
+            );
+            assert_eq!(ev["mic"], r.mic.digest_b64.as_str(), "{key_enc_alg}");
+            assert_eq!(ev["mdn_status"], "processed", "{key_enc_alg}: {ev}");
+        } else {
+            assert!(
+                result
+                    .unwrap_err()
+                    .contains("signature verification failed"),
+                "{sign_alg}"
+            );
+            assert_eq!(
+                ev["mdn_detail"], "authentication-failed",
+                "{sign_alg}: {ev}"
+            );
+        }
+    }
 }
 
 fn base64_std(d: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(d)
+}
+
+#[test]
+fn pyas2lib_negative_mdns_parse_with_the_right_modifier() {
+    use as2box::as2::DispositionModifier;
+    let Some(py) = as2_common::python() else {
+        return;
+    };
+    let (ours, theirs) = test_keys();
+    let mut peer = Peer::start(&py, theirs, &ours.cert);
+    let url = format!("http://127.0.0.1:{}/as2", peer.port);
+    let stranger = as2_common::make_keypair("stranger");
+    let att = [Attachment {
+        filename: Some("x.edi".into()),
+        content_type: "application/edi-x12".into(),
+        data: text_payload(),
+    }];
+    // (signer, encryption recipient, expected modifier from pyas2lib)
+    let cases = [
+        (&stranger, None, DispositionModifier::AuthenticationFailed),
+        (
+            ours,
+            Some(&stranger.cert),
+            DispositionModifier::DecryptionFailed,
+        ),
+    ];
+    for (signer, recipient, want) in cases {
+        let mut p = SendProfile::new("as2box", "pyas2peer");
+        p.sign = Some(DigestAlgorithm::Sha256);
+        p.encrypt = recipient.map(|_| EncryptionAlgorithm::Aes128Cbc);
+        p.signed_mdn_micalgs = vec![DigestAlgorithm::Sha256];
+        let m = build_message(&att, &p, Some(signer), recipient, NOW, None).unwrap();
+        let resp = http_post(&url, &m.headers, &m.body);
+        assert_eq!(resp.status(), 200);
+        let mdn = parse_mdn(
+            &resp.headers,
+            &resp.body,
+            std::slice::from_ref(&theirs.cert),
+            ValidityPolicy::at(NOW),
+            true,
+        )
+        .unwrap();
+        assert_eq!(mdn.original_message_id, m.message_id);
+        assert_eq!(mdn.disposition, Disposition::Error(want), "{}", mdn.text);
+        assert_eq!(mdn.check_mic(&m.acceptable_mics()), MicCheck::NotReturned);
+        let mid = m.message_id.clone();
+        let ev = peer.wait_event(|v| v["event"] == "received" && v["message_id"] == mid.as_str());
+        assert_eq!(ev["status"], "processed/Error", "{ev}");
+    }
 }

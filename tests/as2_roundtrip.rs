@@ -105,9 +105,9 @@ fn every_combination_round_trips_with_matching_mic() {
                         r.mic,
                         r.mic_rule
                     );
-                    if d.is_some() {
+                    if let Some(d) = d {
                         assert_eq!(r.mic_rule, MicRule::Signed);
-                        assert_eq!(r.mic.algorithm, d.unwrap());
+                        assert_eq!(r.mic.algorithm, d);
                     } else if z.is_some() {
                         assert_eq!(r.mic_rule, MicRule::CompressedEntity);
                         // The RFC 4130 alternative agrees too.
@@ -225,7 +225,7 @@ fn mdn_round_trip_signed_and_unsigned() {
             let got = parse_mdn(
                 &mdn.headers,
                 &mdn.body,
-                &[partner.cert.clone()],
+                std::slice::from_ref(&partner.cert),
                 ValidityPolicy::at(NOW),
                 signed,
             )
@@ -242,7 +242,7 @@ fn mdn_round_trip_signed_and_unsigned() {
                 let err = parse_mdn(
                     &mdn.headers,
                     &mdn.body,
-                    &[ours.cert.clone()],
+                    std::slice::from_ref(&ours.cert),
                     ValidityPolicy::at(NOW),
                     true,
                 )
@@ -396,7 +396,7 @@ fn wrong_mic_is_a_mismatch() {
     let got = parse_mdn(
         &mdn.headers,
         &mdn.body,
-        &[partner.cert.clone()],
+        std::slice::from_ref(&partner.cert),
         ValidityPolicy::at(NOW),
         false,
     )
@@ -701,4 +701,26 @@ fn folded_duplicated_headers_and_quoted_names() {
     assert!(mdn.options.wants_signed());
     assert_eq!(mdn.preferred_micalg(), Some(DigestAlgorithm::Sha256));
     assert_eq!(r.mic.algorithm, DigestAlgorithm::Sha256);
+}
+
+#[test]
+fn base64_envelope_without_transfer_encoding_header() {
+    let m = send(
+        &[att("f", "text/plain", b"x")],
+        Some(DigestAlgorithm::Sha256),
+        Some(EncryptionAlgorithm::Aes128Cbc),
+        None,
+    );
+    let mut h = m.headers.clone();
+    h.0.retain(|(k, _)| !k.eq_ignore_ascii_case("content-transfer-encoding"));
+    let b64 = as2box::as2::mime::base64_encode_lines(&m.body);
+    let mut t = m.clone();
+    t.headers = h.clone();
+    t.body = b64.clone();
+    let r = receive(&t).unwrap();
+    assert_eq!(r.attachments[0].data, b"x");
+    // Declared base64 works as well.
+    h.push("Content-Transfer-Encoding", "base64");
+    t.headers = h;
+    assert_eq!(receive(&t).unwrap().attachments[0].data, b"x");
 }

@@ -76,6 +76,14 @@ fn mendelson_compressed() {
         return;
     };
     assert!(m.compressed);
+    // Not in the vectors README: this capture is also signed (sha256), with
+    // the compression inside the signature.
+    assert!(m.compressed_before_signing);
+    assert_eq!(
+        m.signature.expect("signed").digest,
+        Some(DigestAlgorithm::Sha256)
+    );
+    assert!(m.encryption.is_none());
     assert_eq!(norm(&m.attachments[0].data), norm(&payload));
 }
 

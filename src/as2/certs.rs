@@ -76,7 +76,7 @@ impl KeyPair {
             .ok_or_else(|| cred_err("PKCS#12", "no private key"))?;
         let mut certs: Vec<X509> = parsed.cert.into_iter().collect();
         if let Some(ca) = parsed.ca {
-            certs.extend(ca.into_iter());
+            certs.extend(ca);
         }
         Self::from_key_and_certs(key, certs)
     }

@@ -79,6 +79,12 @@ extern "C" {
     );
     fn i2d_X509_ALGOR(a: *const ffi::X509_ALGOR, out: *mut *mut u8) -> std::os::raw::c_int;
     fn ASN1_STRING_type(x: *const ffi::ASN1_STRING) -> std::os::raw::c_int;
+    fn CMS_add1_recipient_cert(
+        cms: *mut ffi::CMS_ContentInfo,
+        recip: *mut ffi::X509,
+        flags: std::os::raw::c_uint,
+    ) -> *mut std::ffi::c_void;
+    fn CMS_RecipientInfo_get0_pkey_ctx(ri: *mut std::ffi::c_void) -> *mut ffi::EVP_PKEY_CTX;
 }
 
 fn ossl(what: &str) -> As2Error {
@@ -326,6 +332,49 @@ pub fn encrypt(data: &[u8], recipient: &X509, alg: EncryptionAlgorithm) -> Resul
         .map_err(|e| As2Error::Crypto(format!("CMS_encrypt: {e}")))?;
     cms.to_der()
         .map_err(|e| As2Error::Crypto(format!("i2d CMS: {e}")))
+}
+
+/// Like [`encrypt`] with RSAES-OAEP key transport (RFC 3560; SHA-1 and
+/// MGF1-SHA-1, the default parameters every implementation understands).
+pub fn encrypt_oaep(data: &[u8], recipient: &X509, alg: EncryptionAlgorithm) -> Result<Vec<u8>> {
+    let flags = ffi::CMS_BINARY | ffi::CMS_PARTIAL | ffi::CMS_KEY_PARAM;
+    let len = std::os::raw::c_int::try_from(data.len())
+        .map_err(|_| As2Error::InvalidInput("content too large to encrypt".into()))?;
+    // SAFETY: the CMS object is wrapped at once (freed on every path); the
+    // recipient certificate outlives the calls; the BIO is freed after use;
+    // the key context belongs to the recipient info inside `cms`.
+    unsafe {
+        let raw = ffi::CMS_encrypt(
+            ptr::null_mut(),
+            ptr::null_mut(),
+            alg.cipher().as_ptr(),
+            flags,
+        );
+        if raw.is_null() {
+            return Err(ossl("CMS_encrypt"));
+        }
+        let cms = CmsContentInfo::from_ptr(raw);
+        let ri = CMS_add1_recipient_cert(cms.as_ptr(), recipient.as_ptr(), flags);
+        if ri.is_null() {
+            return Err(ossl("CMS_add1_recipient_cert"));
+        }
+        let pctx = CMS_RecipientInfo_get0_pkey_ctx(ri);
+        if pctx.is_null()
+            || ffi::EVP_PKEY_CTX_set_rsa_padding(pctx, ffi::RSA_PKCS1_OAEP_PADDING) <= 0
+        {
+            return Err(ossl("RSA-OAEP padding"));
+        }
+        let bio = ffi::BIO_new_mem_buf(data.as_ptr() as *const std::ffi::c_void, len);
+        if bio.is_null() {
+            return Err(ossl("BIO_new_mem_buf"));
+        }
+        let ok = CMS_final(cms.as_ptr(), bio, ptr::null_mut(), flags);
+        ffi::BIO_free_all(bio);
+        if ok != 1 {
+            return Err(ossl("CMS_final"));
+        }
+        cms.to_der().map_err(|_| ossl("i2d CMS"))
+    }
 }
 
 /// Decrypts an EnvelopedData/AuthEnvelopedData with the first of `keys` that

@@ -187,7 +187,10 @@ pub fn encode_oid(dotted: &str) -> Vec<u8> {
     let arcs: Vec<u64> = dotted.split('.').filter_map(|a| a.parse().ok()).collect();
     let mut content = Vec::new();
     if arcs.len() >= 2 {
-        encode_base128(arcs[0] * 40 + arcs[1], &mut content);
+        encode_base128(
+            arcs[0].saturating_mul(40).saturating_add(arcs[1]),
+            &mut content,
+        );
         for a in &arcs[2..] {
             encode_base128(*a, &mut content);
         }

@@ -13,6 +13,7 @@
 //! * compressed and unsigned: RFC 5402 says over the uncompressed MIME entity
 //!   including its headers, which differs from RFC 4130. We compute both and
 //!   return the RFC 5402 value as primary and the RFC 4130 one as alternative.
+//!
 //! The MIC algorithm is the signature's digest for signed messages (what
 //! pyas2lib, Mendelson and Sterling do), otherwise the first supported
 //! `signed-receipt-micalg` the sender asked for, else SHA-1 (RFC 4130 §7.3.1).
@@ -99,6 +100,9 @@ pub struct SendProfile {
     pub algorithm_protection: bool,
     /// Treat every payload as binary: never CRLF-canonicalize text (Sterling).
     pub binary_canonicalization: bool,
+    /// Use RSAES-OAEP key transport instead of RSA PKCS#1 v1.5 (pyas2lib
+    /// cannot decrypt it; OpenSSL and most commercial peers can).
+    pub rsa_oaep: bool,
 }
 
 impl SendProfile {
@@ -118,6 +122,7 @@ impl SendProfile {
             smime_capabilities: true,
             algorithm_protection: false,
             binary_canonicalization: false,
+            rsa_oaep: false,
         }
     }
 }
@@ -399,7 +404,11 @@ pub fn build_message(
         let cert = recipient.ok_or_else(|| {
             As2Error::InvalidInput("encryption needs the partner certificate".into())
         })?;
-        let der = cms::encrypt(&entity, cert, alg)?;
+        let der = if profile.rsa_oaep {
+            cms::encrypt_oaep(&entity, cert, alg)?
+        } else {
+            cms::encrypt(&entity, cert, alg)?
+        };
         entity = entity_bytes(
             &[
                 (
@@ -676,7 +685,15 @@ pub fn parse_body(
     for _depth in 0..8 {
         let media = entity.media_type();
         if is_pkcs7_mime(&media) {
-            let der = entity.decoded_body()?;
+            let mut der = entity.decoded_body()?;
+            // Some peers send base64 without saying so (no transfer encoding).
+            if der.first() != Some(&0x30) {
+                if let Ok(d) = super::mime::base64_decode(&der) {
+                    if d.first() == Some(&0x30) {
+                        der = d;
+                    }
+                }
+            }
             if outer_content.is_none() && encryption.is_none() && signature.is_none() {
                 outer_content = Some(der.clone());
             }
@@ -838,6 +855,15 @@ pub fn parse_body(
                 None => (rfc4130.1, rfc4130.0, Vec::new()),
             }
         };
+        if let Some((rule, alt)) = alternatives.first() {
+            tracing::debug!(
+                message_id = %info.message_id,
+                mic = %mic,
+                alternative = %alt,
+                alternative_rule = rule.name(),
+                "compressed unsigned message: returning the RFC 5402 MIC; RFC 4130 would give the alternative"
+            );
+        }
         return Ok(ReceivedMessage {
             info,
             encryption,

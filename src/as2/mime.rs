@@ -268,7 +268,7 @@ pub fn split_multipart<'a>(body: &'a [u8], boundary: &str) -> Result<Vec<&'a [u8
         }
     }
     let closed = delims.last().is_some_and(|d| d.2);
-    if delims.len() < 2 && !(delims.len() == 1 && !closed) {
+    if delims.is_empty() || (delims.len() == 1 && closed) {
         return Err(As2Error::MalformedMime(format!(
             "multipart body has no parts for boundary {boundary:?}"
         )));

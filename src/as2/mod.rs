@@ -3,6 +3,11 @@
 //!
 //! See `docs/AS2.md` for the map of types and the RFC sections they follow.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod algorithms;
 pub mod certs;
 pub mod cms;

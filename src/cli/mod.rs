@@ -10,6 +10,7 @@ use crate::config::Config;
 
 mod admin;
 mod audit;
+pub mod decode;
 mod messages;
 mod mount;
 mod partner;
@@ -91,6 +92,8 @@ enum Command {
     Gc(admin::GcArgs),
     /// Show what users did through their mailboxes (uploads, downloads, deletions, ...).
     Audit(audit::AuditArgs),
+    /// Explain a captured AS2 request or MDN: security, MIC, attachments, disposition.
+    Decode(decode::DecodeArgs),
 }
 
 /// Runs the command line and turns errors into a message and exit status 1.
@@ -128,6 +131,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deliver(a) => admin::deliver(g, a),
         Command::Gc(a) => admin::gc(g, a),
         Command::Audit(a) => audit::run(g, a),
+        Command::Decode(a) => decode::run(&a),
     }
 }
 

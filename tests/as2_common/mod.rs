@@ -367,3 +367,18 @@ pub fn sha256_hex(data: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// When `AS2BOX_FUZZ_CORPUS` names a directory, saves a capture (headers,
+/// blank line, body) under `<dir>/<target>/` as fuzzing seed.
+pub fn save_seed(target: &str, headers: &Headers, body: &[u8]) {
+    let Some(dir) = std::env::var_os("AS2BOX_FUZZ_CORPUS") else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir).join(target);
+    let _ = std::fs::create_dir_all(&dir);
+    let mut data = headers.to_bytes();
+    data.extend_from_slice(b"\r\n");
+    data.extend_from_slice(body);
+    let name = sha256_hex(&data);
+    let _ = std::fs::write(dir.join(&name[..16]), data);
+}

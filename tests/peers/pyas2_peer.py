@@ -16,7 +16,8 @@ It listens on 127.0.0.1 only and speaks line-delimited JSON:
     {"cmd": "send", "id": "...", "url": "http://127.0.0.1:P/as2",
      "data_b64": "...", "filename": "x.edi", "content_type": "application/edi-x12",
      "sign": "sha256" | null, "encrypt": "aes_256_cbc" | null, "compress": bool,
-     "mdn": "none" | "sync" | "async", "mdn_digest": "sha256" | null}
+     "mdn": "none" | "sync" | "async", "mdn_digest": "sha256" | null,
+     "sign_alg": "rsassa_pkcs1v15" | "rsassa_pss", "key_enc_alg": "rsaes_pkcs1v15" | "rsaes_oaep"}
   and answers {"event": "sent", "id": ..., "message_id": ..., "mic": ...,
   "mdn_status": ..., "mdn_detail": ...}.
     {"cmd": "quit"} ends the process (so does EOF on stdin).
@@ -204,6 +205,8 @@ def send(peer, cmd, mdn_port):
         compress=bool(cmd.get("compress")),
         mdn_mode={"none": None, "sync": "SYNC", "async": "ASYNC"}[cmd.get("mdn", "sync")],
         mdn_digest_alg=cmd.get("mdn_digest"),
+        sign_alg=cmd.get("sign_alg") or "rsassa_pkcs1v15",
+        key_enc_alg=cmd.get("key_enc_alg") or "rsaes_pkcs1v15",
     )
     peer.org.mdn_url = f"http://127.0.0.1:{mdn_port}/mdn"
     msg = Message(sender=peer.org, receiver=partner)
