@@ -918,6 +918,21 @@ fn sweep_stale_fixtures() {
 // Assertions
 // ---------------------------------------------------------------------------------------
 
+/// Is `s` a delivery stamp `YYYYMMDDTHHMMSS.mmmZ-xxxxxx` (SEMANTICS.md "Inbox")?
+pub fn stamp_like(s: &str) -> bool {
+    // YYYYMMDDTHHMMSS.mmmZ-xxxxxx
+    let b = s.as_bytes();
+    b.len() == 27
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'T'
+        && b[9..15].iter().all(u8::is_ascii_digit)
+        && b[15] == b'.'
+        && b[16..19].iter().all(u8::is_ascii_digit)
+        && b[19] == b'Z'
+        && b[20] == b'-'
+        && b[21..].iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+}
+
 /// The symbolic name of an errno, for messages.
 pub fn errno_name(e: i32) -> String {
     let known = [
