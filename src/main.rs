@@ -1,3 +1,5 @@
-//! The `as2box` command.
+//! The `as2box` command: a thin shell around [`as2box::cli`].
 
-fn main() {}
+fn main() -> std::process::ExitCode {
+    as2box::cli::main()
+}

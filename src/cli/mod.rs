@@ -1,0 +1,134 @@
+//! The `as2box` command line: one file per command group. This is the binary edge, so
+//! errors are `anyhow` here and typed everywhere below.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+mod admin;
+mod audit;
+mod messages;
+mod mount;
+mod partner;
+mod station;
+mod user;
+
+/// Options that every command takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Global {
+    /// Folder with the database and the file contents (blobs).
+    #[arg(
+        long,
+        global = true,
+        env = "AS2BOX_STATE_DIR",
+        default_value = "/var/lib/as2box"
+    )]
+    pub state_dir: PathBuf,
+    /// Settings file (TOML). A missing file means all defaults.
+    #[arg(
+        long,
+        global = true,
+        env = "AS2BOX_CONFIG",
+        default_value = "/etc/as2box/as2box.toml"
+    )]
+    pub config: PathBuf,
+}
+
+impl Global {
+    /// Reads the settings file.
+    pub fn load_config(&self) -> anyhow::Result<Config> {
+        Ok(Config::load(&self.config)?)
+    }
+
+    /// Opens the store, which must have been created by `as2box init`.
+    pub fn open_store(&self) -> anyhow::Result<crate::store::Store> {
+        Ok(crate::store::Store::open(&self.state_dir)?)
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "as2box",
+    version,
+    about = "A self-hosted AS2 gateway whose users exchange files through SFTP mailboxes",
+    after_help = "Example, a first setup as root:\n  as2box init\n  as2box user add acme\n  as2box station add --user acme ACME-AS2\n  as2box partner add --user acme BIGCORP --url https://as2.bigcorp.example/as2\n  as2box mount &\n\nEvery command has its own --help with an example."
+)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the state folder and the database (safe to run again).
+    #[command(after_help = "Example:\n  as2box --state-dir /var/lib/as2box init")]
+    Init,
+    /// Mailbox users: each is a system account that logs in over SFTP.
+    #[command(subcommand)]
+    User(user::UserCommand),
+    /// Stations: our own AS2 identities, each owned by one user.
+    #[command(subcommand)]
+    Station(station::StationCommand),
+    /// Partners: the trading partners' AS2 identities, per user.
+    #[command(subcommand)]
+    Partner(partner::PartnerCommand),
+    /// Messages sent and received.
+    #[command(subcommand)]
+    Messages(messages::MessagesCommand),
+    /// Mount the mailbox filesystem (runs in the foreground until unmounted).
+    Mount(mount::MountArgs),
+    /// Deliver files into an inbox as one received message.
+    Deliver(admin::DeliverArgs),
+    /// Remove expired mailbox files and message records now.
+    Gc(admin::GcArgs),
+    /// Show what users did through their mailboxes (uploads, downloads, deletions, ...).
+    Audit(audit::AuditArgs),
+}
+
+/// Runs the command line and turns errors into a message and exit status 1.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("as2box: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("AS2BOX_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Init => admin::init(g),
+        Command::User(c) => user::run(g, c),
+        Command::Station(c) => station::run(g, c),
+        Command::Partner(c) => partner::run(g, c),
+        Command::Messages(c) => messages::run(g, c),
+        Command::Mount(a) => mount::run(g, a),
+        Command::Deliver(a) => admin::deliver(g, a),
+        Command::Gc(a) => admin::gc(g, a),
+        Command::Audit(a) => audit::run(g, a),
+    }
+}
+
+/// Prints `value` as pretty JSON on stdout.
+pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}

@@ -1,0 +1,185 @@
+//! Inbox delivery: the one code path by which received files enter an inbox (used by
+//! `as2box deliver` and by the AS2 daemon).
+
+use crate::names::{dedupe, sanitize_attachment_name, shorten};
+use crate::store::{
+    BoxKind, BoxRef, InboundOrigin, InboxLayout, PickupFile, Placement, Store, StoreError,
+};
+use crate::timefmt;
+
+/// A received file: an untrusted name and where its bytes are.
+#[derive(Debug, Clone)]
+pub enum IncomingFile {
+    /// Bytes in memory.
+    Bytes {
+        /// Name as received.
+        name: String,
+        /// Content.
+        data: Vec<u8>,
+    },
+    /// A file on disk (copied into the blob store).
+    Path {
+        /// Name as received.
+        name: String,
+        /// Where the content is.
+        path: std::path::PathBuf,
+    },
+}
+
+/// Why a delivery failed. Nothing is visible after a failure.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliverError {
+    /// No such user / station / partner, or they do not belong together.
+    #[error("{0}")]
+    Route(String),
+    /// A message without files.
+    #[error("a message needs at least one file")]
+    Empty,
+    /// Storing failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Where a delivery went.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Delivered {
+    /// The message record.
+    pub message_id: i64,
+    /// Paths relative to the inbox, as the user sees them.
+    pub paths: Vec<String>,
+}
+
+/// Names for a message in `layout`: the folder to create (if any) and each file's name.
+pub fn inbox_names(
+    layout: InboxLayout,
+    stamp: &str,
+    names: &[String],
+) -> (Option<String>, Vec<String>) {
+    match layout {
+        InboxLayout::PerMessage => (Some(stamp.to_owned()), names.to_vec()),
+        InboxLayout::Prefixed => (
+            None,
+            names
+                .iter()
+                .map(|n| shorten(&format!("{stamp}-{n}"), 255))
+                .collect(),
+        ),
+        InboxLayout::Plain => (None, names.to_vec()),
+    }
+}
+
+/// A delivery stamp: `YYYYMMDDTHHMMSS.mmmZ-xxxxxx`.
+pub fn delivery_stamp(now_ms: i64) -> String {
+    let mut r = [0u8; 3];
+    // The random suffix only separates messages delivered in the same millisecond; should
+    // the RNG fail, the counter-free fallback still yields a valid (if less unique) stamp.
+    if openssl::rand::rand_bytes(&mut r).is_err() {
+        r = [(now_ms & 0xff) as u8, 0, 0];
+    }
+    format!("{}-{}", timefmt::stamp(now_ms), crate::store::hex(&r))
+}
+
+/// Delivers `files` as one received message into the inbox of `station_id` for the partner
+/// `partner` (production or test) of the station's user. Blobs are written and fsync'd first;
+/// one transaction then makes the whole message visible.
+pub fn deliver(
+    store: &Store,
+    station_as2_id: &str,
+    partner_as2_id: &str,
+    test: bool,
+    files: Vec<IncomingFile>,
+    origin: Option<&InboundOrigin>,
+) -> Result<Delivered, DeliverError> {
+    if files.is_empty() {
+        return Err(DeliverError::Empty);
+    }
+    let station = store
+        .station(station_as2_id)?
+        .ok_or_else(|| DeliverError::Route(format!("no station {station_as2_id:?}")))?;
+    let partner = store
+        .partner(station.user_id, partner_as2_id, test)?
+        .ok_or_else(|| {
+            DeliverError::Route(format!(
+                "the user of station {station_as2_id:?} has no {}partner {partner_as2_id:?}",
+                if test { "test " } else { "" }
+            ))
+        })?;
+    let mut names: Vec<String> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let raw = match f {
+                IncomingFile::Bytes { name, .. } | IncomingFile::Path { name, .. } => name,
+            };
+            sanitize_attachment_name(raw, i + 1)
+        })
+        .collect();
+    dedupe(&mut names);
+    let mut stored = Vec::with_capacity(files.len());
+    for (f, name) in files.iter().zip(&names) {
+        let (blob, size) = match f {
+            IncomingFile::Bytes { data, .. } => (store.blobs().put_bytes(data)?, data.len() as u64),
+            IncomingFile::Path { path, .. } => store.blobs().put_file(path)?,
+        };
+        stored.push(PickupFile {
+            name: name.clone(),
+            blob,
+            size,
+        });
+    }
+    let stamp = delivery_stamp(timefmt::now_ms());
+    let (folder, entry_names) = inbox_names(station.inbox_layout, &stamp, &names);
+    let inbox = BoxRef {
+        station_id: station.id,
+        partner_id: partner.id,
+        kind: BoxKind::Inbox,
+    };
+    let message_name = folder.clone().unwrap_or_else(|| names[0].clone());
+    let placement = match &folder {
+        Some(f) => Placement::Folder(f),
+        None => Placement::Top {
+            replace: station.inbox_layout == InboxLayout::Plain,
+        },
+    };
+    let files: Vec<(String, PickupFile)> = entry_names.iter().cloned().zip(stored).collect();
+    let message_id = store.deliver(
+        station.user_id,
+        inbox,
+        &message_name,
+        placement,
+        &files,
+        origin,
+    )?;
+    let paths = entry_names
+        .iter()
+        .map(|n| match &folder {
+            Some(f) => format!("{f}/{n}"),
+            None => n.clone(),
+        })
+        .collect();
+    Ok(Delivered { message_id, paths })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_name_files() {
+        let names = vec!["a.edi".to_owned(), "b.edi".to_owned()];
+        let (f, n) = inbox_names(InboxLayout::PerMessage, "S", &names);
+        assert_eq!((f.as_deref(), n.as_slice()), (Some("S"), names.as_slice()));
+        let (f, n) = inbox_names(InboxLayout::Prefixed, "S", &names);
+        assert_eq!(f, None);
+        assert_eq!(n, ["S-a.edi", "S-b.edi"]);
+        let (f, n) = inbox_names(InboxLayout::Plain, "S", &names);
+        assert_eq!((f, n), (None, names));
+    }
+
+    #[test]
+    fn stamp_format() {
+        let s = delivery_stamp(1_795_835_700_123);
+        assert!(s.starts_with("20261128T031500.123Z-"), "{s}");
+        assert_eq!(s.len(), "20261128T031500.123Z-".len() + 6);
+    }
+}

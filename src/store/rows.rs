@@ -1,0 +1,406 @@
+//! Configuration rows: users, their keys, stations and partners.
+
+use rusqlite::{params, OptionalExtension, Row};
+
+use std::path::{Path, PathBuf};
+
+use super::{
+    CompressOption, EncryptOption, InboxLayout, MdnOption, Partner, PartnerProfile, Result,
+    SignOption, Station, Store, StoreError, User,
+};
+use crate::timefmt::now_ms;
+
+fn user_from_row(r: &Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        uid: r.get(2)?,
+        gid: r.get(3)?,
+        quota: r.get::<_, Option<i64>>(4)?.map(|q| q.max(0) as u64),
+        created_ms: r.get(5)?,
+    })
+}
+
+fn station_from_row(r: &Row<'_>) -> rusqlite::Result<Station> {
+    let layout: String = r.get(3)?;
+    Ok(Station {
+        id: r.get(0)?,
+        user_id: r.get(1)?,
+        as2_id: r.get(2)?,
+        inbox_layout: InboxLayout::parse(&layout).unwrap_or(InboxLayout::PerMessage),
+        created_ms: r.get(4)?,
+        key_path: r.get::<_, Option<String>>(5)?.map(PathBuf::from),
+        cert_path: r.get::<_, Option<String>>(6)?.map(PathBuf::from),
+    })
+}
+
+fn partner_from_row(r: &Row<'_>) -> rusqlite::Result<Partner> {
+    Ok(Partner {
+        id: r.get(0)?,
+        user_id: r.get(1)?,
+        as2_id: r.get(2)?,
+        test: r.get(3)?,
+        url: r.get(4)?,
+        created_ms: r.get(5)?,
+        profile: PartnerProfile {
+            cert_path: r.get::<_, Option<String>>(6)?.map(PathBuf::from),
+            trust_path: r.get::<_, Option<String>>(7)?.map(PathBuf::from),
+            sign: SignOption::parse(&r.get::<_, String>(8)?).unwrap_or(SignOption::Sha256),
+            encrypt: EncryptOption::parse(&r.get::<_, String>(9)?)
+                .unwrap_or(EncryptOption::Aes256Cbc),
+            compress: CompressOption::parse(&r.get::<_, String>(10)?)
+                .unwrap_or(CompressOption::None),
+            mdn: MdnOption::parse(&r.get::<_, String>(11)?).unwrap_or(MdnOption::Sync),
+            mdn_signed: r.get(12)?,
+        },
+    })
+}
+
+const USER_COLS: &str = "id, name, uid, gid, quota, created_ms";
+const STATION_COLS: &str = "id, user_id, as2_id, inbox_layout, created_ms, key_path, cert_path";
+const PARTNER_COLS: &str = "id, user_id, as2_id, test, url, created_ms, cert_path, trust_path, sign, encrypt, compress, mdn, mdn_signed";
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
+impl Store {
+    /// Adds a user backed by the system account `uid`/`gid`.
+    pub fn add_user(&self, name: &str, uid: u32, gid: u32, quota: Option<u64>) -> Result<User> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO users (name, uid, gid, quota, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![name, uid, gid, quota.map(|q| q as i64), now_ms()],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::Exists(format!("user {name:?}"))
+                } else {
+                    e.into()
+                }
+            })?;
+            Ok(())
+        })?;
+        self.user(name)?
+            .ok_or_else(|| StoreError::NotFound(format!("user {name:?}")))
+    }
+
+    /// The user called `name`.
+    pub fn user(&self, name: &str) -> Result<Option<User>> {
+        self.read(|c| {
+            Ok(c.query_row(
+                &format!("SELECT {USER_COLS} FROM users WHERE name = ?1"),
+                [name],
+                user_from_row,
+            )
+            .optional()?)
+        })
+    }
+
+    /// The user with row id `id`.
+    pub fn user_by_id(&self, id: i64) -> Result<Option<User>> {
+        self.read(|c| {
+            Ok(c.query_row(
+                &format!("SELECT {USER_COLS} FROM users WHERE id = ?1"),
+                [id],
+                user_from_row,
+            )
+            .optional()?)
+        })
+    }
+
+    /// All users by name.
+    pub fn users(&self) -> Result<Vec<User>> {
+        self.read(|c| {
+            let mut st = c.prepare(&format!("SELECT {USER_COLS} FROM users ORDER BY name"))?;
+            let rows = st.query_map([], user_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
+    /// Sets or clears a user's quota.
+    pub fn set_quota(&self, user_id: i64, quota: Option<u64>) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE users SET quota = ?2 WHERE id = ?1",
+                params![user_id, quota.map(|q| q as i64)],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Bytes the user stores in all boxes.
+    pub fn usage(&self, user_id: i64) -> Result<u64> {
+        self.read(|c| {
+            let n: i64 = c.query_row(
+                "SELECT COALESCE(SUM(size), 0) FROM entries WHERE user_id = ?1",
+                [user_id],
+                |r| r.get(0),
+            )?;
+            Ok(n.max(0) as u64)
+        })
+    }
+
+    /// Number of files the user has in any box.
+    pub fn file_count(&self, user_id: i64) -> Result<u64> {
+        self.read(|c| {
+            let n: i64 = c.query_row(
+                "SELECT COUNT(*) FROM entries WHERE user_id = ?1 AND is_dir = 0",
+                [user_id],
+                |r| r.get(0),
+            )?;
+            Ok(n.max(0) as u64)
+        })
+    }
+
+    /// Removes a user with their stations, partners, keys and files. Without `force`,
+    /// refuses while the user has files or stations.
+    pub fn remove_user(&self, user_id: i64, force: bool) -> Result<()> {
+        self.write(|tx| {
+            if !force {
+                let files: i64 = tx.query_row(
+                    "SELECT COUNT(*) FROM entries WHERE user_id = ?1 AND is_dir = 0",
+                    [user_id],
+                    |r| r.get(0),
+                )?;
+                if files > 0 {
+                    return Err(StoreError::NotEmpty(format!(
+                        "the user still has {files} file(s) in their mailboxes: pass --force to delete them too"
+                    )));
+                }
+            }
+            tx.execute("DELETE FROM entries WHERE user_id = ?1", [user_id])?;
+            tx.execute("DELETE FROM partners WHERE user_id = ?1", [user_id])?;
+            tx.execute("DELETE FROM stations WHERE user_id = ?1", [user_id])?;
+            tx.execute("DELETE FROM user_keys WHERE user_id = ?1", [user_id])?;
+            tx.execute("DELETE FROM users WHERE id = ?1", [user_id])?;
+            Ok(())
+        })
+    }
+
+    /// The user's public keys in `authorized_keys` format, one per line.
+    pub fn public_keys(&self, user_id: i64) -> Result<Vec<String>> {
+        self.read(|c| {
+            let mut st =
+                c.prepare("SELECT public_key FROM user_keys WHERE user_id = ?1 ORDER BY id")?;
+            let rows = st.query_map([user_id], |r| r.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
+    /// Adds a station (our AS2 id) to a user.
+    pub fn add_station(&self, user_id: i64, as2_id: &str, layout: InboxLayout) -> Result<Station> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO stations (user_id, as2_id, inbox_layout, created_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![user_id, as2_id, layout.as_str(), now_ms()],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::Exists(format!("station {as2_id:?} (station ids are unique across the gateway)"))
+                } else {
+                    e.into()
+                }
+            })?;
+            Ok(())
+        })?;
+        self.station(as2_id)?
+            .ok_or_else(|| StoreError::NotFound(format!("station {as2_id:?}")))
+    }
+
+    /// The station with AS2 id `as2_id`.
+    pub fn station(&self, as2_id: &str) -> Result<Option<Station>> {
+        self.read(|c| {
+            Ok(c.query_row(
+                &format!("SELECT {STATION_COLS} FROM stations WHERE as2_id = ?1"),
+                [as2_id],
+                station_from_row,
+            )
+            .optional()?)
+        })
+    }
+
+    /// The station with row id `id`.
+    pub fn station_by_id(&self, id: i64) -> Result<Option<Station>> {
+        self.read(|c| {
+            Ok(c.query_row(
+                &format!("SELECT {STATION_COLS} FROM stations WHERE id = ?1"),
+                [id],
+                station_from_row,
+            )
+            .optional()?)
+        })
+    }
+
+    /// Stations of one user, or of everybody.
+    pub fn stations(&self, user_id: Option<i64>) -> Result<Vec<Station>> {
+        self.read(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {STATION_COLS} FROM stations WHERE ?1 IS NULL OR user_id = ?1 ORDER BY as2_id"
+            ))?;
+            let rows = st.query_map([user_id], station_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
+    /// Changes a station's inbox layout.
+    pub fn set_station_layout(&self, station_id: i64, layout: InboxLayout) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE stations SET inbox_layout = ?2 WHERE id = ?1",
+                params![station_id, layout.as_str()],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Sets the key and certificate files a station signs and decrypts with.
+    pub fn set_station_keys(&self, station_id: i64, key: &Path, cert: &Path) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE stations SET key_path = ?2, cert_path = ?3 WHERE id = ?1",
+                params![station_id, key.to_string_lossy(), cert.to_string_lossy()],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Removes a station. Without `force`, refuses while its boxes hold files.
+    pub fn remove_station(&self, station_id: i64, force: bool) -> Result<()> {
+        self.write(|tx| {
+            if !force {
+                let files: i64 = tx.query_row(
+                    "SELECT COUNT(*) FROM entries WHERE station_id = ?1 AND is_dir = 0",
+                    [station_id],
+                    |r| r.get(0),
+                )?;
+                if files > 0 {
+                    return Err(StoreError::NotEmpty(format!(
+                        "the station's mailboxes still hold {files} file(s): pass --force to delete them too"
+                    )));
+                }
+            }
+            tx.execute("DELETE FROM entries WHERE station_id = ?1", [station_id])?;
+            tx.execute("DELETE FROM stations WHERE id = ?1", [station_id])?;
+            Ok(())
+        })
+    }
+
+    /// Adds a partner to a user.
+    pub fn add_partner(
+        &self,
+        user_id: i64,
+        as2_id: &str,
+        test: bool,
+        url: Option<&str>,
+    ) -> Result<Partner> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO partners (user_id, as2_id, test, url, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![user_id, as2_id, test, url, now_ms()],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    let kind = if test { "test partner" } else { "partner" };
+                    StoreError::Exists(format!("{kind} {as2_id:?} of this user"))
+                } else {
+                    e.into()
+                }
+            })?;
+            Ok(())
+        })?;
+        self.partner(user_id, as2_id, test)?
+            .ok_or_else(|| StoreError::NotFound(format!("partner {as2_id:?}")))
+    }
+
+    /// A user's partner by AS2 id and type.
+    pub fn partner(&self, user_id: i64, as2_id: &str, test: bool) -> Result<Option<Partner>> {
+        self.read(|c| {
+            Ok(c.query_row(
+                &format!(
+                    "SELECT {PARTNER_COLS} FROM partners WHERE user_id = ?1 AND as2_id = ?2 AND test = ?3"
+                ),
+                params![user_id, as2_id, test],
+                partner_from_row,
+            )
+            .optional()?)
+        })
+    }
+
+    /// The partner with row id `id`.
+    pub fn partner_by_id(&self, id: i64) -> Result<Option<Partner>> {
+        self.read(|c| {
+            Ok(c.query_row(
+                &format!("SELECT {PARTNER_COLS} FROM partners WHERE id = ?1"),
+                [id],
+                partner_from_row,
+            )
+            .optional()?)
+        })
+    }
+
+    /// A user's partners (or everybody's), by AS2 id, production before test.
+    pub fn partners(&self, user_id: Option<i64>) -> Result<Vec<Partner>> {
+        self.read(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {PARTNER_COLS} FROM partners WHERE ?1 IS NULL OR user_id = ?1 ORDER BY as2_id, test"
+            ))?;
+            let rows = st.query_map([user_id], partner_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
+    /// Changes a partner's URL.
+    pub fn set_partner_url(&self, partner_id: i64, url: Option<&str>) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE partners SET url = ?2 WHERE id = ?1",
+                params![partner_id, url],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Replaces a partner's AS2 settings.
+    pub fn set_partner_profile(&self, partner_id: i64, p: &PartnerProfile) -> Result<()> {
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.to_string_lossy().into_owned());
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE partners SET cert_path = ?2, trust_path = ?3, sign = ?4, encrypt = ?5, compress = ?6, mdn = ?7, mdn_signed = ?8 WHERE id = ?1",
+                params![
+                    partner_id,
+                    path(&p.cert_path),
+                    path(&p.trust_path),
+                    p.sign.as_str(),
+                    p.encrypt.as_str(),
+                    p.compress.as_str(),
+                    p.mdn.as_str(),
+                    p.mdn_signed
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Removes a partner. Without `force`, refuses while its boxes hold files.
+    pub fn remove_partner(&self, partner_id: i64, force: bool) -> Result<()> {
+        self.write(|tx| {
+            if !force {
+                let files: i64 = tx.query_row(
+                    "SELECT COUNT(*) FROM entries WHERE partner_id = ?1 AND is_dir = 0",
+                    [partner_id],
+                    |r| r.get(0),
+                )?;
+                if files > 0 {
+                    return Err(StoreError::NotEmpty(format!(
+                        "the partner's mailboxes still hold {files} file(s): pass --force to delete them too"
+                    )));
+                }
+            }
+            tx.execute("DELETE FROM entries WHERE partner_id = ?1", [partner_id])?;
+            tx.execute("DELETE FROM partners WHERE id = ?1", [partner_id])?;
+            Ok(())
+        })
+    }
+}
