@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -367,6 +368,14 @@ fn inbox_files_can_be_read_and_deleted_and_emptied_folders_removed() {
         let stamp = names(&mb.inbox()).into_iter().next().unwrap();
         let dir = mb.inbox().join(&stamp);
         assert_eq!(ok(ops::read(&dir.join("two.txt")), "read"), b"22");
+        // chmod of what the user owns is accepted and ignored; utimes works.
+        for p in [mb.inbox(), dir.clone(), dir.join("two.txt")] {
+            let before = ok(ops::stat(&p), "stat").mode() & 0o7777;
+            ok(ops::chmod(&p, 0o700), &format!("chmod {}", p.display()));
+            assert_eq!(ok(ops::stat(&p), "stat").mode() & 0o7777, before, "mode of {} unchanged", p.display());
+            ok(ops::set_times(&p, 1_400_000_000, 1_400_000_000), &format!("utimes {}", p.display()));
+        }
+        assert_eq!(ok(ops::stat(&dir.join("two.txt")), "stat").mtime(), 1_400_000_000, "utimes took effect");
         assert_errno(ops::rmdir(&dir), libc::ENOTEMPTY, "rmdir of a non-empty message folder");
         ok(ops::unlink(&dir.join("one.txt")), "rm one.txt");
         assert_eq!(names(&dir), set(&["two.txt"]));

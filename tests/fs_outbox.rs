@@ -749,3 +749,119 @@ fn test_partner_outbox_queues_test_messages() {
     let m = assert_queued_single(&fx, &mb, "t.txt", b"test message");
     assert!(m.test);
 }
+
+/// A process holding an outbox file open for writing runs another program (fork + execve):
+/// the kernel closes the close-on-exec descriptor inside `execve`, which sends a FUSE flush
+/// from a process that is in the middle of `execve`. The mount must answer it (the program
+/// runs, the file stays open in the parent, not sent) and must not wedge.
+#[test]
+fn exec_while_an_outbox_file_is_open_does_not_hang_the_mount() {
+    let Some(fx) = fixture!(Settings::default()) else { return };
+    let mb = fx.mailbox();
+    let path = mb.outbox().join("report.csv");
+    let fd = fx.as_user(&mb.user, || {
+        // O_CLOEXEC (ops::open always sets it), as most programs and runtimes do.
+        let fd = ok(ops::create(&path), "create");
+        ok(ops::write_all(fd, b"first half,"), "write");
+        fd
+    });
+    // Spawn a program; only our descriptor is left for execve to close (other tests'
+    // descriptors are closed before execve so that they are not involved).
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawner = std::thread::spawn(move || {
+        let r = command_keeping_fd("/bin/true", fd).status();
+        let _ = tx.send(());
+        r
+    });
+    let finished = rx.recv_timeout(Duration::from_secs(15)).is_ok();
+    if !finished {
+        // Unblock everything before failing.
+        fx.watch().abort();
+    }
+    let status = spawner.join().unwrap();
+    assert!(
+        finished,
+        "fork+execve of /bin/true while an outbox file was open for writing hung for 15 s \
+         (the mount was aborted to unblock it): the flush sent from inside execve is never \
+         answered (a mount worker reading /proc/<pid>/stat of a process in execve deadlocks)"
+    );
+    assert!(status.unwrap().success());
+    // The parent still holds the file: not sent yet; finishing it sends it once.
+    assert!(fx.out_messages(&mb.user).is_empty(), "the child's flush must not send the file");
+    fx.as_user(&mb.user, || {
+        ok(ops::write_all(fd, b"second half"), "write after the child exec'd");
+        ok(ops::close(fd), "close");
+    });
+    assert_queued_single(&fx, &mb, "report.csv", b"first half,second half");
+}
+
+/// A child inherits an outbox descriptor (without close-on-exec, like a shell's `exec 3>f`)
+/// and exits while the parent goes on writing: the child's close is not the last one, so
+/// the file is sent only when the parent closes it, complete.
+#[test]
+fn a_child_closing_an_inherited_descriptor_does_not_send_the_file() {
+    let Some(fx) = fixture!(Settings::default()) else { return };
+    let mb = fx.mailbox();
+    let path = mb.outbox().join("shared.txt");
+    let (uid, gid) = (mb.user.uid, mb.user.gid);
+    let outcome = fx.as_user(&mb.user, || {
+        let fd = ok(ops::open(&path, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC), "create");
+        // Clear close-on-exec so that the child inherits it.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+        ok(ops::write_all(fd, b"parent part 1;"), "write");
+        let mut child = {
+            use std::os::unix::process::CommandExt;
+            command_keeping_fd("/bin/sh", fd)
+                .args(["-c", "exit 0"])
+                .uid(uid)
+                .gid(gid)
+                .spawn()
+                .expect("spawn sh")
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let exited = loop {
+            if child.try_wait().unwrap().is_some() {
+                break true;
+            }
+            if Instant::now() > deadline {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (fd, exited, child)
+    });
+    let (fd, exited, mut child) = outcome;
+    if !exited {
+        fx.watch().abort();
+        let _ = child.wait();
+        panic!("a child that inherited an outbox descriptor did not exit within 15 s (the mount was aborted)");
+    }
+    assert!(
+        fx.out_messages(&mb.user).is_empty(),
+        "the child's close is not the last close: nothing may be sent yet: {:#?}",
+        fx.out_messages(&mb.user)
+    );
+    fx.as_user(&mb.user, || {
+        ok(ops::write_all(fd, b"parent part 2"), "write after the child exited");
+        ok(ops::close(fd), "close");
+    });
+    assert_queued_single(&fx, &mb, "shared.txt", b"parent part 1;parent part 2");
+}
+
+/// A `Command` whose child closes every inherited descriptor above 2 except `keep` before
+/// execve.
+fn command_keeping_fd(program: &str, keep: i32) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(program);
+    let keep = keep as u32;
+    unsafe {
+        cmd.pre_exec(move || {
+            if keep > 3 {
+                libc::syscall(libc::SYS_close_range, 3u32, keep - 1, 0u32);
+            }
+            libc::syscall(libc::SYS_close_range, keep + 1, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    cmd
+}

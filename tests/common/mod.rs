@@ -24,7 +24,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
@@ -222,8 +222,9 @@ pub struct Fixture {
     pub mnt: PathBuf,
     pub settings: Settings,
     mount: Mutex<Option<Child>>,
-    /// pid of the running mount process (0 when none), for the hang watchdog.
-    mount_pid: Arc<AtomicI32>,
+    /// pid of the running mount process (0 when none) and its FUSE connection, for the
+    /// hang watchdog.
+    mount_pid: Arc<Watch>,
     users: Mutex<Vec<String>>,
     mount_count: AtomicU64,
 }
@@ -269,7 +270,7 @@ impl Fixture {
             mnt,
             settings,
             mount: Mutex::new(None),
-            mount_pid: Arc::new(AtomicI32::new(0)),
+            mount_pid: Arc::new(Watch::default()),
             users: Mutex::new(Vec::new()),
             mount_count: AtomicU64::new(0),
         };
@@ -286,7 +287,7 @@ impl Fixture {
 
     /// `as2box --state-dir .. --config .. ARGS`, with a timeout; returns the output.
     pub fn cli<S: AsRef<OsStr>>(&self, args: &[S]) -> Output {
-        let mut cmd = Command::new(bin());
+        let mut cmd = command(bin());
         cmd.arg("--state-dir")
             .arg(&self.state_dir)
             .arg("--config")
@@ -485,7 +486,7 @@ impl Fixture {
         let n = self.mount_count.fetch_add(1, Ordering::SeqCst);
         let log_path = self.dir.join(format!("mount{n}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
-        let mut cmd = Command::new(bin());
+        let mut cmd = command(bin());
         cmd.arg("--state-dir")
             .arg(&self.state_dir)
             .arg("--config")
@@ -527,7 +528,10 @@ impl Fixture {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        self.mount_pid.store(child.id() as i32, Ordering::SeqCst);
+        self.mount_pid.pid.store(child.id() as i32, Ordering::SeqCst);
+        self.mount_pid
+            .conn
+            .store(fuse_connection(&self.mnt).unwrap_or(0), Ordering::SeqCst);
         *self.mount.lock().unwrap() = Some(child);
     }
 
@@ -545,7 +549,7 @@ impl Fixture {
     pub fn stop_mount(&self, signal: i32) -> std::process::ExitStatus {
         let mut guard = self.mount.lock().unwrap();
         let mut child = guard.take().expect("no mount process running");
-        self.mount_pid.store(0, Ordering::SeqCst);
+        self.mount_pid.pid.store(0, Ordering::SeqCst);
         unsafe { libc::kill(child.id() as i32, signal) };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -563,6 +567,11 @@ impl Fixture {
         }
     }
 
+    /// The hang watchdog's view of the mount (pid, FUSE connection).
+    pub fn watch(&self) -> &Arc<Watch> {
+        &self.mount_pid
+    }
+
     /// The mount process, if still running, exited by itself?
     pub fn mount_exited(&self) -> Option<std::process::ExitStatus> {
         let mut guard = self.mount.lock().unwrap();
@@ -576,7 +585,7 @@ impl Fixture {
     /// `umount -l` of the mount point if the kernel still lists it.
     pub fn lazy_unmount(&self) {
         if is_mounted(&self.mnt) {
-            let _ = Command::new("umount").arg("-l").arg(&self.mnt).output();
+            let _ = command("umount").arg("-l").arg(&self.mnt).output();
         }
     }
 
@@ -618,7 +627,7 @@ impl Drop for Fixture {
         }
         // 1. Stop the mount.
         let child = self.mount.lock().unwrap_or_else(|e| e.into_inner()).take();
-        self.mount_pid.store(0, Ordering::SeqCst);
+        self.mount_pid.pid.store(0, Ordering::SeqCst);
         if let Some(mut child) = child {
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -626,7 +635,14 @@ impl Drop for Fixture {
                 match child.try_wait() {
                     Ok(Some(_)) | Err(_) => break,
                     Ok(None) if Instant::now() > deadline => {
-                        eprintln!("{}: mount ignored SIGTERM for 10 s; killing it", self.test);
+                        eprintln!(
+                            "{}: mount ignored SIGTERM for 10 s; aborting its connection and killing it",
+                            self.test
+                        );
+                        let conn = self.mount_pid.conn.load(Ordering::SeqCst);
+                        if conn > 0 {
+                            abort_fuse_connection(conn);
+                        }
                         let _ = child.kill();
                         let _ = child.wait();
                         break;
@@ -664,10 +680,56 @@ impl Drop for Fixture {
 // Credentials and the watchdog
 // ---------------------------------------------------------------------------------------
 
+/// What the watchdog needs to unblock a hung mount.
+#[derive(Default)]
+pub struct Watch {
+    pub pid: AtomicI32,
+    /// The FUSE connection number (minor device number of the mount), 0 if unknown.
+    pub conn: AtomicU32,
+}
+
+impl Watch {
+    /// Aborts the FUSE connection (every pending request fails with ENOTCONN) and kills the
+    /// mount process.
+    pub fn abort(&self) {
+        let conn = self.conn.load(Ordering::SeqCst);
+        if conn > 0 {
+            abort_fuse_connection(conn);
+        }
+        let pid = self.pid.load(Ordering::SeqCst);
+        if pid > 0 {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// The FUSE connection number of a mount point (the minor of its device, from mountinfo).
+pub fn fuse_connection(mnt: &Path) -> Option<u32> {
+    let want = mnt.to_string_lossy().replace(' ', "\\040");
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .find(|f| f.len() > 4 && f[4] == want)
+        .and_then(|f| f[2].split(':').nth(1)?.parse().ok())
+}
+
+/// Writes to /sys/fs/fuse/connections/<conn>/abort (mounting fusectl if needed).
+pub fn abort_fuse_connection(conn: u32) {
+    let dir = Path::new("/sys/fs/fuse/connections");
+    if !dir.join(conn.to_string()).exists() {
+        let _ = command("mount")
+            .args(["-t", "fusectl", "none", "/sys/fs/fuse/connections"])
+            .output();
+    }
+    if let Err(e) = std::fs::write(dir.join(conn.to_string()).join("abort"), "1") {
+        eprintln!("cannot abort FUSE connection {conn}: {e}");
+    }
+}
+
 fn as_ids<R: Send, F: FnOnce() -> R + Send>(
     uid: u32,
     gid: u32,
-    mount_pid: &Arc<AtomicI32>,
+    mount_pid: &Arc<Watch>,
     f: F,
 ) -> R {
     with_watchdog(mount_pid, move || {
@@ -690,7 +752,7 @@ pub fn switch_thread_credentials(uid: u32, gid: u32) {
     }
 }
 
-fn with_watchdog<R: Send, F: FnOnce() -> R + Send>(mount_pid: &Arc<AtomicI32>, f: F) -> R {
+fn with_watchdog<R: Send, F: FnOnce() -> R + Send>(mount_pid: &Arc<Watch>, f: F) -> R {
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     std::thread::scope(|s| {
         let worker = s.spawn(move || {
@@ -704,13 +766,10 @@ fn with_watchdog<R: Send, F: FnOnce() -> R + Send>(mount_pid: &Arc<AtomicI32>, f
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {} // panicked
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 hung = true;
-                let pid = mount_pid.load(Ordering::SeqCst);
                 eprintln!(
-                    "a file system operation took more than {OP_TIMEOUT:?}: killing the mount (pid {pid}) to unblock it"
+                    "a file system operation took more than {OP_TIMEOUT:?}: aborting the FUSE connection and killing the mount to unblock it"
                 );
-                if pid > 0 {
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
+                mount_pid.abort();
             }
         }
         let r = match worker.join() {
@@ -757,6 +816,26 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) ->
 
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_as2box")
+}
+
+/// A `Command` whose child closes every inherited descriptor above 2 before `execve`.
+///
+/// Tests run in parallel threads of one process, so a spawned child inherits whatever file
+/// descriptors on the mount other threads hold at that moment. Closing them in the child
+/// *before* `execve` (instead of letting close-on-exec close them inside `execve`) keeps
+/// the harness's own CLI calls independent of how the mount handles a flush from a process
+/// that is in the middle of `execve` (see the test
+/// `exec_while_an_outbox_file_is_open_does_not_hang_the_mount`).
+pub fn command(program: impl AsRef<OsStr>) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(program);
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    cmd
 }
 
 fn describe<S: AsRef<OsStr>>(args: &[S]) -> String {
@@ -853,10 +932,10 @@ fn group_exists(name: &str) -> bool {
 /// Deletes a system account (and its group) left behind; the caller holds ACCOUNT_LOCK.
 fn remove_account(name: &str) {
     if passwd_line(name).is_some() {
-        let _ = Command::new("userdel").arg(name).output();
+        let _ = command("userdel").arg(name).output();
     }
     if group_exists(name) {
-        let _ = Command::new("groupdel").arg(name).output();
+        let _ = command("groupdel").arg(name).output();
     }
 }
 
@@ -900,7 +979,7 @@ fn sweep_stale_fixtures() {
         }
         let mnt = dir.join("mnt");
         if is_mounted(&mnt) {
-            let _ = Command::new("umount").arg("-l").arg(&mnt).output();
+            let _ = command("umount").arg("-l").arg(&mnt).output();
         }
         if let Ok(users) = std::fs::read_to_string(dir.join("users")) {
             let _lock = ACCOUNT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
@@ -1036,4 +1115,99 @@ pub fn perm(md: &std::fs::Metadata) -> (u32, u32, u32) {
 /// Was the process killed by a signal?
 pub fn signalled(status: &std::process::ExitStatus) -> Option<i32> {
     status.signal()
+}
+
+/// Collects failed checks so that one test run reports every deviation at once; `finish`
+/// (or drop) panics listing them all.
+#[derive(Default)]
+pub struct Checks {
+    failures: Vec<String>,
+    count: usize,
+}
+
+impl Checks {
+    pub fn new() -> Checks {
+        Checks::default()
+    }
+
+    /// Records a failure unless `r` failed with exactly `want`.
+    pub fn errno<T: std::fmt::Debug>(&mut self, r: io::Result<T>, want: i32, what: &str) {
+        self.count += 1;
+        match r {
+            Ok(v) => self.failures.push(format!(
+                "{what}: expected {} but it succeeded ({})",
+                errno_name(want),
+                short_debug(&v)
+            )),
+            Err(e) => {
+                let got = e.raw_os_error().unwrap_or(-1);
+                if got != want {
+                    self.failures.push(format!(
+                        "{what}: expected {} but got {}",
+                        errno_name(want),
+                        errno_name(got)
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Records a failure unless `r` succeeded.
+    pub fn ok<T>(&mut self, r: io::Result<T>, what: &str) -> Option<T> {
+        self.count += 1;
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.failures.push(format!(
+                    "{what}: failed with {}",
+                    errno_name(e.raw_os_error().unwrap_or(-1))
+                ));
+                None
+            }
+        }
+    }
+
+    /// Records a failure unless `cond`.
+    pub fn check(&mut self, cond: bool, what: impl FnOnce() -> String) {
+        self.count += 1;
+        if !cond {
+            self.failures.push(what());
+        }
+    }
+
+    /// Panics listing every failed check.
+    #[track_caller]
+    pub fn finish(mut self) {
+        let f = std::mem::take(&mut self.failures);
+        if !f.is_empty() {
+            panic!(
+                "{} of {} checks failed:\n  {}",
+                f.len(),
+                self.count,
+                f.join("\n  ")
+            );
+        }
+    }
+}
+
+impl Drop for Checks {
+    fn drop(&mut self) {
+        if !self.failures.is_empty() && !std::thread::panicking() {
+            panic!(
+                "{} of {} checks failed (finish() not called):\n  {}",
+                self.failures.len(),
+                self.count,
+                self.failures.join("\n  ")
+            );
+        }
+    }
+}
+
+fn short_debug<T: std::fmt::Debug>(v: &T) -> String {
+    let s = format!("{v:?}");
+    if s.len() > 80 {
+        format!("{}...", &s[..80])
+    } else {
+        s
+    }
 }
