@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use openssl::sha::Sha256;
 use tracing::{debug, info, warn};
 
+use super::closer;
 use super::inodes::{Inodes, Key, ROOT_INO};
 use crate::config::Config;
 use crate::mailbox::{self, CloseOutcome, NodeClass};
@@ -160,9 +161,6 @@ struct DraftInner {
     mtime_ms: i64,
     replaces: Option<i64>,
     writers: usize,
-    /// Written since the last flush. A flush without new data does not complete the upload:
-    /// shells open a file, dup it onto stdout and close the original before writing.
-    dirty: bool,
     /// A sticky error (the quota): the draft is discarded at close and close fails.
     error: Option<Errno>,
     unlinked: bool,
@@ -184,7 +182,12 @@ enum Origin<'a> {
 enum Handle {
     Blob(Arc<File>),
     Bytes(Arc<Vec<u8>>),
-    Draft { draft: Arc<Draft>, write: bool },
+    /// `opener`: the task that opened it; only its close can be the explicit last close.
+    Draft {
+        draft: Arc<Draft>,
+        write: bool,
+        opener: u32,
+    },
     Dir(Arc<Vec<DirItem>>),
 }
 
@@ -211,34 +214,13 @@ pub struct MailboxFs {
     batch_lock: Mutex<()>,
     last_sweep: Mutex<Option<Instant>>,
     audit: crate::audit::AuditLog,
+    /// Our mount's id in `/proc/<pid>/fdinfo` (set once mounted).
+    mount_id: Mutex<Option<u64>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic in one FUSE thread must not take the whole mount down with poisoned locks.
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Whether `pid` is exiting: the kernel sets `PF_EXITING` (0x4) in the task flags (field 9
-/// of `/proc/<pid>/stat`) before it closes the files of a dying process, so a close from
-/// such a task is the kernel's cleanup, not the program's decision.
-pub fn process_exiting(pid: u32) -> bool {
-    const PF_EXITING: u64 = 0x4;
-    if pid == 0 {
-        return false;
-    }
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        // Already gone: it can only have been exiting.
-        return true;
-    };
-    // The command name (field 2) is in parentheses and may contain spaces.
-    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-        return false;
-    };
-    // After ')': state(3) ppid(4) pgrp(5) session(6) tty(7) tpgid(8) flags(9).
-    rest.split_whitespace()
-        .nth(6)
-        .and_then(|f| f.parse::<u64>().ok())
-        .is_some_and(|flags| flags & PF_EXITING != 0)
 }
 
 impl MailboxFs {
@@ -259,6 +241,7 @@ impl MailboxFs {
             batch_lock: Mutex::new(()),
             last_sweep: Mutex::new(None),
             audit: crate::audit::AuditLog::new(store_dir),
+            mount_id: Mutex::new(None),
         }
     }
 
@@ -744,7 +727,7 @@ impl MailboxFs {
     /// that was never flushed is finished here.
     pub fn release(&self, c: &Caller, fh: u64) {
         let h = lock(&self.handles).remove(&fh);
-        if let Some(Handle::Draft { draft, write }) = h {
+        if let Some(Handle::Draft { draft, write, .. }) = h {
             if write {
                 let (last, pending) = {
                     let mut i = lock(&draft.inner);
@@ -752,7 +735,9 @@ impl MailboxFs {
                     (i.writers == 0, !i.done)
                 };
                 if last && pending {
-                    if let Err(e) = self.finish_draft(&draft, c) {
+                    // The last descriptor is gone; who closed it is unknown here (release
+                    // may come from a kernel thread), so it counts as a normal close.
+                    if let Err(e) = self.finish_draft(&draft, c, false) {
                         warn!(errno = e.0, "upload finished at release failed");
                     }
                 }
@@ -832,7 +817,7 @@ impl MailboxFs {
         if let Some(d) = self.find_draft(b, folder, name) {
             // O_CREAT without O_EXCL on a name that appeared meanwhile: open it.
             drop(_batch);
-            let fh = self.open_draft(&d, true, truncate)?;
+            let fh = self.open_draft(c, &d, true, truncate)?;
             return Ok((self.draft_attr(&d, &o), fh));
         }
         let user = key.user().unwrap_or(0);
@@ -865,7 +850,7 @@ impl MailboxFs {
             },
         };
         let draft = self.new_draft(ino, user, origin)?;
-        let fh = self.open_draft(&draft, true, false)?;
+        let fh = self.open_draft(c, &draft, true, false)?;
         debug!(user, name, "upload started");
         Ok((self.draft_attr(&draft, &o), fh))
     }
@@ -911,7 +896,6 @@ impl MailboxFs {
                 mtime_ms,
                 replaces: replaces.map(|e| e.id),
                 writers: 0,
-                dirty: false,
                 error: None,
                 unlinked: false,
                 done: false,
@@ -921,7 +905,7 @@ impl MailboxFs {
         Ok(draft)
     }
 
-    fn open_draft(&self, d: &Arc<Draft>, write: bool, truncate: bool) -> Result<u64> {
+    fn open_draft(&self, c: &Caller, d: &Arc<Draft>, write: bool, truncate: bool) -> Result<u64> {
         if write {
             let mut i = lock(&d.inner);
             if i.done {
@@ -938,6 +922,7 @@ impl MailboxFs {
         Ok(self.new_fh(Handle::Draft {
             draft: d.clone(),
             write,
+            opener: c.pid,
         }))
     }
 
@@ -946,7 +931,7 @@ impl MailboxFs {
         let key = self.key(ino)?;
         self.check_access(c, &key)?;
         if let Some(d) = self.draft(ino) {
-            return self.open_draft(&d, write, truncate);
+            return self.open_draft(c, &d, write, truncate);
         }
         match &key {
             Key::Keys(u) => {
@@ -978,7 +963,7 @@ impl MailboxFs {
                             truncate,
                         },
                     )?;
-                    return self.open_draft(&d, true, false);
+                    return self.open_draft(c, &d, true, false);
                 }
                 let blob = e.blob.as_deref().ok_or(Errno(libc::EIO))?;
                 let file = self.store.blobs().open_blob(blob)?;
@@ -1055,7 +1040,9 @@ impl MailboxFs {
     /// Writes to an upload in progress.
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
         let draft = match lock(&self.handles).get(&fh) {
-            Some(Handle::Draft { draft, write: true }) => draft.clone(),
+            Some(Handle::Draft {
+                draft, write: true, ..
+            }) => draft.clone(),
             _ => return Err(Errno(libc::EBADF)),
         };
         let end = offset
@@ -1093,30 +1080,37 @@ impl MailboxFs {
         }
         i.size = i.size.max(end);
         i.mtime_ms = now_ms();
-        i.dirty = true;
         Ok(data.len() as u32)
     }
 
-    /// `close()` of a descriptor: the last writer's close picks the upload up or holds it,
-    /// durably, before it returns.
+    /// `close()` of a descriptor. The close that completes an upload — durably, before it
+    /// returns — is the opener's close of its last descriptor on the file; a close by another
+    /// process (a child that inherited the descriptor) or of one of several descriptors
+    /// (`dup`) only syncs, and the release of the last descriptor completes the upload.
     pub fn flush(&self, c: &Caller, fh: u64) -> Result<()> {
-        let draft = match lock(&self.handles).get(&fh) {
-            Some(Handle::Draft { draft, write: true }) => draft.clone(),
+        let (draft, opener) = match lock(&self.handles).get(&fh) {
+            Some(Handle::Draft {
+                draft,
+                write: true,
+                opener,
+            }) => (draft.clone(), *opener),
             _ => return Ok(()),
         };
-        let last_writer = {
+        let (done, writers, file) = {
             let i = lock(&draft.inner);
-            if i.done || (!i.dirty && i.error.is_none()) {
-                // Nothing new to commit: the release of the last descriptor will finish it.
-                return Ok(());
-            }
-            i.writers <= 1
+            (i.done, i.writers, i.file.clone())
         };
-        if last_writer {
-            self.finish_draft(&draft, c)
+        if done {
+            return Ok(());
+        }
+        let closer = if c.pid == opener && writers <= 1 {
+            closer::probe(c.pid, draft.ino, *lock(&self.mount_id))
         } else {
-            let file = lock(&draft.inner).file.clone();
-            file.sync_data().map_err(|_| Errno(libc::EIO))
+            None
+        };
+        match closer {
+            Some(cl) if !cl.other_descriptor => self.finish_draft(&draft, c, cl.exiting),
+            _ => file.sync_data().map_err(|_| Errno(libc::EIO)),
         }
     }
 
@@ -1142,8 +1136,7 @@ impl MailboxFs {
     }
 
     /// Turns a closed upload into a stored entry: picked up, held or interrupted.
-    fn finish_draft(&self, d: &Arc<Draft>, c: &Caller) -> Result<()> {
-        let writer_exiting = process_exiting(c.pid);
+    fn finish_draft(&self, d: &Arc<Draft>, c: &Caller, writer_exiting: bool) -> Result<()> {
         let _batch = lock(&self.batch_lock);
         let mut i = lock(&d.inner);
         if i.done {
@@ -1863,6 +1856,12 @@ impl MailboxFs {
             },
             Key::Draft { .. } => String::new(),
         }
+    }
+
+    /// Records the mount id once the mount exists (for recognising our files in other
+    /// processes' descriptor tables).
+    pub fn set_mount_id(&self, id: Option<u64>) {
+        *lock(&self.mount_id) = id;
     }
 
     /// The root inode (for tests and the adapter).

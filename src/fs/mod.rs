@@ -1,13 +1,14 @@
 //! The mailbox filesystem: `core` holds the tree and uploads in our own types, `fuse` is the
 //! thin `fuser` adapter, `inodes` maps kernel inode numbers to tree nodes. `mount` runs it.
 
+mod closer;
 mod core;
 mod fuse;
 mod inodes;
 #[cfg(test)]
 mod model_tests;
 
-pub use self::core::{process_exiting, Attr, Caller, Errno, Kind, MailboxFs};
+pub use self::core::{Attr, Caller, Errno, Kind, MailboxFs};
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -113,6 +114,7 @@ pub fn mount(store: Arc<Store>, config: Config, mountpoint: &Path) -> Result<(),
             source,
         })?;
     info!(path = %mountpoint.display(), "mounted");
+    core.set_mount_id(closer::mount_id(mountpoint));
 
     let stop = Arc::new(AtomicBool::new(false));
     let ticker = {

@@ -204,7 +204,11 @@ fn name_taken(tx: &Transaction<'_>, b: BoxRef, parent: i64, name: &str) -> Resul
 fn free_failed_name(tx: &Transaction<'_>, failed: BoxRef, base: &str) -> Result<String> {
     if name_taken(tx, failed, 0, base)? || name_taken(tx, failed, 0, &format!("{base}.reason.txt"))?
     {
-        Ok(format!("{}-{}", crate::timefmt::stamp(now_ms()), base))
+        Ok(format!(
+            "{}-{}",
+            crate::timefmt::unique_stamp(now_ms()),
+            base
+        ))
     } else {
         Ok(base.to_owned())
     }

@@ -321,7 +321,10 @@ impl Fixture {
     pub fn cli_json<S: AsRef<OsStr>>(&self, args: &[S]) -> serde_json::Value {
         let out = self.cli_ok(args);
         serde_json::from_str(&out).unwrap_or_else(|e| {
-            panic!("`as2box {}` printed no valid JSON ({e}):\n{out}", describe(args))
+            panic!(
+                "`as2box {}` printed no valid JSON ({e}):\n{out}",
+                describe(args)
+            )
         })
     }
 
@@ -528,7 +531,9 @@ impl Fixture {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        self.mount_pid.pid.store(child.id() as i32, Ordering::SeqCst);
+        self.mount_pid
+            .pid
+            .store(child.id() as i32, Ordering::SeqCst);
         self.mount_pid
             .conn
             .store(fuse_connection(&self.mnt).unwrap_or(0), Ordering::SeqCst);
@@ -726,12 +731,7 @@ pub fn abort_fuse_connection(conn: u32) {
     }
 }
 
-fn as_ids<R: Send, F: FnOnce() -> R + Send>(
-    uid: u32,
-    gid: u32,
-    mount_pid: &Arc<Watch>,
-    f: F,
-) -> R {
+fn as_ids<R: Send, F: FnOnce() -> R + Send>(uid: u32, gid: u32, mount_pid: &Arc<Watch>, f: F) -> R {
     with_watchdog(mount_pid, move || {
         switch_thread_credentials(uid, gid);
         f()
@@ -777,7 +777,9 @@ fn with_watchdog<R: Send, F: FnOnce() -> R + Send>(mount_pid: &Arc<Watch>, f: F)
             Err(p) => std::panic::resume_unwind(p),
         };
         if hung {
-            panic!("a file system operation hung for more than {OP_TIMEOUT:?} (the mount was killed)");
+            panic!(
+                "a file system operation hung for more than {OP_TIMEOUT:?} (the mount was killed)"
+            );
         }
         r
     })
@@ -1009,7 +1011,9 @@ pub fn stamp_like(s: &str) -> bool {
         && b[16..19].iter().all(u8::is_ascii_digit)
         && b[19] == b'Z'
         && b[20] == b'-'
-        && b[21..].iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+        && b[21..]
+            .iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
 }
 
 /// The symbolic name of an errno, for messages.
