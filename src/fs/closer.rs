@@ -16,10 +16,24 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 /// What `/proc` says about the closing task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Closer {
+    /// Its process (thread group) id.
+    pub tgid: Option<u32>,
     /// The task is exiting (`PF_EXITING`): its files are being closed by the kernel.
     pub exiting: bool,
     /// The task's process still has another descriptor on the same file.
     pub other_descriptor: bool,
+}
+
+/// Runs `f` on a helper thread and waits at most [`PROBE_TIMEOUT`] for its answer.
+fn with_timeout<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("as2box-proc".into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .ok()?;
+    rx.recv_timeout(PROBE_TIMEOUT).ok()
 }
 
 /// Inspects task `pid` closing a file with inode `ino` on mount `mnt_id` (if known); `None`
@@ -28,19 +42,27 @@ pub fn probe(pid: u32, ino: u64, mnt_id: Option<u64>) -> Option<Closer> {
     if pid == 0 {
         return None;
     }
-    let (tx, rx) = mpsc::channel();
-    let spawned = std::thread::Builder::new()
-        .name("as2box-proc".into())
-        .spawn(move || {
-            let _ = tx.send(Closer {
-                exiting: exiting(pid),
-                other_descriptor: has_descriptor(pid, ino, mnt_id),
-            });
-        });
-    if spawned.is_err() {
+    with_timeout(move || Closer {
+        tgid: read_tgid(pid),
+        exiting: exiting(pid),
+        other_descriptor: has_descriptor(pid, ino, mnt_id),
+    })
+}
+
+/// The process id of task `pid` (FUSE requests carry thread ids).
+pub fn tgid(pid: u32) -> Option<u32> {
+    if pid == 0 {
         return None;
     }
-    rx.recv_timeout(PROBE_TIMEOUT).ok()
+    with_timeout(move || read_tgid(pid)).flatten()
+}
+
+fn read_tgid(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// `PF_EXITING` (0x4) in the task flags, field 9 of `/proc/<pid>/stat`. A task already
@@ -110,10 +132,12 @@ mod tests {
         assert_eq!(
             c,
             Closer {
+                tgid: Some(me),
                 exiting: false,
                 other_descriptor: true
             }
         );
+        assert_eq!(tgid(me), Some(me));
         drop(f);
         assert!(!probe(me, ino, None).unwrap().other_descriptor);
     }

@@ -88,6 +88,9 @@ pub struct Attr {
     pub gid: u32,
     /// Modification time (ms since the epoch).
     pub mtime_ms: i64,
+    /// Whether the kernel may cache it. User folders must not be cached: the kernel shares
+    /// its caches between all callers, and only the owner may see them.
+    pub cacheable: bool,
 }
 
 /// One directory entry of a listing.
@@ -182,11 +185,11 @@ enum Origin<'a> {
 enum Handle {
     Blob(Arc<File>),
     Bytes(Arc<Vec<u8>>),
-    /// `opener`: the task that opened it; only its close can be the explicit last close.
+    /// `opener`: the process that opened it; only its close can be the explicit last close.
     Draft {
         draft: Arc<Draft>,
         write: bool,
-        opener: u32,
+        opener: Option<u32>,
     },
     Dir(Arc<Vec<DirItem>>),
 }
@@ -366,6 +369,7 @@ impl MailboxFs {
                 _ => Err(ENOENT),
             },
             Key::Ssh(u) if name == "authorized_keys" => Ok(Key::Keys(*u)),
+            Key::Ssh(_) => Err(ENOENT),
             Key::Gateway(u) => {
                 let s = self.store.station(name)?.filter(|s| s.user_id == *u);
                 Ok(Key::Station {
@@ -434,6 +438,7 @@ impl MailboxFs {
             uid: if class.user_owned() { o.uid } else { 0 },
             gid: o.gid,
             mtime_ms,
+            cacheable: class != NodeClass::UserHome,
         }
     }
 
@@ -447,6 +452,7 @@ impl MailboxFs {
             uid: o.uid,
             gid: o.gid,
             mtime_ms: i.mtime_ms,
+            cacheable: true,
         }
     }
 
@@ -460,6 +466,7 @@ impl MailboxFs {
             uid: o.uid,
             gid: o.gid,
             mtime_ms: e.mtime_ms,
+            cacheable: true,
         }
     }
 
@@ -490,6 +497,7 @@ impl MailboxFs {
                     uid: 0,
                     gid: o.gid,
                     mtime_ms: t,
+                    cacheable: true,
                 })
             }
             Key::Station { user, station } => {
@@ -535,12 +543,10 @@ impl MailboxFs {
         let pkey = self.key(parent)?;
         let o = self.check_access(c, &pkey)?;
         let key = self.child_key(&pkey, name)?;
+        // A user folder answers only its user and root, even to `stat`; the root lists
+        // every user folder's name, as /home does.
         let o = if matches!(pkey, Key::Root) {
-            self.check_access(c, &key).or_else(|_| {
-                // Everybody may see that a user folder exists, as in /home; its contents
-                // stay closed.
-                key.user().map(|u| self.owner(u)).transpose()?.ok_or(ENOENT)
-            })?
+            self.check_access(c, &key)?
         } else {
             o
         };
@@ -551,14 +557,7 @@ impl MailboxFs {
     /// `stat` of an inode.
     pub fn getattr(&self, c: &Caller, ino: u64) -> Result<Attr> {
         let key = self.key(ino)?;
-        let o = match self.check_access(c, &key) {
-            Ok(o) => o,
-            // The user folder itself may be stat'ed by anybody (it is listed in the root).
-            Err(e) if matches!(key, Key::Home(_)) && e == EACCES => {
-                self.owner(key.user().unwrap_or(0))?
-            }
-            Err(e) => return Err(e),
-        };
+        let o = self.check_access(c, &key)?;
         self.attr_of(ino, &key, &o)
     }
 
@@ -922,7 +921,7 @@ impl MailboxFs {
         Ok(self.new_fh(Handle::Draft {
             draft: d.clone(),
             write,
-            opener: c.pid,
+            opener: if write { closer::tgid(c.pid) } else { None },
         }))
     }
 
@@ -1103,13 +1102,15 @@ impl MailboxFs {
         if done {
             return Ok(());
         }
-        let closer = if c.pid == opener && writers <= 1 {
+        let closer = if writers <= 1 && opener.is_some() {
             closer::probe(c.pid, draft.ino, *lock(&self.mount_id))
         } else {
             None
         };
         match closer {
-            Some(cl) if !cl.other_descriptor => self.finish_draft(&draft, c, cl.exiting),
+            Some(cl) if cl.tgid == opener && !cl.other_descriptor => {
+                self.finish_draft(&draft, c, cl.exiting)
+            }
             _ => file.sync_data().map_err(|_| Errno(libc::EIO)),
         }
     }

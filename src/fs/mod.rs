@@ -102,6 +102,10 @@ pub fn mount(store: Arc<Store>, config: Config, mountpoint: &Path) -> Result<(),
         fuser::MountOption::NoSuid,
         fuser::MountOption::NoExec,
         fuser::MountOption::NoAtime,
+        // The kernel checks the mode bits we report on every path walk, so a user can never
+        // reach into another user's tree through names the kernel has cached; the core
+        // checks every request again on top.
+        fuser::MountOption::DefaultPermissions,
     ];
     // sshd drops to the user's groups before it chroots, so other users must reach the
     // mount; the core enforces who sees what.
