@@ -522,7 +522,7 @@ impl MailboxFs {
                 Ok(self.dir_attr(ino, NodeClass::Box(b.kind), o, p.created_ms))
             }
             Key::Entry { id, .. } => {
-                let e = self.entry(*id)?;
+                let e = self.entry(*id).map_err(stale)?;
                 Ok(self.entry_attr(ino, &e, o))
             }
             Key::Draft { .. } => Err(ENOENT),
@@ -940,7 +940,7 @@ impl MailboxFs {
                 Ok(self.new_fh(Handle::Bytes(Arc::new(self.keys_text(*u)?))))
             }
             Key::Entry { user, id } => {
-                let e = self.entry(*id)?;
+                let e = self.entry(*id).map_err(stale)?;
                 if e.is_dir {
                     return Err(Errno(libc::EISDIR));
                 }
@@ -1876,6 +1876,16 @@ struct Detail {
     bytes: Option<u64>,
     sha256: Option<String>,
     result: String,
+}
+
+/// An inode whose entry is gone (deleted, expired, or moved to `failed/` under a new id)
+/// answers ESTALE: the kernel then looks its name up again rather than failing the call.
+fn stale(e: Errno) -> Errno {
+    if e == ENOENT {
+        Errno(libc::ESTALE)
+    } else {
+        e
+    }
 }
 
 fn join(dir: &str, name: &str) -> String {
