@@ -22,10 +22,16 @@ enum Loaded {
     Certs(Arc<Vec<X509>>),
 }
 
-/// Loaded key material by file, with the modification times it was loaded at.
+/// The files a cache entry was loaded from (key and certificate, or certificates alone).
+type Files = (PathBuf, Option<PathBuf>);
+
+/// Material loaded from files, with the files' modification times at loading.
+type Stamped = (Vec<Option<SystemTime>>, Loaded);
+
+/// Loaded key material by file, reloaded when a file's modification time changes.
 #[derive(Default)]
 pub struct KeyCache {
-    entries: Mutex<HashMap<(PathBuf, Option<PathBuf>), (Vec<Option<SystemTime>>, Loaded)>>,
+    entries: Mutex<HashMap<Files, Stamped>>,
 }
 
 impl KeyCache {

@@ -108,7 +108,9 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
 
     // A resend of something we already delivered: the same positive answer, no new files.
     let (store, pid, mid) = (ctx.store.clone(), partner.id, info.message_id.clone());
-    if let Ok(Some((id, mic, _))) = blocking(move || store.inbound_by_as2_id(pid, &mid)).await {
+    if let Ok(Some(crate::store::ReceivedRecord { id, mic, .. })) =
+        blocking(move || store.inbound_by_as2_id(pid, &mid)).await
+    {
         inc(&ctx.metrics.received_duplicate);
         info!(message = id, message_id = %info.message_id, "duplicate: answering the MDN again, not delivering twice");
         let mic = mic.and_then(|m| Mic::parse(&m).ok());
@@ -332,13 +334,18 @@ pub async fn async_mdn(ctx: Arc<Ctx>, req: Req) -> Resp {
     let found = blocking(move || {
         let found = store.outgoing_by_as2_id(&omid)?;
         let partner = match &found {
-            Some((_, pid, _, _)) => store.partner_by_id(*pid)?,
+            Some(f) => store.partner_by_id(f.partner_id)?,
             None => None,
         };
         Ok::<_, crate::store::StoreError>((found, partner))
     })
     .await;
-    let ((id, _, state, mics), partner) = match found {
+    let (
+        crate::store::SentRecord {
+            id, state, mics, ..
+        },
+        partner,
+    ) = match found {
         Ok((Some(f), Some(p))) => (f, p),
         Ok(_) => {
             return Resp::text(

@@ -157,11 +157,8 @@ pub fn judge_mdn(mdn: &ReceivedMdn, expected: &[Mic]) -> Attempt {
 async fn process(ctx: Arc<Ctx>, c: Claimed) {
     let id = c.id;
     let attempts = c.attempts;
-    let outcome = attempt(&ctx, c).await;
-    let mdn = match &outcome {
-        (_, m) => m.clone(),
-    };
-    record_outcome(&ctx, id, attempts, outcome.0, mdn).await;
+    let (outcome, mdn) = attempt(&ctx, c).await;
+    record_outcome(&ctx, id, attempts, outcome, mdn).await;
 }
 
 /// One attempt; returns the outcome and the MDN text, if any.

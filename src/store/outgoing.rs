@@ -30,6 +30,30 @@ pub struct Claimed {
     pub files: Vec<MessageFile>,
 }
 
+/// What we know of a message we sent, found by its AS2 Message-ID.
+#[derive(Debug, Clone)]
+pub struct SentRecord {
+    /// Message row.
+    pub id: i64,
+    /// The partner it went to.
+    pub partner_id: i64,
+    /// Its state.
+    pub state: String,
+    /// The MICs we accept back, one per line.
+    pub mics: Option<String>,
+}
+
+/// What we know of a message we received, found by its AS2 Message-ID.
+#[derive(Debug, Clone)]
+pub struct ReceivedRecord {
+    /// Message row.
+    pub id: i64,
+    /// The MIC we computed (`<base64>, <alg>`).
+    pub mic: Option<String>,
+    /// The MDN we answered with.
+    pub mdn: Option<String>,
+}
+
 /// One state change of a message.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
@@ -152,15 +176,19 @@ impl Store {
 
     /// The outgoing message with AS2 Message-ID `as2_message_id` (for an async MDN): its id,
     /// partner, state and the MICs we accept.
-    pub fn outgoing_by_as2_id(
-        &self,
-        as2_message_id: &str,
-    ) -> Result<Option<(i64, i64, String, Option<String>)>> {
+    pub fn outgoing_by_as2_id(&self, as2_message_id: &str) -> Result<Option<SentRecord>> {
         self.read(|c| {
             Ok(c.query_row(
                 "SELECT id, partner_id, state, mic FROM messages WHERE direction = 'out' AND as2_message_id = ?1 ORDER BY id DESC LIMIT 1",
                 [as2_message_id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                |r| {
+                    Ok(SentRecord {
+                        id: r.get(0)?,
+                        partner_id: r.get(1)?,
+                        state: r.get(2)?,
+                        mics: r.get(3)?,
+                    })
+                },
             )
             .optional()?)
         })
@@ -183,12 +211,18 @@ impl Store {
         &self,
         partner_id: i64,
         as2_message_id: &str,
-    ) -> Result<Option<(i64, Option<String>, Option<String>)>> {
+    ) -> Result<Option<ReceivedRecord>> {
         self.read(|c| {
             Ok(c.query_row(
                 "SELECT id, mic, mdn FROM messages WHERE direction = 'in' AND partner_id = ?1 AND as2_message_id = ?2 ORDER BY id LIMIT 1",
                 params![partner_id, as2_message_id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| {
+                    Ok(ReceivedRecord {
+                        id: r.get(0)?,
+                        mic: r.get(1)?,
+                        mdn: r.get(2)?,
+                    })
+                },
             )
             .optional()?)
         })
@@ -359,7 +393,7 @@ mod tests {
             .message_prepared(id, "x@y", Some("abc, sha-256"), "AS2-To: P")
             .unwrap();
         store.message_awaiting_mdn(id).unwrap();
-        assert_eq!(store.outgoing_by_as2_id("x@y").unwrap().unwrap().0, id);
+        assert_eq!(store.outgoing_by_as2_id("x@y").unwrap().unwrap().id, id);
         store
             .message_delivered(id, Some("mdn"), "processed")
             .unwrap();
