@@ -120,6 +120,13 @@ fn init_tracing() {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let g = &cli.global;
+    if !matches!(cli.command, Command::Mount(_) | Command::Serve(_)) {
+        // Like every Unix tool, stop quietly when the reader of our output goes away
+        // (`as2box messages list | head`). The daemons keep Rust's default of ignoring
+        // SIGPIPE: a partner hanging up must be an error on the socket, not our death.
+        // SAFETY: setting a signal disposition before any thread is started.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match cli.command {
         Command::Init => admin::init(g),
         Command::User(c) => user::run(g, c),
