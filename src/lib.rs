@@ -8,6 +8,7 @@ pub mod config;
 pub mod fs;
 pub mod mailbox;
 pub mod names;
+pub mod sftp;
 pub mod store;
 pub mod sysaccount;
 pub mod timefmt;

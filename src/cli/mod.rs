@@ -12,6 +12,7 @@ mod admin;
 mod messages;
 mod mount;
 mod partner;
+mod sshd;
 mod station;
 mod user;
 
@@ -85,6 +86,8 @@ enum Command {
     Deliver(admin::DeliverArgs),
     /// Remove expired mailbox files and message records now.
     Gc(admin::GcArgs),
+    /// Print the sshd configuration of the dedicated SFTP instance (or the drop-in).
+    SshdConfig(sshd::SshdConfigArgs),
 }
 
 /// Runs the command line and turns errors into a message and exit status 1.
@@ -120,6 +123,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mount(a) => mount::run(g, a),
         Command::Deliver(a) => admin::deliver(g, a),
         Command::Gc(a) => admin::gc(g, a),
+        Command::SshdConfig(a) => sshd::run(g, a),
     }
 }
 

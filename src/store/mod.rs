@@ -20,6 +20,7 @@ use rusqlite::Connection;
 pub use blobs::{fsync_dir, hex, sha256_hex, BlobGuard, BlobStore};
 pub use entries::{NewFile, PickupFile, SweepReport};
 pub use model::*;
+pub use rows::UserKey;
 
 /// Everything that can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
