@@ -147,6 +147,14 @@ pub struct CheckedKey {
 /// key type (we write the lines, and options could lift the restrictions), DSA keys
 /// (OpenSSH 9 refuses them) and RSA keys under 2048 bits.
 pub fn check_public_key(text: &str) -> Result<CheckedKey, SftpError> {
+    if text.contains("PRIVATE KEY")
+        || text.contains("PuTTY-User-Key-File")
+        || text.contains("---- BEGIN SSH2")
+    {
+        return Err(SftpError::Key(
+            "this is a private key or a PuTTY/SSH2 file: give the public key (the .pub file, one line `ssh-ed25519 AAAA...`; `ssh-keygen -y -f KEY` or `puttygen KEY -O public-openssh` prints it)".into(),
+        ));
+    }
     let lines: Vec<&str> = text
         .lines()
         .map(str::trim)
@@ -161,11 +169,6 @@ pub fn check_public_key(text: &str) -> Result<CheckedKey, SftpError> {
             ))
         }
     };
-    if line.starts_with("-----BEGIN") {
-        return Err(SftpError::Key(
-            "this is a private key or a PEM/PPK file: give the public key (the .pub file, one line `ssh-ed25519 AAAA...`; `ssh-keygen -y -f KEY` or `puttygen KEY -O public-openssh` prints it)".into(),
-        ));
-    }
     let key = PublicKey::from_openssh(line).map_err(|e| {
         SftpError::Key(format!(
             "not an OpenSSH public key line (`type base64 [comment]`, no options): {e}"
