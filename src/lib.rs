@@ -3,9 +3,12 @@
 //! See `docs/ARCHITECTURE.md` for the map of modules and the boundaries between them.
 
 pub mod as2;
+pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod fs;
+pub mod keys;
 pub mod mailbox;
 pub mod names;
 pub mod sftp;

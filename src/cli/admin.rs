@@ -96,7 +96,7 @@ pub fn deliver(g: &Global, a: DeliverArgs) -> anyhow::Result<()> {
             path: path.clone(),
         });
     }
-    let d = mailbox::deliver(&store, &a.station, &a.partner, a.test, files)?;
+    let d = mailbox::deliver(&store, &a.station, &a.partner, a.test, files, None)?;
     if a.json {
         print_json(&d)?;
     } else {

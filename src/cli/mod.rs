@@ -9,10 +9,13 @@ use clap::{Parser, Subcommand};
 use crate::config::Config;
 
 mod admin;
+mod audit;
+pub mod decode;
 mod messages;
 mod mount;
 mod partner;
 mod sshd;
+mod serve;
 mod station;
 mod user;
 
@@ -82,12 +85,18 @@ enum Command {
     Messages(messages::MessagesCommand),
     /// Mount the mailbox filesystem (runs in the foreground until unmounted).
     Mount(mount::MountArgs),
+    /// Run the AS2 daemon: send queued messages, receive into inboxes, MDNs, retries.
+    Serve(serve::ServeArgs),
     /// Deliver files into an inbox as one received message.
     Deliver(admin::DeliverArgs),
     /// Remove expired mailbox files and message records now.
     Gc(admin::GcArgs),
     /// Print the sshd configuration of the dedicated SFTP instance (or the drop-in).
     SshdConfig(sshd::SshdConfigArgs),
+    /// Show what users did through their mailboxes (uploads, downloads, deletions, ...).
+    Audit(audit::AuditArgs),
+    /// Explain a captured AS2 request or MDN: security, MIC, attachments, disposition.
+    Decode(decode::DecodeArgs),
 }
 
 /// Runs the command line and turns errors into a message and exit status 1.
@@ -121,9 +130,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Partner(c) => partner::run(g, c),
         Command::Messages(c) => messages::run(g, c),
         Command::Mount(a) => mount::run(g, a),
+        Command::Serve(a) => serve::run(g, a),
         Command::Deliver(a) => admin::deliver(g, a),
         Command::Gc(a) => admin::gc(g, a),
         Command::SshdConfig(a) => sshd::run(g, a),
+        Command::Audit(a) => audit::run(g, a),
+        Command::Decode(a) => decode::run(&a),
     }
 }
 

@@ -4,7 +4,52 @@ use anyhow::Context;
 use clap::Subcommand;
 
 use super::{print_json, user::find, Global};
-use crate::store::{Partner, Store};
+use crate::keys;
+use crate::store::{CompressOption, EncryptOption, MdnOption, Partner, SignOption, Store};
+
+fn parse_yes_no(s: &str) -> Result<bool, String> {
+    match s {
+        "yes" | "true" | "on" => Ok(true),
+        "no" | "false" | "off" => Ok(false),
+        _ => Err(format!("{s:?}: use yes or no")),
+    }
+}
+
+fn print_profile(p: &Partner) {
+    let path = |p: &Option<std::path::PathBuf>| {
+        p.as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    println!(
+        "partner:     {}{}",
+        p.as2_id,
+        if p.test { " (test)" } else { "" }
+    );
+    println!("url:         {}", p.url.as_deref().unwrap_or("-"));
+    println!("certificate: {}", path(&p.profile.cert_path));
+    println!("trust:       {}", path(&p.profile.trust_path));
+    println!(
+        "sign {}, encrypt {}, compress {}, mdn {} ({})",
+        p.profile.sign.as_str(),
+        p.profile.encrypt.as_str(),
+        p.profile.compress.as_str(),
+        p.profile.mdn.as_str(),
+        if p.profile.mdn_signed {
+            "signed"
+        } else {
+            "unsigned"
+        }
+    );
+    if let Some(w) = p
+        .profile
+        .cert_path
+        .as_deref()
+        .and_then(keys::expiry_warning)
+    {
+        println!("WARNING:     {w}");
+    }
+}
 
 #[derive(Debug, Subcommand)]
 pub enum PartnerCommand {
@@ -50,9 +95,9 @@ pub enum PartnerCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Change a partner.
+    /// Change a partner: URL, certificate and how messages are exchanged.
     #[command(
-        after_help = "Example:\n  as2box partner set --user acme BIGCORP --url https://as2.bigcorp.example/as2"
+        after_help = "Example:\n  as2box partner set --user acme BIGCORP --url https://as2.bigcorp.example/as2 \\\n      --cert bigcorp.pem --sign sha256 --encrypt aes256-cbc --mdn sync --mdn-signed yes\n\nDefaults for a new partner: --sign sha256 --encrypt aes256-cbc --compress none --mdn sync --mdn-signed yes."
     )]
     Set {
         /// Owner.
@@ -63,9 +108,30 @@ pub enum PartnerCommand {
         /// The test partner.
         #[arg(long)]
         test: bool,
-        /// New URL.
+        /// The partner's AS2 URL (http:// or https://).
         #[arg(long)]
-        url: String,
+        url: Option<String>,
+        /// The partner's certificate (PEM or DER).
+        #[arg(long)]
+        cert: Option<std::path::PathBuf>,
+        /// A CA or certificate to trust for the partner's HTTPS server (besides the system's).
+        #[arg(long)]
+        trust_ca: Option<std::path::PathBuf>,
+        /// Signature digest of what we send.
+        #[arg(long, value_enum)]
+        sign: Option<SignOption>,
+        /// Encryption of what we send.
+        #[arg(long, value_enum)]
+        encrypt: Option<EncryptOption>,
+        /// Compression of what we send.
+        #[arg(long, value_enum)]
+        compress: Option<CompressOption>,
+        /// Receipt to ask for.
+        #[arg(long, value_enum)]
+        mdn: Option<MdnOption>,
+        /// Ask for a signed receipt.
+        #[arg(long, value_parser = parse_yes_no)]
+        mdn_signed: Option<bool>,
     },
     /// Remove a partner and its mailboxes.
     #[command(after_help = "Example:\n  as2box partner remove --user acme BIGCORP --force")]
@@ -99,6 +165,8 @@ struct PartnerView {
     #[serde(flatten)]
     partner: Partner,
     user: String,
+    /// Set when the certificate is unreadable or expires within 30 days.
+    warning: Option<String>,
 }
 
 pub fn run(g: &Global, c: PartnerCommand) -> anyhow::Result<()> {
@@ -129,7 +197,19 @@ pub fn run(g: &Global, c: PartnerCommand) -> anyhow::Result<()> {
                     .user_by_id(p.user_id)?
                     .map(|u| u.name)
                     .unwrap_or_default();
-                list.push(PartnerView { partner: p, user });
+                let warning = p
+                    .profile
+                    .cert_path
+                    .as_deref()
+                    .and_then(keys::expiry_warning);
+                if let Some(w) = &warning {
+                    tracing::warn!(partner = %p.as2_id, "{w}");
+                }
+                list.push(PartnerView {
+                    partner: p,
+                    user,
+                    warning,
+                });
             }
             if json {
                 return print_json(&list);
@@ -137,11 +217,15 @@ pub fn run(g: &Global, c: PartnerCommand) -> anyhow::Result<()> {
             println!("{:<24} {:<5} {:<16} URL", "PARTNER", "TEST", "USER");
             for v in list {
                 println!(
-                    "{:<24} {:<5} {:<16} {}",
+                    "{:<24} {:<5} {:<16} {}{}",
                     v.partner.as2_id,
                     if v.partner.test { "yes" } else { "no" },
                     v.user,
-                    v.partner.url.as_deref().unwrap_or("-")
+                    v.partner.url.as_deref().unwrap_or("-"),
+                    v.warning
+                        .as_ref()
+                        .map(|w| format!("  WARNING: {w}"))
+                        .unwrap_or_default()
                 );
             }
             Ok(())
@@ -154,7 +238,16 @@ pub fn run(g: &Global, c: PartnerCommand) -> anyhow::Result<()> {
         } => {
             let p = get(&store, &user, &id, test)?;
             if json {
-                return print_json(&PartnerView { partner: p, user });
+                let warning = p
+                    .profile
+                    .cert_path
+                    .as_deref()
+                    .and_then(keys::expiry_warning);
+                return print_json(&PartnerView {
+                    partner: p,
+                    user,
+                    warning,
+                });
             }
             println!(
                 "partner: {}{}",
@@ -170,10 +263,46 @@ pub fn run(g: &Global, c: PartnerCommand) -> anyhow::Result<()> {
             id,
             test,
             url,
+            cert,
+            trust_ca,
+            sign,
+            encrypt,
+            compress,
+            mdn,
+            mdn_signed,
         } => {
             let p = get(&store, &user, &id, test)?;
-            store.set_partner_url(p.id, Some(&url))?;
-            println!("partner {id}: url {url}");
+            if let Some(url) = &url {
+                anyhow::ensure!(
+                    url.starts_with("http://") || url.starts_with("https://"),
+                    "--url {url:?} must start with http:// or https://"
+                );
+                store.set_partner_url(p.id, Some(url))?;
+            }
+            let mut profile = p.profile.clone();
+            if let Some(cert) = cert {
+                let cert = std::path::absolute(cert)?;
+                keys::read_cert(&cert)?;
+                if let Some(w) = keys::expiry_warning(&cert) {
+                    eprintln!("warning: {w}");
+                }
+                profile.cert_path = Some(cert);
+            }
+            if let Some(ca) = trust_ca {
+                let ca = std::path::absolute(ca)?;
+                keys::read_cert(&ca)?;
+                profile.trust_path = Some(ca);
+            }
+            profile.sign = sign.unwrap_or(profile.sign);
+            profile.encrypt = encrypt.unwrap_or(profile.encrypt);
+            profile.compress = compress.unwrap_or(profile.compress);
+            profile.mdn = mdn.unwrap_or(profile.mdn);
+            profile.mdn_signed = mdn_signed.unwrap_or(profile.mdn_signed);
+            if profile.cert_path.is_none() && profile.encrypt != EncryptOption::None {
+                eprintln!("note: encrypting to the partner needs its certificate: add --cert FILE");
+            }
+            store.set_partner_profile(p.id, &profile)?;
+            print_profile(&get(&store, &user, &id, test)?);
             Ok(())
         }
         PartnerCommand::Remove {

@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::Subcommand;
 
 use super::{print_json, user::find, Global};
+use crate::keys;
 use crate::store::{InboxLayout, Station, Store};
 
 #[derive(Debug, Subcommand)]
@@ -41,14 +42,25 @@ pub enum StationCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Change a station.
-    #[command(after_help = "Example:\n  as2box station set ACME-AS2 --inbox-layout plain")]
+    /// Change a station: inbox layout, or the key pair it signs and decrypts with.
+    #[command(
+        after_help = "Examples:\n  as2box station set ACME-AS2 --inbox-layout plain\n  as2box station set ACME-AS2 --key /etc/as2box/acme.key.pem --cert /etc/as2box/acme.cert.pem\n  as2box station set ACME-AS2 --generate-cert      # prints the certificate to give to partners"
+    )]
     Set {
         /// The AS2 id.
         id: String,
         /// New inbox layout.
         #[arg(long, value_enum)]
-        inbox_layout: InboxLayout,
+        inbox_layout: Option<InboxLayout>,
+        /// Private key file (PEM or DER, unencrypted).
+        #[arg(long, requires = "cert", conflicts_with = "generate_cert")]
+        key: Option<std::path::PathBuf>,
+        /// Certificate file (PEM or DER) matching --key.
+        #[arg(long, requires = "key")]
+        cert: Option<std::path::PathBuf>,
+        /// Generate a self-signed RSA-2048 pair (3 years) in <state>/keys/ and print the certificate.
+        #[arg(long)]
+        generate_cert: bool,
     },
     /// Remove a station and its mailboxes.
     #[command(after_help = "Example:\n  as2box station remove ACME-AS2 --force")]
@@ -72,6 +84,8 @@ struct StationView {
     #[serde(flatten)]
     station: Station,
     user: String,
+    /// Set when the certificate is unreadable or expires within 30 days.
+    warning: Option<String>,
 }
 
 fn view(store: &Store, s: Station) -> anyhow::Result<StationView> {
@@ -79,7 +93,15 @@ fn view(store: &Store, s: Station) -> anyhow::Result<StationView> {
         .user_by_id(s.user_id)?
         .map(|u| u.name)
         .unwrap_or_default();
-    Ok(StationView { station: s, user })
+    let warning = s.cert_path.as_deref().and_then(keys::expiry_warning);
+    if let Some(w) = &warning {
+        tracing::warn!(station = %s.as2_id, "{w}");
+    }
+    Ok(StationView {
+        station: s,
+        user,
+        warning,
+    })
 }
 
 pub fn run(g: &Global, c: StationCommand) -> anyhow::Result<()> {
@@ -111,13 +133,25 @@ pub fn run(g: &Global, c: StationCommand) -> anyhow::Result<()> {
             if json {
                 return print_json(&list);
             }
-            println!("{:<24} {:<16} INBOX LAYOUT", "STATION", "USER");
+            println!(
+                "{:<24} {:<16} {:<12} CERTIFICATE",
+                "STATION", "USER", "INBOX"
+            );
             for v in list {
+                let cert = v
+                    .station
+                    .cert_path
+                    .as_ref()
+                    .map(|p| p.display().to_string());
                 println!(
-                    "{:<24} {:<16} {}",
+                    "{:<24} {:<16} {:<12} {}{}",
                     v.station.as2_id,
                     v.user,
-                    v.station.inbox_layout.as_str()
+                    v.station.inbox_layout.as_str(),
+                    cert.as_deref().unwrap_or("-"),
+                    v.warning
+                        .map(|w| format!("  WARNING: {w}"))
+                        .unwrap_or_default()
                 );
             }
             Ok(())
@@ -130,12 +164,67 @@ pub fn run(g: &Global, c: StationCommand) -> anyhow::Result<()> {
             println!("station:      {}", v.station.as2_id);
             println!("user:         {}", v.user);
             println!("inbox layout: {}", v.station.inbox_layout.as_str());
+            let path = |p: &Option<std::path::PathBuf>| {
+                p.as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "-".into())
+            };
+            println!("key:          {}", path(&v.station.key_path));
+            println!("certificate:  {}", path(&v.station.cert_path));
+            if let Some(w) = v.warning {
+                println!("WARNING:      {w}");
+            }
             Ok(())
         }
-        StationCommand::Set { id, inbox_layout } => {
+        StationCommand::Set {
+            id,
+            inbox_layout,
+            key,
+            cert,
+            generate_cert,
+        } => {
             let s = get(&store, &id)?;
-            store.set_station_layout(s.id, inbox_layout)?;
-            println!("station {id}: inbox layout {}", inbox_layout.as_str());
+            if inbox_layout.is_none() && key.is_none() && !generate_cert {
+                anyhow::bail!(
+                    "nothing to change: give --inbox-layout, --key and --cert, or --generate-cert"
+                );
+            }
+            if let Some(layout) = inbox_layout {
+                store.set_station_layout(s.id, layout)?;
+                println!("station {id}: inbox layout {}", layout.as_str());
+            }
+            if let (Some(key), Some(cert)) = (&key, &cert) {
+                let key = std::path::absolute(key)?;
+                let cert = std::path::absolute(cert)?;
+                keys::check_pair(&key, &cert)?;
+                store.set_station_keys(s.id, &key, &cert)?;
+                println!(
+                    "station {id}: key {} certificate {}",
+                    key.display(),
+                    cert.display()
+                );
+                if let Some(w) = keys::expiry_warning(&cert) {
+                    eprintln!("warning: {w}");
+                }
+            }
+            if generate_cert {
+                let dir = g.state_dir.join("keys");
+                std::fs::create_dir_all(&dir)?;
+                let file = id.replace(
+                    |c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_',
+                    "_",
+                );
+                let key = dir.join(format!("{file}.key.pem"));
+                let cert = dir.join(format!("{file}.cert.pem"));
+                let pem = keys::generate_self_signed(&id, &key, &cert)?;
+                store.set_station_keys(s.id, &key, &cert)?;
+                eprintln!(
+                    "station {id}: new key {} and certificate {}; give partners this certificate:",
+                    key.display(),
+                    cert.display()
+                );
+                print!("{pem}");
+            }
             Ok(())
         }
         StationCommand::Remove { id, force } => {

@@ -13,12 +13,13 @@ use std::time::{Duration, Instant};
 use openssl::sha::Sha256;
 use tracing::{debug, info, warn};
 
+use super::closer;
 use super::inodes::{Inodes, Key, ROOT_INO};
 use crate::config::Config;
 use crate::mailbox::{self, CloseOutcome, NodeClass};
 use crate::names;
 use crate::store::{
-    hex, BoxKind, BoxRef, Entry, EntryState, NewFile, PickupFile, Store, StoreError,
+    hex, BoxKind, BoxRef, Entry, EntryState, NewFile, PickupFile, RenamePickup, Store, StoreError,
 };
 use crate::timefmt::now_ms;
 
@@ -87,6 +88,9 @@ pub struct Attr {
     pub gid: u32,
     /// Modification time (ms since the epoch).
     pub mtime_ms: i64,
+    /// Whether the kernel may cache it. User folders must not be cached: the kernel shares
+    /// its caches between all callers, and only the owner may see them.
+    pub cacheable: bool,
 }
 
 /// One directory entry of a listing.
@@ -160,19 +164,33 @@ struct DraftInner {
     mtime_ms: i64,
     replaces: Option<i64>,
     writers: usize,
-    /// Written since the last flush. A flush without new data does not complete the upload:
-    /// shells open a file, dup it onto stdout and close the original before writing.
-    dirty: bool,
     /// A sticky error (the quota): the draft is discarded at close and close fails.
     error: Option<Errno>,
     unlinked: bool,
     done: bool,
 }
 
+/// Where an upload starts from.
+enum Origin<'a> {
+    /// A new file.
+    New {
+        b: BoxRef,
+        parent: i64,
+        name: &'a str,
+    },
+    /// An existing held upload, resumed (its content kept) or rewritten (`truncate`).
+    Rewrite { entry: &'a Entry, truncate: bool },
+}
+
 enum Handle {
     Blob(Arc<File>),
     Bytes(Arc<Vec<u8>>),
-    Draft { draft: Arc<Draft>, write: bool },
+    /// `opener`: the process that opened it; only its close can be the explicit last close.
+    Draft {
+        draft: Arc<Draft>,
+        write: bool,
+        opener: Option<u32>,
+    },
     Dir(Arc<Vec<DirItem>>),
 }
 
@@ -198,6 +216,9 @@ pub struct MailboxFs {
     /// Serializes batch pickup against uploads into outbox folders.
     batch_lock: Mutex<()>,
     last_sweep: Mutex<Option<Instant>>,
+    audit: crate::audit::AuditLog,
+    /// Our mount's id in `/proc/<pid>/fdinfo` (set once mounted).
+    mount_id: Mutex<Option<u64>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -205,32 +226,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Whether `pid` is exiting: the kernel sets `PF_EXITING` (0x4) in the task flags (field 9
-/// of `/proc/<pid>/stat`) before it closes the files of a dying process, so a close from
-/// such a task is the kernel's cleanup, not the program's decision.
-pub fn process_exiting(pid: u32) -> bool {
-    const PF_EXITING: u64 = 0x4;
-    if pid == 0 {
-        return false;
-    }
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        // Already gone: it can only have been exiting.
-        return true;
-    };
-    // The command name (field 2) is in parentheses and may contain spaces.
-    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-        return false;
-    };
-    // After ')': state(3) ppid(4) pgrp(5) session(6) tty(7) tpgid(8) flags(9).
-    rest.split_whitespace()
-        .nth(6)
-        .and_then(|f| f.parse::<u64>().ok())
-        .is_some_and(|flags| flags & PF_EXITING != 0)
-}
-
 impl MailboxFs {
     /// A core over `store` with `config`.
     pub fn new(store: Arc<Store>, config: Config) -> MailboxFs {
+        let store_dir = &store.state_dir().to_owned();
         MailboxFs {
             store,
             config,
@@ -244,6 +243,8 @@ impl MailboxFs {
             usage: Mutex::new(HashMap::new()),
             batch_lock: Mutex::new(()),
             last_sweep: Mutex::new(None),
+            audit: crate::audit::AuditLog::new(store_dir),
+            mount_id: Mutex::new(None),
         }
     }
 
@@ -368,6 +369,7 @@ impl MailboxFs {
                 _ => Err(ENOENT),
             },
             Key::Ssh(u) if name == "authorized_keys" => Ok(Key::Keys(*u)),
+            Key::Ssh(_) => Err(ENOENT),
             Key::Gateway(u) => {
                 let s = self.store.station(name)?.filter(|s| s.user_id == *u);
                 Ok(Key::Station {
@@ -436,6 +438,7 @@ impl MailboxFs {
             uid: if class.user_owned() { o.uid } else { 0 },
             gid: o.gid,
             mtime_ms,
+            cacheable: class != NodeClass::UserHome,
         }
     }
 
@@ -449,6 +452,7 @@ impl MailboxFs {
             uid: o.uid,
             gid: o.gid,
             mtime_ms: i.mtime_ms,
+            cacheable: true,
         }
     }
 
@@ -462,6 +466,7 @@ impl MailboxFs {
             uid: o.uid,
             gid: o.gid,
             mtime_ms: e.mtime_ms,
+            cacheable: true,
         }
     }
 
@@ -492,6 +497,7 @@ impl MailboxFs {
                     uid: 0,
                     gid: o.gid,
                     mtime_ms: t,
+                    cacheable: true,
                 })
             }
             Key::Station { user, station } => {
@@ -537,12 +543,10 @@ impl MailboxFs {
         let pkey = self.key(parent)?;
         let o = self.check_access(c, &pkey)?;
         let key = self.child_key(&pkey, name)?;
+        // A user folder answers only its user and root, even to `stat`; the root lists
+        // every user folder's name, as /home does.
         let o = if matches!(pkey, Key::Root) {
-            self.check_access(c, &key).or_else(|_| {
-                // Everybody may see that a user folder exists, as in /home; its contents
-                // stay closed.
-                key.user().map(|u| self.owner(u)).transpose()?.ok_or(ENOENT)
-            })?
+            self.check_access(c, &key)?
         } else {
             o
         };
@@ -553,14 +557,7 @@ impl MailboxFs {
     /// `stat` of an inode.
     pub fn getattr(&self, c: &Caller, ino: u64) -> Result<Attr> {
         let key = self.key(ino)?;
-        let o = match self.check_access(c, &key) {
-            Ok(o) => o,
-            // The user folder itself may be stat'ed by anybody (it is listed in the root).
-            Err(e) if matches!(key, Key::Home(_)) && e == EACCES => {
-                self.owner(key.user().unwrap_or(0))?
-            }
-            Err(e) => return Err(e),
-        };
+        let o = self.check_access(c, &key)?;
         self.attr_of(ino, &key, &o)
     }
 
@@ -729,7 +726,7 @@ impl MailboxFs {
     /// that was never flushed is finished here.
     pub fn release(&self, c: &Caller, fh: u64) {
         let h = lock(&self.handles).remove(&fh);
-        if let Some(Handle::Draft { draft, write }) = h {
+        if let Some(Handle::Draft { draft, write, .. }) = h {
             if write {
                 let (last, pending) = {
                     let mut i = lock(&draft.inner);
@@ -737,7 +734,9 @@ impl MailboxFs {
                     (i.writers == 0, !i.done)
                 };
                 if last && pending {
-                    if let Err(e) = self.finish_draft(&draft, process_exiting(c.pid)) {
+                    // The last descriptor is gone; who closed it is unknown here (release
+                    // may come from a kernel thread), so it counts as a normal close.
+                    if let Err(e) = self.finish_draft(&draft, c, false) {
                         warn!(errno = e.0, "upload finished at release failed");
                     }
                 }
@@ -782,7 +781,7 @@ impl MailboxFs {
     }
 
     /// `mkdir`: only at the top of an outbox (a multi-attachment message).
-    pub fn mkdir(&self, c: &Caller, parent: u64, name: &str) -> Result<Attr> {
+    fn mkdir_inner(&self, c: &Caller, parent: u64, name: &str) -> Result<Attr> {
         let key = self.key(parent)?;
         self.check_access(c, &key)?;
         if let Some((b, folder, _)) = self.box_dir(&key)? {
@@ -817,7 +816,7 @@ impl MailboxFs {
         if let Some(d) = self.find_draft(b, folder, name) {
             // O_CREAT without O_EXCL on a name that appeared meanwhile: open it.
             drop(_batch);
-            let fh = self.open_draft(&d, true, truncate)?;
+            let fh = self.open_draft(c, &d, true, truncate)?;
             return Ok((self.draft_attr(&d, &o), fh));
         }
         let user = key.user().unwrap_or(0);
@@ -841,22 +840,31 @@ impl MailboxFs {
                 id: self.next_draft.fetch_add(1, Ordering::Relaxed),
             }),
         };
-        let draft = self.new_draft(ino, user, b, folder, name, replaces.as_ref(), truncate)?;
-        let fh = self.open_draft(&draft, true, false)?;
+        let origin = match &replaces {
+            Some(entry) => Origin::Rewrite { entry, truncate },
+            None => Origin::New {
+                b,
+                parent: folder,
+                name,
+            },
+        };
+        let draft = self.new_draft(ino, user, origin)?;
+        let fh = self.open_draft(c, &draft, true, false)?;
         debug!(user, name, "upload started");
         Ok((self.draft_attr(&draft, &o), fh))
     }
 
-    fn new_draft(
-        &self,
-        ino: u64,
-        user: i64,
-        b: BoxRef,
-        parent: i64,
-        name: &str,
-        replaces: Option<&Entry>,
-        truncate: bool,
-    ) -> Result<Arc<Draft>> {
+    fn new_draft(&self, ino: u64, user: i64, origin: Origin<'_>) -> Result<Arc<Draft>> {
+        let (b, parent, name, replaces, truncate) = match origin {
+            Origin::New { b, parent, name } => (b, parent, name, None, true),
+            Origin::Rewrite { entry, truncate } => (
+                entry.boxref,
+                entry.parent,
+                entry.name.as_str(),
+                Some(entry),
+                truncate,
+            ),
+        };
         let (spool, file) = self.store.blobs().spool_file()?;
         let mut size = 0;
         let mut hasher = Some(Sha256::new());
@@ -887,7 +895,6 @@ impl MailboxFs {
                 mtime_ms,
                 replaces: replaces.map(|e| e.id),
                 writers: 0,
-                dirty: false,
                 error: None,
                 unlinked: false,
                 done: false,
@@ -897,7 +904,7 @@ impl MailboxFs {
         Ok(draft)
     }
 
-    fn open_draft(&self, d: &Arc<Draft>, write: bool, truncate: bool) -> Result<u64> {
+    fn open_draft(&self, c: &Caller, d: &Arc<Draft>, write: bool, truncate: bool) -> Result<u64> {
         if write {
             let mut i = lock(&d.inner);
             if i.done {
@@ -914,6 +921,7 @@ impl MailboxFs {
         Ok(self.new_fh(Handle::Draft {
             draft: d.clone(),
             write,
+            opener: if write { closer::tgid(c.pid) } else { None },
         }))
     }
 
@@ -922,7 +930,7 @@ impl MailboxFs {
         let key = self.key(ino)?;
         self.check_access(c, &key)?;
         if let Some(d) = self.draft(ino) {
-            return self.open_draft(&d, write, truncate);
+            return self.open_draft(c, &d, write, truncate);
         }
         match &key {
             Key::Keys(u) => {
@@ -949,16 +957,27 @@ impl MailboxFs {
                     let d = self.new_draft(
                         ino,
                         *user,
-                        e.boxref,
-                        e.parent,
-                        &e.name,
-                        Some(&e),
-                        truncate,
+                        Origin::Rewrite {
+                            entry: &e,
+                            truncate,
+                        },
                     )?;
-                    return self.open_draft(&d, true, false);
+                    return self.open_draft(c, &d, true, false);
                 }
                 let blob = e.blob.as_deref().ok_or(Errno(libc::EIO))?;
                 let file = self.store.blobs().open_blob(blob)?;
+                let path = self.key_path(&key);
+                self.audit_user(
+                    c,
+                    *user,
+                    "get",
+                    path,
+                    Detail {
+                        bytes: Some(e.size),
+                        sha256: None,
+                        result: "ok".into(),
+                    },
+                );
                 Ok(self.new_fh(Handle::Blob(Arc::new(file))))
             }
             _ => Err(Errno(libc::EISDIR)),
@@ -1020,7 +1039,9 @@ impl MailboxFs {
     /// Writes to an upload in progress.
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
         let draft = match lock(&self.handles).get(&fh) {
-            Some(Handle::Draft { draft, write: true }) => draft.clone(),
+            Some(Handle::Draft {
+                draft, write: true, ..
+            }) => draft.clone(),
             _ => return Err(Errno(libc::EBADF)),
         };
         let end = offset
@@ -1058,30 +1079,39 @@ impl MailboxFs {
         }
         i.size = i.size.max(end);
         i.mtime_ms = now_ms();
-        i.dirty = true;
         Ok(data.len() as u32)
     }
 
-    /// `close()` of a descriptor: the last writer's close picks the upload up or holds it,
-    /// durably, before it returns.
+    /// `close()` of a descriptor. The close that completes an upload — durably, before it
+    /// returns — is the opener's close of its last descriptor on the file; a close by another
+    /// process (a child that inherited the descriptor) or of one of several descriptors
+    /// (`dup`) only syncs, and the release of the last descriptor completes the upload.
     pub fn flush(&self, c: &Caller, fh: u64) -> Result<()> {
-        let draft = match lock(&self.handles).get(&fh) {
-            Some(Handle::Draft { draft, write: true }) => draft.clone(),
+        let (draft, opener) = match lock(&self.handles).get(&fh) {
+            Some(Handle::Draft {
+                draft,
+                write: true,
+                opener,
+            }) => (draft.clone(), *opener),
             _ => return Ok(()),
         };
-        let last_writer = {
+        let (done, writers, file) = {
             let i = lock(&draft.inner);
-            if i.done || (!i.dirty && i.error.is_none()) {
-                // Nothing new to commit: the release of the last descriptor will finish it.
-                return Ok(());
-            }
-            i.writers <= 1
+            (i.done, i.writers, i.file.clone())
         };
-        if last_writer {
-            self.finish_draft(&draft, process_exiting(c.pid))
+        if done {
+            return Ok(());
+        }
+        let closer = if writers <= 1 && opener.is_some() {
+            closer::probe(c.pid, draft.ino, *lock(&self.mount_id))
         } else {
-            let file = lock(&draft.inner).file.clone();
-            file.sync_data().map_err(|_| Errno(libc::EIO))
+            None
+        };
+        match closer {
+            Some(cl) if cl.tgid == opener && !cl.other_descriptor => {
+                self.finish_draft(&draft, c, cl.exiting)
+            }
+            _ => file.sync_data().map_err(|_| Errno(libc::EIO)),
         }
     }
 
@@ -1107,7 +1137,7 @@ impl MailboxFs {
     }
 
     /// Turns a closed upload into a stored entry: picked up, held or interrupted.
-    fn finish_draft(&self, d: &Arc<Draft>, writer_exiting: bool) -> Result<()> {
+    fn finish_draft(&self, d: &Arc<Draft>, c: &Caller, writer_exiting: bool) -> Result<()> {
         let _batch = lock(&self.batch_lock);
         let mut i = lock(&d.inner);
         if i.done {
@@ -1117,19 +1147,61 @@ impl MailboxFs {
             self.discard_draft(d, &mut i);
             return Ok(());
         }
+        let path = join(&self.folder_path(i.b, i.parent), &i.name);
         if let Some(err) = i.error {
             info!(user = d.user, name = %i.name, errno = err.0, "upload discarded");
             self.discard_draft(d, &mut i);
+            self.audit_user(
+                c,
+                d.user,
+                "put",
+                path,
+                Detail {
+                    bytes: Some(i.size),
+                    sha256: None,
+                    result: errno_name(err.0),
+                },
+            );
             return Err(err);
         }
         let result = self.commit_draft(d, &mut i, writer_exiting);
-        if result.is_err() {
-            self.discard_draft(d, &mut i);
+        match &result {
+            Ok((sha, what)) => self.audit_user(
+                c,
+                d.user,
+                "put",
+                path,
+                Detail {
+                    bytes: Some(i.size),
+                    sha256: Some(sha.clone()),
+                    result: what.clone(),
+                },
+            ),
+            Err(e) => {
+                self.discard_draft(d, &mut i);
+                self.audit_user(
+                    c,
+                    d.user,
+                    "put",
+                    path,
+                    Detail {
+                        bytes: Some(i.size),
+                        sha256: None,
+                        result: errno_name(e.0),
+                    },
+                );
+            }
         }
-        result
+        result.map(|_| ())
     }
 
-    fn commit_draft(&self, d: &Draft, i: &mut DraftInner, writer_exiting: bool) -> Result<()> {
+    /// Returns the content hash and what became of the upload (for the audit trail).
+    fn commit_draft(
+        &self,
+        d: &Draft,
+        i: &mut DraftInner,
+        writer_exiting: bool,
+    ) -> Result<(String, String)> {
         let io = |_| Errno(libc::EIO);
         i.file.sync_all().map_err(io)?;
         let sha = match (i.hasher.take(), i.hashed == i.size) {
@@ -1175,17 +1247,23 @@ impl MailboxFs {
             }
             _ => debug!(user = d.user, name = %i.name, size = i.size, "held"),
         }
+        let what = match (outcome, message) {
+            (_, Some(_)) => "picked-up",
+            (CloseOutcome::Interrupted, _) => "interrupted",
+            _ => "held",
+        };
         if let Some(reason) = reason {
             let e = self.entry(id)?;
             let file = PickupFile {
                 name: e.name.clone(),
-                blob: sha,
+                blob: sha.clone(),
                 size: e.size,
             };
             let m = self.store.fail_entries(&e, &[(id, file)], &reason)?;
             info!(user = d.user, name = %e.name, message = m, %reason, "moved to failed/");
+            return Ok((sha, format!("failed: {reason}")));
         }
-        Ok(())
+        Ok((sha, what.to_owned()))
     }
 
     fn linger_until(&self) -> i64 {
@@ -1210,8 +1288,20 @@ impl MailboxFs {
         if let Some(mtime) = s.mtime_ms {
             if let Some(d) = self.draft(ino) {
                 lock(&d.inner).mtime_ms = mtime;
-            } else if let Key::Entry { id, .. } = key {
+            } else if let Key::Entry { id, user } = key {
                 self.store.set_mtime(id, mtime)?;
+                let path = self.key_path(&key);
+                self.audit_user(
+                    c,
+                    user,
+                    "setstat",
+                    path,
+                    Detail {
+                        bytes: None,
+                        sha256: None,
+                        result: "ok".into(),
+                    },
+                );
             }
         }
         self.getattr(c, ino)
@@ -1251,7 +1341,7 @@ impl MailboxFs {
     }
 
     /// `unlink`.
-    pub fn unlink(&self, c: &Caller, parent: u64, name: &str) -> Result<()> {
+    fn unlink_inner(&self, c: &Caller, parent: u64, name: &str) -> Result<()> {
         let pkey = self.key(parent)?;
         self.check_access(c, &pkey)?;
         let Some((b, folder, _)) = self.box_dir(&pkey)? else {
@@ -1283,7 +1373,7 @@ impl MailboxFs {
     }
 
     /// `rmdir`: message folders in inbox/failed, and outbox folders.
-    pub fn rmdir(&self, c: &Caller, parent: u64, name: &str) -> Result<()> {
+    fn rmdir_inner(&self, c: &Caller, parent: u64, name: &str) -> Result<()> {
         let pkey = self.key(parent)?;
         self.check_access(c, &pkey)?;
         let Some((b, 0, _)) = self.box_dir(&pkey)? else {
@@ -1307,7 +1397,7 @@ impl MailboxFs {
     }
 
     /// `rename`, within one outbox.
-    pub fn rename(
+    fn rename_inner(
         &self,
         c: &Caller,
         parent: u64,
@@ -1429,7 +1519,11 @@ impl MailboxFs {
                 nfolder,
                 new_name,
                 replaces,
-                Some((self.linger_until(), new_name, &files)),
+                Some(RenamePickup {
+                    until_ms: self.linger_until(),
+                    message_name: new_name,
+                    files: &files,
+                }),
             )?;
             info!(user = e.user_id, name = new_name, size = e.size, message = ?m, "picked up after rename");
             return Ok(());
@@ -1510,6 +1604,7 @@ impl MailboxFs {
             }
             Err(e) => warn!(error = %e, "cannot list outbox folders"),
         }
+        self.expire_interrupted();
         let due = {
             let mut last = lock(&self.last_sweep);
             let period = Duration::from_secs_f64(self.config.retention.sweep_secs);
@@ -1526,6 +1621,63 @@ impl MailboxFs {
                 Err(e) => warn!(error = %e, "retention sweep failed"),
             }
         }
+    }
+
+    /// Interrupted uploads that nobody completed in time move to `failed/`.
+    fn expire_interrupted(&self) {
+        let timeout_ms = (self.config.outbox.incomplete_timeout_secs * 1000.0) as i64;
+        let stale = match self.store.interrupted_before(now_ms() - timeout_ms) {
+            Ok(list) => list,
+            Err(e) => return warn!(error = %e, "cannot list interrupted uploads"),
+        };
+        for e in stale {
+            let _batch = lock(&self.batch_lock);
+            let ino = self.ino(Key::Entry {
+                user: e.user_id,
+                id: e.id,
+            });
+            if self.draft(ino).is_some() {
+                // Being resumed right now.
+                continue;
+            }
+            let reason = format!(
+                "Not sent: the upload of {:?} was interrupted (the connection dropped before it finished) and was not completed within {} seconds; upload the file again.",
+                e.name, self.config.outbox.incomplete_timeout_secs
+            );
+            let file = PickupFile {
+                name: e.name.clone(),
+                blob: e.blob.clone().unwrap_or_default(),
+                size: e.size,
+            };
+            match self.store.fail_entries(&e, &[(e.id, file)], &reason) {
+                Ok(m) => {
+                    info!(user = e.user_id, name = %e.name, message = m, "interrupted upload moved to failed/")
+                }
+                Err(err) => {
+                    warn!(name = %e.name, error = %err, "cannot move interrupted upload to failed/")
+                }
+            }
+        }
+    }
+
+    /// `access(2)`: the mode bits `stat` shows, applied as the kernel would.
+    pub fn access(&self, c: &Caller, ino: u64, mask: i32) -> Result<()> {
+        let a = self.getattr(c, ino)?;
+        if c.uid == 0 {
+            return Ok(());
+        }
+        let mode = u32::from(a.mode);
+        let bits = if c.uid == a.uid {
+            (mode >> 6) & 7
+        } else if c.gid == a.gid {
+            (mode >> 3) & 7
+        } else {
+            mode & 7
+        };
+        if (mask as u32) & 7 & !bits != 0 {
+            return Err(EACCES);
+        }
+        Ok(())
     }
 
     /// `statfs`: the user's quota if one is set, else the disk of the state folder.
@@ -1559,9 +1711,204 @@ impl MailboxFs {
         })
     }
 
+    // ---- audited entry points --------------------------------------------------------------
+
+    /// `mkdir`: only at the top of an outbox (a multi-attachment message).
+    pub fn mkdir(&self, c: &Caller, parent: u64, name: &str) -> Result<Attr> {
+        let r = self.mkdir_inner(c, parent, name);
+        self.audit_at(c, parent, name, "mkdir", outcome(&r));
+        r
+    }
+
+    /// `unlink`.
+    pub fn unlink(&self, c: &Caller, parent: u64, name: &str) -> Result<()> {
+        let r = self.unlink_inner(c, parent, name);
+        self.audit_at(c, parent, name, "rm", outcome(&r));
+        r
+    }
+
+    /// `rmdir`: message folders in inbox/failed, and outbox folders.
+    pub fn rmdir(&self, c: &Caller, parent: u64, name: &str) -> Result<()> {
+        let r = self.rmdir_inner(c, parent, name);
+        self.audit_at(c, parent, name, "rmdir", outcome(&r));
+        r
+    }
+
+    /// `rename`, within one outbox.
+    pub fn rename(
+        &self,
+        c: &Caller,
+        parent: u64,
+        name: &str,
+        new_parent: u64,
+        new_name: &str,
+        mode: RenameMode,
+    ) -> Result<()> {
+        let r = self.rename_inner(c, parent, name, new_parent, new_name, mode);
+        let target = self.path_in(new_parent, new_name);
+        self.audit_at(
+            c,
+            parent,
+            &format!("{name} -> {target}"),
+            "rename",
+            outcome(&r),
+        );
+        r
+    }
+
+    /// The path of `name` in folder `parent`, inside its user's tree.
+    fn path_in(&self, parent: u64, name: &str) -> String {
+        match self.key(parent) {
+            Ok(k) => join(&self.key_path(&k), name),
+            Err(_) => name.to_owned(),
+        }
+    }
+
+    fn audit_at(&self, c: &Caller, parent: u64, name: &str, op: &str, result: String) {
+        let Ok(key) = self.key(parent) else { return };
+        let Some(user) = key.user() else { return };
+        let path = if op == "rename" {
+            join(&self.key_path(&key), name)
+        } else {
+            self.path_in(parent, name)
+        };
+        let d = Detail {
+            bytes: None,
+            sha256: None,
+            result,
+        };
+        self.audit_user(c, user, op, path, d);
+    }
+
+    fn audit_user(&self, c: &Caller, user: i64, op: &str, path: String, d: Detail) {
+        let user = match self.store.user_by_id(user) {
+            Ok(Some(u)) => u.name,
+            _ => format!("#{user}"),
+        };
+        let at_ms = now_ms();
+        self.audit.record(&crate::audit::Record {
+            at: crate::timefmt::rfc3339(at_ms),
+            at_ms,
+            user,
+            uid: c.uid,
+            op: op.to_owned(),
+            path,
+            bytes: d.bytes,
+            sha256: d.sha256,
+            result: d.result,
+        });
+    }
+
+    fn box_path(&self, b: BoxRef) -> String {
+        let station = self
+            .store
+            .station_by_id(b.station_id)
+            .ok()
+            .flatten()
+            .map(|s| s.as2_id)
+            .unwrap_or_else(|| "?".into());
+        let partner = self.store.partner_by_id(b.partner_id).ok().flatten();
+        let (as2, test) = partner
+            .map(|p| (p.as2_id, p.test))
+            .unwrap_or(("?".into(), false));
+        let test = if test { "/test" } else { "" };
+        format!("as2gateway/{station}/{as2}{test}/{}", b.kind.name())
+    }
+
+    fn folder_path(&self, b: BoxRef, folder: i64) -> String {
+        let base = self.box_path(b);
+        match (folder != 0)
+            .then(|| self.store.entry(folder).ok().flatten())
+            .flatten()
+        {
+            Some(f) => join(&base, &f.name),
+            None => base,
+        }
+    }
+
+    fn key_path(&self, key: &Key) -> String {
+        match key {
+            Key::Root | Key::Home(_) => String::new(),
+            Key::Ssh(_) => ".ssh".into(),
+            Key::Keys(_) => ".ssh/authorized_keys".into(),
+            Key::Gateway(_) => "as2gateway".into(),
+            Key::Station { station, .. } => {
+                let name = self.key_name(key).unwrap_or_else(|_| format!("#{station}"));
+                format!("as2gateway/{name}")
+            }
+            Key::Partner { station, as2, .. } | Key::Test { station, as2, .. } => {
+                let st = self
+                    .key_name(&Key::Station {
+                        user: 0,
+                        station: *station,
+                    })
+                    .unwrap_or_default();
+                let test = if matches!(key, Key::Test { .. }) {
+                    "/test"
+                } else {
+                    ""
+                };
+                format!("as2gateway/{st}/{as2}{test}")
+            }
+            Key::Box { b, .. } => self.box_path(*b),
+            Key::Entry { id, .. } => match self.store.entry(*id).ok().flatten() {
+                Some(e) => join(&self.folder_path(e.boxref, e.parent), &e.name),
+                None => format!("#{id}"),
+            },
+            Key::Draft { .. } => String::new(),
+        }
+    }
+
+    /// Records the mount id once the mount exists (for recognising our files in other
+    /// processes' descriptor tables).
+    pub fn set_mount_id(&self, id: Option<u64>) {
+        *lock(&self.mount_id) = id;
+    }
+
     /// The root inode (for tests and the adapter).
     pub fn root(&self) -> u64 {
         ROOT_INO
+    }
+}
+
+/// What an audit record says beyond who, what and where.
+struct Detail {
+    bytes: Option<u64>,
+    sha256: Option<String>,
+    result: String,
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// The audit result of an operation: `ok` or the errno's name.
+fn outcome<T>(r: &Result<T>) -> String {
+    match r {
+        Ok(_) => "ok".into(),
+        Err(e) => errno_name(e.0),
+    }
+}
+
+fn errno_name(n: i32) -> String {
+    match n {
+        libc::EACCES => "EACCES".into(),
+        libc::EPERM => "EPERM".into(),
+        libc::ENOENT => "ENOENT".into(),
+        libc::EEXIST => "EEXIST".into(),
+        libc::ENOTEMPTY => "ENOTEMPTY".into(),
+        libc::EDQUOT => "EDQUOT".into(),
+        libc::ENOSPC => "ENOSPC".into(),
+        libc::EXDEV => "EXDEV".into(),
+        libc::EISDIR => "EISDIR".into(),
+        libc::ENOTDIR => "ENOTDIR".into(),
+        libc::EINVAL => "EINVAL".into(),
+        libc::EIO => "EIO".into(),
+        n => format!("errno {n}"),
     }
 }
 

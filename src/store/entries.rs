@@ -66,6 +66,38 @@ pub struct PickupFile {
     pub size: u64,
 }
 
+/// Where a delivered message's files go in the inbox.
+#[derive(Debug, Clone, Copy)]
+pub enum Placement<'a> {
+    /// Into a new message folder of this name.
+    Folder(&'a str),
+    /// At the top of the inbox; with `replace`, over a file of the same name.
+    Top {
+        /// Replace an existing file of the same name (plain layout).
+        replace: bool,
+    },
+}
+
+/// Where a received message came from (AS2), recorded with the delivery.
+#[derive(Debug, Clone)]
+pub struct InboundOrigin {
+    /// The sender's Message-ID (no brackets): duplicates are recognised by it.
+    pub as2_message_id: String,
+    /// The MIC we computed (`<base64>, <alg>`), for repeating the MDN.
+    pub mic: Option<String>,
+}
+
+/// A rename that picks the renamed entry up as a message.
+#[derive(Debug, Clone, Copy)]
+pub struct RenamePickup<'a> {
+    /// The entry lingers until then.
+    pub until_ms: i64,
+    /// The message's name.
+    pub message_name: &'a str,
+    /// The files (entry id and content).
+    pub files: &'a [(i64, PickupFile)],
+}
+
 /// What a retention sweep removed.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct SweepReport {
@@ -79,31 +111,67 @@ pub struct SweepReport {
     pub blobs_removed: usize,
 }
 
-fn insert_entry(
-    tx: &Transaction<'_>,
+/// A new `entries` row.
+struct NewRow<'a> {
     user_id: i64,
     b: BoxRef,
     parent: i64,
-    name: &str,
+    name: &'a str,
     is_dir: bool,
     state: EntryState,
-    blob: Option<&str>,
+    blob: Option<&'a str>,
     size: u64,
     mtime_ms: i64,
     until_ms: Option<i64>,
     message_id: Option<i64>,
-) -> Result<i64> {
+}
+
+impl<'a> NewRow<'a> {
+    fn file(user_id: i64, b: BoxRef, parent: i64, name: &'a str, blob: &'a str, size: u64) -> Self {
+        NewRow {
+            user_id,
+            b,
+            parent,
+            name,
+            is_dir: false,
+            state: EntryState::Stored,
+            blob: Some(blob),
+            size,
+            mtime_ms: now_ms(),
+            until_ms: None,
+            message_id: None,
+        }
+    }
+
+    fn folder(user_id: i64, b: BoxRef, name: &'a str, state: EntryState) -> Self {
+        NewRow {
+            user_id,
+            b,
+            parent: 0,
+            name,
+            is_dir: true,
+            state,
+            blob: None,
+            size: 0,
+            mtime_ms: now_ms(),
+            until_ms: None,
+            message_id: None,
+        }
+    }
+}
+
+fn insert_entry(tx: &Transaction<'_>, r: &NewRow<'_>) -> Result<i64> {
     tx.execute(
         "INSERT INTO entries (user_id, station_id, partner_id, box, parent, name, is_dir, state, blob, size, mtime_ms, created_ms, until_ms, message_id)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         params![
-            user_id, b.station_id, b.partner_id, b.kind.code(), parent, name, is_dir,
-            state.code(), blob, size as i64, mtime_ms, now_ms(), until_ms, message_id
+            r.user_id, r.b.station_id, r.b.partner_id, r.b.kind.code(), r.parent, r.name, r.is_dir,
+            r.state.code(), r.blob, r.size as i64, r.mtime_ms, now_ms(), r.until_ms, r.message_id
         ],
     )
     .map_err(|e| match &e {
         rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
-            StoreError::Exists(format!("{name:?}"))
+            StoreError::Exists(format!("{:?}", r.name))
         }
         _ => e.into(),
     })?;
@@ -131,17 +199,96 @@ fn name_taken(tx: &Transaction<'_>, b: BoxRef, parent: i64, name: &str) -> Resul
         .is_some())
 }
 
+/// A name for `base` in `failed/` that neither it nor its reason file collides with: `base`
+/// itself, or `<stamp>-<base>` when taken.
+fn free_failed_name(tx: &Transaction<'_>, failed: BoxRef, base: &str) -> Result<String> {
+    if name_taken(tx, failed, 0, base)? || name_taken(tx, failed, 0, &format!("{base}.reason.txt"))?
+    {
+        Ok(format!(
+            "{}-{}",
+            crate::timefmt::unique_stamp(now_ms()),
+            base
+        ))
+    } else {
+        Ok(base.to_owned())
+    }
+}
+
+/// Places the files of message `message_id` in `failed/` (one file by its name, several in a
+/// folder named `name`), with `<name>.reason.txt` whose blob and size are `reason`.
+pub(super) fn place_failed(
+    tx: &Transaction<'_>,
+    user_id: i64,
+    failed: BoxRef,
+    name: &str,
+    files: &[super::MessageFile],
+    message_id: i64,
+    reason: (&str, u64),
+) -> Result<()> {
+    let single = files.len() == 1;
+    let base = if single { files[0].name.as_str() } else { name };
+    let top = free_failed_name(tx, failed, base)?;
+    let parent = if single {
+        0
+    } else {
+        insert_entry(
+            tx,
+            &NewRow {
+                message_id: Some(message_id),
+                ..NewRow::folder(user_id, failed, &top, EntryState::Stored)
+            },
+        )?
+    };
+    for f in files {
+        let file_name = if single {
+            top.as_str()
+        } else {
+            f.name.as_str()
+        };
+        insert_entry(
+            tx,
+            &NewRow {
+                message_id: Some(message_id),
+                ..NewRow::file(user_id, failed, parent, file_name, &f.sha256, f.size)
+            },
+        )?;
+    }
+    let reason_name = format!("{top}.reason.txt");
+    insert_entry(
+        tx,
+        &NewRow {
+            message_id: Some(message_id),
+            ..NewRow::file(user_id, failed, 0, &reason_name, reason.0, reason.1)
+        },
+    )?;
+    Ok(())
+}
+
 /// Creates the message row (with its first event) and its file rows.
+/// What kind of message record to create.
+#[derive(Clone, Copy)]
+enum NewMessage<'a> {
+    /// Outgoing, picked up, to be sent.
+    Queued,
+    /// Outgoing, refused before sending, with the reason.
+    Failed(&'a str),
+    /// Incoming, delivered to an inbox.
+    Received,
+}
+
 fn insert_message(
     tx: &Transaction<'_>,
-    direction: &str,
     user_id: i64,
     b: BoxRef,
     name: &str,
-    state: &str,
-    detail: Option<&str>,
+    kind: NewMessage<'_>,
     files: &[PickupFile],
 ) -> Result<i64> {
+    let (direction, state, detail) = match kind {
+        NewMessage::Queued => ("out", "queued", None),
+        NewMessage::Failed(reason) => ("out", "failed", Some(reason)),
+        NewMessage::Received => ("in", "received", None),
+    };
     let now = now_ms();
     tx.execute(
         "INSERT INTO messages (direction, user_id, station_id, partner_id, user_name, station, partner, test, name, state, detail, created_ms, updated_ms)
@@ -221,6 +368,20 @@ impl Store {
         })
     }
 
+    /// Interrupted uploads last written before `cutoff_ms` (they time out into `failed/`).
+    pub fn interrupted_before(&self, cutoff_ms: i64) -> Result<Vec<Entry>> {
+        self.read(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {ENTRY_COLS} FROM entries WHERE box = ?1 AND is_dir = 0 AND state = ?2 AND mtime_ms < ?3"
+            ))?;
+            let rows = st.query_map(
+                params![BoxKind::Outbox.code(), EntryState::Interrupted.code(), cutoff_ms],
+                entry_from_row,
+            )?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
     /// Stores a closed file. With `pickup_until` it is picked up in the same transaction: a
     /// `queued` message is created and the entry lingers until that time. Returns the entry
     /// id and the message id.
@@ -242,7 +403,12 @@ impl Store {
                         size: f.size,
                     }];
                     let m = insert_message(
-                        tx, "out", f.user_id, f.boxref, &f.name, "queued", None, &files,
+                        tx,
+                        f.user_id,
+                        f.boxref,
+                        &f.name,
+                        NewMessage::Queued,
+                        &files,
                     )?;
                     (EntryState::Lingering, Some(m))
                 }
@@ -250,17 +416,13 @@ impl Store {
             };
             let id = insert_entry(
                 tx,
-                f.user_id,
-                f.boxref,
-                f.parent,
-                &f.name,
-                false,
-                state,
-                Some(&f.blob),
-                f.size,
-                f.mtime_ms,
-                pickup_until,
-                message_id,
+                &NewRow {
+                    state,
+                    mtime_ms: f.mtime_ms,
+                    until_ms: pickup_until,
+                    message_id,
+                    ..NewRow::file(f.user_id, f.boxref, f.parent, &f.name, &f.blob, f.size)
+                },
             )?;
             touch_folder(tx, f.parent)?;
             Ok((id, message_id))
@@ -269,23 +431,7 @@ impl Store {
 
     /// Creates a folder in a box.
     pub fn create_folder(&self, user_id: i64, b: BoxRef, name: &str) -> Result<i64> {
-        self.write(|tx| {
-            let now = now_ms();
-            insert_entry(
-                tx,
-                user_id,
-                b,
-                0,
-                name,
-                true,
-                EntryState::Held,
-                None,
-                0,
-                now,
-                None,
-                None,
-            )
-        })
+        self.write(|tx| insert_entry(tx, &NewRow::folder(user_id, b, name, EntryState::Held)))
     }
 
     /// Renames an entry within its box (optionally into/out of a folder of the same box),
@@ -297,7 +443,7 @@ impl Store {
         new_parent: i64,
         new_name: &str,
         replaces: Option<i64>,
-        pickup: Option<(i64, &str, &[(i64, PickupFile)])>,
+        pickup: Option<RenamePickup<'_>>,
     ) -> Result<Option<i64>> {
         self.write(|tx| {
             let old: Entry = tx
@@ -326,9 +472,9 @@ impl Store {
             touch_folder(tx, old.parent)?;
             touch_folder(tx, new_parent)?;
             let mut message = None;
-            if let Some((until, name, files)) = pickup {
+            if let Some(RenamePickup { until_ms: until, message_name: name, files }) = pickup {
                 let list: Vec<PickupFile> = files.iter().map(|(_, f)| f.clone()).collect();
-                let m = insert_message(tx, "out", old.user_id, old.boxref, name, "queued", None, &list)?;
+                let m = insert_message(tx, old.user_id, old.boxref, name, NewMessage::Queued, &list)?;
                 tx.execute(
                     "UPDATE entries SET state = ?2, until_ms = ?3, message_id = ?4 WHERE id = ?1",
                     params![id, EntryState::Lingering.code(), until, m],
@@ -370,12 +516,10 @@ impl Store {
             let list: Vec<PickupFile> = files.iter().map(|(_, f)| f.clone()).collect();
             let m = insert_message(
                 tx,
-                "out",
                 folder.user_id,
                 folder.boxref,
                 message_name,
-                "queued",
-                None,
+                NewMessage::Queued,
                 &list,
             )?;
             for id in std::iter::once(folder.id).chain(files.iter().map(|(id, _)| *id)) {
@@ -403,12 +547,9 @@ impl Store {
         self.write(|tx| {
             let failed = BoxRef { kind: BoxKind::Failed, ..top.boxref };
             let base = top.name.strip_suffix(crate::names::READY_SUFFIX).unwrap_or(&top.name);
-            let mut name = base.to_owned();
-            if name_taken(tx, failed, 0, &name)? || name_taken(tx, failed, 0, &format!("{name}.reason.txt"))? {
-                name = format!("{}-{}", crate::timefmt::stamp(now_ms()), base);
-            }
+            let name = free_failed_name(tx, failed, base)?;
             let list: Vec<PickupFile> = files.iter().map(|(_, f)| f.clone()).collect();
-            let m = insert_message(tx, "out", top.user_id, top.boxref, base, "failed", Some(reason), &list)?;
+            let m = insert_message(tx, top.user_id, top.boxref, base, NewMessage::Failed(reason), &list)?;
             let now = now_ms();
             tx.execute(
                 "UPDATE entries SET box = ?2, parent = 0, name = ?3, state = ?4, until_ms = NULL, message_id = ?5, created_ms = ?6 WHERE id = ?1",
@@ -420,9 +561,13 @@ impl Store {
                     params![top.id, BoxKind::Failed.code(), EntryState::Stored.code(), m, now],
                 )?;
             }
+            let reason_name = format!("{name}.reason.txt");
             insert_entry(
-                tx, top.user_id, failed, 0, &format!("{name}.reason.txt"), false,
-                EntryState::Stored, Some(&reason_blob), reason_text.len() as u64, now, None, Some(m),
+                tx,
+                &NewRow {
+                    message_id: Some(m),
+                    ..NewRow::file(top.user_id, failed, 0, &reason_name, &reason_blob, reason_text.len() as u64)
+                },
             )?;
             Ok(m)
         })
@@ -465,48 +610,78 @@ impl Store {
     }
 
     /// Delivers a received message into an inbox: every file's blob must already be stored.
-    /// `folder` is the message folder to create (per-message layout) or `None`; with
-    /// `replace` an existing file of the same name is replaced (plain layout). Returns the
-    /// message id.
+    /// `files` pairs each file's name in the inbox with its content. Returns the message id.
     pub fn deliver(
         &self,
         user_id: i64,
         inbox: BoxRef,
         message_name: &str,
-        folder: Option<&str>,
-        files: &[PickupFile],
-        entry_names: &[String],
-        replace: bool,
+        placement: Placement<'_>,
+        files: &[(String, PickupFile)],
+        origin: Option<&InboundOrigin>,
     ) -> Result<i64> {
         let _guard = self.blobs().guard();
         self.write(|tx| {
-            let m = insert_message(tx, "in", user_id, inbox, message_name, "received", None, files)?;
-            let now = now_ms();
-            let parent = match folder {
-                Some(name) => insert_entry(tx, user_id, inbox, 0, name, true, EntryState::Stored, None, 0, now, None, Some(m))?,
-                None => 0,
+            let list: Vec<PickupFile> = files.iter().map(|(_, f)| f.clone()).collect();
+            let m = insert_message(tx, user_id, inbox, message_name, NewMessage::Received, &list)?;
+            if let Some(o) = origin {
+                // In the same transaction as the files: a resend after a crash finds it.
+                tx.execute(
+                    "UPDATE messages SET as2_message_id = ?2, mic = ?3 WHERE id = ?1",
+                    params![m, o.as2_message_id, o.mic],
+                )?;
+            }
+            let parent = match placement {
+                Placement::Folder(name) => insert_entry(
+                    tx,
+                    &NewRow {
+                        message_id: Some(m),
+                        ..NewRow::folder(user_id, inbox, name, EntryState::Stored)
+                    },
+                )?,
+                Placement::Top { .. } => 0,
             };
-            for (f, name) in files.iter().zip(entry_names) {
-                if replace {
+            for (name, f) in files {
+                if let Placement::Top { replace: true } = placement {
                     tx.execute(
                         "DELETE FROM entries WHERE station_id = ?1 AND partner_id = ?2 AND box = ?3 AND parent = ?4 AND name = ?5 AND is_dir = 0",
                         params![inbox.station_id, inbox.partner_id, inbox.kind.code(), parent, name],
                     )?;
                 }
-                insert_entry(tx, user_id, inbox, parent, name, false, EntryState::Stored, Some(&f.blob), f.size, now, None, Some(m))?;
+                insert_entry(
+                    tx,
+                    &NewRow {
+                        message_id: Some(m),
+                        ..NewRow::file(user_id, inbox, parent, name, &f.blob, f.size)
+                    },
+                )?;
             }
             Ok(m)
         })
     }
 
+    /// One message.
+    pub fn message(&self, id: i64) -> Result<Option<Message>> {
+        Ok(self.messages_where(Some(id), None, 1)?.pop())
+    }
+
     /// Messages, newest first.
     pub fn messages(&self, user_id: Option<i64>, limit: usize) -> Result<Vec<Message>> {
+        self.messages_where(None, user_id, limit)
+    }
+
+    fn messages_where(
+        &self,
+        id: Option<i64>,
+        user_id: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<Message>> {
         self.read(|c| {
             let mut st = c.prepare(
                 "SELECT id, direction, user_name, station, partner, test, name, state, detail, created_ms, updated_ms
-                 FROM messages WHERE ?1 IS NULL OR user_id = ?1 ORDER BY id DESC LIMIT ?2",
+                 FROM messages WHERE (?1 IS NULL OR user_id = ?1) AND (?3 IS NULL OR id = ?3) ORDER BY id DESC LIMIT ?2",
             )?;
-            let rows = st.query_map(params![user_id, limit as i64], |r| {
+            let rows = st.query_map(params![user_id, limit as i64, id], |r| {
                 Ok(Message {
                     id: r.get(0)?,
                     direction: r.get(1)?,
@@ -550,29 +725,32 @@ impl Store {
         messages_cutoff_ms: i64,
     ) -> Result<SweepReport> {
         let mut report = self.write(|tx| {
-            let mut report = SweepReport::default();
-            report.expired_files = tx.execute(
+            let expired_files = tx.execute(
                 "DELETE FROM entries WHERE box IN (?1, ?2) AND is_dir = 0 AND created_ms < ?3",
                 params![BoxKind::Inbox.code(), BoxKind::Failed.code(), files_cutoff_ms],
-            )?;
-            report.expired_files += tx.execute(
+            )? + tx.execute(
                 "DELETE FROM entries WHERE box IN (?1, ?2) AND is_dir = 1 AND created_ms < ?3
                  AND NOT EXISTS (SELECT 1 FROM entries c WHERE c.parent = entries.id)",
                 params![BoxKind::Inbox.code(), BoxKind::Failed.code(), files_cutoff_ms],
             )?;
-            report.lingering_removed = tx.execute(
+            let lingering_removed = tx.execute(
                 "DELETE FROM entries WHERE state = ?1 AND until_ms <= ?2 AND is_dir = 0",
                 params![EntryState::Lingering.code(), now],
-            )?;
-            report.lingering_removed += tx.execute(
+            )? + tx.execute(
                 "DELETE FROM entries WHERE state = ?1 AND until_ms <= ?2 AND is_dir = 1
                  AND NOT EXISTS (SELECT 1 FROM entries c WHERE c.parent = entries.id)",
                 params![EntryState::Lingering.code(), now],
             )?;
-            report.messages_removed = tx.execute(
+            let messages_removed = tx.execute(
                 "DELETE FROM messages WHERE updated_ms < ?1 AND state NOT IN ('queued', 'sending', 'awaiting-mdn')",
                 [messages_cutoff_ms],
             )?;
+            let report = SweepReport {
+                expired_files,
+                lingering_removed,
+                messages_removed,
+                blobs_removed: 0,
+            };
             Ok(report)
         })?;
         report.blobs_removed = self.blobs().sweep(std::time::Duration::from_secs(600), || {

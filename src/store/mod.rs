@@ -10,6 +10,7 @@
 mod blobs;
 mod entries;
 mod model;
+mod outgoing;
 mod rows;
 
 use std::path::{Path, PathBuf};
@@ -18,8 +19,9 @@ use std::sync::Mutex;
 use rusqlite::Connection;
 
 pub use blobs::{fsync_dir, hex, sha256_hex, BlobGuard, BlobStore};
-pub use entries::{NewFile, PickupFile, SweepReport};
+pub use entries::{InboundOrigin, NewFile, PickupFile, Placement, RenamePickup, SweepReport};
 pub use model::*;
+pub use outgoing::{Claimed, Event};
 pub use rows::UserKey;
 
 /// Everything that can go wrong in the store.
@@ -66,7 +68,50 @@ impl StoreError {
 /// The result type of the store.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
+
+/// Steps from each older schema version to the next: `MIGRATIONS[v - 1]` takes a version `v`
+/// database to `v + 1`. A fresh database gets `SCHEMA` and the current version directly.
+const MIGRATIONS: &[&str] = &[
+    // 1 -> 2: AS2 settings of stations and partners; the sender's bookkeeping.
+    "ALTER TABLE stations ADD COLUMN key_path TEXT;
+     ALTER TABLE stations ADD COLUMN cert_path TEXT;
+     ALTER TABLE partners ADD COLUMN cert_path TEXT;
+     ALTER TABLE partners ADD COLUMN trust_path TEXT;
+     ALTER TABLE partners ADD COLUMN sign TEXT NOT NULL DEFAULT 'sha256';
+     ALTER TABLE partners ADD COLUMN encrypt TEXT NOT NULL DEFAULT 'aes256-cbc';
+     ALTER TABLE partners ADD COLUMN compress TEXT NOT NULL DEFAULT 'none';
+     ALTER TABLE partners ADD COLUMN mdn TEXT NOT NULL DEFAULT 'sync';
+     ALTER TABLE partners ADD COLUMN mdn_signed INTEGER NOT NULL DEFAULT 1;
+     ALTER TABLE messages ADD COLUMN as2_message_id TEXT;
+     ALTER TABLE messages ADD COLUMN mic TEXT;
+     ALTER TABLE messages ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE messages ADD COLUMN next_attempt_ms INTEGER;
+     ALTER TABLE messages ADD COLUMN request_headers TEXT;
+     ALTER TABLE messages ADD COLUMN mdn TEXT;
+     CREATE INDEX IF NOT EXISTS messages_by_as2_id ON messages (partner_id, as2_message_id);",
+];
+
+/// Brings the database to [`SCHEMA_VERSION`], each step in its own transaction.
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::TooNew(version, SCHEMA_VERSION));
+    }
+    if version == 0 {
+        let tx = conn.transaction()?;
+        tx.execute_batch(SCHEMA)?;
+        tx.execute_batch(&format!("PRAGMA user_version={SCHEMA_VERSION}"))?;
+        return Ok(tx.commit()?);
+    }
+    for v in version..SCHEMA_VERSION {
+        let tx = conn.transaction()?;
+        tx.execute_batch(MIGRATIONS[(v - 1) as usize])?;
+        tx.execute_batch(&format!("PRAGMA user_version={}", v + 1))?;
+        tx.commit()?;
+    }
+    Ok(())
+}
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS users (
@@ -88,6 +133,8 @@ CREATE TABLE IF NOT EXISTS stations (
     user_id INTEGER NOT NULL REFERENCES users(id),
     as2_id TEXT NOT NULL UNIQUE,
     inbox_layout TEXT NOT NULL,
+    key_path TEXT,
+    cert_path TEXT,
     created_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS partners (
@@ -96,6 +143,13 @@ CREATE TABLE IF NOT EXISTS partners (
     as2_id TEXT NOT NULL,
     test INTEGER NOT NULL,
     url TEXT,
+    cert_path TEXT,
+    trust_path TEXT,
+    sign TEXT NOT NULL DEFAULT 'sha256',
+    encrypt TEXT NOT NULL DEFAULT 'aes256-cbc',
+    compress TEXT NOT NULL DEFAULT 'none',
+    mdn TEXT NOT NULL DEFAULT 'sync',
+    mdn_signed INTEGER NOT NULL DEFAULT 1,
     created_ms INTEGER NOT NULL,
     UNIQUE (user_id, as2_id, test)
 );
@@ -132,10 +186,17 @@ CREATE TABLE IF NOT EXISTS messages (
     name TEXT NOT NULL,
     state TEXT NOT NULL,
     detail TEXT,
+    as2_message_id TEXT,
+    mic TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms INTEGER,
+    request_headers TEXT,
+    mdn TEXT,
     created_ms INTEGER NOT NULL,
     updated_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_by_state ON messages (state);
+CREATE INDEX IF NOT EXISTS messages_by_as2_id ON messages (partner_id, as2_message_id);
 CREATE TABLE IF NOT EXISTS message_files (
     message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
     seq INTEGER NOT NULL,
@@ -208,33 +269,20 @@ impl Store {
             context: format!("create {}", state_dir.display()),
             source,
         })?;
-        let db_path = state_dir.join("as2box.db");
-        let conn = open_connection(&db_path)?;
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::TooNew(version, SCHEMA_VERSION));
-        }
-        conn.execute_batch(SCHEMA)?;
-        conn.execute_batch(&format!("PRAGMA user_version={SCHEMA_VERSION}"))?;
+        let mut conn = open_connection(&state_dir.join("as2box.db"))?;
+        migrate(&mut conn)?;
         drop(conn);
         Store::open(state_dir)
     }
 
-    /// Opens an initialized state folder.
+    /// Opens an initialized state folder (migrating an older schema).
     pub fn open(state_dir: &Path) -> Result<Store> {
         let db_path = state_dir.join("as2box.db");
         if !db_path.exists() {
             return Err(StoreError::NotInitialized(state_dir.to_owned()));
         }
-        let conn = open_connection(&db_path)?;
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::TooNew(version, SCHEMA_VERSION));
-        }
-        if version < SCHEMA_VERSION {
-            conn.execute_batch(SCHEMA)?;
-            conn.execute_batch(&format!("PRAGMA user_version={SCHEMA_VERSION}"))?;
-        }
+        let mut conn = open_connection(&db_path)?;
+        migrate(&mut conn)?;
         Ok(Store {
             db_path,
             pool: Mutex::new(vec![conn]),
@@ -277,5 +325,174 @@ impl Store {
     fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let conn = self.conn()?;
         f(&conn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (tempfile::TempDir, Store, i64, BoxRef) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::init(dir.path()).unwrap();
+        let u = store.add_user("acme", 1000, 1000, None).unwrap();
+        let s = store
+            .add_station(u.id, "ACME", InboxLayout::PerMessage)
+            .unwrap();
+        let p = store.add_partner(u.id, "BIG", false, None).unwrap();
+        let outbox = BoxRef {
+            station_id: s.id,
+            partner_id: p.id,
+            kind: BoxKind::Outbox,
+        };
+        (dir, store, u.id, outbox)
+    }
+
+    #[test]
+    fn a_version_1_database_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join("as2box.db")).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE users (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE, uid INTEGER NOT NULL, gid INTEGER NOT NULL, quota INTEGER, created_ms INTEGER NOT NULL);
+                 CREATE TABLE stations (id INTEGER PRIMARY KEY AUTOINCREMENT, user_id INTEGER NOT NULL, as2_id TEXT NOT NULL UNIQUE, inbox_layout TEXT NOT NULL, created_ms INTEGER NOT NULL);
+                 CREATE TABLE partners (id INTEGER PRIMARY KEY AUTOINCREMENT, user_id INTEGER NOT NULL, as2_id TEXT NOT NULL, test INTEGER NOT NULL, url TEXT, created_ms INTEGER NOT NULL, UNIQUE (user_id, as2_id, test));
+                 CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, direction TEXT NOT NULL, user_id INTEGER NOT NULL, station_id INTEGER NOT NULL, partner_id INTEGER NOT NULL, user_name TEXT NOT NULL, station TEXT NOT NULL, partner TEXT NOT NULL, test INTEGER NOT NULL, name TEXT NOT NULL, state TEXT NOT NULL, detail TEXT, created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL);
+                 INSERT INTO users VALUES (1, 'old', 5, 5, NULL, 0);
+                 INSERT INTO partners VALUES (1, 1, 'P', 0, NULL, 0);
+                 PRAGMA user_version=1;",
+            )
+            .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let p = store.partner(1, "P", false).unwrap().unwrap();
+        assert_eq!(p.profile, PartnerProfile::default());
+        assert!(store.claim_queued(0).unwrap().is_none());
+    }
+
+    #[test]
+    fn open_refuses_an_uninitialized_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Store::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("as2box init"), "{err}");
+    }
+
+    #[test]
+    fn duplicates_are_refused_by_name() {
+        let (_d, store, user, _) = setup();
+        assert!(matches!(
+            store.add_user("acme", 1, 1, None),
+            Err(StoreError::Exists(_))
+        ));
+        assert!(matches!(
+            store.add_station(user, "ACME", InboxLayout::Plain),
+            Err(StoreError::Exists(_))
+        ));
+        // A test partner may share the production partner's id.
+        assert!(store.add_partner(user, "BIG", true, None).is_ok());
+        assert!(matches!(
+            store.add_partner(user, "BIG", true, None),
+            Err(StoreError::Exists(_))
+        ));
+    }
+
+    #[test]
+    fn pickup_commits_entry_and_queued_message_together() {
+        let (_d, store, user, outbox) = setup();
+        let blob = store.blobs().put_bytes(b"UNA:+.? '").unwrap();
+        let f = NewFile {
+            user_id: user,
+            boxref: outbox,
+            parent: 0,
+            name: "order.edi".into(),
+            blob: blob.clone(),
+            size: 9,
+            mtime_ms: 5,
+            state: EntryState::Held,
+            replaces: None,
+        };
+        let (id, m) = store.commit_file(&f, Some(i64::MAX)).unwrap();
+        let e = store.entry(id).unwrap().unwrap();
+        assert_eq!(e.state, EntryState::Lingering);
+        assert_eq!(e.message_id, m);
+        let msgs = store.messages(None, 10).unwrap();
+        assert_eq!(msgs.len(), 1);
+        assert_eq!(msgs[0].state, "queued");
+        assert_eq!(msgs[0].files[0].sha256, blob);
+        assert_eq!(msgs[0].files[0].size, 9);
+        assert_eq!(store.usage(user).unwrap(), 9);
+    }
+
+    #[test]
+    fn failing_a_file_moves_it_with_a_reason() {
+        let (_d, store, user, outbox) = setup();
+        let blob = store.blobs().put_bytes(b"x").unwrap();
+        let f = NewFile {
+            user_id: user,
+            boxref: outbox,
+            parent: 0,
+            name: "a.edi".into(),
+            blob: blob.clone(),
+            size: 1,
+            mtime_ms: 0,
+            state: EntryState::Held,
+            replaces: None,
+        };
+        let (id, _) = store.commit_file(&f, None).unwrap();
+        let e = store.entry(id).unwrap().unwrap();
+        let file = PickupFile {
+            name: "a.edi".into(),
+            blob,
+            size: 1,
+        };
+        store.fail_entries(&e, &[(id, file)], "Too big.").unwrap();
+        let failed = BoxRef {
+            kind: BoxKind::Failed,
+            ..outbox
+        };
+        let names: Vec<String> = store
+            .entries(failed, 0)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(names, ["a.edi", "a.edi.reason.txt"]);
+        assert!(store.entries(outbox, 0).unwrap().is_empty());
+        let m = &store.messages(None, 1).unwrap()[0];
+        assert_eq!(
+            (m.state.as_str(), m.detail.as_deref()),
+            ("failed", Some("Too big."))
+        );
+    }
+
+    #[test]
+    fn sweep_removes_expired_files_and_unreferenced_blobs_only_when_old() {
+        let (_d, store, user, outbox) = setup();
+        let inbox = BoxRef {
+            kind: BoxKind::Inbox,
+            ..outbox
+        };
+        let blob = store.blobs().put_bytes(b"in").unwrap();
+        let file = PickupFile {
+            name: "x".into(),
+            blob,
+            size: 2,
+        };
+        store
+            .deliver(
+                user,
+                inbox,
+                "m",
+                Placement::Folder("folder"),
+                &[("x".into(), file)],
+                None,
+            )
+            .unwrap();
+        let now = crate::timefmt::now_ms();
+        let r = store.sweep(now, now - 60_000, now - 60_000).unwrap();
+        assert_eq!(r.expired_files, 0, "young files stay");
+        let r = store.sweep(now, now + 1, now - 60_000).unwrap();
+        assert_eq!(r.expired_files, 2, "the file and its emptied folder");
+        assert!(store.entries(inbox, 0).unwrap().is_empty());
     }
 }

@@ -63,6 +63,10 @@ pub struct Station {
     pub as2_id: String,
     /// Inbox naming.
     pub inbox_layout: InboxLayout,
+    /// Our private key (PEM or PKCS#12) for signing and decrypting.
+    pub key_path: Option<std::path::PathBuf>,
+    /// Our certificate (PEM), given to partners.
+    pub cert_path: Option<std::path::PathBuf>,
     /// When added.
     pub created_ms: i64,
 }
@@ -80,9 +84,127 @@ pub struct Partner {
     pub test: bool,
     /// Where we send to.
     pub url: Option<String>,
+    /// How we exchange messages with this partner.
+    pub profile: PartnerProfile,
     /// When added.
     pub created_ms: i64,
 }
+
+/// The AS2 settings of a partner: what we send and what we expect back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PartnerProfile {
+    /// The partner's certificate (PEM or DER): verifies its signatures, encrypts to it.
+    pub cert_path: Option<std::path::PathBuf>,
+    /// A CA or certificate to trust for the partner's HTTPS server.
+    pub trust_path: Option<std::path::PathBuf>,
+    /// Signature digest for what we send.
+    pub sign: SignOption,
+    /// Encryption for what we send.
+    pub encrypt: EncryptOption,
+    /// Compression for what we send.
+    pub compress: CompressOption,
+    /// Which receipt we ask for.
+    pub mdn: MdnOption,
+    /// Ask for a signed receipt.
+    pub mdn_signed: bool,
+}
+
+impl Default for PartnerProfile {
+    fn default() -> Self {
+        PartnerProfile {
+            cert_path: None,
+            trust_path: None,
+            sign: SignOption::Sha256,
+            encrypt: EncryptOption::Aes256Cbc,
+            compress: CompressOption::None,
+            mdn: MdnOption::Sync,
+            mdn_signed: true,
+        }
+    }
+}
+
+/// Declares a settings enum stored by its kebab-case name.
+macro_rules! setting_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+        pub enum $name {
+            $($(#[$vdoc])* #[value(name = $text)] #[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            /// The stored and displayed name.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+
+            /// Parses [`Self::as_str`] output.
+            pub fn parse(s: &str) -> Option<Self> {
+                match s { $($text => Some($name::$variant),)+ _ => None }
+            }
+        }
+    };
+}
+
+setting_enum!(
+    /// Signature digest.
+    SignOption {
+        /// Unsigned.
+        None = "none",
+        /// SHA-1 (legacy partners only).
+        Sha1 = "sha1",
+        /// SHA-256.
+        Sha256 = "sha256",
+        /// SHA-384.
+        Sha384 = "sha384",
+        /// SHA-512.
+        Sha512 = "sha512",
+    }
+);
+
+setting_enum!(
+    /// Content encryption.
+    EncryptOption {
+        /// Not encrypted.
+        None = "none",
+        /// Triple DES (legacy partners only).
+        TripleDes = "3des",
+        /// AES-128-CBC.
+        Aes128Cbc = "aes128-cbc",
+        /// AES-192-CBC.
+        Aes192Cbc = "aes192-cbc",
+        /// AES-256-CBC.
+        Aes256Cbc = "aes256-cbc",
+        /// AES-128-GCM (only where the partner supports it).
+        Aes128Gcm = "aes128-gcm",
+        /// AES-256-GCM (only where the partner supports it).
+        Aes256Gcm = "aes256-gcm",
+    }
+);
+
+setting_enum!(
+    /// Compression (RFC 5402).
+    CompressOption {
+        /// Not compressed.
+        None = "none",
+        /// Compressed, then signed.
+        BeforeSign = "before-sign",
+        /// Signed, then compressed.
+        AfterSign = "after-sign",
+    }
+);
+
+setting_enum!(
+    /// Receipt (MDN) request.
+    MdnOption {
+        /// No receipt.
+        None = "none",
+        /// In the HTTP response.
+        Sync = "sync",
+        /// POSTed back to us later.
+        Async = "async",
+    }
+);
 
 /// The three folders of a station/partner pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

@@ -2,7 +2,12 @@
 
 use rusqlite::{params, OptionalExtension, Row};
 
-use super::{InboxLayout, Partner, Result, Station, Store, StoreError, User};
+use std::path::{Path, PathBuf};
+
+use super::{
+    CompressOption, EncryptOption, InboxLayout, MdnOption, Partner, PartnerProfile, Result,
+    SignOption, Station, Store, StoreError, User,
+};
 use crate::timefmt::now_ms;
 
 fn user_from_row(r: &Row<'_>) -> rusqlite::Result<User> {
@@ -24,6 +29,8 @@ fn station_from_row(r: &Row<'_>) -> rusqlite::Result<Station> {
         as2_id: r.get(2)?,
         inbox_layout: InboxLayout::parse(&layout).unwrap_or(InboxLayout::PerMessage),
         created_ms: r.get(4)?,
+        key_path: r.get::<_, Option<String>>(5)?.map(PathBuf::from),
+        cert_path: r.get::<_, Option<String>>(6)?.map(PathBuf::from),
     })
 }
 
@@ -35,12 +42,23 @@ fn partner_from_row(r: &Row<'_>) -> rusqlite::Result<Partner> {
         test: r.get(3)?,
         url: r.get(4)?,
         created_ms: r.get(5)?,
+        profile: PartnerProfile {
+            cert_path: r.get::<_, Option<String>>(6)?.map(PathBuf::from),
+            trust_path: r.get::<_, Option<String>>(7)?.map(PathBuf::from),
+            sign: SignOption::parse(&r.get::<_, String>(8)?).unwrap_or(SignOption::Sha256),
+            encrypt: EncryptOption::parse(&r.get::<_, String>(9)?)
+                .unwrap_or(EncryptOption::Aes256Cbc),
+            compress: CompressOption::parse(&r.get::<_, String>(10)?)
+                .unwrap_or(CompressOption::None),
+            mdn: MdnOption::parse(&r.get::<_, String>(11)?).unwrap_or(MdnOption::Sync),
+            mdn_signed: r.get(12)?,
+        },
     })
 }
 
 const USER_COLS: &str = "id, name, uid, gid, quota, created_ms";
-const STATION_COLS: &str = "id, user_id, as2_id, inbox_layout, created_ms";
-const PARTNER_COLS: &str = "id, user_id, as2_id, test, url, created_ms";
+const STATION_COLS: &str = "id, user_id, as2_id, inbox_layout, created_ms, key_path, cert_path";
+const PARTNER_COLS: &str = "id, user_id, as2_id, test, url, created_ms, cert_path, trust_path, sign, encrypt, compress, mdn, mdn_signed";
 
 /// One stored public key of a user.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -327,6 +345,17 @@ impl Store {
         })
     }
 
+    /// Sets the key and certificate files a station signs and decrypts with.
+    pub fn set_station_keys(&self, station_id: i64, key: &Path, cert: &Path) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE stations SET key_path = ?2, cert_path = ?3 WHERE id = ?1",
+                params![station_id, key.to_string_lossy(), cert.to_string_lossy()],
+            )?;
+            Ok(())
+        })
+    }
+
     /// Removes a station. Without `force`, refuses while its boxes hold files.
     pub fn remove_station(&self, station_id: i64, force: bool) -> Result<()> {
         self.write(|tx| {
@@ -418,6 +447,27 @@ impl Store {
             tx.execute(
                 "UPDATE partners SET url = ?2 WHERE id = ?1",
                 params![partner_id, url],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Replaces a partner's AS2 settings.
+    pub fn set_partner_profile(&self, partner_id: i64, p: &PartnerProfile) -> Result<()> {
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.to_string_lossy().into_owned());
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE partners SET cert_path = ?2, trust_path = ?3, sign = ?4, encrypt = ?5, compress = ?6, mdn = ?7, mdn_signed = ?8 WHERE id = ?1",
+                params![
+                    partner_id,
+                    path(&p.cert_path),
+                    path(&p.trust_path),
+                    p.sign.as_str(),
+                    p.encrypt.as_str(),
+                    p.compress.as_str(),
+                    p.mdn.as_str(),
+                    p.mdn_signed
+                ],
             )?;
             Ok(())
         })

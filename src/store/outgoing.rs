@@ -1,0 +1,414 @@
+//! The life of an outgoing message after pickup, for the AS2 daemon:
+//! `queued → sending → awaiting-mdn → delivered`, or back to `queued` for a retry, or
+//! `failed` with its files placed in the partner's `failed/`. Every transition is one
+//! transaction with an event row, so `messages show` can tell the whole story.
+
+use rusqlite::{params, OptionalExtension, Transaction};
+use serde::Serialize;
+
+use super::{BoxKind, BoxRef, MessageFile, Result, Store, StoreError};
+use crate::timefmt::{now_ms, rfc3339};
+
+/// A message the sender has taken to send.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// Message row.
+    pub id: i64,
+    /// Owner.
+    pub user_id: i64,
+    /// The station (sender).
+    pub station_id: i64,
+    /// The partner (receiver).
+    pub partner_id: i64,
+    /// The message's name (file or folder name).
+    pub name: String,
+    /// This is attempt number `attempts` (from 1).
+    pub attempts: u32,
+    /// The AS2 Message-ID of an earlier attempt, reused so the partner can spot a resend.
+    pub as2_message_id: Option<String>,
+    /// The files.
+    pub files: Vec<MessageFile>,
+}
+
+/// One state change of a message.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    /// When (RFC 3339).
+    pub at: String,
+    /// The state entered.
+    pub state: String,
+    /// Why, or what happened.
+    pub detail: Option<String>,
+}
+
+fn set_state(tx: &Transaction<'_>, id: i64, state: &str, detail: Option<&str>) -> Result<()> {
+    let now = now_ms();
+    let n = tx.execute(
+        "UPDATE messages SET state = ?2, detail = ?3, updated_ms = ?4 WHERE id = ?1",
+        params![id, state, detail, now],
+    )?;
+    if n == 0 {
+        return Err(StoreError::NotFound(format!("message {id}")));
+    }
+    tx.execute(
+        "INSERT INTO message_events (message_id, at_ms, state, detail) VALUES (?1, ?2, ?3, ?4)",
+        params![id, now, state, detail],
+    )?;
+    Ok(())
+}
+
+fn files_of(tx: &rusqlite::Connection, id: i64) -> Result<Vec<MessageFile>> {
+    let mut st = tx.prepare_cached(
+        "SELECT name, size, blob FROM message_files WHERE message_id = ?1 ORDER BY seq",
+    )?;
+    let rows = st.query_map([id], |r| {
+        Ok(MessageFile {
+            name: r.get(0)?,
+            size: r.get::<_, i64>(1)?.max(0) as u64,
+            sha256: r.get(2)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+impl Store {
+    /// Takes the oldest queued outgoing message that is due (`sending`, one more attempt).
+    pub fn claim_queued(&self, now: i64) -> Result<Option<Claimed>> {
+        self.write(|tx| {
+            let row = tx
+                .query_row(
+                    "SELECT id, user_id, station_id, partner_id, name, attempts, as2_message_id FROM messages
+                     WHERE direction = 'out' AND state = 'queued' AND (next_attempt_ms IS NULL OR next_attempt_ms <= ?1)
+                     ORDER BY id LIMIT 1",
+                    [now],
+                    |r| {
+                        Ok(Claimed {
+                            id: r.get(0)?,
+                            user_id: r.get(1)?,
+                            station_id: r.get(2)?,
+                            partner_id: r.get(3)?,
+                            name: r.get(4)?,
+                            attempts: r.get::<_, u32>(5)? + 1,
+                            as2_message_id: r.get(6)?,
+                            files: Vec::new(),
+                        })
+                    },
+                )
+                .optional()?;
+            let Some(mut c) = row else { return Ok(None) };
+            tx.execute(
+                "UPDATE messages SET attempts = ?2 WHERE id = ?1",
+                params![c.id, c.attempts],
+            )?;
+            set_state(tx, c.id, "sending", Some(&format!("attempt {}", c.attempts)))?;
+            c.files = files_of(tx, c.id)?;
+            Ok(Some(c))
+        })
+    }
+
+    /// Puts messages left in `sending` by a daemon that died back in the queue. Their
+    /// partner never answered, so sending them again is right; the AS2 Message-ID is kept.
+    pub fn requeue_sending(&self) -> Result<usize> {
+        self.write(|tx| {
+            let ids: Vec<i64> = {
+                let mut st = tx.prepare("SELECT id FROM messages WHERE state = 'sending'")?;
+                let rows = st.query_map([], |r| r.get(0))?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            for id in &ids {
+                set_state(
+                    tx,
+                    *id,
+                    "queued",
+                    Some("requeued: the sender stopped during this attempt"),
+                )?;
+            }
+            Ok(ids.len())
+        })
+    }
+
+    /// Records the request about to be POSTed: its AS2 Message-ID (kept for resends, so the
+    /// partner can recognise them), the MICs we accept back (one per line) and the headers.
+    pub fn message_prepared(
+        &self,
+        id: i64,
+        as2_message_id: &str,
+        mics: Option<&str>,
+        headers: &str,
+    ) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE messages SET as2_message_id = ?2, mic = ?3, request_headers = ?4 WHERE id = ?1",
+                params![id, as2_message_id, mics, headers],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The request was accepted; the MDN will come later (async).
+    pub fn message_awaiting_mdn(&self, id: i64) -> Result<()> {
+        self.write(|tx| set_state(tx, id, "awaiting-mdn", None))
+    }
+
+    /// The outgoing message with AS2 Message-ID `as2_message_id` (for an async MDN): its id,
+    /// partner, state and the MICs we accept.
+    pub fn outgoing_by_as2_id(
+        &self,
+        as2_message_id: &str,
+    ) -> Result<Option<(i64, i64, String, Option<String>)>> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT id, partner_id, state, mic FROM messages WHERE direction = 'out' AND as2_message_id = ?1 ORDER BY id DESC LIMIT 1",
+                [as2_message_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?)
+        })
+    }
+
+    /// Outgoing messages waiting for an async MDN since before `cutoff_ms`.
+    pub fn awaiting_mdn_before(&self, cutoff_ms: i64) -> Result<Vec<i64>> {
+        self.read(|c| {
+            let mut st = c.prepare(
+                "SELECT id FROM messages WHERE direction = 'out' AND state = 'awaiting-mdn' AND updated_ms < ?1",
+            )?;
+            let rows = st.query_map([cutoff_ms], |r| r.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
+    /// A received message from `partner_id` with AS2 Message-ID `as2_message_id`: its id,
+    /// the MIC we computed and the MDN we answered, if any (for duplicates).
+    pub fn inbound_by_as2_id(
+        &self,
+        partner_id: i64,
+        as2_message_id: &str,
+    ) -> Result<Option<(i64, Option<String>, Option<String>)>> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT id, mic, mdn FROM messages WHERE direction = 'in' AND partner_id = ?1 AND as2_message_id = ?2 ORDER BY id LIMIT 1",
+                params![partner_id, as2_message_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?)
+        })
+    }
+
+    /// Stores the MDN we answered a received message with.
+    pub fn set_inbound_mdn(&self, id: i64, mdn: &str) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE messages SET mdn = ?2 WHERE id = ?1",
+                params![id, mdn],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Message counts by direction and state (for metrics).
+    pub fn message_counts(&self) -> Result<Vec<(String, String, u64)>> {
+        self.read(|c| {
+            let mut st = c.prepare(
+                "SELECT direction, state, COUNT(*) FROM messages GROUP BY direction, state ORDER BY direction, state",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)?.max(0) as u64))
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
+    /// Sends it again at `next_attempt_ms`, saying why the last attempt failed.
+    pub fn message_retry(&self, id: i64, detail: &str, next_attempt_ms: i64) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE messages SET next_attempt_ms = ?2 WHERE id = ?1",
+                params![id, next_attempt_ms],
+            )?;
+            set_state(tx, id, "queued", Some(detail))
+        })
+    }
+
+    /// The partner confirmed receipt.
+    pub fn message_delivered(&self, id: i64, mdn: Option<&str>, detail: &str) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE messages SET mdn = ?2 WHERE id = ?1",
+                params![id, mdn],
+            )?;
+            set_state(tx, id, "delivered", Some(detail))
+        })
+    }
+
+    /// The message will not be delivered: its files go to the partner's `failed/` (a folder
+    /// of the message's name for several files) with `<name>.reason.txt` saying `reason`.
+    pub fn message_failed(&self, id: i64, reason: &str, mdn: Option<&str>) -> Result<()> {
+        let reason_text = format!("{reason}\n");
+        let reason_blob = self.blobs().put_bytes(reason_text.as_bytes())?;
+        let _guard = self.blobs().guard();
+        self.write(|tx| {
+            let (user_id, station_id, partner_id, name): (i64, i64, i64, String) = tx.query_row(
+                "SELECT user_id, station_id, partner_id, name FROM messages WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )?;
+            tx.execute(
+                "UPDATE messages SET mdn = ?2 WHERE id = ?1",
+                params![id, mdn],
+            )?;
+            set_state(tx, id, "failed", Some(reason))?;
+            let partner_exists: bool = tx
+                .query_row("SELECT 1 FROM partners WHERE id = ?1", [partner_id], |_| {
+                    Ok(true)
+                })
+                .optional()?
+                .unwrap_or(false);
+            if !partner_exists {
+                // The partner was removed meanwhile: nowhere to put the files.
+                return Ok(());
+            }
+            let failed = BoxRef {
+                station_id,
+                partner_id,
+                kind: BoxKind::Failed,
+            };
+            let files = files_of(tx, id)?;
+            super::entries::place_failed(
+                tx,
+                user_id,
+                failed,
+                &name,
+                &files,
+                id,
+                (&reason_blob, reason_text.len() as u64),
+            )
+        })
+    }
+
+    /// Every state change of a message, oldest first.
+    pub fn message_events(&self, id: i64) -> Result<Vec<Event>> {
+        self.read(|c| {
+            let mut st = c.prepare(
+                "SELECT at_ms, state, detail FROM message_events WHERE message_id = ?1 ORDER BY id",
+            )?;
+            let rows = st.query_map([id], |r| {
+                Ok(Event {
+                    at: rfc3339(r.get(0)?),
+                    state: r.get(1)?,
+                    detail: r.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{EntryState, InboxLayout, NewFile};
+
+    fn queued() -> (tempfile::TempDir, Store, i64, BoxRef) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::init(dir.path()).unwrap();
+        let u = store.add_user("u", 1, 1, None).unwrap();
+        let s = store
+            .add_station(u.id, "S", InboxLayout::PerMessage)
+            .unwrap();
+        let p = store.add_partner(u.id, "P", false, None).unwrap();
+        let outbox = BoxRef {
+            station_id: s.id,
+            partner_id: p.id,
+            kind: BoxKind::Outbox,
+        };
+        let blob = store.blobs().put_bytes(b"payload").unwrap();
+        let f = NewFile {
+            user_id: u.id,
+            boxref: outbox,
+            parent: 0,
+            name: "order.edi".into(),
+            blob,
+            size: 7,
+            mtime_ms: 0,
+            state: EntryState::Held,
+            replaces: None,
+        };
+        let (_, m) = store.commit_file(&f, Some(0)).unwrap();
+        (dir, store, m.unwrap(), outbox)
+    }
+
+    #[test]
+    fn claim_retry_deliver() {
+        let (_d, store, id, _) = queued();
+        let c = store.claim_queued(now_ms()).unwrap().unwrap();
+        assert_eq!((c.id, c.attempts, c.files.len()), (id, 1, 1));
+        assert!(
+            store.claim_queued(now_ms()).unwrap().is_none(),
+            "claimed once"
+        );
+        store
+            .message_retry(id, "connection refused", now_ms() + 60_000)
+            .unwrap();
+        assert!(
+            store.claim_queued(now_ms()).unwrap().is_none(),
+            "not due yet"
+        );
+        let c = store.claim_queued(now_ms() + 61_000).unwrap().unwrap();
+        assert_eq!(c.attempts, 2);
+        store
+            .message_prepared(id, "x@y", Some("abc, sha-256"), "AS2-To: P")
+            .unwrap();
+        store.message_awaiting_mdn(id).unwrap();
+        assert_eq!(store.outgoing_by_as2_id("x@y").unwrap().unwrap().0, id);
+        store
+            .message_delivered(id, Some("mdn"), "processed")
+            .unwrap();
+        let states: Vec<String> = store
+            .message_events(id)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.state)
+            .collect();
+        assert_eq!(
+            states,
+            [
+                "queued",
+                "sending",
+                "queued",
+                "sending",
+                "awaiting-mdn",
+                "delivered"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_stopped_sender_is_requeued() {
+        let (_d, store, id, _) = queued();
+        store.claim_queued(now_ms()).unwrap().unwrap();
+        assert_eq!(store.requeue_sending().unwrap(), 1);
+        assert_eq!(store.claim_queued(now_ms()).unwrap().unwrap().id, id);
+    }
+
+    #[test]
+    fn failure_places_files_and_reason_in_failed() {
+        let (_d, store, id, outbox) = queued();
+        store.claim_queued(now_ms()).unwrap();
+        store
+            .message_failed(id, "The partner answered HTTP 403 Forbidden.", None)
+            .unwrap();
+        let failed = BoxRef {
+            kind: BoxKind::Failed,
+            ..outbox
+        };
+        let names: Vec<String> = store
+            .entries(failed, 0)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(names, ["order.edi", "order.edi.reason.txt"]);
+        let m = &store.messages(None, 1).unwrap()[0];
+        assert_eq!(m.state, "failed");
+    }
+}
