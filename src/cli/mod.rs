@@ -14,8 +14,8 @@ pub mod decode;
 mod messages;
 mod mount;
 mod partner;
-mod sshd;
 mod serve;
+mod sshd;
 mod station;
 mod user;
 
