@@ -188,3 +188,65 @@ fn test_partner_boxes_under_test() {
         "production inbox stays empty: {out}"
     );
 }
+
+#[test]
+fn sftp_operations_are_in_the_audit_log() {
+    if !sshd::ready("sftp_operations_are_in_the_audit_log") {
+        return;
+    }
+    let mut env = Env::start();
+    let u = env.user();
+    let content = b"audited upload\n";
+    let f = env.local("audited.edi", content);
+    let pd = partner_dir(&u.name);
+    env.sftp_ok(&u, &format!("cd {pd}/outbox\nput {}\n", f.display()));
+    env.deliver(&u, false, "incoming.edi", b"for the audit\n");
+    let stamp = env
+        .sftp_ok(&u, &format!("cd {pd}/inbox\nls -1\n"))
+        .lines()
+        .filter(|l| !l.starts_with("sftp>") && !l.trim().is_empty())
+        .map(|l| l.trim().to_owned())
+        .next()
+        .unwrap();
+    let got = env.dir.join("incoming.edi");
+    env.sftp_ok(
+        &u,
+        &format!(
+            "cd {pd}/inbox/{stamp}\nget incoming.edi {}\nrm incoming.edi\n",
+            got.display()
+        ),
+    );
+    let hex: String = openssl::sha::sha256(content)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let entries = loop {
+        let out = env.ok(&["audit", "--user", &u.name, "--since", "1h", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let items: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        let put_ok = items
+            .iter()
+            .any(|e| e.contains("audited.edi") && e.contains(&hex) && e.contains("outbox"));
+        let get = items
+            .iter()
+            .any(|e| e.contains("\"get\"") && e.contains("incoming.edi"));
+        let rm = items
+            .iter()
+            .any(|e| e.contains("\"rm\"") && e.contains("incoming.edi"));
+        if put_ok && get && rm {
+            break items;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "audit lacks the put, get or rm:\n{out}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(entries.iter().all(|e| e.contains(&u.name)), "{entries:?}");
+}
