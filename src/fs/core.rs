@@ -141,6 +141,9 @@ pub struct FsStats {
     pub files_free: u64,
 }
 
+/// Large uploads are handed to the kernel's writeback every this many bytes.
+const WRITEBACK_STEP: u64 = 16 << 20;
+
 /// Block size reported by `statfs`.
 pub const BLOCK: u64 = 4096;
 
@@ -161,6 +164,8 @@ struct DraftInner {
     /// Running hash of bytes `0..hashed`, valid while writes come in order.
     hasher: Option<Sha256>,
     hashed: u64,
+    /// Bytes already handed to the kernel's writeback (`sync_file_range`).
+    flushed: u64,
     mtime_ms: i64,
     replaces: Option<i64>,
     writers: usize,
@@ -893,6 +898,7 @@ impl MailboxFs {
                 size,
                 hasher,
                 hashed: 0,
+                flushed: 0,
                 mtime_ms,
                 replaces: replaces.map(|e| e.id),
                 writers: 0,
@@ -1080,6 +1086,21 @@ impl MailboxFs {
         }
         i.size = i.size.max(end);
         i.mtime_ms = now_ms();
+        if i.size >= i.flushed + WRITEBACK_STEP {
+            // Start writing large uploads to disk while they arrive, so that the fsync at
+            // close (the durability promise) has little left to wait for.
+            use std::os::fd::AsRawFd;
+            // SAFETY: a valid descriptor; SYNC_FILE_RANGE_WRITE only starts writeback.
+            unsafe {
+                libc::sync_file_range(
+                    i.file.as_raw_fd(),
+                    i.flushed as libc::off64_t,
+                    (i.size - i.flushed) as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                )
+            };
+            i.flushed = i.size;
+        }
         Ok(data.len() as u32)
     }
 
