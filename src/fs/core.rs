@@ -1170,50 +1170,26 @@ impl MailboxFs {
             return Ok(());
         }
         let path = join(&self.folder_path(i.b, i.parent), &i.name);
-        if let Some(err) = i.error {
-            info!(user = d.user, name = %i.name, errno = err.0, "upload discarded");
-            self.discard_draft(d, &mut i);
-            self.audit_user(
-                c,
-                d.user,
-                "put",
-                path,
-                Detail {
-                    bytes: Some(i.size),
-                    sha256: None,
-                    result: errno_name(err.0),
-                },
-            );
-            return Err(err);
-        }
-        let result = self.commit_draft(d, &mut i, writer_exiting);
-        match &result {
-            Ok((sha, what)) => self.audit_user(
-                c,
-                d.user,
-                "put",
-                path,
-                Detail {
-                    bytes: Some(i.size),
-                    sha256: Some(sha.clone()),
-                    result: what.clone(),
-                },
-            ),
-            Err(e) => {
-                self.discard_draft(d, &mut i);
-                self.audit_user(
-                    c,
-                    d.user,
-                    "put",
-                    path,
-                    Detail {
-                        bytes: Some(i.size),
-                        sha256: None,
-                        result: errno_name(e.0),
-                    },
-                );
+        let result = match i.error {
+            Some(err) => {
+                info!(user = d.user, name = %i.name, errno = err.0, "upload discarded");
+                Err(err)
             }
+            None => self.commit_draft(d, &mut i, writer_exiting),
+        };
+        if result.is_err() {
+            self.discard_draft(d, &mut i);
         }
+        let (sha256, what) = match &result {
+            Ok((sha, what)) => (Some(sha.clone()), what.clone()),
+            Err(e) => (None, errno_name(e.0)),
+        };
+        let detail = Detail {
+            bytes: Some(i.size),
+            sha256,
+            result: what,
+        };
+        self.audit_user(c, d.user, "put", path, detail);
         result.map(|_| ())
     }
 

@@ -328,24 +328,35 @@ impl Store {
     }
 }
 
+/// A fresh store in a temporary folder with one user, station and partner; returns the
+/// user id and the outbox (for unit tests).
+#[cfg(test)]
+pub(crate) fn test_store(
+    user: &str,
+    station: &str,
+    partner: &str,
+) -> (tempfile::TempDir, Store, i64, BoxRef) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::init(dir.path()).unwrap();
+    let u = store.add_user(user, 1000, 1000, None).unwrap();
+    let s = store
+        .add_station(u.id, station, InboxLayout::PerMessage)
+        .unwrap();
+    let p = store.add_partner(u.id, partner, false, None).unwrap();
+    let outbox = BoxRef {
+        station_id: s.id,
+        partner_id: p.id,
+        kind: BoxKind::Outbox,
+    };
+    (dir, store, u.id, outbox)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn setup() -> (tempfile::TempDir, Store, i64, BoxRef) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::init(dir.path()).unwrap();
-        let u = store.add_user("acme", 1000, 1000, None).unwrap();
-        let s = store
-            .add_station(u.id, "ACME", InboxLayout::PerMessage)
-            .unwrap();
-        let p = store.add_partner(u.id, "BIG", false, None).unwrap();
-        let outbox = BoxRef {
-            station_id: s.id,
-            partner_id: p.id,
-            kind: BoxKind::Outbox,
-        };
-        (dir, store, u.id, outbox)
+        test_store("acme", "ACME", "BIG")
     }
 
     #[test]

@@ -340,24 +340,13 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{EntryState, InboxLayout, NewFile};
+    use crate::store::{EntryState, NewFile};
 
     fn queued() -> (tempfile::TempDir, Store, i64, BoxRef) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::init(dir.path()).unwrap();
-        let u = store.add_user("u", 1, 1, None).unwrap();
-        let s = store
-            .add_station(u.id, "S", InboxLayout::PerMessage)
-            .unwrap();
-        let p = store.add_partner(u.id, "P", false, None).unwrap();
-        let outbox = BoxRef {
-            station_id: s.id,
-            partner_id: p.id,
-            kind: BoxKind::Outbox,
-        };
+        let (dir, store, user, outbox) = crate::store::test_store("u", "S", "P");
         let blob = store.blobs().put_bytes(b"payload").unwrap();
         let f = NewFile {
-            user_id: u.id,
+            user_id: user,
             boxref: outbox,
             parent: 0,
             name: "order.edi".into(),
