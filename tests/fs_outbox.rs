@@ -865,3 +865,10 @@ fn command_keeping_fd(program: &str, keep: i32) -> std::process::Command {
     }
     cmd
 }
+
+/// Not a test: the harness's spawn helper (see tests/common/spawner.rs).
+#[test]
+#[ignore = "helper process of the harness, started by the harness itself"]
+fn zz_spawn_server() {
+    common::spawner::serve_if_helper();
+}

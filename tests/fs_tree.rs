@@ -577,3 +577,10 @@ fn statfs_without_quota_reports_the_state_disk() {
     assert!(free.abs_diff(disk_free) <= tol.max(1 << 30), "free {free} vs disk {disk_free}");
     assert!(s.f_namemax >= 255 || s.f_namemax == 0, "namemax {}", s.f_namemax);
 }
+
+/// Not a test: the harness's spawn helper (see tests/common/spawner.rs).
+#[test]
+#[ignore = "helper process of the harness, started by the harness itself"]
+fn zz_spawn_server() {
+    common::spawner::serve_if_helper();
+}
