@@ -507,6 +507,8 @@ impl Fixture {
             "mount".into(),
             self.mnt.to_string_lossy().into_owned(),
         ];
+        // A dead mount stays listed: wait for a mount entry that was not there before.
+        let before = mount_ids(&self.mnt);
         let pid = spawner::call(spawner::Request::Spawn {
             args,
             env: self.env(),
@@ -516,7 +518,11 @@ impl Fixture {
         .pid;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if is_mounted(&self.mnt) {
+            // Listed and answering (a dead mount answers ENOTCONN; mount ids can be reused).
+            if (mount_ids(&self.mnt).iter().any(|id| !before.contains(id)) || !before.is_empty())
+                && is_mounted(&self.mnt)
+                && std::fs::metadata(&self.mnt).is_ok()
+            {
                 break;
             }
             let w = wait_pid(pid, Duration::ZERO);
@@ -977,6 +983,19 @@ fn remove_account(name: &str) {
     if group_exists(name) {
         run_quiet(&["groupdel", name]);
     }
+}
+
+/// Mount ids (first field of /proc/self/mountinfo) of the mounts on `path`.
+pub fn mount_ids(path: &Path) -> Vec<String> {
+    let want = path.to_string_lossy().replace(' ', "\\040");
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|t| {
+            t.lines()
+                .filter(|l| l.split(' ').nth(4) == Some(want.as_str()))
+                .map(|l| l.split(' ').next().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Is `path` a mount point according to /proc/self/mountinfo?
