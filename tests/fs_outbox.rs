@@ -100,6 +100,21 @@ fn empty_file_is_picked_up() {
     let Some(fx) = fixture!(Settings::default()) else { return };
     let mb = fx.mailbox();
     fx.as_user(&mb.user, || ok(ops::put(&mb.outbox().join("empty.txt"), b""), "put empty"));
+    let closed = Instant::now();
+    if msgs_named(&fx, &mb, "empty.txt").is_empty() {
+        // Say whether it came late or never.
+        let late = (0..60).find_map(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            (!msgs_named(&fx, &mb, "empty.txt").is_empty()).then(|| closed.elapsed())
+        });
+        let listing = fx.as_user(&mb.user, || {
+            ops::stat(&mb.outbox().join("empty.txt")).map(|m| format!("{:o}", m.mode() & 0o7777))
+        });
+        panic!(
+            "an empty file was not queued when close() returned (queued later: {late:?}; \
+             outbox entry mode now: {listing:?})"
+        );
+    }
     assert_queued_single(&fx, &mb, "empty.txt", b"");
 }
 
@@ -689,7 +704,8 @@ fn too_many_bytes_in_one_file_move_it_to_failed_with_a_reason() {
     // A second failure of the same name gets a stamp prefix in failed/.
     fx.as_user(&mb.user, || {
         let _ = ops::put(&mb.outbox().join("big.bin"), &big);
-        let entry = wait_for("a stamped big.bin in failed/", Duration::from_secs(10), || {
+        let what = format!("a stamped big.bin in failed/ (failed/ now: {:?})", names(&mb.failed()));
+        let entry = wait_for(&what, Duration::from_secs(10), || {
             names(&mb.failed()).into_iter().find(|n| {
                 n.ends_with("-big.bin") && stamp_like(&n[..n.len() - "-big.bin".len()])
             })
