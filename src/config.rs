@@ -136,6 +136,22 @@ pub struct ServeConfig {
     pub tls_key: Option<PathBuf>,
     /// The base URL partners reach us at (for async MDNs).
     pub public_url: Option<String>,
+    /// Attempts to send a message before it fails.
+    pub max_attempts: u32,
+    /// Delay after the first failed attempt; it doubles each time.
+    pub retry_base_secs: f64,
+    /// Longest delay between attempts.
+    pub retry_max_secs: f64,
+    /// A message whose async MDN has not come after this long fails.
+    pub async_mdn_timeout_secs: f64,
+    /// Time for one POST to a partner, answer included.
+    pub send_timeout_secs: f64,
+    /// Time for a client to send us a whole request.
+    pub request_timeout_secs: f64,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// Connections served at once.
+    pub max_connections: usize,
 }
 
 impl Default for ServeConfig {
@@ -146,6 +162,14 @@ impl Default for ServeConfig {
             tls_cert: None,
             tls_key: None,
             public_url: None,
+            max_attempts: 10,
+            retry_base_secs: 30.0,
+            retry_max_secs: 3600.0,
+            async_mdn_timeout_secs: 7200.0,
+            send_timeout_secs: 120.0,
+            request_timeout_secs: 300.0,
+            max_body_bytes: 100 << 20,
+            max_connections: 256,
         }
     }
 }
@@ -205,6 +229,12 @@ impl Config {
             ),
             ("retention.files_hours", self.retention.files_hours),
             ("retention.messages_days", self.retention.messages_days),
+            ("serve.retry_base_secs", self.serve.retry_base_secs),
+            ("serve.retry_max_secs", self.serve.retry_max_secs),
+            (
+                "serve.async_mdn_timeout_secs",
+                self.serve.async_mdn_timeout_secs,
+            ),
         ];
         for (key, value) in non_negative {
             if !(value.is_finite() && value >= 0.0) {
@@ -216,6 +246,23 @@ impl Config {
         }
         if self.outbox.max_files == 0 {
             return Err(invalid("outbox.max_files", "must be at least 1"));
+        }
+        for (key, value) in [
+            ("serve.send_timeout_secs", self.serve.send_timeout_secs),
+            (
+                "serve.request_timeout_secs",
+                self.serve.request_timeout_secs,
+            ),
+        ] {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(invalid(key, "must be more than zero"));
+            }
+        }
+        if self.serve.max_attempts == 0 || self.serve.max_connections == 0 {
+            return Err(invalid(
+                "serve.max_attempts/max_connections",
+                "must be at least 1",
+            ));
         }
         if self.mount.threads == 0 || self.mount.threads > 64 {
             return Err(invalid("mount.threads", "must be between 1 and 64"));

@@ -6,6 +6,7 @@ pub mod as2;
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod fs;
 pub mod keys;
 pub mod mailbox;

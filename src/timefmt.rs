@@ -68,6 +68,18 @@ pub fn stamp(ms: i64) -> String {
     )
 }
 
+/// A stamp that also separates things named in the same millisecond:
+/// `YYYYMMDDTHHMMSS.mmmZ-xxxxxx` (six random lowercase hex digits).
+pub fn unique_stamp(ms: i64) -> String {
+    let mut r = [0u8; 3];
+    // The suffix only separates names made in the same millisecond; should the RNG fail, a
+    // less random suffix still yields a valid stamp.
+    if openssl::rand::rand_bytes(&mut r).is_err() {
+        r = [(ms & 0xff) as u8, (ms >> 8 & 0xff) as u8, 0];
+    }
+    format!("{}-{:02x}{:02x}{:02x}", stamp(ms), r[0], r[1], r[2])
+}
+
 /// RFC 3339 with milliseconds, UTC: `2026-11-28T03:15:00.123Z`.
 pub fn rfc3339(ms: i64) -> String {
     let c = civil(ms);

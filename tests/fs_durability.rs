@@ -80,7 +80,12 @@ fn read_log(path: &Path) -> (BTreeMap<String, String>, BTreeMap<String, String>)
 
 #[test]
 fn kill_9_during_a_stream_of_uploads_keeps_every_closed_file_and_shows_no_partial_file() {
-    let Some(fx) = fixture!(Settings { linger_secs: 3600.0, ..Settings::default() }) else { return };
+    let Some(fx) = fixture!(Settings {
+        linger_secs: 3600.0,
+        ..Settings::default()
+    }) else {
+        return;
+    };
     let mb = fx.mailbox();
     let logdir = fx.dir.join("writer");
     std::fs::create_dir(&logdir).unwrap();
@@ -96,30 +101,52 @@ fn kill_9_during_a_stream_of_uploads_keeps_every_closed_file_and_shows_no_partia
             "--nocapture".into(),
         ],
         env: vec![
-            ("AS2BOX_WRITER_DIR".into(), mb.outbox().to_string_lossy().into_owned()),
-            ("AS2BOX_WRITER_LOG".into(), log.to_string_lossy().into_owned()),
+            (
+                "AS2BOX_WRITER_DIR".into(),
+                mb.outbox().to_string_lossy().into_owned(),
+            ),
+            (
+                "AS2BOX_WRITER_LOG".into(),
+                log.to_string_lossy().into_owned(),
+            ),
         ],
         ids: Some((mb.user.uid, mb.user.gid)),
         log: fx.dir.join("writer.out").to_string_lossy().into_owned(),
     })
     .pid;
     // Let it get going, then kill the mount in the middle of the stream.
-    wait_until("the writer to complete 40 files", Duration::from_secs(120), || {
-        read_log(&log).1.len() >= 40 || wait_pid(writer, Duration::ZERO).exited
-    });
+    wait_until(
+        "the writer to complete 40 files",
+        Duration::from_secs(120),
+        || read_log(&log).1.len() >= 40 || wait_pid(writer, Duration::ZERO).exited,
+    );
     let status = fx.stop_mount(libc::SIGKILL);
     assert_eq!(signalled(&status), Some(libc::SIGKILL));
     let w = wait_pid(writer, Duration::from_secs(60));
-    assert!(w.exited, "the writer did not stop within 60 s of the mount's death");
+    assert!(
+        w.exited,
+        "the writer did not stop within 60 s of the mount's death"
+    );
     let (intents, done) = read_log(&log);
     println!(
         "writer: {} files started, {} completed before the kill; its output: {}",
         intents.len(),
         done.len(),
-        std::fs::read_to_string(fx.dir.join("writer.out")).unwrap_or_default().lines().last().unwrap_or("")
+        std::fs::read_to_string(fx.dir.join("writer.out"))
+            .unwrap_or_default()
+            .lines()
+            .last()
+            .unwrap_or("")
     );
-    assert!(done.len() >= 40, "writer log: only {} files done", done.len());
-    assert!(intents.len() > done.len() || intents.len() == 5000, "the kill came mid-stream");
+    assert!(
+        done.len() >= 40,
+        "writer log: only {} files done",
+        done.len()
+    );
+    assert!(
+        intents.len() > done.len() || intents.len() == 5000,
+        "the kill came mid-stream"
+    );
 
     // Restart (clean the dead mount point first: this test is about the data).
     fx.lazy_unmount();
@@ -143,10 +170,17 @@ fn kill_9_during_a_stream_of_uploads_keeps_every_closed_file_and_shows_no_partia
             None => missing.push(name.clone()),
         }
     }
-    assert!(missing.is_empty(), "closed files lost by kill -9: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "closed files lost by kill -9: {missing:?}"
+    );
     // Anything queued beyond the log was complete (its close was in flight at the kill).
     for (name, (sha, _)) in &sent {
-        assert_eq!(intents.get(name), Some(sha), "{name} queued with content the writer never wrote");
+        assert_eq!(
+            intents.get(name),
+            Some(sha),
+            "{name} queued with content the writer never wrote"
+        );
     }
     // No partial file anywhere in the user's tree: every visible file is exactly what the
     // writer wrote under that name (lingering sent files, or held .part files complete).
@@ -156,48 +190,89 @@ fn kill_9_during_a_stream_of_uploads_keeps_every_closed_file_and_shows_no_partia
             let p = mb.outbox().join(&entry);
             let data = ok(ops::read(&p), &format!("read {entry}"));
             let base = entry.trim_end_matches(".part");
-            let want = intents.get(base).unwrap_or_else(|| panic!("unexpected file {entry} in the outbox"));
-            assert_eq!(&sha256_hex(&data), want, "{entry} in the outbox is partial or corrupt ({} bytes)", data.len());
+            let want = intents
+                .get(base)
+                .unwrap_or_else(|| panic!("unexpected file {entry} in the outbox"));
+            assert_eq!(
+                &sha256_hex(&data),
+                want,
+                "{entry} in the outbox is partial or corrupt ({} bytes)",
+                data.len()
+            );
             if !entry.ends_with(".part") {
-                assert!(sent.contains_key(base), "{entry} is listed as sent but has no message");
+                assert!(
+                    sent.contains_key(base),
+                    "{entry} is listed as sent but has no message"
+                );
             }
             seen += 1;
         }
         println!("{seen} files visible in the outbox after the restart, all intact");
         assert!(names(&mb.inbox()).is_empty());
-        assert!(names(&mb.failed()).is_empty(), "nothing moved to failed/: {:?}", names(&mb.failed()));
+        assert!(
+            names(&mb.failed()).is_empty(),
+            "nothing moved to failed/: {:?}",
+            names(&mb.failed())
+        );
     });
 }
 
 #[test]
 fn dead_mount_answers_enotconn_and_mount_cleans_it_up() {
-    let Some(fx) = fixture!(Settings::default()) else { return };
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
     let mb = fx.mailbox();
-    fx.as_user(&mb.user, || ok(ops::put(&mb.outbox().join("before.txt"), b"before"), "put"));
-    fx.stop_mount(libc::SIGKILL);
-    assert!(fx.is_mounted(), "the kernel keeps listing a dead FUSE mount");
-    // (The kernel may answer from its attribute cache for up to a second.)
-    wait_until("stat in the dead mount to fail with ENOTCONN", Duration::from_secs(3), || {
-        ops::stat(&fx.mnt.join(&mb.user.name)).err().and_then(|e| e.raw_os_error()) == Some(libc::ENOTCONN)
-    });
     fx.as_user(&mb.user, || {
-        assert_errno(ops::list(&mb.outbox()), libc::ENOTCONN, "ls in a dead mount as the user");
+        ok(ops::put(&mb.outbox().join("before.txt"), b"before"), "put")
+    });
+    fx.stop_mount(libc::SIGKILL);
+    assert!(
+        fx.is_mounted(),
+        "the kernel keeps listing a dead FUSE mount"
+    );
+    // (The kernel may answer from its attribute cache for up to a second.)
+    wait_until(
+        "stat in the dead mount to fail with ENOTCONN",
+        Duration::from_secs(3),
+        || {
+            ops::stat(&fx.mnt.join(&mb.user.name))
+                .err()
+                .and_then(|e| e.raw_os_error())
+                == Some(libc::ENOTCONN)
+        },
+    );
+    fx.as_user(&mb.user, || {
+        assert_errno(
+            ops::list(&mb.outbox()),
+            libc::ENOTCONN,
+            "ls in a dead mount as the user",
+        );
     });
     // `as2box mount` cleans up the dead mount point by itself (no umount first).
     fx.mount();
     fx.as_user(&mb.user, || {
         assert!(names(&mb.outbox()).contains("before.txt"));
-        assert_eq!(ok(ops::read(&mb.outbox().join("before.txt")), "read"), b"before");
+        assert_eq!(
+            ok(ops::read(&mb.outbox().join("before.txt")), "read"),
+            b"before"
+        );
     });
     assert_eq!(fx.out_messages(&mb.user).len(), 1);
 }
 
 #[test]
 fn sigterm_unmounts_and_exits_cleanly() {
-    let Some(fx) = fixture!(Settings::default()) else { return };
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
     let _mb = fx.mailbox();
     let status = fx.stop_mount(libc::SIGTERM);
-    assert!(status.success(), "mount exited with {status:?} on SIGTERM; log:\n{}", fx.mount_log());
+    assert!(
+        status.success(),
+        "mount exited with {status:?} on SIGTERM; log:\n{}",
+        fx.mount_log()
+    );
     assert!(!fx.is_mounted(), "still mounted after SIGTERM");
     fx.mount();
     let status = fx.stop_mount(libc::SIGINT);

@@ -26,7 +26,11 @@ fn msgs_named(fx: &Fixture, mb: &Mailbox, name: &str) -> Vec<Message> {
 #[track_caller]
 fn assert_queued_single(fx: &Fixture, mb: &Mailbox, name: &str, data: &[u8]) -> Message {
     let msgs = msgs_named(fx, mb, name);
-    assert_eq!(msgs.len(), 1, "exactly one message with file {name:?}: {msgs:#?}");
+    assert_eq!(
+        msgs.len(),
+        1,
+        "exactly one message with file {name:?}: {msgs:#?}"
+    );
     let m = msgs.into_iter().next().unwrap();
     assert_eq!(m.direction, "out");
     assert_eq!(m.state, "queued", "{m:#?}");
@@ -48,7 +52,9 @@ fn assert_queued_single(fx: &Fixture, mb: &Mailbox, name: &str, data: &[u8]) -> 
 
 #[test]
 fn closed_file_is_queued_before_close_returns() {
-    let Some(fx) = fixture!(Settings::default()) else { return };
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
     let mb = fx.mailbox();
     let data = random_bytes(300_000);
     let path = mb.outbox().join("invoice-1.xml");
@@ -67,21 +73,29 @@ fn closed_file_is_queued_before_close_returns() {
     fx.as_user(&mb.user, || {
         let md = ok(ops::stat(&path), "stat right after close");
         assert_eq!(md.len(), data.len() as u64);
-        assert_eq!(perm(&md), (0o440, mb.user.uid, mb.user.gid), "lingering file mode/owner");
+        assert_eq!(
+            perm(&md),
+            (0o440, mb.user.uid, mb.user.gid),
+            "lingering file mode/owner"
+        );
         assert_eq!(ok(ops::read(&path), "read lingering file"), data);
     });
 }
 
 #[test]
 fn pickup_latency_from_close_to_queued_is_well_under_a_second() {
-    let Some(fx) = fixture!(Settings::default()) else { return };
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
     let mb = fx.mailbox();
     let mut times = Vec::new();
     for i in 0..20 {
         let data = random_bytes(10_000 + i * 1000);
         let name = format!("lat-{i}.txt");
         let t = Instant::now();
-        fx.as_user(&mb.user, || ok(ops::put(&mb.outbox().join(&name), &data), "put"));
+        fx.as_user(&mb.user, || {
+            ok(ops::put(&mb.outbox().join(&name), &data), "put")
+        });
         let close_done = t.elapsed();
         assert_queued_single(&fx, &mb, &name, &data);
         times.push(close_done);
@@ -92,14 +106,21 @@ fn pickup_latency_from_close_to_queued_is_well_under_a_second() {
         times[times.len() / 2],
         times[times.len() - 1]
     );
-    assert!(times[times.len() / 2] < Duration::from_millis(500), "{times:?}");
+    assert!(
+        times[times.len() / 2] < Duration::from_millis(500),
+        "{times:?}"
+    );
 }
 
 #[test]
 fn empty_file_is_picked_up() {
-    let Some(fx) = fixture!(Settings::default()) else { return };
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
     let mb = fx.mailbox();
-    fx.as_user(&mb.user, || ok(ops::put(&mb.outbox().join("empty.txt"), b""), "put empty"));
+    fx.as_user(&mb.user, || {
+        ok(ops::put(&mb.outbox().join("empty.txt"), b""), "put empty")
+    });
     let closed = Instant::now();
     if msgs_named(&fx, &mb, "empty.txt").is_empty() {
         // Say whether it came late or never.
@@ -120,7 +141,9 @@ fn empty_file_is_picked_up() {
 
 #[test]
 fn large_file_is_picked_up_intact() {
-    let Some(fx) = fixture!(Settings::default()) else { return };
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
     let mb = fx.mailbox();
     let data = random_bytes(9 << 20);
     let path = mb.outbox().join("big.bin");
@@ -132,7 +155,9 @@ fn large_file_is_picked_up_intact() {
 
 #[test]
 fn file_being_written_is_listed_writable_with_its_size_so_far_and_not_sent() {
-    let Some(fx) = fixture!(Settings::default()) else { return };
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
     let mb = fx.mailbox();
     let path = mb.outbox().join("growing.csv");
     fx.as_user(&mb.user, || {
@@ -140,9 +165,16 @@ fn file_being_written_is_listed_writable_with_its_size_so_far_and_not_sent() {
         ok(ops::write_all(fd, &[b'a'; 1000]), "write 1000");
         let md = ok(ops::stat(&path), "stat while writing");
         assert_eq!(md.len(), 1000);
-        assert_eq!(perm(&md), (0o640, mb.user.uid, mb.user.gid), "writing file mode/owner");
+        assert_eq!(
+            perm(&md),
+            (0o640, mb.user.uid, mb.user.gid),
+            "writing file mode/owner"
+        );
         assert!(names(&mb.outbox()).contains("growing.csv"));
-        assert!(fx.out_messages(&mb.user).is_empty(), "nothing is sent while the file is open");
+        assert!(
+            fx.out_messages(&mb.user).is_empty(),
+            "nothing is sent while the file is open"
+        );
         ok(ops::write_all(fd, &[b'b'; 500]), "write 500 more");
         ok(ops::close(fd), "close");
     });
@@ -153,7 +185,9 @@ fn file_being_written_is_listed_writable_with_its_size_so_far_and_not_sent() {
 
 #[test]
 fn lingering_file_can_be_stated_read_and_stamped_but_not_changed() {
-    let Some(fx) = fixture!(Settings::default()) else { return };
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
     let mb = fx.mailbox();
     let data = b"lingering content".to_vec();
     let path = mb.outbox().join("sent.edi");
@@ -162,19 +196,45 @@ fn lingering_file_can_be_stated_read_and_stamped_but_not_changed() {
         // What clients do right after an upload:
         let md = ok(ops::stat(&path), "stat (paramiko checks the size)");
         assert_eq!(md.len(), data.len() as u64);
-        ok(ops::set_times(&path, 1_600_000_000, 1_600_000_000), "utimes (sftp put -p, rclone)");
+        ok(
+            ops::set_times(&path, 1_600_000_000, 1_600_000_000),
+            "utimes (sftp put -p, rclone)",
+        );
         ok(ops::touch_now(&path), "utimes(NULL)");
-        ok(ops::chmod(&path, 0o644), "chmod (setstat with mode) is accepted");
+        ok(
+            ops::chmod(&path, 0o644),
+            "chmod (setstat with mode) is accepted",
+        );
         let md = ok(ops::stat(&path), "stat after setstat");
-        assert_eq!(md.mode() & 0o7777, 0o440, "chmod is ignored: mode stays 0440");
+        assert_eq!(
+            md.mode() & 0o7777,
+            0o440,
+            "chmod is ignored: mode stays 0440"
+        );
         assert_eq!(md.len(), data.len() as u64);
         assert_eq!(ok(ops::read(&path), "read"), data);
         // What it may not do:
-        assert_errno(ops::open(&path, libc::O_WRONLY), EACCES, "open lingering file for writing");
-        assert_errno(ops::open(&path, libc::O_WRONLY | libc::O_APPEND), EACCES, "open lingering file for appending");
-        assert_errno(ops::create(&path), EACCES, "create (O_TRUNC) over a lingering file");
+        assert_errno(
+            ops::open(&path, libc::O_WRONLY),
+            EACCES,
+            "open lingering file for writing",
+        );
+        assert_errno(
+            ops::open(&path, libc::O_WRONLY | libc::O_APPEND),
+            EACCES,
+            "open lingering file for appending",
+        );
+        assert_errno(
+            ops::create(&path),
+            EACCES,
+            "create (O_TRUNC) over a lingering file",
+        );
         assert_errno(ops::truncate(&path, 0), EACCES, "truncate lingering file");
-        assert_errno(ops::rename(&path, &mb.outbox().join("other.edi")), EACCES, "rename lingering file");
+        assert_errno(
+            ops::rename(&path, &mb.outbox().join("other.edi")),
+            EACCES,
+            "rename lingering file",
+        );
         assert_eq!(ok(ops::read(&path), "read again"), data);
     });
     // Still exactly one message, unchanged.
@@ -184,7 +244,12 @@ fn lingering_file_can_be_stated_read_and_stamped_but_not_changed() {
 #[test]
 fn lingering_file_disappears_after_linger_secs_and_the_message_stays() {
     let linger = 2.0;
-    let Some(fx) = fixture!(Settings { linger_secs: linger, ..Settings::default() }) else { return };
+    let Some(fx) = fixture!(Settings {
+        linger_secs: linger,
+        ..Settings::default()
+    }) else {
+        return;
+    };
     let mb = fx.mailbox();
     let path = mb.outbox().join("bye.txt");
     let closed = fx.as_user(&mb.user, || {
@@ -194,9 +259,11 @@ fn lingering_file_disappears_after_linger_secs_and_the_message_stays() {
         closed
     });
     let gone_after = fx.as_user(&mb.user, || {
-        wait_until("the lingering file to disappear", Duration::from_secs_f64(linger + 10.0), || {
-            !names(&mb.outbox()).contains("bye.txt") && ops::stat(&path).is_err()
-        });
+        wait_until(
+            "the lingering file to disappear",
+            Duration::from_secs_f64(linger + 10.0),
+            || !names(&mb.outbox()).contains("bye.txt") && ops::stat(&path).is_err(),
+        );
         closed.elapsed()
     });
     println!("gone {gone_after:?} after close (linger_secs = {linger})");
@@ -209,7 +276,9 @@ fn lingering_file_disappears_after_linger_secs_and_the_message_stays() {
 
 #[test]
 fn unlinking_a_lingering_file_hides_it_without_unsending_it() {
-    let Some(fx) = fixture!(Settings::default()) else { return };
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
     let mb = fx.mailbox();
     let path = mb.outbox().join("oops.txt");
     fx.as_user(&mb.user, || {
@@ -223,7 +292,9 @@ fn unlinking_a_lingering_file_hides_it_without_unsending_it() {
 
 #[test]
 fn temporary_names_are_held_until_renamed_to_a_normal_name() {
-    let Some(fx) = fixture!(Settings::default()) else { return };
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
     let mb = fx.mailbox();
     let cases = [
         ("a.dat.filepart", "a.dat"),
@@ -241,14 +312,23 @@ fn temporary_names_are_held_until_renamed_to_a_normal_name() {
         fx.as_user(&mb.user, || {
             ok(ops::put(&tpath, &data), &format!("put {tmp}"));
             let md = ok(ops::stat(&tpath), &format!("stat held {tmp}"));
-            assert_eq!(perm(&md), (0o640, mb.user.uid, mb.user.gid), "held {tmp} mode/owner");
+            assert_eq!(
+                perm(&md),
+                (0o640, mb.user.uid, mb.user.gid),
+                "held {tmp} mode/owner"
+            );
             assert_eq!(md.len(), data.len() as u64);
         });
         assert!(
             msgs_named(&fx, &mb, tmp).is_empty() && msgs_named(&fx, &mb, fin).is_empty(),
             "{tmp} must be held, not sent"
         );
-        fx.as_user(&mb.user, || ok(ops::rename(&tpath, &fpath), &format!("rename {tmp} -> {fin}")));
+        fx.as_user(&mb.user, || {
+            ok(
+                ops::rename(&tpath, &fpath),
+                &format!("rename {tmp} -> {fin}"),
+            )
+        });
         // The rename returns after the commit: no polling.
         assert_queued_single(&fx, &mb, fin, &data);
         fx.as_user(&mb.user, || {
@@ -265,7 +345,9 @@ fn temporary_names_are_held_until_renamed_to_a_normal_name() {
 /// stat(target) must fail, link(old, new) must fail with EPERM, then rename(old, new).
 #[test]
 fn sftp_server_rename_sequence_link_eperm_then_rename_picks_up() {
-    let Some(fx) = fixture!(Settings::default()) else { return };
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
     let mb = fx.mailbox();
     let data = random_bytes(50_000);
     let old = mb.outbox().join("order.xml.filepart");
@@ -273,8 +355,16 @@ fn sftp_server_rename_sequence_link_eperm_then_rename_picks_up() {
     fx.as_user(&mb.user, || {
         ok(ops::put(&old, &data), "put .filepart");
         assert_errno(ops::stat(&new), libc::ENOENT, "target does not exist yet");
-        assert_errno(ops::link(&old, &new), EPERM, "link() must fail with exactly EPERM");
-        assert_errno(ops::stat(&new), libc::ENOENT, "the failed link created nothing");
+        assert_errno(
+            ops::link(&old, &new),
+            EPERM,
+            "link() must fail with exactly EPERM",
+        );
+        assert_errno(
+            ops::stat(&new),
+            libc::ENOENT,
+            "the failed link created nothing",
+        );
         ok(ops::rename(&old, &new), "fallback rename");
     });
     assert_queued_single(&fx, &mb, "order.xml", &data);
@@ -282,25 +372,42 @@ fn sftp_server_rename_sequence_link_eperm_then_rename_picks_up() {
 
 #[test]
 fn held_file_can_be_reopened_appended_truncated_and_stamped() {
-    let Some(fx) = fixture!(Settings::default()) else { return };
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
     let mb = fx.mailbox();
     let part = mb.outbox().join("resume.bin.part");
     let first = random_bytes(100_000);
     let second = random_bytes(70_000);
     fx.as_user(&mb.user, || {
         ok(ops::put(&part, &first), "put first part");
-        let fd = ok(ops::open(&part, libc::O_WRONLY | libc::O_APPEND), "reopen for appending");
+        let fd = ok(
+            ops::open(&part, libc::O_WRONLY | libc::O_APPEND),
+            "reopen for appending",
+        );
         ok(ops::write_all(fd, &second), "append");
         ok(ops::close(fd), "close");
         let md = ok(ops::stat(&part), "stat");
         assert_eq!(md.len(), (first.len() + second.len()) as u64);
-        ok(ops::set_times(&part, 1_500_000_000, 1_500_000_123), "utimes on a held file");
+        ok(
+            ops::set_times(&part, 1_500_000_000, 1_500_000_123),
+            "utimes on a held file",
+        );
         let md = ok(ops::stat(&part), "stat");
         assert_eq!(md.mtime(), 1_500_000_123, "mtime set on a held file");
         // truncate to extend then back
-        ok(ops::truncate(&part, (first.len() + second.len() + 10) as u64), "truncate up");
-        ok(ops::truncate(&part, (first.len() + second.len()) as u64), "truncate back");
-        ok(ops::rename(&part, &mb.outbox().join("resume.bin")), "rename");
+        ok(
+            ops::truncate(&part, (first.len() + second.len() + 10) as u64),
+            "truncate up",
+        );
+        ok(
+            ops::truncate(&part, (first.len() + second.len()) as u64),
+            "truncate back",
+        );
+        ok(
+            ops::rename(&part, &mb.outbox().join("resume.bin")),
+            "rename",
+        );
     });
     let mut all = first.clone();
     all.extend_from_slice(&second);
@@ -309,7 +416,9 @@ fn held_file_can_be_reopened_appended_truncated_and_stamped() {
 
 #[test]
 fn truncating_a_held_file_shortens_it() {
-    let Some(fx) = fixture!(Settings::default()) else { return };
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
     let mb = fx.mailbox();
     let part = mb.outbox().join("cut.tmp");
     fx.as_user(&mb.user, || {
@@ -323,7 +432,9 @@ fn truncating_a_held_file_shortens_it() {
 
 #[test]
 fn rename_replaces_an_existing_target_and_honours_renameat2_flags() {
-    let Some(fx) = fixture!(Settings::default()) else { return };
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
     let mb = fx.mailbox();
     let ob = mb.outbox();
     fx.as_user(&mb.user, || {
@@ -331,7 +442,10 @@ fn rename_replaces_an_existing_target_and_honours_renameat2_flags() {
         ok(ops::put(&ob.join("b.tmp"), b"BB"), "put b.tmp");
         ok(ops::put(&ob.join("c.tmp"), b"C"), "put c.tmp");
         // POSIX rename replaces.
-        ok(ops::rename(&ob.join("a.tmp"), &ob.join("b.tmp")), "rename over an existing file");
+        ok(
+            ops::rename(&ob.join("a.tmp"), &ob.join("b.tmp")),
+            "rename over an existing file",
+        );
         assert_eq!(names(&ob), set(&["b.tmp", "c.tmp"]));
         assert_eq!(ok(ops::read(&ob.join("b.tmp")), "read"), b"AAA");
         // RENAME_NOREPLACE: EEXIST when the target exists, fine otherwise.
@@ -354,7 +468,10 @@ fn rename_replaces_an_existing_target_and_honours_renameat2_flags() {
         assert_eq!(names(&ob), set(&["b.tmp", "d.tmp"]));
         assert_eq!(ok(ops::read(&ob.join("d.tmp")), "read"), b"C");
         // posix-rename (OpenSSH's sftp client) of a held file onto a free normal name.
-        ok(ops::rename2(&ob.join("b.tmp"), &ob.join("b.txt"), ops::RENAME_NOREPLACE), "noreplace to normal name");
+        ok(
+            ops::rename2(&ob.join("b.tmp"), &ob.join("b.txt"), ops::RENAME_NOREPLACE),
+            "noreplace to normal name",
+        );
     });
     // RENAME_WHITEOUT needs CAP_MKNOD to reach the file system: try it as root.
     fx.as_root(|| {
@@ -370,7 +487,9 @@ fn rename_replaces_an_existing_target_and_honours_renameat2_flags() {
 
 #[test]
 fn rename_into_another_box_is_exdev() {
-    let Some(fx) = fixture!(Settings::default()) else { return };
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
     let mb = fx.mailbox();
     let p2 = fx.add_partner(&mb.user, false);
     fx.add_partner_id(&mb.user, &mb.partner, true);
@@ -378,11 +497,25 @@ fn rename_into_another_box_is_exdev() {
     let test_side = fx.mailbox_of(&mb.user, &mb.station, &mb.partner, true);
     let src = mb.outbox().join("x.part");
     fx.as_user(&mb.user, || {
-        wait_until("test/ to appear", Duration::from_secs(5), || ops::stat(&test_side.outbox()).is_ok());
+        wait_until("test/ to appear", Duration::from_secs(5), || {
+            ops::stat(&test_side.outbox()).is_ok()
+        });
         ok(ops::put(&src, b"x"), "put");
-        assert_errno(ops::rename(&src, &other.outbox().join("x.part")), libc::EXDEV, "rename to another partner's outbox");
-        assert_errno(ops::rename(&src, &test_side.outbox().join("x.part")), libc::EXDEV, "rename to the test outbox");
-        assert_errno(ops::rename(&src, &other.outbox().join("x.txt")), libc::EXDEV, "rename to another outbox, normal name");
+        assert_errno(
+            ops::rename(&src, &other.outbox().join("x.part")),
+            libc::EXDEV,
+            "rename to another partner's outbox",
+        );
+        assert_errno(
+            ops::rename(&src, &test_side.outbox().join("x.part")),
+            libc::EXDEV,
+            "rename to the test outbox",
+        );
+        assert_errno(
+            ops::rename(&src, &other.outbox().join("x.txt")),
+            libc::EXDEV,
+            "rename to another outbox, normal name",
+        );
         assert_eq!(names(&mb.outbox()), set(&["x.part"]));
         assert!(names(&other.outbox()).is_empty());
         assert!(names(&test_side.outbox()).is_empty());
@@ -392,7 +525,9 @@ fn rename_into_another_box_is_exdev() {
 
 #[test]
 fn chmod_is_accepted_and_ignored_and_chown_to_others_is_eperm() {
-    let Some(fx) = fixture!(Settings::default()) else { return };
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
     let mb = fx.mailbox();
     let f = mb.outbox().join("m.part");
     let d = mb.outbox().join("folder");
@@ -403,10 +538,21 @@ fn chmod_is_accepted_and_ignored_and_chown_to_others_is_eperm() {
         let dmode = ok(ops::stat(&d), "stat folder").mode() & 0o7777;
         ok(ops::chmod(&f, 0o600), "chmod held file");
         ok(ops::chmod(&f, 0o777), "chmod held file");
-        assert_eq!(ok(ops::stat(&f), "stat").mode() & 0o7777, 0o640, "mode unchanged");
+        assert_eq!(
+            ok(ops::stat(&f), "stat").mode() & 0o7777,
+            0o640,
+            "mode unchanged"
+        );
         ok(ops::chmod(&d, 0o700), "chmod folder");
-        assert_eq!(ok(ops::stat(&d), "stat").mode() & 0o7777, dmode, "folder mode unchanged");
-        ok(ops::chown(&f, uid, gid), "chown to the current owner and group");
+        assert_eq!(
+            ok(ops::stat(&d), "stat").mode() & 0o7777,
+            dmode,
+            "folder mode unchanged"
+        );
+        ok(
+            ops::chown(&f, uid, gid),
+            "chown to the current owner and group",
+        );
         ok(ops::chown(&f, u32::MAX, u32::MAX), "chown(-1, -1)");
         assert_errno(ops::chown(&f, 0, u32::MAX), EPERM, "chown to root");
         assert_errno(ops::chown(&f, u32::MAX, 0), EPERM, "chgrp to root");
@@ -420,7 +566,9 @@ fn chmod_is_accepted_and_ignored_and_chown_to_others_is_eperm() {
 
 #[test]
 fn outbox_folders_are_one_level_and_can_be_renamed_and_removed() {
-    let Some(fx) = fixture!(Settings::default()) else { return };
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
     let mb = fx.mailbox();
     let ob = mb.outbox();
     fx.as_user(&mb.user, || {
@@ -430,12 +578,29 @@ fn outbox_folders_are_one_level_and_can_be_renamed_and_removed() {
         assert_eq!((md.uid(), md.gid()), (mb.user.uid, mb.user.gid));
         assert_errno(ops::mkdir(&ob.join("batch/nested")), EPERM, "nested mkdir");
         ok(ops::put(&ob.join("batch/one.txt"), b"1"), "put into folder");
-        assert_eq!(ok(ops::stat(&ob.join("batch/one.txt")), "stat").mode() & 0o7777, 0o640, "held in folder");
-        ok(ops::rename(&ob.join("batch/one.txt"), &ob.join("batch/two.txt")), "rename inside folder");
-        ok(ops::rename(&ob.join("batch"), &ob.join("renamed")), "rename folder");
+        assert_eq!(
+            ok(ops::stat(&ob.join("batch/one.txt")), "stat").mode() & 0o7777,
+            0o640,
+            "held in folder"
+        );
+        ok(
+            ops::rename(&ob.join("batch/one.txt"), &ob.join("batch/two.txt")),
+            "rename inside folder",
+        );
+        ok(
+            ops::rename(&ob.join("batch"), &ob.join("renamed")),
+            "rename folder",
+        );
         assert_eq!(names(&ob.join("renamed")), set(&["two.txt"]));
-        assert_errno(ops::rmdir(&ob.join("renamed")), libc::ENOTEMPTY, "rmdir non-empty folder");
-        ok(ops::unlink(&ob.join("renamed/two.txt")), "unlink held file in folder");
+        assert_errno(
+            ops::rmdir(&ob.join("renamed")),
+            libc::ENOTEMPTY,
+            "rmdir non-empty folder",
+        );
+        ok(
+            ops::unlink(&ob.join("renamed/two.txt")),
+            "unlink held file in folder",
+        );
         ok(ops::rmdir(&ob.join("renamed")), "rmdir empty folder");
         assert!(names(&ob).is_empty());
         // a held file at top level can be deleted too
@@ -443,14 +608,23 @@ fn outbox_folders_are_one_level_and_can_be_renamed_and_removed() {
         ok(ops::unlink(&ob.join("z.part")), "unlink held file");
         assert!(names(&ob).is_empty());
     });
-    assert!(fx.out_messages(&mb.user).is_empty(), "files in a folder are held; deleted ones never sent");
+    assert!(
+        fx.out_messages(&mb.user).is_empty(),
+        "files in a folder are held; deleted ones never sent"
+    );
 }
 
 #[test]
 fn batch_folder_is_picked_up_after_the_quiet_period() {
     let quiet = 2.0;
     let linger = 2.0;
-    let Some(fx) = fixture!(Settings { batch_quiet_secs: quiet, linger_secs: linger, ..Settings::default() }) else { return };
+    let Some(fx) = fixture!(Settings {
+        batch_quiet_secs: quiet,
+        linger_secs: linger,
+        ..Settings::default()
+    }) else {
+        return;
+    };
     let mb = fx.mailbox();
     let dir = mb.outbox().join("shipment");
     let f1 = random_bytes(20_000);
@@ -462,36 +636,63 @@ fn batch_folder_is_picked_up_after_the_quiet_period() {
         Instant::now()
     });
     assert!(fx.out_messages(&mb.user).is_empty(), "held until quiet");
-    let m = wait_for("the folder to be picked up", Duration::from_secs_f64(quiet + 15.0), || {
-        fx.out_messages(&mb.user).into_iter().next()
-    });
+    let m = wait_for(
+        "the folder to be picked up",
+        Duration::from_secs_f64(quiet + 15.0),
+        || fx.out_messages(&mb.user).into_iter().next(),
+    );
     let after = last_change.elapsed();
     println!("folder picked up {after:?} after the last change (quiet {quiet} s)");
-    assert!(after >= Duration::from_secs_f64(quiet - 0.3), "picked up after {after:?}, before the quiet period");
+    assert!(
+        after >= Duration::from_secs_f64(quiet - 0.3),
+        "picked up after {after:?}, before the quiet period"
+    );
     assert_eq!(m.state, "queued");
-    assert_eq!((m.station.as_str(), m.partner.as_str(), m.test), (mb.station.as_str(), mb.partner.as_str(), false));
+    assert_eq!(
+        (m.station.as_str(), m.partner.as_str(), m.test),
+        (mb.station.as_str(), mb.partner.as_str(), false)
+    );
     let mut files = m.files.clone();
     files.sort_by(|a, b| a.name.cmp(&b.name));
     assert_eq!(
         files,
         vec![
-            MessageFile { name: "label.pdf".into(), size: f2.len() as u64, sha256: sha256_hex(&f2) },
-            MessageFile { name: "order.xml".into(), size: f1.len() as u64, sha256: sha256_hex(&f1) },
+            MessageFile {
+                name: "label.pdf".into(),
+                size: f2.len() as u64,
+                sha256: sha256_hex(&f2)
+            },
+            MessageFile {
+                name: "order.xml".into(),
+                size: f1.len() as u64,
+                sha256: sha256_hex(&f1)
+            },
         ]
     );
-    assert_eq!(fx.out_messages(&mb.user).len(), 1, "one message for the folder");
+    assert_eq!(
+        fx.out_messages(&mb.user).len(),
+        1,
+        "one message for the folder"
+    );
     // Then it lingers and disappears.
     fx.as_user(&mb.user, || {
-        wait_until("the picked-up folder to disappear", Duration::from_secs_f64(linger + 10.0), || {
-            names(&mb.outbox()).is_empty()
-        })
+        wait_until(
+            "the picked-up folder to disappear",
+            Duration::from_secs_f64(linger + 10.0),
+            || names(&mb.outbox()).is_empty(),
+        )
     });
 }
 
 #[test]
 fn batch_folder_waits_for_open_files_and_temporary_names() {
     let quiet = 1.0;
-    let Some(fx) = fixture!(Settings { batch_quiet_secs: quiet, ..Settings::default() }) else { return };
+    let Some(fx) = fixture!(Settings {
+        batch_quiet_secs: quiet,
+        ..Settings::default()
+    }) else {
+        return;
+    };
     let mb = fx.mailbox();
     let dir = mb.outbox().join("b1");
     let dir2 = mb.outbox().join("b2");
@@ -502,7 +703,10 @@ fn batch_folder_waits_for_open_files_and_temporary_names() {
         ok(ops::write_all(fd, b"partial"), "write");
         ok(ops::mkdir(&dir2), "mkdir b2");
         ok(ops::put(&dir2.join("real.txt"), b"real"), "put real.txt");
-        ok(ops::put(&dir2.join("upload.txt.filepart"), b"tmp"), "put filepart");
+        ok(
+            ops::put(&dir2.join("upload.txt.filepart"), b"tmp"),
+            "put filepart",
+        );
         fd
     });
     // Several quiet periods pass: neither folder may be picked up.
@@ -515,16 +719,24 @@ fn batch_folder_waits_for_open_files_and_temporary_names() {
     fx.as_user(&mb.user, || {
         ok(ops::write_all(fd, b" and the rest"), "write rest");
         ok(ops::close(fd), "close");
-        ok(ops::rename(&dir2.join("upload.txt.filepart"), &dir2.join("upload.txt")), "rename filepart");
+        ok(
+            ops::rename(&dir2.join("upload.txt.filepart"), &dir2.join("upload.txt")),
+            "rename filepart",
+        );
     });
-    let msgs = wait_for("both folders to be picked up", Duration::from_secs_f64(quiet + 15.0), || {
-        let m = fx.out_messages(&mb.user);
-        (m.len() == 2).then_some(m)
-    });
+    let msgs = wait_for(
+        "both folders to be picked up",
+        Duration::from_secs_f64(quiet + 15.0),
+        || {
+            let m = fx.out_messages(&mb.user);
+            (m.len() == 2).then_some(m)
+        },
+    );
     let mut got: Vec<Vec<(String, u64)>> = msgs
         .iter()
         .map(|m| {
-            let mut v: Vec<(String, u64)> = m.files.iter().map(|f| (f.name.clone(), f.size)).collect();
+            let mut v: Vec<(String, u64)> =
+                m.files.iter().map(|f| (f.name.clone(), f.size)).collect();
             v.sort();
             v
         })
@@ -541,10 +753,17 @@ fn batch_folder_waits_for_open_files_and_temporary_names() {
 
 #[test]
 fn batch_folder_is_picked_up_at_once_when_renamed_to_ready() {
-    let Some(fx) = fixture!(Settings { batch_quiet_secs: 600.0, ..Settings::default() }) else { return };
+    let Some(fx) = fixture!(Settings {
+        batch_quiet_secs: 600.0,
+        ..Settings::default()
+    }) else {
+        return;
+    };
     let mb = fx.mailbox();
     let dir = mb.outbox().join("multi");
-    let files: Vec<(String, Vec<u8>)> = (0..3).map(|i| (format!("part{i}.dat"), random_bytes(5000 * (i + 1)))).collect();
+    let files: Vec<(String, Vec<u8>)> = (0..3)
+        .map(|i| (format!("part{i}.dat"), random_bytes(5000 * (i + 1))))
+        .collect();
     fx.as_user(&mb.user, || {
         ok(ops::mkdir(&dir), "mkdir");
         for (n, d) in &files {
@@ -553,24 +772,40 @@ fn batch_folder_is_picked_up_at_once_when_renamed_to_ready() {
     });
     assert!(fx.out_messages(&mb.user).is_empty());
     let t = Instant::now();
-    fx.as_user(&mb.user, || ok(ops::rename(&dir, &mb.outbox().join("multi.ready")), "rename to .ready"));
-    let m = wait_for("the .ready folder to be picked up", Duration::from_secs(3), || {
-        fx.out_messages(&mb.user).into_iter().next()
+    fx.as_user(&mb.user, || {
+        ok(
+            ops::rename(&dir, &mb.outbox().join("multi.ready")),
+            "rename to .ready",
+        )
     });
+    let m = wait_for(
+        "the .ready folder to be picked up",
+        Duration::from_secs(3),
+        || fx.out_messages(&mb.user).into_iter().next(),
+    );
     println!("picked up {:?} after the rename to .ready", t.elapsed());
     assert_eq!(m.state, "queued");
     let mut got: Vec<MessageFile> = m.files.clone();
     got.sort_by(|a, b| a.name.cmp(&b.name));
     let want: Vec<MessageFile> = files
         .iter()
-        .map(|(n, d)| MessageFile { name: n.clone(), size: d.len() as u64, sha256: sha256_hex(d) })
+        .map(|(n, d)| MessageFile {
+            name: n.clone(),
+            size: d.len() as u64,
+            sha256: sha256_hex(d),
+        })
         .collect();
     assert_eq!(got, want);
 }
 
 #[test]
 fn ready_folder_with_an_open_file_is_picked_up_when_it_closes() {
-    let Some(fx) = fixture!(Settings { batch_quiet_secs: 600.0, ..Settings::default() }) else { return };
+    let Some(fx) = fixture!(Settings {
+        batch_quiet_secs: 600.0,
+        ..Settings::default()
+    }) else {
+        return;
+    };
     let mb = fx.mailbox();
     let dir = mb.outbox().join("late");
     let ready = mb.outbox().join("late.ready");
@@ -583,11 +818,16 @@ fn ready_folder_with_an_open_file_is_picked_up_when_it_closes() {
         fd
     });
     std::thread::sleep(Duration::from_secs(2));
-    assert!(fx.out_messages(&mb.user).is_empty(), "not picked up while a file is open for writing");
+    assert!(
+        fx.out_messages(&mb.user).is_empty(),
+        "not picked up while a file is open for writing"
+    );
     fx.as_user(&mb.user, || ok(ops::close(fd), "close b"));
-    let m = wait_for("pickup after the last close", Duration::from_secs(3), || {
-        fx.out_messages(&mb.user).into_iter().next()
-    });
+    let m = wait_for(
+        "pickup after the last close",
+        Duration::from_secs(3),
+        || fx.out_messages(&mb.user).into_iter().next(),
+    );
     let mut n: Vec<(String, u64)> = m.files.iter().map(|f| (f.name.clone(), f.size)).collect();
     n.sort();
     assert_eq!(n, vec![("a.txt".into(), 1), ("b.txt".into(), 2)]);
@@ -596,12 +836,23 @@ fn ready_folder_with_an_open_file_is_picked_up_when_it_closes() {
 #[test]
 fn empty_folder_is_never_picked_up() {
     let quiet = 1.0;
-    let Some(fx) = fixture!(Settings { batch_quiet_secs: quiet, ..Settings::default() }) else { return };
+    let Some(fx) = fixture!(Settings {
+        batch_quiet_secs: quiet,
+        ..Settings::default()
+    }) else {
+        return;
+    };
     let mb = fx.mailbox();
     fx.as_user(&mb.user, || {
         ok(ops::mkdir(&mb.outbox().join("empty")), "mkdir");
         ok(ops::mkdir(&mb.outbox().join("empty2")), "mkdir");
-        ok(ops::rename(&mb.outbox().join("empty2"), &mb.outbox().join("empty2.ready")), "rename to .ready");
+        ok(
+            ops::rename(
+                &mb.outbox().join("empty2"),
+                &mb.outbox().join("empty2.ready"),
+            ),
+            "rename to .ready",
+        );
     });
     std::thread::sleep(Duration::from_secs_f64(quiet * 3.0 + 1.0));
     assert!(fx.out_messages(&mb.user).is_empty(), "{:#?}", fx.messages());
@@ -617,11 +868,16 @@ fn empty_folder_is_never_picked_up() {
 fn wait_failed(fx: &Fixture, mb: &Mailbox, name: &str) -> String {
     let reason = format!("{name}.reason.txt");
     fx.as_user(&mb.user, || {
-        wait_until(&format!("{name} and {reason} in failed/"), Duration::from_secs(10), || {
-            let n = names(&mb.failed());
-            n.contains(name) && n.contains(&reason)
-        });
-        String::from_utf8(ok(ops::read(&mb.failed().join(&reason)), "read reason")).expect("reason is UTF-8")
+        wait_until(
+            &format!("{name} and {reason} in failed/"),
+            Duration::from_secs(10),
+            || {
+                let n = names(&mb.failed());
+                n.contains(name) && n.contains(&reason)
+            },
+        );
+        String::from_utf8(ok(ops::read(&mb.failed().join(&reason)), "read reason"))
+            .expect("reason is UTF-8")
     })
 }
 
@@ -635,16 +891,27 @@ fn assert_one_sentence(reason: &str) {
 
 #[test]
 fn too_many_files_in_a_folder_move_to_failed_with_a_reason() {
-    let Some(fx) = fixture!(Settings { max_files: Some(3), batch_quiet_secs: 600.0, ..Settings::default() }) else { return };
+    let Some(fx) = fixture!(Settings {
+        max_files: Some(3),
+        batch_quiet_secs: 600.0,
+        ..Settings::default()
+    }) else {
+        return;
+    };
     let mb = fx.mailbox();
     let dir = mb.outbox().join("toomany");
-    let files: Vec<(String, Vec<u8>)> = (0..4).map(|i| (format!("f{i}.txt"), random_bytes(100 + i))).collect();
+    let files: Vec<(String, Vec<u8>)> = (0..4)
+        .map(|i| (format!("f{i}.txt"), random_bytes(100 + i)))
+        .collect();
     fx.as_user(&mb.user, || {
         ok(ops::mkdir(&dir), "mkdir");
         for (n, d) in &files {
             ok(ops::put(&dir.join(n), d), "put");
         }
-        ok(ops::rename(&dir, &mb.outbox().join("toomany.ready")), "rename .ready");
+        ok(
+            ops::rename(&dir, &mb.outbox().join("toomany.ready")),
+            "rename .ready",
+        );
     });
     // The folder keeps its name in failed/ (SEMANTICS.md does not say whether with or
     // without `.ready`; accept both).
@@ -658,7 +925,10 @@ fn too_many_files_in_a_folder_move_to_failed_with_a_reason() {
         })
     });
     let reason = fx.as_user(&mb.user, || {
-        ok(ops::read(&mb.failed().join(format!("{fname}.reason.txt"))), "read reason")
+        ok(
+            ops::read(&mb.failed().join(format!("{fname}.reason.txt"))),
+            "read reason",
+        )
     });
     let reason = String::from_utf8(reason).expect("reason is UTF-8");
     assert_one_sentence(&reason);
@@ -668,24 +938,46 @@ fn too_many_files_in_a_folder_move_to_failed_with_a_reason() {
         for (n, d) in &files {
             assert_eq!(&ok(ops::read(&fdir.join(n)), "read failed file"), d);
         }
-        wait_until("the folder to leave the outbox", Duration::from_secs(5), || names(&mb.outbox()).is_empty());
+        wait_until(
+            "the folder to leave the outbox",
+            Duration::from_secs(5),
+            || names(&mb.outbox()).is_empty(),
+        );
     });
     let msgs = fx.out_messages(&mb.user);
-    assert!(msgs.iter().all(|m| m.state != "queued"), "no queued message: {msgs:#?}");
-    assert_eq!(msgs.len(), 1, "the message is recorded as failed: {msgs:#?}");
+    assert!(
+        msgs.iter().all(|m| m.state != "queued"),
+        "no queued message: {msgs:#?}"
+    );
+    assert_eq!(
+        msgs.len(),
+        1,
+        "the message is recorded as failed: {msgs:#?}"
+    );
     assert_eq!(msgs[0].state, "failed");
-    assert!(msgs[0].detail.as_deref().is_some_and(|d| !d.is_empty()), "failed with a reason: {msgs:#?}");
+    assert!(
+        msgs[0].detail.as_deref().is_some_and(|d| !d.is_empty()),
+        "failed with a reason: {msgs:#?}"
+    );
 }
 
 #[test]
 fn too_many_bytes_in_one_file_move_it_to_failed_with_a_reason() {
-    let Some(fx) = fixture!(Settings { max_bytes: Some(1000), ..Settings::default() }) else { return };
+    let Some(fx) = fixture!(Settings {
+        max_bytes: Some(1000),
+        ..Settings::default()
+    }) else {
+        return;
+    };
     let mb = fx.mailbox();
     let big = random_bytes(2000);
     let exact = random_bytes(1000);
     let close_result = fx.as_user(&mb.user, || {
         // Exactly max_bytes is allowed.
-        ok(ops::put(&mb.outbox().join("exact.bin"), &exact), "put exactly max_bytes");
+        ok(
+            ops::put(&mb.outbox().join("exact.bin"), &exact),
+            "put exactly max_bytes",
+        );
         ops::put_staged(&mb.outbox().join("big.bin"), &big)
     });
     println!("put of an oversized file returned {close_result:?}");
@@ -693,8 +985,15 @@ fn too_many_bytes_in_one_file_move_it_to_failed_with_a_reason() {
     let reason = wait_failed(&fx, &mb, "big.bin");
     assert_one_sentence(&reason);
     fx.as_user(&mb.user, || {
-        assert_eq!(ok(ops::read(&mb.failed().join("big.bin")), "read failed file"), big);
-        wait_until("big.bin to leave the outbox", Duration::from_secs(5), || !names(&mb.outbox()).contains("big.bin"));
+        assert_eq!(
+            ok(ops::read(&mb.failed().join("big.bin")), "read failed file"),
+            big
+        );
+        wait_until(
+            "big.bin to leave the outbox",
+            Duration::from_secs(5),
+            || !names(&mb.outbox()).contains("big.bin"),
+        );
     });
     let msgs = msgs_named(&fx, &mb, "big.bin");
     assert_eq!(msgs.len(), 1, "{msgs:#?}");
@@ -704,27 +1003,41 @@ fn too_many_bytes_in_one_file_move_it_to_failed_with_a_reason() {
     // A second failure of the same name gets a stamp prefix in failed/.
     fx.as_user(&mb.user, || {
         let _ = ops::put(&mb.outbox().join("big.bin"), &big);
-        let what = format!("a stamped big.bin in failed/ (failed/ now: {:?})", names(&mb.failed()));
+        let what = format!(
+            "a stamped big.bin in failed/ (failed/ now: {:?})",
+            names(&mb.failed())
+        );
         let entry = wait_for(&what, Duration::from_secs(10), || {
-            names(&mb.failed()).into_iter().find(|n| {
-                n.ends_with("-big.bin") && stamp_like(&n[..n.len() - "-big.bin".len()])
-            })
+            names(&mb.failed())
+                .into_iter()
+                .find(|n| n.ends_with("-big.bin") && stamp_like(&n[..n.len() - "-big.bin".len()]))
         });
         assert_eq!(ok(ops::read(&mb.failed().join(&entry)), "read"), big);
     });
-    assert!(msgs_named(&fx, &mb, "big.bin").iter().all(|m| m.state == "failed"));
+    assert!(msgs_named(&fx, &mb, "big.bin")
+        .iter()
+        .all(|m| m.state == "failed"));
 }
 
 #[test]
 fn too_many_bytes_in_a_folder_move_it_to_failed() {
-    let Some(fx) = fixture!(Settings { max_bytes: Some(10_000), batch_quiet_secs: 600.0, ..Settings::default() }) else { return };
+    let Some(fx) = fixture!(Settings {
+        max_bytes: Some(10_000),
+        batch_quiet_secs: 600.0,
+        ..Settings::default()
+    }) else {
+        return;
+    };
     let mb = fx.mailbox();
     let dir = mb.outbox().join("heavy");
     fx.as_user(&mb.user, || {
         ok(ops::mkdir(&dir), "mkdir");
         ok(ops::put(&dir.join("a"), &random_bytes(6000)), "put a");
         ok(ops::put(&dir.join("b"), &random_bytes(6000)), "put b");
-        ok(ops::rename(&dir, &mb.outbox().join("heavy.ready")), "rename");
+        ok(
+            ops::rename(&dir, &mb.outbox().join("heavy.ready")),
+            "rename",
+        );
     });
     let found = fx.as_user(&mb.user, || {
         wait_for("the folder in failed/", Duration::from_secs(10), || {
@@ -735,33 +1048,56 @@ fn too_many_bytes_in_a_folder_move_it_to_failed() {
                 .map(str::to_string)
         })
     });
-    fx.as_user(&mb.user, || assert_eq!(names(&mb.failed().join(&found)), set(&["a", "b"])));
+    fx.as_user(&mb.user, || {
+        assert_eq!(names(&mb.failed().join(&found)), set(&["a", "b"]))
+    });
     let msgs = fx.out_messages(&mb.user);
-    assert!(msgs.iter().all(|m| m.state == "failed") && msgs.len() == 1, "{msgs:#?}");
+    assert!(
+        msgs.iter().all(|m| m.state == "failed") && msgs.len() == 1,
+        "{msgs:#?}"
+    );
 }
 
 #[test]
 fn root_acts_with_the_users_rights_in_the_outbox() {
-    let Some(fx) = fixture!(Settings::default()) else { return };
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
     let mb = fx.mailbox();
     let path = mb.outbox().join("by-root.txt");
     fx.as_root(|| ok(ops::put(&path, b"admin upload"), "put as root"));
     assert_queued_single(&fx, &mb, "by-root.txt", b"admin upload");
     let md = fx.as_user(&mb.user, || ok(ops::stat(&path), "stat as user"));
-    assert_eq!((md.uid(), md.gid()), (mb.user.uid, mb.user.gid), "listed as the user's file");
+    assert_eq!(
+        (md.uid(), md.gid()),
+        (mb.user.uid, mb.user.gid),
+        "listed as the user's file"
+    );
     fx.as_root(|| {
-        assert_errno(ops::create(&mb.partner_dir.join("x")), EACCES, "root creating in a partner folder");
+        assert_errno(
+            ops::create(&mb.partner_dir.join("x")),
+            EACCES,
+            "root creating in a partner folder",
+        );
         ok(ops::mkdir(&mb.outbox().join("d")), "mkdir as root");
-        assert_errno(ops::mkdir(&mb.outbox().join("d/e")), EPERM, "nested mkdir as root");
+        assert_errno(
+            ops::mkdir(&mb.outbox().join("d/e")),
+            EPERM,
+            "nested mkdir as root",
+        );
     });
 }
 
 #[test]
 fn test_partner_outbox_queues_test_messages() {
-    let Some(fx) = fixture!(Settings::default()) else { return };
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
     let mb = fx.mailbox_with(None, None, true);
     assert!(mb.outbox().ends_with(Path::new("test/outbox")));
-    fx.as_user(&mb.user, || ok(ops::put(&mb.outbox().join("t.txt"), b"test message"), "put"));
+    fx.as_user(&mb.user, || {
+        ok(ops::put(&mb.outbox().join("t.txt"), b"test message"), "put")
+    });
     let m = assert_queued_single(&fx, &mb, "t.txt", b"test message");
     assert!(m.test);
 }
@@ -772,7 +1108,9 @@ fn test_partner_outbox_queues_test_messages() {
 /// runs, the file stays open in the parent, not sent) and must not wedge.
 #[test]
 fn exec_while_an_outbox_file_is_open_does_not_hang_the_mount() {
-    let Some(fx) = fixture!(Settings::default()) else { return };
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
     let mb = fx.mailbox();
     let path = mb.outbox().join("report.csv");
     let fd = fx.as_user(&mb.user, || {
@@ -803,9 +1141,15 @@ fn exec_while_an_outbox_file_is_open_does_not_hang_the_mount() {
     );
     assert!(status.unwrap().success());
     // The parent still holds the file: not sent yet; finishing it sends it once.
-    assert!(fx.out_messages(&mb.user).is_empty(), "the child's flush must not send the file");
+    assert!(
+        fx.out_messages(&mb.user).is_empty(),
+        "the child's flush must not send the file"
+    );
     fx.as_user(&mb.user, || {
-        ok(ops::write_all(fd, b"second half"), "write after the child exec'd");
+        ok(
+            ops::write_all(fd, b"second half"),
+            "write after the child exec'd",
+        );
         ok(ops::close(fd), "close");
     });
     assert_queued_single(&fx, &mb, "report.csv", b"first half,second half");
@@ -816,12 +1160,17 @@ fn exec_while_an_outbox_file_is_open_does_not_hang_the_mount() {
 /// the file is sent only when the parent closes it, complete.
 #[test]
 fn a_child_closing_an_inherited_descriptor_does_not_send_the_file() {
-    let Some(fx) = fixture!(Settings::default()) else { return };
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
     let mb = fx.mailbox();
     let path = mb.outbox().join("shared.txt");
     let (uid, gid) = (mb.user.uid, mb.user.gid);
     let outcome = fx.as_user(&mb.user, || {
-        let fd = ok(ops::open(&path, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC), "create");
+        let fd = ok(
+            ops::open(&path, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC),
+            "create",
+        );
         // Clear close-on-exec so that the child inherits it.
         unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
         ok(ops::write_all(fd, b"parent part 1;"), "write");
@@ -858,7 +1207,10 @@ fn a_child_closing_an_inherited_descriptor_does_not_send_the_file() {
         fx.out_messages(&mb.user)
     );
     fx.as_user(&mb.user, || {
-        ok(ops::write_all(fd, b"parent part 2"), "write after the child exited");
+        ok(
+            ops::write_all(fd, b"parent part 2"),
+            "write after the child exited",
+        );
         ok(ops::close(fd), "close");
     });
     assert_queued_single(&fx, &mb, "shared.txt", b"parent part 1;parent part 2");

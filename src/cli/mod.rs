@@ -10,9 +10,11 @@ use crate::config::Config;
 
 mod admin;
 mod audit;
+pub mod decode;
 mod messages;
 mod mount;
 mod partner;
+mod serve;
 mod station;
 mod user;
 
@@ -82,12 +84,16 @@ enum Command {
     Messages(messages::MessagesCommand),
     /// Mount the mailbox filesystem (runs in the foreground until unmounted).
     Mount(mount::MountArgs),
+    /// Run the AS2 daemon: send queued messages, receive into inboxes, MDNs, retries.
+    Serve(serve::ServeArgs),
     /// Deliver files into an inbox as one received message.
     Deliver(admin::DeliverArgs),
     /// Remove expired mailbox files and message records now.
     Gc(admin::GcArgs),
     /// Show what users did through their mailboxes (uploads, downloads, deletions, ...).
     Audit(audit::AuditArgs),
+    /// Explain a captured AS2 request or MDN: security, MIC, attachments, disposition.
+    Decode(decode::DecodeArgs),
 }
 
 /// Runs the command line and turns errors into a message and exit status 1.
@@ -114,6 +120,13 @@ fn init_tracing() {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let g = &cli.global;
+    if !matches!(cli.command, Command::Mount(_) | Command::Serve(_)) {
+        // Like every Unix tool, stop quietly when the reader of our output goes away
+        // (`as2box messages list | head`). The daemons keep Rust's default of ignoring
+        // SIGPIPE: a partner hanging up must be an error on the socket, not our death.
+        // SAFETY: setting a signal disposition before any thread is started.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match cli.command {
         Command::Init => admin::init(g),
         Command::User(c) => user::run(g, c),
@@ -121,9 +134,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Partner(c) => partner::run(g, c),
         Command::Messages(c) => messages::run(g, c),
         Command::Mount(a) => mount::run(g, a),
+        Command::Serve(a) => serve::run(g, a),
         Command::Deliver(a) => admin::deliver(g, a),
         Command::Gc(a) => admin::gc(g, a),
         Command::Audit(a) => audit::run(g, a),
+        Command::Decode(a) => decode::run(&a),
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use openssl::sha::Sha256;
 use tracing::{debug, info, warn};
 
+use super::closer;
 use super::inodes::{Inodes, Key, ROOT_INO};
 use crate::config::Config;
 use crate::mailbox::{self, CloseOutcome, NodeClass};
@@ -87,6 +88,9 @@ pub struct Attr {
     pub gid: u32,
     /// Modification time (ms since the epoch).
     pub mtime_ms: i64,
+    /// Whether the kernel may cache it. User folders must not be cached: the kernel shares
+    /// its caches between all callers, and only the owner may see them.
+    pub cacheable: bool,
 }
 
 /// One directory entry of a listing.
@@ -160,9 +164,6 @@ struct DraftInner {
     mtime_ms: i64,
     replaces: Option<i64>,
     writers: usize,
-    /// Written since the last flush. A flush without new data does not complete the upload:
-    /// shells open a file, dup it onto stdout and close the original before writing.
-    dirty: bool,
     /// A sticky error (the quota): the draft is discarded at close and close fails.
     error: Option<Errno>,
     unlinked: bool,
@@ -184,7 +185,12 @@ enum Origin<'a> {
 enum Handle {
     Blob(Arc<File>),
     Bytes(Arc<Vec<u8>>),
-    Draft { draft: Arc<Draft>, write: bool },
+    /// `opener`: the process that opened it; only its close can be the explicit last close.
+    Draft {
+        draft: Arc<Draft>,
+        write: bool,
+        opener: Option<u32>,
+    },
     Dir(Arc<Vec<DirItem>>),
 }
 
@@ -211,34 +217,13 @@ pub struct MailboxFs {
     batch_lock: Mutex<()>,
     last_sweep: Mutex<Option<Instant>>,
     audit: crate::audit::AuditLog,
+    /// Our mount's id in `/proc/<pid>/fdinfo` (set once mounted).
+    mount_id: Mutex<Option<u64>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic in one FUSE thread must not take the whole mount down with poisoned locks.
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Whether `pid` is exiting: the kernel sets `PF_EXITING` (0x4) in the task flags (field 9
-/// of `/proc/<pid>/stat`) before it closes the files of a dying process, so a close from
-/// such a task is the kernel's cleanup, not the program's decision.
-pub fn process_exiting(pid: u32) -> bool {
-    const PF_EXITING: u64 = 0x4;
-    if pid == 0 {
-        return false;
-    }
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        // Already gone: it can only have been exiting.
-        return true;
-    };
-    // The command name (field 2) is in parentheses and may contain spaces.
-    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-        return false;
-    };
-    // After ')': state(3) ppid(4) pgrp(5) session(6) tty(7) tpgid(8) flags(9).
-    rest.split_whitespace()
-        .nth(6)
-        .and_then(|f| f.parse::<u64>().ok())
-        .is_some_and(|flags| flags & PF_EXITING != 0)
 }
 
 impl MailboxFs {
@@ -259,6 +244,7 @@ impl MailboxFs {
             batch_lock: Mutex::new(()),
             last_sweep: Mutex::new(None),
             audit: crate::audit::AuditLog::new(store_dir),
+            mount_id: Mutex::new(None),
         }
     }
 
@@ -383,6 +369,7 @@ impl MailboxFs {
                 _ => Err(ENOENT),
             },
             Key::Ssh(u) if name == "authorized_keys" => Ok(Key::Keys(*u)),
+            Key::Ssh(_) => Err(ENOENT),
             Key::Gateway(u) => {
                 let s = self.store.station(name)?.filter(|s| s.user_id == *u);
                 Ok(Key::Station {
@@ -451,6 +438,7 @@ impl MailboxFs {
             uid: if class.user_owned() { o.uid } else { 0 },
             gid: o.gid,
             mtime_ms,
+            cacheable: class != NodeClass::UserHome,
         }
     }
 
@@ -464,6 +452,7 @@ impl MailboxFs {
             uid: o.uid,
             gid: o.gid,
             mtime_ms: i.mtime_ms,
+            cacheable: true,
         }
     }
 
@@ -477,6 +466,7 @@ impl MailboxFs {
             uid: o.uid,
             gid: o.gid,
             mtime_ms: e.mtime_ms,
+            cacheable: true,
         }
     }
 
@@ -507,6 +497,7 @@ impl MailboxFs {
                     uid: 0,
                     gid: o.gid,
                     mtime_ms: t,
+                    cacheable: true,
                 })
             }
             Key::Station { user, station } => {
@@ -531,7 +522,7 @@ impl MailboxFs {
                 Ok(self.dir_attr(ino, NodeClass::Box(b.kind), o, p.created_ms))
             }
             Key::Entry { id, .. } => {
-                let e = self.entry(*id)?;
+                let e = self.entry(*id).map_err(stale)?;
                 Ok(self.entry_attr(ino, &e, o))
             }
             Key::Draft { .. } => Err(ENOENT),
@@ -552,12 +543,10 @@ impl MailboxFs {
         let pkey = self.key(parent)?;
         let o = self.check_access(c, &pkey)?;
         let key = self.child_key(&pkey, name)?;
+        // A user folder answers only its user and root, even to `stat`; the root lists
+        // every user folder's name, as /home does.
         let o = if matches!(pkey, Key::Root) {
-            self.check_access(c, &key).or_else(|_| {
-                // Everybody may see that a user folder exists, as in /home; its contents
-                // stay closed.
-                key.user().map(|u| self.owner(u)).transpose()?.ok_or(ENOENT)
-            })?
+            self.check_access(c, &key)?
         } else {
             o
         };
@@ -568,14 +557,7 @@ impl MailboxFs {
     /// `stat` of an inode.
     pub fn getattr(&self, c: &Caller, ino: u64) -> Result<Attr> {
         let key = self.key(ino)?;
-        let o = match self.check_access(c, &key) {
-            Ok(o) => o,
-            // The user folder itself may be stat'ed by anybody (it is listed in the root).
-            Err(e) if matches!(key, Key::Home(_)) && e == EACCES => {
-                self.owner(key.user().unwrap_or(0))?
-            }
-            Err(e) => return Err(e),
-        };
+        let o = self.check_access(c, &key)?;
         self.attr_of(ino, &key, &o)
     }
 
@@ -744,7 +726,7 @@ impl MailboxFs {
     /// that was never flushed is finished here.
     pub fn release(&self, c: &Caller, fh: u64) {
         let h = lock(&self.handles).remove(&fh);
-        if let Some(Handle::Draft { draft, write }) = h {
+        if let Some(Handle::Draft { draft, write, .. }) = h {
             if write {
                 let (last, pending) = {
                     let mut i = lock(&draft.inner);
@@ -752,7 +734,9 @@ impl MailboxFs {
                     (i.writers == 0, !i.done)
                 };
                 if last && pending {
-                    if let Err(e) = self.finish_draft(&draft, c) {
+                    // The last descriptor is gone; who closed it is unknown here (release
+                    // may come from a kernel thread), so it counts as a normal close.
+                    if let Err(e) = self.finish_draft(&draft, c, false) {
                         warn!(errno = e.0, "upload finished at release failed");
                     }
                 }
@@ -832,7 +816,7 @@ impl MailboxFs {
         if let Some(d) = self.find_draft(b, folder, name) {
             // O_CREAT without O_EXCL on a name that appeared meanwhile: open it.
             drop(_batch);
-            let fh = self.open_draft(&d, true, truncate)?;
+            let fh = self.open_draft(c, &d, true, truncate)?;
             return Ok((self.draft_attr(&d, &o), fh));
         }
         let user = key.user().unwrap_or(0);
@@ -865,7 +849,7 @@ impl MailboxFs {
             },
         };
         let draft = self.new_draft(ino, user, origin)?;
-        let fh = self.open_draft(&draft, true, false)?;
+        let fh = self.open_draft(c, &draft, true, false)?;
         debug!(user, name, "upload started");
         Ok((self.draft_attr(&draft, &o), fh))
     }
@@ -911,7 +895,6 @@ impl MailboxFs {
                 mtime_ms,
                 replaces: replaces.map(|e| e.id),
                 writers: 0,
-                dirty: false,
                 error: None,
                 unlinked: false,
                 done: false,
@@ -921,7 +904,7 @@ impl MailboxFs {
         Ok(draft)
     }
 
-    fn open_draft(&self, d: &Arc<Draft>, write: bool, truncate: bool) -> Result<u64> {
+    fn open_draft(&self, c: &Caller, d: &Arc<Draft>, write: bool, truncate: bool) -> Result<u64> {
         if write {
             let mut i = lock(&d.inner);
             if i.done {
@@ -938,6 +921,7 @@ impl MailboxFs {
         Ok(self.new_fh(Handle::Draft {
             draft: d.clone(),
             write,
+            opener: if write { closer::tgid(c.pid) } else { None },
         }))
     }
 
@@ -946,7 +930,7 @@ impl MailboxFs {
         let key = self.key(ino)?;
         self.check_access(c, &key)?;
         if let Some(d) = self.draft(ino) {
-            return self.open_draft(&d, write, truncate);
+            return self.open_draft(c, &d, write, truncate);
         }
         match &key {
             Key::Keys(u) => {
@@ -956,7 +940,7 @@ impl MailboxFs {
                 Ok(self.new_fh(Handle::Bytes(Arc::new(self.keys_text(*u)?))))
             }
             Key::Entry { user, id } => {
-                let e = self.entry(*id)?;
+                let e = self.entry(*id).map_err(stale)?;
                 if e.is_dir {
                     return Err(Errno(libc::EISDIR));
                 }
@@ -978,7 +962,7 @@ impl MailboxFs {
                             truncate,
                         },
                     )?;
-                    return self.open_draft(&d, true, false);
+                    return self.open_draft(c, &d, true, false);
                 }
                 let blob = e.blob.as_deref().ok_or(Errno(libc::EIO))?;
                 let file = self.store.blobs().open_blob(blob)?;
@@ -1055,7 +1039,9 @@ impl MailboxFs {
     /// Writes to an upload in progress.
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
         let draft = match lock(&self.handles).get(&fh) {
-            Some(Handle::Draft { draft, write: true }) => draft.clone(),
+            Some(Handle::Draft {
+                draft, write: true, ..
+            }) => draft.clone(),
             _ => return Err(Errno(libc::EBADF)),
         };
         let end = offset
@@ -1093,30 +1079,39 @@ impl MailboxFs {
         }
         i.size = i.size.max(end);
         i.mtime_ms = now_ms();
-        i.dirty = true;
         Ok(data.len() as u32)
     }
 
-    /// `close()` of a descriptor: the last writer's close picks the upload up or holds it,
-    /// durably, before it returns.
+    /// `close()` of a descriptor. The close that completes an upload — durably, before it
+    /// returns — is the opener's close of its last descriptor on the file; a close by another
+    /// process (a child that inherited the descriptor) or of one of several descriptors
+    /// (`dup`) only syncs, and the release of the last descriptor completes the upload.
     pub fn flush(&self, c: &Caller, fh: u64) -> Result<()> {
-        let draft = match lock(&self.handles).get(&fh) {
-            Some(Handle::Draft { draft, write: true }) => draft.clone(),
+        let (draft, opener) = match lock(&self.handles).get(&fh) {
+            Some(Handle::Draft {
+                draft,
+                write: true,
+                opener,
+            }) => (draft.clone(), *opener),
             _ => return Ok(()),
         };
-        let last_writer = {
+        let (done, writers, file) = {
             let i = lock(&draft.inner);
-            if i.done || (!i.dirty && i.error.is_none()) {
-                // Nothing new to commit: the release of the last descriptor will finish it.
-                return Ok(());
-            }
-            i.writers <= 1
+            (i.done, i.writers, i.file.clone())
         };
-        if last_writer {
-            self.finish_draft(&draft, c)
+        if done {
+            return Ok(());
+        }
+        let closer = if writers <= 1 && opener.is_some() {
+            closer::probe(c.pid, draft.ino, *lock(&self.mount_id))
         } else {
-            let file = lock(&draft.inner).file.clone();
-            file.sync_data().map_err(|_| Errno(libc::EIO))
+            None
+        };
+        match closer {
+            Some(cl) if cl.tgid == opener && !cl.other_descriptor => {
+                self.finish_draft(&draft, c, cl.exiting)
+            }
+            _ => file.sync_data().map_err(|_| Errno(libc::EIO)),
         }
     }
 
@@ -1142,8 +1137,7 @@ impl MailboxFs {
     }
 
     /// Turns a closed upload into a stored entry: picked up, held or interrupted.
-    fn finish_draft(&self, d: &Arc<Draft>, c: &Caller) -> Result<()> {
-        let writer_exiting = process_exiting(c.pid);
+    fn finish_draft(&self, d: &Arc<Draft>, c: &Caller, writer_exiting: bool) -> Result<()> {
         let _batch = lock(&self.batch_lock);
         let mut i = lock(&d.inner);
         if i.done {
@@ -1865,6 +1859,12 @@ impl MailboxFs {
         }
     }
 
+    /// Records the mount id once the mount exists (for recognising our files in other
+    /// processes' descriptor tables).
+    pub fn set_mount_id(&self, id: Option<u64>) {
+        *lock(&self.mount_id) = id;
+    }
+
     /// The root inode (for tests and the adapter).
     pub fn root(&self) -> u64 {
         ROOT_INO
@@ -1876,6 +1876,16 @@ struct Detail {
     bytes: Option<u64>,
     sha256: Option<String>,
     result: String,
+}
+
+/// An inode whose entry is gone (deleted, expired, or moved to `failed/` under a new id)
+/// answers ESTALE: the kernel then looks its name up again rather than failing the call.
+fn stale(e: Errno) -> Errno {
+    if e == ENOENT {
+        Errno(libc::ESTALE)
+    } else {
+        e
+    }
 }
 
 fn join(dir: &str, name: &str) -> String {

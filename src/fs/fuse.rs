@@ -20,6 +20,16 @@ use crate::timefmt::{ms_to_system_time, system_time_ms};
 /// changes and deliveries by other processes show within a second.
 const TTL: Duration = Duration::from_secs(1);
 
+/// The cache time for a node: none for nodes only some callers may see.
+fn ttl(a: &Attr) -> &'static Duration {
+    const NONE: Duration = Duration::ZERO;
+    if a.cacheable {
+        &TTL
+    } else {
+        &NONE
+    }
+}
+
 /// The adapter around the core.
 pub struct FuseAdapter {
     core: Arc<MailboxFs>,
@@ -98,14 +108,14 @@ impl Filesystem for FuseAdapter {
         let r =
             name_str(name).and_then(|n| self.core.lookup(&caller(req), parent.0, n).map_err(err));
         match r {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Ok(a) => reply.entry(ttl(&a), &file_attr(&a), Generation(0)),
             Err(e) => reply.error(e),
         }
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.core.getattr(&caller(req), ino.0) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Ok(a) => reply.attr(ttl(&a), &file_attr(&a)),
             Err(e) => reply.error(err(e)),
         }
     }
@@ -137,7 +147,7 @@ impl Filesystem for FuseAdapter {
             atime: atime.is_some(),
         };
         match self.core.setattr(&caller(req), ino.0, fh.map(|f| f.0), s) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Ok(a) => reply.attr(ttl(&a), &file_attr(&a)),
             Err(e) => reply.error(err(e)),
         }
     }
@@ -171,7 +181,7 @@ impl Filesystem for FuseAdapter {
         let r =
             name_str(name).and_then(|n| self.core.mkdir(&caller(req), parent.0, n).map_err(err));
         match r {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Ok(a) => reply.entry(ttl(&a), &file_attr(&a), Generation(0)),
             Err(e) => reply.error(e),
         }
     }
@@ -382,7 +392,7 @@ impl Filesystem for FuseAdapter {
                 INodeNo(item.attr.ino),
                 i as u64 + 1,
                 &item.name,
-                &TTL,
+                ttl(&item.attr),
                 &attr,
                 Generation(0),
             ) {

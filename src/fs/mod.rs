@@ -1,13 +1,14 @@
 //! The mailbox filesystem: `core` holds the tree and uploads in our own types, `fuse` is the
 //! thin `fuser` adapter, `inodes` maps kernel inode numbers to tree nodes. `mount` runs it.
 
+mod closer;
 mod core;
 mod fuse;
 mod inodes;
 #[cfg(test)]
 mod model_tests;
 
-pub use self::core::{process_exiting, Attr, Caller, Errno, Kind, MailboxFs};
+pub use self::core::{Attr, Caller, Errno, Kind, MailboxFs};
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -101,6 +102,10 @@ pub fn mount(store: Arc<Store>, config: Config, mountpoint: &Path) -> Result<(),
         fuser::MountOption::NoSuid,
         fuser::MountOption::NoExec,
         fuser::MountOption::NoAtime,
+        // The kernel checks the mode bits we report on every path walk, so a user can never
+        // reach into another user's tree through names the kernel has cached; the core
+        // checks every request again on top.
+        fuser::MountOption::DefaultPermissions,
     ];
     // sshd drops to the user's groups before it chroots, so other users must reach the
     // mount; the core enforces who sees what.
@@ -113,6 +118,7 @@ pub fn mount(store: Arc<Store>, config: Config, mountpoint: &Path) -> Result<(),
             source,
         })?;
     info!(path = %mountpoint.display(), "mounted");
+    core.set_mount_id(closer::mount_id(mountpoint));
 
     let stop = Arc::new(AtomicBool::new(false));
     let ticker = {

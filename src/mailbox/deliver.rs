@@ -68,17 +68,6 @@ pub fn inbox_names(
     }
 }
 
-/// A delivery stamp: `YYYYMMDDTHHMMSS.mmmZ-xxxxxx`.
-pub fn delivery_stamp(now_ms: i64) -> String {
-    let mut r = [0u8; 3];
-    // The random suffix only separates messages delivered in the same millisecond; should
-    // the RNG fail, the counter-free fallback still yields a valid (if less unique) stamp.
-    if openssl::rand::rand_bytes(&mut r).is_err() {
-        r = [(now_ms & 0xff) as u8, 0, 0];
-    }
-    format!("{}-{}", timefmt::stamp(now_ms), crate::store::hex(&r))
-}
-
 /// Delivers `files` as one received message into the inbox of `station_id` for the partner
 /// `partner` (production or test) of the station's user. Blobs are written and fsync'd first;
 /// one transaction then makes the whole message visible.
@@ -127,7 +116,7 @@ pub fn deliver(
             size,
         });
     }
-    let stamp = delivery_stamp(timefmt::now_ms());
+    let stamp = timefmt::unique_stamp(timefmt::now_ms());
     let (folder, entry_names) = inbox_names(station.inbox_layout, &stamp, &names);
     let inbox = BoxRef {
         station_id: station.id,
@@ -178,7 +167,7 @@ mod tests {
 
     #[test]
     fn stamp_format() {
-        let s = delivery_stamp(1_795_835_700_123);
+        let s = timefmt::unique_stamp(1_795_835_700_123);
         assert!(s.starts_with("20261128T031500.123Z-"), "{s}");
         assert_eq!(s.len(), "20261128T031500.123Z-".len() + 6);
     }

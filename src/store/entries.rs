@@ -204,7 +204,11 @@ fn name_taken(tx: &Transaction<'_>, b: BoxRef, parent: i64, name: &str) -> Resul
 fn free_failed_name(tx: &Transaction<'_>, failed: BoxRef, base: &str) -> Result<String> {
     if name_taken(tx, failed, 0, base)? || name_taken(tx, failed, 0, &format!("{base}.reason.txt"))?
     {
-        Ok(format!("{}-{}", crate::timefmt::stamp(now_ms()), base))
+        Ok(format!(
+            "{}-{}",
+            crate::timefmt::unique_stamp(now_ms()),
+            base
+        ))
     } else {
         Ok(base.to_owned())
     }
@@ -546,17 +550,25 @@ impl Store {
             let name = free_failed_name(tx, failed, base)?;
             let list: Vec<PickupFile> = files.iter().map(|(_, f)| f.clone()).collect();
             let m = insert_message(tx, top.user_id, top.boxref, base, NewMessage::Failed(reason), &list)?;
+            // New rows (new ids), not moved ones: the kernel may still hold the old inodes
+            // under their outbox names; those now answer ESTALE, which makes it look the
+            // names up again instead of reaching the failed files through the outbox.
             let now = now_ms();
             tx.execute(
-                "UPDATE entries SET box = ?2, parent = 0, name = ?3, state = ?4, until_ms = NULL, message_id = ?5, created_ms = ?6 WHERE id = ?1",
+                "INSERT INTO entries (user_id, station_id, partner_id, box, parent, name, is_dir, state, blob, size, mtime_ms, created_ms, until_ms, message_id)
+                 SELECT user_id, station_id, partner_id, ?2, 0, ?3, is_dir, ?4, blob, size, mtime_ms, ?6, NULL, ?5 FROM entries WHERE id = ?1",
                 params![top.id, BoxKind::Failed.code(), name, EntryState::Stored.code(), m, now],
             )?;
+            let new_top = tx.last_insert_rowid();
             if top.is_dir {
                 tx.execute(
-                    "UPDATE entries SET box = ?2, state = ?3, until_ms = NULL, message_id = ?4, created_ms = ?5 WHERE parent = ?1",
-                    params![top.id, BoxKind::Failed.code(), EntryState::Stored.code(), m, now],
+                    "INSERT INTO entries (user_id, station_id, partner_id, box, parent, name, is_dir, state, blob, size, mtime_ms, created_ms, until_ms, message_id)
+                     SELECT user_id, station_id, partner_id, ?2, ?6, name, is_dir, ?3, blob, size, mtime_ms, ?5, NULL, ?4 FROM entries WHERE parent = ?1",
+                    params![top.id, BoxKind::Failed.code(), EntryState::Stored.code(), m, now, new_top],
                 )?;
+                tx.execute("DELETE FROM entries WHERE parent = ?1", [top.id])?;
             }
+            tx.execute("DELETE FROM entries WHERE id = ?1", [top.id])?;
             let reason_name = format!("{name}.reason.txt");
             insert_entry(
                 tx,

@@ -30,6 +30,30 @@ pub struct Claimed {
     pub files: Vec<MessageFile>,
 }
 
+/// What we know of a message we sent, found by its AS2 Message-ID.
+#[derive(Debug, Clone)]
+pub struct SentRecord {
+    /// Message row.
+    pub id: i64,
+    /// The partner it went to.
+    pub partner_id: i64,
+    /// Its state.
+    pub state: String,
+    /// The MICs we accept back, one per line.
+    pub mics: Option<String>,
+}
+
+/// What we know of a message we received, found by its AS2 Message-ID.
+#[derive(Debug, Clone)]
+pub struct ReceivedRecord {
+    /// Message row.
+    pub id: i64,
+    /// The MIC we computed (`<base64>, <alg>`).
+    pub mic: Option<String>,
+    /// The MDN we answered with.
+    pub mdn: Option<String>,
+}
+
 /// One state change of a message.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
@@ -127,21 +151,104 @@ impl Store {
         })
     }
 
-    /// Records the request as sent: its AS2 Message-ID, the MIC we expect back and the
-    /// headers, and moves to `awaiting-mdn`.
-    pub fn message_sent(
+    /// Records the request about to be POSTed: its AS2 Message-ID (kept for resends, so the
+    /// partner can recognise them), the MICs we accept back (one per line) and the headers.
+    pub fn message_prepared(
         &self,
         id: i64,
         as2_message_id: &str,
-        mic: Option<&str>,
+        mics: Option<&str>,
         headers: &str,
     ) -> Result<()> {
         self.write(|tx| {
             tx.execute(
                 "UPDATE messages SET as2_message_id = ?2, mic = ?3, request_headers = ?4 WHERE id = ?1",
-                params![id, as2_message_id, mic, headers],
+                params![id, as2_message_id, mics, headers],
             )?;
-            set_state(tx, id, "awaiting-mdn", None)
+            Ok(())
+        })
+    }
+
+    /// The request was accepted; the MDN will come later (async).
+    pub fn message_awaiting_mdn(&self, id: i64) -> Result<()> {
+        self.write(|tx| set_state(tx, id, "awaiting-mdn", None))
+    }
+
+    /// The outgoing message with AS2 Message-ID `as2_message_id` (for an async MDN): its id,
+    /// partner, state and the MICs we accept.
+    pub fn outgoing_by_as2_id(&self, as2_message_id: &str) -> Result<Option<SentRecord>> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT id, partner_id, state, mic FROM messages WHERE direction = 'out' AND as2_message_id = ?1 ORDER BY id DESC LIMIT 1",
+                [as2_message_id],
+                |r| {
+                    Ok(SentRecord {
+                        id: r.get(0)?,
+                        partner_id: r.get(1)?,
+                        state: r.get(2)?,
+                        mics: r.get(3)?,
+                    })
+                },
+            )
+            .optional()?)
+        })
+    }
+
+    /// Outgoing messages waiting for an async MDN since before `cutoff_ms`.
+    pub fn awaiting_mdn_before(&self, cutoff_ms: i64) -> Result<Vec<i64>> {
+        self.read(|c| {
+            let mut st = c.prepare(
+                "SELECT id FROM messages WHERE direction = 'out' AND state = 'awaiting-mdn' AND updated_ms < ?1",
+            )?;
+            let rows = st.query_map([cutoff_ms], |r| r.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
+    /// A received message from `partner_id` with AS2 Message-ID `as2_message_id`: its id,
+    /// the MIC we computed and the MDN we answered, if any (for duplicates).
+    pub fn inbound_by_as2_id(
+        &self,
+        partner_id: i64,
+        as2_message_id: &str,
+    ) -> Result<Option<ReceivedRecord>> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT id, mic, mdn FROM messages WHERE direction = 'in' AND partner_id = ?1 AND as2_message_id = ?2 ORDER BY id LIMIT 1",
+                params![partner_id, as2_message_id],
+                |r| {
+                    Ok(ReceivedRecord {
+                        id: r.get(0)?,
+                        mic: r.get(1)?,
+                        mdn: r.get(2)?,
+                    })
+                },
+            )
+            .optional()?)
+        })
+    }
+
+    /// Stores the MDN we answered a received message with.
+    pub fn set_inbound_mdn(&self, id: i64, mdn: &str) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE messages SET mdn = ?2 WHERE id = ?1",
+                params![id, mdn],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Message counts by direction and state (for metrics).
+    pub fn message_counts(&self) -> Result<Vec<(String, String, u64)>> {
+        self.read(|c| {
+            let mut st = c.prepare(
+                "SELECT direction, state, COUNT(*) FROM messages GROUP BY direction, state ORDER BY direction, state",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)?.max(0) as u64))
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
         })
     }
 
@@ -283,8 +390,10 @@ mod tests {
         let c = store.claim_queued(now_ms() + 61_000).unwrap().unwrap();
         assert_eq!(c.attempts, 2);
         store
-            .message_sent(id, "<x@y>", Some("abc, sha-256"), "AS2-To: P")
+            .message_prepared(id, "x@y", Some("abc, sha-256"), "AS2-To: P")
             .unwrap();
+        store.message_awaiting_mdn(id).unwrap();
+        assert_eq!(store.outgoing_by_as2_id("x@y").unwrap().unwrap().id, id);
         store
             .message_delivered(id, Some("mdn"), "processed")
             .unwrap();

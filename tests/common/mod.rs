@@ -298,14 +298,23 @@ impl Fixture {
             "--config".into(),
             self.config.to_string_lossy().into_owned(),
         ];
-        all.extend(args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()));
+        all.extend(
+            args.iter()
+                .map(|a| a.as_ref().to_string_lossy().into_owned()),
+        );
         run(&all, &self.env(), None, CLI_TIMEOUT)
     }
 
     fn env(&self) -> Vec<(String, String)> {
         vec![
-            ("AS2BOX_STATE_DIR".into(), self.state_dir.to_string_lossy().into_owned()),
-            ("AS2BOX_CONFIG".into(), self.config.to_string_lossy().into_owned()),
+            (
+                "AS2BOX_STATE_DIR".into(),
+                self.state_dir.to_string_lossy().into_owned(),
+            ),
+            (
+                "AS2BOX_CONFIG".into(),
+                self.config.to_string_lossy().into_owned(),
+            ),
             (
                 "RUST_LOG".into(),
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -334,7 +343,10 @@ impl Fixture {
     pub fn cli_json<S: AsRef<OsStr>>(&self, args: &[S]) -> serde_json::Value {
         let out = self.cli_ok(args);
         serde_json::from_str(&out).unwrap_or_else(|e| {
-            panic!("`as2box {}` printed no valid JSON ({e}):\n{out}", describe(args))
+            panic!(
+                "`as2box {}` printed no valid JSON ({e}):\n{out}",
+                describe(args)
+            )
         })
     }
 
@@ -569,7 +581,12 @@ impl Fixture {
     /// Sends `signal` to the mount process and waits for it to exit; returns its status.
     #[track_caller]
     pub fn stop_mount(&self, signal: i32) -> std::process::ExitStatus {
-        let pid = self.mount.lock().unwrap().take().expect("no mount process running");
+        let pid = self
+            .mount
+            .lock()
+            .unwrap()
+            .take()
+            .expect("no mount process running");
         self.mount_pid.pid.store(0, Ordering::SeqCst);
         unsafe { libc::kill(pid as i32, signal) };
         let w = wait_pid(pid, Duration::from_secs(30));
@@ -743,12 +760,7 @@ pub fn abort_fuse_connection(conn: u32) {
     }
 }
 
-fn as_ids<R: Send, F: FnOnce() -> R + Send>(
-    uid: u32,
-    gid: u32,
-    mount_pid: &Arc<Watch>,
-    f: F,
-) -> R {
+fn as_ids<R: Send, F: FnOnce() -> R + Send>(uid: u32, gid: u32, mount_pid: &Arc<Watch>, f: F) -> R {
     with_watchdog(mount_pid, move || {
         switch_thread_credentials(uid, gid);
         f()
@@ -794,7 +806,9 @@ fn with_watchdog<R: Send, F: FnOnce() -> R + Send>(mount_pid: &Arc<Watch>, f: F)
             Err(p) => std::panic::resume_unwind(p),
         };
         if hung {
-            panic!("a file system operation hung for more than {OP_TIMEOUT:?} (the mount was killed)");
+            panic!(
+                "a file system operation hung for more than {OP_TIMEOUT:?} (the mount was killed)"
+            );
         }
         r
     })
@@ -863,7 +877,12 @@ fn describe<S: AsRef<OsStr>>(args: &[S]) -> String {
 }
 
 /// Runs a command through the spawn helper with captured output and a timeout.
-pub fn run(args: &[String], env: &[(String, String)], ids: Option<(u32, u32)>, timeout: Duration) -> Output {
+pub fn run(
+    args: &[String],
+    env: &[(String, String)],
+    ids: Option<(u32, u32)>,
+    timeout: Duration,
+) -> Output {
     let r = spawner::call(spawner::Request::Run {
         args: args.to_vec(),
         env: env.to_vec(),
@@ -1068,7 +1087,9 @@ pub fn stamp_like(s: &str) -> bool {
         && b[16..19].iter().all(u8::is_ascii_digit)
         && b[19] == b'Z'
         && b[20] == b'-'
-        && b[21..].iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+        && b[21..]
+            .iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
 }
 
 /// The symbolic name of an errno, for messages.

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 const MARK: &str = "@@SPAWN ";
+const READY: &str = "@@SPAWN-READY";
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub enum Request {
@@ -69,6 +70,11 @@ struct Envelope<T> {
     body: T,
 }
 
+/// In a test binary without the `zz_spawn_server` stub, the helper cannot start: the
+/// harness then spawns directly, closing inherited descriptors before `execve`.
+static LOCAL: OnceLock<bool> = OnceLock::new();
+static LOCAL_CHILDREN: OnceLock<Mutex<HashMap<u32, Child>>> = OnceLock::new();
+
 struct Client {
     stdin: Mutex<ChildStdin>,
     pending: Mutex<HashMap<u64, Sender<Response>>>,
@@ -97,9 +103,20 @@ pub fn start() {
             .spawn()
             .expect("cannot start the spawn helper");
         let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        // Wait for the helper's hello; without it (no stub in this binary) go local.
+        let mut ready = false;
+        let mut line = String::new();
+        while stdout.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+            if line.contains(READY) {
+                ready = true;
+                break;
+            }
+            line.clear();
+        }
+        let _ = LOCAL.set(!ready);
         std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
+            for line in stdout.lines() {
                 let Ok(line) = line else { break };
                 // libtest may print "test zz_spawn_server ... " before the first reply.
                 let Some(at) = line.find(MARK) else { continue };
@@ -123,6 +140,13 @@ pub fn start() {
 /// Sends a request to the helper and waits for its answer.
 pub fn call(req: Request) -> Response {
     start();
+    if LOCAL.get() == Some(&true) {
+        let r = handle(req, LOCAL_CHILDREN.get_or_init(Default::default), true);
+        if let Some(e) = &r.error {
+            panic!("spawn: {e}");
+        }
+        return r;
+    }
     let client = CLIENT.get().unwrap();
     let id = client.next.fetch_add(1, Ordering::SeqCst);
     let (tx, rx) = channel();
@@ -154,6 +178,11 @@ pub fn serve_if_helper() {
     }
     let out = std::sync::Arc::new(Mutex::new(std::io::stdout()));
     let children: std::sync::Arc<Mutex<HashMap<u32, Child>>> = Default::default();
+    {
+        let mut o = out.lock().unwrap();
+        let _ = writeln!(o, "\n{READY}");
+        let _ = o.flush();
+    }
     let stdin = std::io::stdin();
     for line in stdin.lock().lines() {
         let Ok(line) = line else { break };
@@ -164,7 +193,7 @@ pub fn serve_if_helper() {
         let out = out.clone();
         let children = children.clone();
         std::thread::spawn(move || {
-            let body = handle(env.body, &children);
+            let body = handle(env.body, &children, false);
             let line = serde_json::to_string(&Envelope { id: env.id, body }).unwrap();
             let mut o = out.lock().unwrap();
             let _ = writeln!(o, "{MARK}{line}");
@@ -176,9 +205,22 @@ pub fn serve_if_helper() {
     std::process::exit(0);
 }
 
-fn build(args: &[String], env: &[(String, String)], ids: Option<(u32, u32)>) -> Command {
+fn build(
+    args: &[String],
+    env: &[(String, String)],
+    ids: Option<(u32, u32)>,
+    close_fds: bool,
+) -> Command {
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(&args[0]);
+    if close_fds {
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+                Ok(())
+            });
+        }
+    }
     cmd.args(&args[1..]).stdin(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
@@ -189,7 +231,7 @@ fn build(args: &[String], env: &[(String, String)], ids: Option<(u32, u32)>) -> 
     cmd
 }
 
-fn handle(req: Request, children: &Mutex<HashMap<u32, Child>>) -> Response {
+fn handle(req: Request, children: &Mutex<HashMap<u32, Child>>, close_fds: bool) -> Response {
     use std::os::unix::process::ExitStatusExt;
     let err = |e: String| Response {
         error: Some(e),
@@ -202,7 +244,7 @@ fn handle(req: Request, children: &Mutex<HashMap<u32, Child>>) -> Response {
             ids,
             timeout_ms,
         } => {
-            let mut cmd = build(&args, &env, ids);
+            let mut cmd = build(&args, &env, ids, close_fds);
             cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
             let mut child = match cmd.spawn() {
                 Ok(c) => c,
@@ -246,11 +288,15 @@ fn handle(req: Request, children: &Mutex<HashMap<u32, Child>>) -> Response {
             ids,
             log,
         } => {
-            let file = match std::fs::OpenOptions::new().create(true).append(true).open(&log) {
+            let file = match std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+            {
                 Ok(f) => f,
                 Err(e) => return err(format!("cannot open {log}: {e}")),
             };
-            let mut cmd = build(&args, &env, ids);
+            let mut cmd = build(&args, &env, ids, close_fds);
             cmd.stdout(file.try_clone().unwrap()).stderr(file);
             match cmd.spawn() {
                 Ok(c) => {

@@ -1,0 +1,917 @@
+//! Building outgoing AS2 messages and parsing incoming ones (RFC 4130).
+//!
+//! Layering of an outgoing message (RFC 4130 §3, RFC 5402 §3): payload entity
+//! (one attachment, or `multipart/related` for several, RFC 6362) → optional
+//! compression (before or after signing) → optional `multipart/signed`
+//! (RFC 5751 §3.5) → optional `application/pkcs7-mime` enveloped-data. The
+//! outermost entity's header fields become HTTP header fields (RFC 4130 §5.2).
+//!
+//! MIC rules (RFC 4130 §7.3.1, RFC 5402 §4.1), as [`MicRule`]:
+//! * signed: over the signed MIME entity (headers + content), canonical form;
+//! * encrypted, unsigned: over the decrypted MIME entity (headers + content);
+//! * neither: over the content without MIME headers;
+//! * compressed and unsigned: RFC 5402 says over the uncompressed MIME entity
+//!   including its headers, which differs from RFC 4130. We compute both and
+//!   return the RFC 5402 value as primary and the RFC 4130 one as alternative.
+//!
+//! The MIC algorithm is the signature's digest for signed messages (what
+//! pyas2lib, Mendelson and Sterling do), otherwise the first supported
+//! `signed-receipt-micalg` the sender asked for, else SHA-1 (RFC 4130 §7.3.1).
+
+use openssl::x509::X509;
+
+use super::algorithms::{DigestAlgorithm, EncryptionAlgorithm};
+use super::certs::{KeyPair, ValidityPolicy};
+use super::cms::{self, CmsKind, SignOptions, SignatureInfo};
+use super::error::{As2Error, Result};
+use super::headers::{
+    format_date, normalize_message_id, quote_as2_name, unquote_as2_name, Headers,
+    NotificationOptions,
+};
+use super::mic::Mic;
+use super::mime::{
+    base64_encode_lines, canonicalize_crlf, canonicalize_headers, has_bare_lf, hex_string,
+    is_text_type, make_boundary, split_multipart, Entity,
+};
+
+/// The AS2-Version we speak (RFC 4130 §6.1: 1.2 adds compression, RFC 5402).
+pub const AS2_VERSION: &str = "1.2";
+/// The EDIINT-Features we implement (RFC 6017): multiple attachments (RFC 6362).
+pub const EDIINT_FEATURES: &str = "multiple-attachments";
+
+/// One file to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// File name for `Content-Disposition` (`None`: no disposition header).
+    pub filename: Option<String>,
+    /// MIME type, e.g. `application/edi-x12` or `application/octet-stream`.
+    pub content_type: String,
+    /// The bytes.
+    pub data: Vec<u8>,
+}
+
+/// Where compression goes relative to signing (RFC 5402 §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompressionOrder {
+    /// Compress the payload, then sign the compressed entity.
+    BeforeSigning,
+    /// Sign, then compress the multipart/signed entity.
+    AfterSigning,
+}
+
+/// Whether and how an MDN is requested (RFC 4130 §7.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MdnMode {
+    /// No MDN requested.
+    None,
+    /// Synchronous MDN in the HTTP response.
+    Sync,
+    /// Asynchronous MDN POSTed to this URL (`Receipt-Delivery-Option`).
+    Async(String),
+}
+
+/// A trading partner profile as far as building a message is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendProfile {
+    /// Our AS2 name (`AS2-From`).
+    pub as2_from: String,
+    /// The partner's AS2 name (`AS2-To`).
+    pub as2_to: String,
+    /// `Subject`.
+    pub subject: String,
+    /// Sign with this digest.
+    pub sign: Option<DigestAlgorithm>,
+    /// Encrypt with this cipher.
+    pub encrypt: Option<EncryptionAlgorithm>,
+    /// Compress, and where.
+    pub compress: Option<CompressionOrder>,
+    /// MDN request.
+    pub mdn: MdnMode,
+    /// MIC algorithms to ask for a *signed* MDN with; empty asks for an
+    /// unsigned MDN (no `Disposition-Notification-Options`).
+    pub signed_mdn_micalgs: Vec<DigestAlgorithm>,
+    /// `Disposition-Notification-To` value (an address; AS2 ignores it).
+    pub disposition_notification_to: String,
+    /// Domain part of generated Message-IDs.
+    pub message_id_domain: String,
+    /// Include SMIMECapabilities in signatures (Sterling: off).
+    pub smime_capabilities: bool,
+    /// Include the RFC 6211 CMSAlgorithmProtection attribute (Sterling: off).
+    pub algorithm_protection: bool,
+    /// Treat every payload as binary: never CRLF-canonicalize text (Sterling).
+    pub binary_canonicalization: bool,
+    /// Use RSAES-OAEP key transport instead of RSA PKCS#1 v1.5 (pyas2lib
+    /// cannot decrypt it; OpenSSL and most commercial peers can).
+    pub rsa_oaep: bool,
+}
+
+impl SendProfile {
+    /// A profile with the usual defaults: no security, sync unsigned MDN.
+    pub fn new(as2_from: &str, as2_to: &str) -> Self {
+        Self {
+            as2_from: as2_from.into(),
+            as2_to: as2_to.into(),
+            subject: "AS2 Message".into(),
+            sign: None,
+            encrypt: None,
+            compress: None,
+            mdn: MdnMode::Sync,
+            signed_mdn_micalgs: Vec::new(),
+            disposition_notification_to: "as2box@localhost".into(),
+            message_id_domain: "as2box.local".into(),
+            smime_capabilities: true,
+            algorithm_protection: false,
+            binary_canonicalization: false,
+            rsa_oaep: false,
+        }
+    }
+}
+
+/// Which RFC rule a MIC was computed by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MicRule {
+    /// RFC 4130 §7.3.1, signed message: over the signed entity.
+    Signed,
+    /// RFC 4130 §7.3.1, encrypted unsigned: over the decrypted entity.
+    EncryptedEntity,
+    /// RFC 4130 §7.3.1, plain: over the content without headers.
+    PlainContent,
+    /// RFC 5402 §4.1, compressed unsigned: over the uncompressed entity.
+    CompressedEntity,
+}
+
+impl MicRule {
+    /// A stable name for logs and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Signed => "rfc4130-signed",
+            Self::EncryptedEntity => "rfc4130-encrypted-entity",
+            Self::PlainContent => "rfc4130-plain-content",
+            Self::CompressedEntity => "rfc5402-uncompressed-entity",
+        }
+    }
+}
+
+/// A built message ready to POST.
+#[derive(Debug, Clone)]
+pub struct OutgoingMessage {
+    /// Message-ID without angle brackets.
+    pub message_id: String,
+    /// HTTP header fields (AS2 headers and the outer entity's Content-Type etc.).
+    pub headers: Headers,
+    /// HTTP body.
+    pub body: Vec<u8>,
+    /// The MIC the receiver should return, if one can be predicted.
+    pub mic: Option<Mic>,
+    /// Other MICs a receiver may legitimately compute (see [`MicRule`]).
+    pub mic_alternatives: Vec<(MicRule, Mic)>,
+}
+
+impl OutgoingMessage {
+    /// Every acceptable MIC (primary first).
+    pub fn acceptable_mics(&self) -> Vec<Mic> {
+        self.mic
+            .iter()
+            .cloned()
+            .chain(self.mic_alternatives.iter().map(|(_, m)| m.clone()))
+            .collect()
+    }
+}
+
+/// Generates a Message-ID (without brackets) from the time and openssl's RNG.
+pub fn generate_message_id(now_unix: i64, domain: &str) -> String {
+    let mut b = [0u8; 12];
+    let _ = openssl::rand::rand_bytes(&mut b);
+    format!("as2box-{now_unix}-{}@{domain}", hex_string(&b))
+}
+
+fn disposition_filename(name: &str) -> String {
+    let simple = name
+        .chars()
+        .all(|c| c.is_ascii() && !c.is_ascii_control() && c != '"' && c != '\\');
+    if simple {
+        format!("attachment; filename=\"{name}\"")
+    } else {
+        let enc: String = name
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        format!("attachment; filename*=UTF-8''{enc}")
+    }
+}
+
+fn entity_bytes(headers: &[(&str, String)], body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 256);
+    for (k, v) in headers {
+        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
+fn check_header_value(name: &str, v: &str) -> Result<()> {
+    if v.chars().any(|c| c == '\r' || c == '\n') {
+        return Err(As2Error::InvalidInput(format!(
+            "{name} contains a line break"
+        )));
+    }
+    Ok(())
+}
+
+/// Builds the payload entity and returns (entity bytes, content without headers).
+fn payload_entity(attachments: &[Attachment], binary: bool) -> Result<(Vec<u8>, Vec<u8>)> {
+    let part = |a: &Attachment| -> Result<Vec<u8>> {
+        check_header_value("content type", &a.content_type)?;
+        let media = a.content_type.split(';').next().unwrap_or("").trim();
+        let data = if !binary && is_text_type(media) {
+            canonicalize_crlf(&a.data)
+        } else {
+            a.data.clone()
+        };
+        let mut h: Vec<(&str, String)> = vec![
+            ("Content-Type", a.content_type.clone()),
+            ("Content-Transfer-Encoding", "binary".into()),
+        ];
+        if let Some(name) = &a.filename {
+            check_header_value("file name", name)?;
+            h.push(("Content-Disposition", disposition_filename(name)));
+        }
+        Ok(entity_bytes(&h, &data))
+    };
+    match attachments {
+        [] => Err(As2Error::InvalidInput("no attachments".into())),
+        [one] => {
+            let e = part(one)?;
+            let content = Entity::parse(&e)?.body().to_vec();
+            Ok((e, content))
+        }
+        many => {
+            let boundary = make_boundary();
+            let mut body = Vec::new();
+            for a in many {
+                body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+                body.extend(part(a)?);
+                body.extend_from_slice(b"\r\n");
+            }
+            body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+            let root = many[0].content_type.split(';').next().unwrap_or("").trim();
+            let ct = format!("multipart/related; boundary=\"{boundary}\"; type=\"{root}\"");
+            Ok((entity_bytes(&[("Content-Type", ct)], &body), body))
+        }
+    }
+}
+
+fn compressed_entity(inner: &[u8]) -> Result<Vec<u8>> {
+    let der = cms::compress(inner)?;
+    Ok(entity_bytes(
+        &[
+            (
+                "Content-Type",
+                "application/pkcs7-mime; smime-type=compressed-data; name=\"smime.p7z\"".into(),
+            ),
+            ("Content-Transfer-Encoding", "binary".into()),
+            (
+                "Content-Disposition",
+                "attachment; filename=\"smime.p7z\"".into(),
+            ),
+        ],
+        &der,
+    ))
+}
+
+/// Builds a `multipart/signed` entity around `inner` (signed exactly as given).
+pub(crate) fn signed_entity(inner: &[u8], signer: &KeyPair, opts: &SignOptions) -> Result<Vec<u8>> {
+    let sig = cms::sign_detached(inner, signer, opts)?;
+    let boundary = make_boundary();
+    let mut body = Vec::with_capacity(inner.len() + sig.len() * 2 + 512);
+    body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+    body.extend_from_slice(inner);
+    body.extend_from_slice(format!("\r\n--{boundary}\r\n").as_bytes());
+    body.extend(entity_bytes(
+        &[
+            (
+                "Content-Type",
+                "application/pkcs7-signature; name=\"smime.p7s\"; smime-type=signed-data".into(),
+            ),
+            ("Content-Transfer-Encoding", "base64".into()),
+            (
+                "Content-Disposition",
+                "attachment; filename=\"smime.p7s\"".into(),
+            ),
+        ],
+        &base64_encode_lines(&sig),
+    ));
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let ct = format!(
+        "multipart/signed; protocol=\"application/pkcs7-signature\"; micalg={}; boundary=\"{boundary}\"",
+        opts.digest.micalg()
+    );
+    Ok(entity_bytes(&[("Content-Type", ct)], &body))
+}
+
+/// Builds an outgoing message. `signer` is our key (needed when the profile
+/// signs), `recipient` the partner's encryption certificate (needed when it
+/// encrypts). `now_unix` feeds `Date` and the signing time; `message_id`
+/// (without brackets) overrides the generated one.
+pub fn build_message(
+    attachments: &[Attachment],
+    profile: &SendProfile,
+    signer: Option<&KeyPair>,
+    recipient: Option<&X509>,
+    now_unix: i64,
+    message_id: Option<&str>,
+) -> Result<OutgoingMessage> {
+    for (n, v) in [
+        ("AS2-From", &profile.as2_from),
+        ("AS2-To", &profile.as2_to),
+        ("Subject", &profile.subject),
+        (
+            "Disposition-Notification-To",
+            &profile.disposition_notification_to,
+        ),
+        ("Message-ID domain", &profile.message_id_domain),
+    ] {
+        check_header_value(n, v)?;
+    }
+    if profile.as2_from.is_empty() || profile.as2_to.is_empty() {
+        return Err(As2Error::InvalidInput("empty AS2 name".into()));
+    }
+    if profile.as2_from.len() > 128 || profile.as2_to.len() > 128 {
+        return Err(As2Error::InvalidInput(
+            "AS2 name longer than 128 characters".into(),
+        ));
+    }
+    let (payload, content) = payload_entity(attachments, profile.binary_canonicalization)?;
+    let sign_opts = |digest| SignOptions {
+        digest,
+        smime_capabilities: profile.smime_capabilities,
+        algorithm_protection: profile.algorithm_protection,
+        signing_time: now_unix,
+    };
+    let unsigned_alg = profile
+        .signed_mdn_micalgs
+        .first()
+        .copied()
+        .unwrap_or(DigestAlgorithm::Sha1);
+
+    let mut entity = payload.clone();
+    let mut mic = None;
+    let mut alternatives = Vec::new();
+    if profile.compress == Some(CompressionOrder::BeforeSigning) {
+        entity = compressed_entity(&entity)?;
+    }
+    if let Some(digest) = profile.sign {
+        let key = signer.ok_or_else(|| As2Error::InvalidInput("signing needs our key".into()))?;
+        mic = Some(Mic::compute(&entity, digest)?);
+        entity = signed_entity(&entity, key, &sign_opts(digest))?;
+    }
+    if profile.compress == Some(CompressionOrder::AfterSigning) {
+        entity = compressed_entity(&entity)?;
+    }
+    if profile.sign.is_none() {
+        let rfc4130 = if profile.encrypt.is_some() {
+            (
+                MicRule::EncryptedEntity,
+                Mic::compute(&entity, unsigned_alg)?,
+            )
+        } else {
+            let body = Entity::parse(&entity)?.body().to_vec();
+            let body = if profile.compress.is_some() {
+                body
+            } else {
+                content
+            };
+            (MicRule::PlainContent, Mic::compute(&body, unsigned_alg)?)
+        };
+        if profile.compress.is_some() {
+            mic = Some(Mic::compute(&payload, unsigned_alg)?);
+            alternatives.push(rfc4130);
+        } else {
+            mic = Some(rfc4130.1);
+        }
+    }
+    if let Some(alg) = profile.encrypt {
+        let cert = recipient.ok_or_else(|| {
+            As2Error::InvalidInput("encryption needs the partner certificate".into())
+        })?;
+        let der = if profile.rsa_oaep {
+            cms::encrypt_oaep(&entity, cert, alg)?
+        } else {
+            cms::encrypt(&entity, cert, alg)?
+        };
+        entity = entity_bytes(
+            &[
+                (
+                    "Content-Type",
+                    "application/pkcs7-mime; smime-type=enveloped-data; name=\"smime.p7m\"".into(),
+                ),
+                ("Content-Transfer-Encoding", "binary".into()),
+                (
+                    "Content-Disposition",
+                    "attachment; filename=\"smime.p7m\"".into(),
+                ),
+            ],
+            &der,
+        );
+    }
+    let top = Entity::parse(&entity)?;
+    let message_id = match message_id {
+        Some(m) => normalize_message_id(m),
+        None => generate_message_id(now_unix, &profile.message_id_domain),
+    };
+    check_header_value("Message-ID", &message_id)?;
+    let mut h = Headers::new();
+    h.push("AS2-Version", AS2_VERSION);
+    h.push("EDIINT-Features", EDIINT_FEATURES);
+    h.push("Message-ID", format!("<{message_id}>"));
+    h.push("AS2-From", quote_as2_name(&profile.as2_from));
+    h.push("AS2-To", quote_as2_name(&profile.as2_to));
+    h.push("Subject", profile.subject.clone());
+    h.push("Date", format_date(now_unix));
+    h.push("MIME-Version", "1.0");
+    for (k, v) in top.headers.iter() {
+        h.push(k, v);
+    }
+    match &profile.mdn {
+        MdnMode::None => {}
+        mode => {
+            h.push(
+                "Disposition-Notification-To",
+                profile.disposition_notification_to.clone(),
+            );
+            if !profile.signed_mdn_micalgs.is_empty() {
+                let algs: Vec<&str> = profile
+                    .signed_mdn_micalgs
+                    .iter()
+                    .map(|a| a.micalg())
+                    .collect();
+                h.push(
+                    "Disposition-Notification-Options",
+                    format!(
+                        "signed-receipt-protocol=optional, pkcs7-signature; signed-receipt-micalg=optional, {}",
+                        algs.join(", ")
+                    ),
+                );
+            }
+            if let MdnMode::Async(url) = mode {
+                check_header_value("Receipt-Delivery-Option", url)?;
+                h.push("Receipt-Delivery-Option", url.clone());
+            }
+        }
+    }
+    Ok(OutgoingMessage {
+        message_id,
+        headers: h,
+        body: top.body().to_vec(),
+        mic,
+        mic_alternatives: alternatives,
+    })
+}
+
+/// What the sender of an incoming message asked for in its headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MdnRequest {
+    /// `Disposition-Notification-To` as sent.
+    pub notification_to: String,
+    /// `Receipt-Delivery-Option`: async MDN URL; `None` means sync.
+    pub async_url: Option<String>,
+    /// `Disposition-Notification-Options`, parsed.
+    pub options: NotificationOptions,
+}
+
+impl MdnRequest {
+    /// The first requested MIC algorithm we support.
+    pub fn preferred_micalg(&self) -> Option<DigestAlgorithm> {
+        self.options
+            .micalgs
+            .iter()
+            .find_map(|a| DigestAlgorithm::parse(a).ok())
+    }
+}
+
+/// The envelope of an incoming request: who, which message, which MDN.
+/// Parse it first so that a negative MDN can be built even when the body
+/// cannot be processed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestInfo {
+    /// Message-ID without angle brackets.
+    pub message_id: String,
+    /// Sender's AS2 name, unquoted.
+    pub as2_from: String,
+    /// Our AS2 name as the sender wrote it, unquoted.
+    pub as2_to: String,
+    /// `Subject`, if any.
+    pub subject: Option<String>,
+    /// `AS2-Version`, if any.
+    pub as2_version: Option<String>,
+    /// The MDN request, if an MDN is wanted.
+    pub mdn: Option<MdnRequest>,
+}
+
+impl RequestInfo {
+    /// Reads the AS2 header fields (RFC 4130 §6). `AS2-From`, `AS2-To` and
+    /// `Message-ID` are required.
+    pub fn from_headers(h: &Headers) -> Result<Self> {
+        let as2_from = unquote_as2_name(
+            h.get("as2-from")
+                .ok_or(As2Error::MissingHeader("AS2-From"))?,
+        );
+        let as2_to = unquote_as2_name(h.get("as2-to").ok_or(As2Error::MissingHeader("AS2-To"))?);
+        let message_id = normalize_message_id(
+            h.get("message-id")
+                .ok_or(As2Error::MissingHeader("Message-ID"))?,
+        );
+        if message_id.is_empty() {
+            return Err(As2Error::MissingHeader("Message-ID"));
+        }
+        let mdn = h.get("disposition-notification-to").map(|to| MdnRequest {
+            notification_to: to.to_string(),
+            async_url: h.get("receipt-delivery-option").map(str::to_string),
+            // Duplicated fields are separate attribute lists: join with ';'.
+            options: NotificationOptions::parse(
+                &h.0.iter()
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("disposition-notification-options"))
+                    .map(|(_, v)| v.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+        });
+        Ok(Self {
+            message_id,
+            as2_from,
+            as2_to,
+            subject: h.get("subject").map(str::to_string),
+            as2_version: h.get("as2-version").map(str::to_string),
+            mdn,
+        })
+    }
+}
+
+/// Keys, certificates and policy for receiving.
+#[derive(Debug, Clone)]
+pub struct ReceiveContext<'a> {
+    /// Our station key(s) for decryption (several during a key rollover).
+    pub station_keys: &'a [KeyPair],
+    /// The partner's signing certificate(s), pinned.
+    pub partner_certs: &'a [X509],
+    /// Verification time / expired-certificate policy.
+    pub validity: ValidityPolicy,
+    /// Reject unsigned messages (`insufficient-message-security`).
+    pub require_signature: bool,
+    /// Reject unencrypted messages (`insufficient-message-security`).
+    pub require_encryption: bool,
+    /// Largest decompressed size accepted.
+    pub max_decompressed_size: usize,
+}
+
+impl<'a> ReceiveContext<'a> {
+    /// A context with no security requirements and a 1 GiB decompression cap.
+    pub fn new(
+        station_keys: &'a [KeyPair],
+        partner_certs: &'a [X509],
+        validity: ValidityPolicy,
+    ) -> Self {
+        Self {
+            station_keys,
+            partner_certs,
+            validity,
+            require_signature: false,
+            require_encryption: false,
+            max_decompressed_size: 1 << 30,
+        }
+    }
+}
+
+/// A file recovered from an incoming message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedAttachment {
+    /// File name from `Content-Disposition` / `Content-Type; name=`, sanitized.
+    pub filename: Option<String>,
+    /// The part's `Content-Type` value.
+    pub content_type: String,
+    /// The decoded bytes.
+    pub data: Vec<u8>,
+}
+
+/// A successfully processed incoming message.
+#[derive(Debug, Clone)]
+pub struct ReceivedMessage {
+    /// The AS2 envelope.
+    pub info: RequestInfo,
+    /// The cipher, when the message was encrypted (`Some(None)`: unknown cipher).
+    pub encryption: Option<Option<EncryptionAlgorithm>>,
+    /// The signature check, when the message was signed.
+    pub signature: Option<SignatureInfo>,
+    /// Whether it was compressed.
+    pub compressed: bool,
+    /// Whether compression was inside the signature (before signing).
+    pub compressed_before_signing: bool,
+    /// The files.
+    pub attachments: Vec<ReceivedAttachment>,
+    /// The MIC to return in the MDN.
+    pub mic: Mic,
+    /// The rule the MIC was computed by.
+    pub mic_rule: MicRule,
+    /// Other MICs a sender may expect (log them on a mismatch).
+    pub mic_alternatives: Vec<(MicRule, Mic)>,
+}
+
+fn is_pkcs7_mime(media: &str) -> bool {
+    media == "application/pkcs7-mime" || media == "application/x-pkcs7-mime"
+}
+
+fn is_pkcs7_signature(media: &str) -> bool {
+    media == "application/pkcs7-signature" || media == "application/x-pkcs7-signature"
+}
+
+/// Splits a captured HTTP request/response (header lines, blank line, body)
+/// into header fields and body. A status or request line is skipped.
+pub fn split_http_capture(raw: &[u8]) -> Result<(Headers, Vec<u8>)> {
+    let mut raw = raw;
+    if let Some(first) = raw.split(|&c| c == b'\n').next() {
+        let f = String::from_utf8_lossy(first);
+        if f.starts_with("HTTP/") || f.starts_with("POST ") || f.starts_with("PUT ") {
+            raw = raw.get(first.len() + 1..).unwrap_or(&[]);
+        }
+    }
+    let e = Entity::parse(raw)?;
+    Ok((e.headers.clone(), e.body().to_vec()))
+}
+
+/// Parses an incoming AS2 request: decrypts, verifies, decompresses, splits
+/// attachments and computes the MIC. Errors map to MDN dispositions via
+/// [`As2Error::disposition_modifier`]; use [`RequestInfo::from_headers`]
+/// first so a negative MDN can be addressed.
+pub fn parse_message(
+    headers: &Headers,
+    body: &[u8],
+    ctx: &ReceiveContext<'_>,
+) -> Result<ReceivedMessage> {
+    let info = RequestInfo::from_headers(headers)?;
+    parse_body(info, headers, body, ctx)
+}
+
+/// Like [`parse_message`] with an already parsed [`RequestInfo`].
+pub fn parse_body(
+    info: RequestInfo,
+    headers: &Headers,
+    body: &[u8],
+    ctx: &ReceiveContext<'_>,
+) -> Result<ReceivedMessage> {
+    if headers.get("content-type").is_none() {
+        return Err(As2Error::MissingHeader("Content-Type"));
+    }
+    let mut entity = Entity::from_parts(headers.clone(), body);
+    let mut encryption = None;
+    let mut signature: Option<SignatureInfo> = None;
+    let mut compressed = false;
+    let mut compressed_before_signing = false;
+    let mut signed_content: Option<Vec<u8>> = None;
+    let mut decrypted_entity: Option<Vec<u8>> = None;
+    let mut uncompressed_entity: Option<Vec<u8>> = None;
+    let mut outer_content: Option<Vec<u8>> = None;
+    let mut sig_micalg: Option<DigestAlgorithm> = None;
+
+    for _depth in 0..8 {
+        let media = entity.media_type();
+        if is_pkcs7_mime(&media) {
+            let mut der = entity.decoded_body()?;
+            // Some peers send base64 without saying so (no transfer encoding).
+            if der.first() != Some(&0x30) {
+                if let Ok(d) = super::mime::base64_decode(&der) {
+                    if d.first() == Some(&0x30) {
+                        der = d;
+                    }
+                }
+            }
+            if outer_content.is_none() && encryption.is_none() && signature.is_none() {
+                outer_content = Some(der.clone());
+            }
+            let kind = cms::inspect(&der).map_err(|e| {
+                match entity
+                    .content_type()
+                    .param("smime-type")
+                    .map(|s| s.to_ascii_lowercase())
+                    .as_deref()
+                {
+                    Some("enveloped-data") => As2Error::DecryptionFailed(e.to_string()),
+                    Some("compressed-data") => As2Error::DecompressionFailed(e.to_string()),
+                    _ => e,
+                }
+            })?;
+            match kind {
+                CmsKind::Enveloped { .. } => {
+                    let (plain, cipher, _) = cms::decrypt(&der, ctx.station_keys)?;
+                    encryption = Some(cipher);
+                    if decrypted_entity.is_none() && signature.is_none() {
+                        decrypted_entity = Some(canonicalize_headers(&plain));
+                    }
+                    entity = parse_inner_or_raw(&plain);
+                }
+                CmsKind::Compressed => {
+                    let plain = cms::decompress(&der, ctx.max_decompressed_size)?;
+                    compressed = true;
+                    if signature.is_some() {
+                        // Compression inside the signature happens before signing.
+                        compressed_before_signing = true;
+                    }
+                    if uncompressed_entity.is_none() && signature.is_none() {
+                        uncompressed_entity = Some(plain.clone());
+                    }
+                    entity = Entity::parse(&plain)
+                        .map_err(|e| As2Error::DecompressionFailed(format!("not MIME: {e}")))?;
+                }
+                CmsKind::Signed { .. } => {
+                    let (sig, content) =
+                        cms::verify_attached(&der, ctx.partner_certs, ctx.validity)?;
+                    if signature.is_none() {
+                        signed_content = Some(content.clone());
+                        sig_micalg = sig.digest;
+                        signature = Some(sig);
+                    }
+                    entity = Entity::parse(&content)?;
+                }
+                CmsKind::Other(oid) => {
+                    return Err(As2Error::UnsupportedAlgorithm(format!(
+                        "CMS content type {oid}"
+                    )))
+                }
+            }
+            continue;
+        }
+        if media == "multipart/signed" {
+            let ct = entity.content_type();
+            let boundary = ct
+                .param("boundary")
+                .ok_or_else(|| As2Error::MalformedMime("multipart/signed without boundary".into()))?
+                .to_string();
+            let parts = split_multipart(entity.body(), &boundary)?;
+            if parts.len() != 2 {
+                return Err(As2Error::MalformedMime(format!(
+                    "multipart/signed with {} parts",
+                    parts.len()
+                )));
+            }
+            let (content, sig_part) = (parts[0], Entity::parse(parts[1])?);
+            if !is_pkcs7_signature(&sig_part.media_type()) {
+                return Err(As2Error::MalformedMime(format!(
+                    "second part of multipart/signed is {}",
+                    sig_part.media_type()
+                )));
+            }
+            let sig_der = sig_part.decoded_body()?;
+            let (info_sig, verified) = verify_with_fallbacks(&sig_der, content, ctx)?;
+            let micalg = info_sig.digest.or_else(|| {
+                ct.param("micalg")
+                    .and_then(|m| DigestAlgorithm::parse(m).ok())
+            });
+            if signature.is_none() {
+                sig_micalg = micalg;
+                signature = Some(info_sig);
+                signed_content = Some(verified);
+            }
+            entity = Entity::parse(content)?;
+            continue;
+        }
+        // Leaf or multipart of attachments.
+        let attachments = if media.starts_with("multipart/") {
+            let boundary = entity
+                .content_type()
+                .param("boundary")
+                .ok_or_else(|| As2Error::MalformedMime(format!("{media} without boundary")))?
+                .to_string();
+            let mut out = Vec::new();
+            for p in split_multipart(entity.body(), &boundary)? {
+                let e = Entity::parse(p)?;
+                out.push(ReceivedAttachment {
+                    filename: e.filename(),
+                    content_type: e
+                        .headers
+                        .get("content-type")
+                        .unwrap_or("text/plain")
+                        .to_string(),
+                    data: e.decoded_body()?,
+                });
+            }
+            out
+        } else {
+            vec![ReceivedAttachment {
+                filename: entity.filename(),
+                content_type: entity
+                    .headers
+                    .get("content-type")
+                    .unwrap_or("text/plain")
+                    .to_string(),
+                data: entity.decoded_body()?,
+            }]
+        };
+        if ctx.require_signature && signature.is_none() {
+            return Err(As2Error::InsufficientSecurity(
+                "message is not signed".into(),
+            ));
+        }
+        if ctx.require_encryption && encryption.is_none() {
+            return Err(As2Error::InsufficientSecurity(
+                "message is not encrypted".into(),
+            ));
+        }
+        let requested = info.mdn.as_ref().and_then(MdnRequest::preferred_micalg);
+        let (mic, mic_rule, alternatives) = if let Some(sc) = &signed_content {
+            let alg = sig_micalg.or(requested).unwrap_or(DigestAlgorithm::Sha1);
+            (Mic::compute(sc, alg)?, MicRule::Signed, Vec::new())
+        } else {
+            let alg = requested.unwrap_or(DigestAlgorithm::Sha1);
+            let rfc4130 = match &decrypted_entity {
+                Some(d) => (MicRule::EncryptedEntity, Mic::compute(d, alg)?),
+                None => {
+                    let content = match &outer_content {
+                        Some(c) => c.clone(),
+                        None => entity.decoded_body()?,
+                    };
+                    let content = if media.starts_with("multipart/") && outer_content.is_none() {
+                        entity.body().to_vec()
+                    } else {
+                        content
+                    };
+                    (MicRule::PlainContent, Mic::compute(&content, alg)?)
+                }
+            };
+            match &uncompressed_entity {
+                Some(u) => (
+                    Mic::compute(u, alg)?,
+                    MicRule::CompressedEntity,
+                    vec![rfc4130],
+                ),
+                None => (rfc4130.1, rfc4130.0, Vec::new()),
+            }
+        };
+        if let Some((rule, alt)) = alternatives.first() {
+            tracing::debug!(
+                message_id = %info.message_id,
+                mic = %mic,
+                alternative = %alt,
+                alternative_rule = rule.name(),
+                "compressed unsigned message: returning the RFC 5402 MIC; RFC 4130 would give the alternative"
+            );
+        }
+        return Ok(ReceivedMessage {
+            info,
+            encryption,
+            signature,
+            compressed,
+            compressed_before_signing,
+            attachments,
+            mic,
+            mic_rule,
+            mic_alternatives: alternatives,
+        });
+    }
+    Err(As2Error::MalformedMime("MIME nesting too deep".into()))
+}
+
+/// Parses decrypted content as a MIME entity; some peers (Mendelson) encrypt
+/// the bare payload without MIME headers, which is then taken as one
+/// attachment of unknown type.
+fn parse_inner_or_raw(plain: &[u8]) -> Entity {
+    match Entity::parse(plain) {
+        Ok(e) if e.headers.get("content-type").is_some() => e,
+        _ => Entity::from_parts(
+            Headers::from_pairs([("Content-Type", "application/octet-stream")]),
+            plain,
+        ),
+    }
+}
+
+/// Verifies a detached signature over the content as received; if that
+/// fails on content grounds, over the CRLF-canonicalized content (peers that
+/// send bare LF but signed canonical text). Returns the bytes that verified.
+fn verify_with_fallbacks(
+    sig_der: &[u8],
+    content: &[u8],
+    ctx: &ReceiveContext<'_>,
+) -> Result<(SignatureInfo, Vec<u8>)> {
+    match cms::verify_detached(sig_der, content, ctx.partner_certs, ctx.validity) {
+        Ok(i) => Ok((i, content.to_vec())),
+        Err(As2Error::IntegrityCheckFailed(first)) if has_bare_lf(content) => {
+            for candidate in [canonicalize_headers(content), canonicalize_crlf(content)] {
+                if let Ok(i) =
+                    cms::verify_detached(sig_der, &candidate, ctx.partner_certs, ctx.validity)
+                {
+                    return Ok((i, candidate));
+                }
+            }
+            Err(As2Error::IntegrityCheckFailed(first))
+        }
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,211 @@
+//! `as2box serve`: the AS2 daemon. It sends what the mount queued and receives what
+//! partners send, with receipts (MDNs) a partner can rely on. It runs unprivileged and does
+//! all protocol work through the pure `crate::as2` core; storage goes through the store.
+//!
+//! - `http`: listener with limits, HTTP(S) client
+//! - `receive`: incoming messages and async MDNs
+//! - `send`: the send queue, retries, failures into `failed/`
+//! - `keycache`: station keys and partner certificates, reloaded when their files change
+//! - `metrics`, `retry`: counters and the backoff policy
+
+mod http;
+mod keycache;
+mod metrics;
+mod receive;
+mod retry;
+mod send;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::store::Store;
+
+pub use retry::{Attempt, Backoff};
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TLS settings are incomplete or unreadable.
+    #[error("HTTPS listener: {0}")]
+    Tls(String),
+    /// The runtime could not start.
+    #[error("cannot start: {0}")]
+    Runtime(#[from] std::io::Error),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// What every task of the daemon shares.
+pub struct Ctx {
+    /// The store.
+    pub store: Arc<Store>,
+    /// Settings.
+    pub config: Config,
+    /// Counters.
+    pub metrics: metrics::Metrics,
+    /// Keys and certificates.
+    pub keys: keycache::KeyCache,
+}
+
+fn limits(config: &Config) -> http::Limits {
+    http::Limits {
+        max_connections: config.serve.max_connections,
+        max_body: config.serve.max_body_bytes,
+        max_header_bytes: 64 * 1024,
+        header_timeout: Duration::from_secs(30),
+        body_timeout: Duration::from_secs_f64(config.serve.request_timeout_secs),
+    }
+}
+
+fn handler(ctx: Arc<Ctx>) -> http::Handler {
+    Arc::new(move |req: http::Req| {
+        let ctx = ctx.clone();
+        Box::pin(async move { route(ctx, req).await })
+    })
+}
+
+async fn route(ctx: Arc<Ctx>, req: http::Req) -> http::Resp {
+    match (req.method.as_str(), req.path.as_str()) {
+        ("GET", "/health") => http::Resp::text(200, "ok\n"),
+        ("GET", "/metrics") => {
+            let store = ctx.store.clone();
+            let counts = tokio::task::spawn_blocking(move || store.message_counts())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
+            http::Resp {
+                status: 200,
+                headers: vec![("Content-Type".into(), "text/plain; version=0.0.4".into())],
+                body: ctx.metrics.render(&counts).into_bytes(),
+            }
+        }
+        ("POST", "/as2") => receive::message(ctx, req, false).await,
+        ("POST", "/as2/test") => receive::message(ctx, req, true).await,
+        ("POST", "/as2/mdn") => receive::async_mdn(ctx, req).await,
+        (_, "/as2" | "/as2/test" | "/as2/mdn") => http::Resp::text(405, "use POST\n"),
+        _ => http::Resp::text(
+            404,
+            "not found: AS2 messages go to /as2 (test partners: /as2/test)\n",
+        ),
+    }
+}
+
+fn tls_acceptor(config: &Config) -> Result<Option<Arc<openssl::ssl::SslAcceptor>>, DaemonError> {
+    if config.serve.https_listen.is_none() {
+        return Ok(None);
+    }
+    let (Some(cert), Some(key)) = (&config.serve.tls_cert, &config.serve.tls_key) else {
+        return Err(DaemonError::Tls(
+            "serve.https_listen needs serve.tls_cert and serve.tls_key".into(),
+        ));
+    };
+    let mut b =
+        openssl::ssl::SslAcceptor::mozilla_intermediate_v5(openssl::ssl::SslMethod::tls_server())
+            .map_err(|e| DaemonError::Tls(e.to_string()))?;
+    b.set_certificate_chain_file(cert)
+        .map_err(|e| DaemonError::Tls(format!("{}: {e}", cert.display())))?;
+    b.set_private_key_file(key, openssl::ssl::SslFiletype::PEM)
+        .map_err(|e| DaemonError::Tls(format!("{}: {e}", key.display())))?;
+    b.check_private_key()
+        .map_err(|e| DaemonError::Tls(format!("key does not match certificate: {e}")))?;
+    Ok(Some(Arc::new(b.build())))
+}
+
+async fn bind(addr: &str) -> Result<TcpListener, DaemonError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| DaemonError::Listen {
+            addr: addr.to_owned(),
+            source,
+        })
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub fn serve(store: Arc<Store>, config: Config) -> Result<(), DaemonError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run(store, config))
+}
+
+async fn run(store: Arc<Store>, config: Config) -> Result<(), DaemonError> {
+    let requeued = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.requeue_sending())
+            .await
+            .map_err(|e| DaemonError::Runtime(std::io::Error::other(e)))??
+    };
+    if requeued > 0 {
+        info!(
+            messages = requeued,
+            "requeued messages whose sending was interrupted by a stop"
+        );
+    }
+    let tls = tls_acceptor(&config)?;
+    let http_listener = bind(&config.serve.http_listen).await?;
+    let https_listener = match &config.serve.https_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    let ctx = Arc::new(Ctx {
+        store,
+        metrics: metrics::Metrics::default(),
+        keys: keycache::KeyCache::default(),
+        config,
+    });
+    let refused = ctx.metrics.connections_refused.clone();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let lim = limits(&ctx.config);
+    let mut tasks = Vec::new();
+    info!(addr = %ctx.config.serve.http_listen, "listening (HTTP)");
+    tasks.push(tokio::spawn(http::serve(
+        http_listener,
+        None,
+        handler(ctx.clone()),
+        lim,
+        refused.clone(),
+        stop_rx.clone(),
+    )));
+    if let (Some(l), Some(acceptor)) = (https_listener, tls) {
+        info!(addr = ?ctx.config.serve.https_listen, "listening (HTTPS)");
+        tasks.push(tokio::spawn(http::serve(
+            l,
+            Some(acceptor),
+            handler(ctx.clone()),
+            lim,
+            refused.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(send::run(ctx.clone(), stop_rx.clone())));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => info!("SIGINT: stopping"),
+        _ = term.recv() => info!("SIGTERM: stopping"),
+    }
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        if tokio::time::timeout(Duration::from_secs(10), t)
+            .await
+            .is_err()
+        {
+            warn!("a task did not stop within 10 s");
+        }
+    }
+    Ok(())
+}

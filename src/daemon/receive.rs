@@ -1,0 +1,397 @@
+//! The receiving side: route an incoming AS2 request by AS2-To/AS2-From, let the AS2 core
+//! open it, store and deliver the files durably, and only then answer with the MDN (in the
+//! response, or POSTed to the sender's URL). Duplicates get their MDN again, not a second
+//! delivery. Async MDNs for what we sent arrive here too.
+
+use std::sync::Arc;
+
+use tracing::{info, warn};
+
+use super::http::{Req, Resp};
+use super::metrics::inc;
+use super::Ctx;
+use crate::as2::certs::ValidityPolicy;
+use crate::as2::mdn::{build_mdn, parse_mdn, Disposition, MdnParams};
+use crate::as2::message::{parse_body, ReceiveContext, RequestInfo};
+use crate::as2::mic::Mic;
+use crate::as2::Headers;
+use crate::mailbox::{self, IncomingFile};
+use crate::store::{InboundOrigin, Partner, Station};
+
+/// `Reporting-UA` of our MDNs.
+pub const REPORTING_UA: &str = concat!("as2box/", env!("CARGO_PKG_VERSION"));
+
+fn now_unix() -> i64 {
+    crate::timefmt::now_ms() / 1000
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+fn media_type(h: &Headers) -> String {
+    h.get("content-type")
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+/// Whether a POST to the AS2 URL is an (async) MDN rather than a message.
+fn looks_like_mdn(req: &Req) -> bool {
+    let media = media_type(&req.headers);
+    media == "multipart/report"
+        || (media == "multipart/signed"
+            && req.headers.get("disposition-notification-to").is_none()
+            && memfind(&req.body, b"disposition-notification"))
+}
+
+fn memfind(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// Handles a POST to `/as2` (`test` false) or `/as2/test`.
+pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
+    if looks_like_mdn(&req) {
+        return async_mdn(ctx, req).await;
+    }
+    let info = match RequestInfo::from_headers(&req.headers) {
+        Ok(i) => i,
+        Err(e) => {
+            inc(&ctx.metrics.received_failed);
+            warn!(peer = %req.peer, error = %e, "refused a request that is not an AS2 message");
+            return Resp::text(400, format!("not an AS2 message: {e}\n"));
+        }
+    };
+    let store = ctx.store.clone();
+    let (to, from) = (info.as2_to.clone(), info.as2_from.clone());
+    let route = blocking(move || -> Result<(Station, Partner), (u16, String)> {
+        let station = store
+            .station(&to)
+            .map_err(|e| (500, format!("store error: {e}")))?
+            .ok_or_else(|| {
+                (
+                    404,
+                    format!("unknown AS2-To {to:?}: no such station on this gateway"),
+                )
+            })?;
+        let partner = store
+            .partner(station.user_id, &from, test)
+            .map_err(|e| (500, format!("store error: {e}")))?
+            .ok_or_else(|| {
+                let kind = if test {
+                    "test partner (posted to /as2/test)"
+                } else {
+                    "partner (posted to /as2)"
+                };
+                (
+                    403,
+                    format!("AS2-From {from:?} is not a {kind} of station {to:?}"),
+                )
+            })?;
+        Ok((station, partner))
+    })
+    .await;
+    let (station, partner) = match route {
+        Ok(r) => r,
+        Err((status, text)) => {
+            inc(&ctx.metrics.received_failed);
+            warn!(peer = %req.peer, message_id = %info.message_id, "{text}");
+            return Resp::text(status, format!("{text}\n"));
+        }
+    };
+    let key = ctx.keys.station_key(&station);
+    let certs = ctx.keys.partner_certs(&partner).unwrap_or_default();
+
+    // A resend of something we already delivered: the same positive answer, no new files.
+    let (store, pid, mid) = (ctx.store.clone(), partner.id, info.message_id.clone());
+    if let Ok(Some(crate::store::ReceivedRecord { id, mic, .. })) =
+        blocking(move || store.inbound_by_as2_id(pid, &mid)).await
+    {
+        inc(&ctx.metrics.received_duplicate);
+        info!(message = id, message_id = %info.message_id, "duplicate: answering the MDN again, not delivering twice");
+        let mic = mic.and_then(|m| Mic::parse(&m).ok());
+        return answer(
+            &ctx,
+            &info,
+            &station,
+            key.as_deref().ok(),
+            Disposition::Processed,
+            mic.as_ref(),
+            "The message was received before and has been delivered.",
+            None,
+        )
+        .await;
+    }
+
+    let body = req.body.clone();
+    let headers = req.headers.clone();
+    let info2 = info.clone();
+    let key2 = key.clone().ok();
+    let parsed = blocking(move || {
+        let keys = key2.as_deref().map(std::slice::from_ref).unwrap_or(&[]);
+        let rctx = ReceiveContext::new(keys, &certs, ValidityPolicy::at(now_unix()));
+        parse_body(info2, &headers, &body, &rctx)
+    })
+    .await;
+    let msg = match parsed {
+        Ok(m) => m,
+        Err(e) => {
+            inc(&ctx.metrics.received_failed);
+            warn!(station = %station.as2_id, partner = %partner.as2_id, message_id = %info.message_id, error = %e, "refused: answering a negative MDN");
+            let text = format!("The message could not be processed: {e}");
+            return answer(
+                &ctx,
+                &info,
+                &station,
+                key.as_deref().ok(),
+                Disposition::from_error(&e),
+                None,
+                &text,
+                None,
+            )
+            .await;
+        }
+    };
+    let bytes: u64 = msg.attachments.iter().map(|a| a.data.len() as u64).sum();
+    let files: Vec<IncomingFile> = msg
+        .attachments
+        .iter()
+        .enumerate()
+        .map(|(i, a)| IncomingFile::Bytes {
+            name: a
+                .filename
+                .clone()
+                .unwrap_or_else(|| format!("attachment-{}", i + 1)),
+            data: a.data.clone(),
+        })
+        .collect();
+    let origin = InboundOrigin {
+        as2_message_id: info.message_id.clone(),
+        mic: Some(msg.mic.to_header_value()),
+    };
+    let (store, st, pa) = (
+        ctx.store.clone(),
+        station.as2_id.clone(),
+        partner.as2_id.clone(),
+    );
+    let delivered =
+        blocking(move || mailbox::deliver(&store, &st, &pa, test, files, Some(&origin))).await;
+    match delivered {
+        Ok(d) => {
+            inc(&ctx.metrics.received_ok);
+            ctx.metrics
+                .bytes_in
+                .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+            info!(station = %station.as2_id, partner = %partner.as2_id, message = d.message_id, message_id = %info.message_id, files = d.paths.len(), bytes, mic = %msg.mic.to_header_value(), "received and delivered");
+            answer(
+                &ctx,
+                &info,
+                &station,
+                key.as_deref().ok(),
+                Disposition::Processed,
+                Some(&msg.mic),
+                "The message was received and stored.",
+                Some(d.message_id),
+            )
+            .await
+        }
+        Err(e) => {
+            inc(&ctx.metrics.received_failed);
+            warn!(message_id = %info.message_id, error = %e, "could not store a received message");
+            let d = Disposition::Error(
+                crate::as2::error::DispositionModifier::UnexpectedProcessingError,
+            );
+            answer(
+                &ctx,
+                &info,
+                &station,
+                key.as_deref().ok(),
+                d,
+                None,
+                "The message could not be stored; please resend it later.",
+                None,
+            )
+            .await
+        }
+    }
+}
+
+/// Builds the MDN the sender asked for and answers with it (sync) or POSTs it (async).
+#[allow(clippy::too_many_arguments)]
+async fn answer(
+    ctx: &Arc<Ctx>,
+    info: &RequestInfo,
+    station: &Station,
+    key: Option<&crate::as2::certs::KeyPair>,
+    disposition: Disposition,
+    mic: Option<&Mic>,
+    text: &str,
+    record_for: Option<i64>,
+) -> Resp {
+    let Some(request) = &info.mdn else {
+        return if disposition.is_processed() {
+            Resp::text(200, "received; no MDN was requested\n")
+        } else {
+            Resp::text(400, format!("{text}\n"))
+        };
+    };
+    let wants_signed = request.options.wants_signed();
+    let signer = if wants_signed { key } else { None };
+    if wants_signed && signer.is_none() {
+        warn!(station = %station.as2_id, "a signed MDN was requested but the station has no key pair; answering unsigned");
+    }
+    let domain = ctx
+        .config
+        .serve
+        .public_url
+        .as_deref()
+        .and_then(host_of)
+        .unwrap_or_else(|| "as2box.local".into());
+    let params = MdnParams {
+        request: info,
+        disposition,
+        mic,
+        reporting_ua: REPORTING_UA,
+        text,
+        signer,
+        smime_capabilities: true,
+        algorithm_protection: false,
+        now_unix: now_unix(),
+        message_id_domain: &domain,
+    };
+    let mdn = match build_mdn(&params) {
+        Ok(m) => m,
+        Err(e) => {
+            warn!(error = %e, "cannot build the MDN");
+            return Resp::text(500, format!("cannot build the MDN: {e}\n"));
+        }
+    };
+    if let Some(id) = record_for {
+        let text = format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&mdn.headers.to_bytes()),
+            String::from_utf8_lossy(&mdn.body)
+        );
+        let store = ctx.store.clone();
+        let _ = blocking(move || store.set_inbound_mdn(id, &text)).await;
+    }
+    match mdn.async_url.clone() {
+        Some(url) => {
+            let ctx = ctx.clone();
+            tokio::spawn(async move { post_async_mdn(ctx, url, mdn.headers, mdn.body).await });
+            Resp::text(200, "received; the MDN follows asynchronously\n")
+        }
+        None => Resp {
+            status: 200,
+            headers: mdn
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            body: mdn.body,
+        },
+    }
+}
+
+fn host_of(url: &str) -> Option<String> {
+    url.parse::<hyper::Uri>()
+        .ok()
+        .and_then(|u| u.host().map(str::to_owned))
+}
+
+async fn post_async_mdn(ctx: Arc<Ctx>, url: String, headers: Headers, body: Vec<u8>) {
+    let timeout = std::time::Duration::from_secs_f64(ctx.config.serve.send_timeout_secs);
+    for attempt in 1..=5u32 {
+        match super::http::post(&url, &headers, body.clone(), None, timeout).await {
+            Ok(r) if (200..300).contains(&r.status) => {
+                return info!(%url, "async MDN delivered");
+            }
+            Ok(r) => warn!(%url, status = r.status, attempt, "async MDN refused"),
+            Err(e) => warn!(%url, error = %e, attempt, "async MDN not delivered"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2u64.pow(attempt))).await;
+    }
+    warn!(%url, "giving up on an async MDN after 5 attempts");
+}
+
+/// An async MDN for a message we sent.
+pub async fn async_mdn(ctx: Arc<Ctx>, req: Req) -> Resp {
+    let (headers, body) = (req.headers.clone(), req.body.to_vec());
+    let first = {
+        let (h, b) = (headers.clone(), body.clone());
+        blocking(move || parse_mdn(&h, &b, &[], ValidityPolicy::at(now_unix()), false)).await
+    };
+    let unverified = match first {
+        Ok(m) => m,
+        Err(e) => return Resp::text(400, format!("not a readable MDN: {e}\n")),
+    };
+    let store = ctx.store.clone();
+    let omid = unverified.original_message_id.clone();
+    let found = blocking(move || {
+        let found = store.outgoing_by_as2_id(&omid)?;
+        let partner = match &found {
+            Some(f) => store.partner_by_id(f.partner_id)?,
+            None => None,
+        };
+        Ok::<_, crate::store::StoreError>((found, partner))
+    })
+    .await;
+    let (
+        crate::store::SentRecord {
+            id, state, mics, ..
+        },
+        partner,
+    ) = match found {
+        Ok((Some(f), Some(p))) => (f, p),
+        Ok(_) => {
+            return Resp::text(
+                404,
+                format!(
+                    "no message {:?} was sent from here\n",
+                    unverified.original_message_id
+                ),
+            )
+        }
+        Err(e) => return Resp::text(500, format!("store error: {e}\n")),
+    };
+    if state != "awaiting-mdn" {
+        return Resp::text(
+            200,
+            format!("MDN for message {id} already handled (state {state})\n"),
+        );
+    }
+    let certs = ctx.keys.partner_certs(&partner).unwrap_or_default();
+    let require_signed = partner.profile.mdn_signed;
+    let checked = blocking(move || {
+        parse_mdn(
+            &headers,
+            &body,
+            &certs,
+            ValidityPolicy::at(now_unix()),
+            require_signed,
+        )
+    })
+    .await;
+    let outcome = match checked {
+        Ok(mdn) => super::send::judge_mdn(&mdn, &expected_mics(mics.as_deref())),
+        Err(e) => {
+            super::retry::Attempt::Final(format!("the receipt (MDN) could not be verified: {e}"))
+        }
+    };
+    let mdn_text = String::from_utf8_lossy(&req.body).into_owned();
+    super::send::record_outcome(&ctx, id, 0, outcome, Some(mdn_text)).await;
+    Resp::text(200, "MDN received\n")
+}
+
+/// The MICs stored with a sent message (one per line).
+pub fn expected_mics(stored: Option<&str>) -> Vec<Mic> {
+    stored
+        .unwrap_or("")
+        .lines()
+        .filter_map(|l| Mic::parse(l).ok())
+        .collect()
+}

@@ -1,0 +1,409 @@
+//! The sending side: take queued messages, build them per the partner's profile, POST them,
+//! judge the answer (HTTP status, MDN, MIC) and record the outcome: delivered, retried with
+//! backoff, or failed with the files and a reason in the partner's `failed/`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::metrics::inc;
+use super::retry::{classify_status, Attempt, Backoff};
+use super::Ctx;
+use crate::as2::algorithms::{DigestAlgorithm, EncryptionAlgorithm};
+use crate::as2::certs::ValidityPolicy;
+use crate::as2::mdn::{parse_mdn, ReceivedMdn};
+use crate::as2::message::{build_message, Attachment, CompressionOrder, MdnMode, SendProfile};
+use crate::as2::mic::Mic;
+use crate::store::{
+    Claimed, CompressOption, EncryptOption, MdnOption, Partner, SignOption, Station,
+};
+use crate::timefmt::now_ms;
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// Sends until `stop` turns true: claims due messages (polling every `poll`, and at once
+/// after a message), and fails messages whose async MDN never came.
+pub async fn run(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
+    let poll = Duration::from_millis(100);
+    let mut last_timeout_check = std::time::Instant::now();
+    loop {
+        let store = ctx.store.clone();
+        let claimed = blocking(move || store.claim_queued(now_ms())).await;
+        match claimed {
+            Ok(Some(c)) => {
+                let ctx = ctx.clone();
+                // One task per message: a slow partner does not hold up the others.
+                tokio::spawn(async move { process(ctx, c).await });
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "cannot read the send queue"),
+        }
+        if last_timeout_check.elapsed() > Duration::from_secs(5) {
+            last_timeout_check = std::time::Instant::now();
+            expire_async_mdns(&ctx).await;
+        }
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tokio::time::sleep(poll) => {}
+        }
+    }
+}
+
+async fn expire_async_mdns(ctx: &Arc<Ctx>) {
+    let secs = ctx.config.serve.async_mdn_timeout_secs;
+    let store = ctx.store.clone();
+    let cutoff = now_ms() - (secs * 1000.0) as i64;
+    let Ok(ids) = blocking(move || store.awaiting_mdn_before(cutoff)).await else {
+        return;
+    };
+    for id in ids {
+        let reason = format!("No receipt (MDN) arrived from the partner within {secs} seconds; the partner may not have received the message: check with them before resending.");
+        record_outcome(ctx, id, 0, Attempt::Final(reason), None).await;
+    }
+}
+
+fn digest(s: SignOption) -> Option<DigestAlgorithm> {
+    match s {
+        SignOption::None => None,
+        SignOption::Sha1 => Some(DigestAlgorithm::Sha1),
+        SignOption::Sha256 => Some(DigestAlgorithm::Sha256),
+        SignOption::Sha384 => Some(DigestAlgorithm::Sha384),
+        SignOption::Sha512 => Some(DigestAlgorithm::Sha512),
+    }
+}
+
+fn cipher(e: EncryptOption) -> Option<EncryptionAlgorithm> {
+    match e {
+        EncryptOption::None => None,
+        EncryptOption::TripleDes => Some(EncryptionAlgorithm::TripleDes),
+        EncryptOption::Aes128Cbc => Some(EncryptionAlgorithm::Aes128Cbc),
+        EncryptOption::Aes192Cbc => Some(EncryptionAlgorithm::Aes192Cbc),
+        EncryptOption::Aes256Cbc => Some(EncryptionAlgorithm::Aes256Cbc),
+        EncryptOption::Aes128Gcm => Some(EncryptionAlgorithm::Aes128Gcm),
+        EncryptOption::Aes256Gcm => Some(EncryptionAlgorithm::Aes256Gcm),
+    }
+}
+
+/// Every file goes as `application/octet-stream` with binary transfer encoding: the AS2
+/// core never rewrites such content (text types would be CRLF-canonicalized), so partners
+/// receive exactly the bytes the user uploaded.
+const CONTENT_TYPE: &str = "application/octet-stream";
+
+/// Builds the AS2 profile of a partner.
+fn profile(ctx: &Ctx, station: &Station, partner: &Partner) -> Result<SendProfile, String> {
+    let p = &partner.profile;
+    let mut profile = SendProfile::new(&station.as2_id, &partner.as2_id);
+    profile.subject = format!("AS2 message from {}", station.as2_id);
+    profile.sign = digest(p.sign);
+    profile.encrypt = cipher(p.encrypt);
+    profile.compress = match p.compress {
+        CompressOption::None => None,
+        CompressOption::BeforeSign => Some(CompressionOrder::BeforeSigning),
+        CompressOption::AfterSign => Some(CompressionOrder::AfterSigning),
+    };
+    profile.mdn = match p.mdn {
+        MdnOption::None => MdnMode::None,
+        MdnOption::Sync => MdnMode::Sync,
+        MdnOption::Async => {
+            let base = ctx.config.serve.public_url.as_deref().ok_or(
+                "an async MDN needs serve.public_url in the config file (the URL partners reach us at)",
+            )?;
+            MdnMode::Async(format!("{}/as2/mdn", base.trim_end_matches('/')))
+        }
+    };
+    if p.mdn != MdnOption::None && p.mdn_signed {
+        profile.signed_mdn_micalgs = vec![profile.sign.unwrap_or(DigestAlgorithm::Sha256)];
+    }
+    if let Some(host) = ctx
+        .config
+        .serve
+        .public_url
+        .as_deref()
+        .and_then(|u| u.parse::<hyper::Uri>().ok())
+        .and_then(|u| u.host().map(str::to_owned))
+    {
+        profile.message_id_domain = host;
+    }
+    Ok(profile)
+}
+
+/// Judges a parsed MDN against the MICs we accept.
+pub fn judge_mdn(mdn: &ReceivedMdn, expected: &[Mic]) -> Attempt {
+    if !mdn.disposition.is_processed() {
+        return Attempt::Final(format!(
+            "The partner's receipt (MDN) reports an error: {}. {}",
+            mdn.disposition.to_field(),
+            mdn.text.lines().next().unwrap_or("")
+        ));
+    }
+    match mdn.check_mic(expected) {
+        crate::as2::mdn::MicCheck::Mismatch => Attempt::Final(format!(
+            "The partner's receipt returned MIC {} but we computed {}: the partner may have received different content.",
+            mdn.mic.as_ref().map(|m| m.to_header_value()).unwrap_or_default(),
+            expected.first().map(|m| m.to_header_value()).unwrap_or_default()
+        )),
+        _ => Attempt::Delivered,
+    }
+}
+
+async fn process(ctx: Arc<Ctx>, c: Claimed) {
+    let id = c.id;
+    let attempts = c.attempts;
+    let (outcome, mdn) = attempt(&ctx, c).await;
+    record_outcome(&ctx, id, attempts, outcome, mdn).await;
+}
+
+/// One attempt; returns the outcome and the MDN text, if any.
+async fn attempt(ctx: &Arc<Ctx>, c: Claimed) -> (Attempt, Option<String>) {
+    let store = ctx.store.clone();
+    let (sid, pid) = (c.station_id, c.partner_id);
+    let loaded = blocking(move || {
+        let station = store.station_by_id(sid)?;
+        let partner = store.partner_by_id(pid)?;
+        Ok::<_, crate::store::StoreError>((station, partner))
+    })
+    .await;
+    let (station, partner) = match loaded {
+        Ok((Some(s), Some(p))) => (s, p),
+        Ok(_) => {
+            return (
+                Attempt::Final(
+                    "The station or partner was removed before the message could be sent.".into(),
+                ),
+                None,
+            )
+        }
+        Err(e) => return (Attempt::Transient(format!("store error: {e}")), None),
+    };
+    let Some(url) = partner.url.clone() else {
+        return (
+            Attempt::Final(format!(
+                "The partner {} has no URL to send to: set one with `as2box partner set --url`.",
+                partner.as2_id
+            )),
+            None,
+        );
+    };
+    let profile = match profile(ctx, &station, &partner) {
+        Ok(p) => p,
+        Err(e) => return (Attempt::Final(format!("Not sent: {e}.")), None),
+    };
+    let signer = if profile.sign.is_some() || !profile.signed_mdn_micalgs.is_empty() {
+        match ctx.keys.station_key(&station) {
+            Ok(k) => Some(k),
+            Err(e) if profile.sign.is_some() => {
+                return (Attempt::Final(format!("Not sent: {e}.")), None)
+            }
+            Err(_) => None,
+        }
+    } else {
+        None
+    };
+    let certs = if profile.encrypt.is_some() || partner.profile.mdn_signed {
+        match ctx.keys.partner_certs(&partner) {
+            Ok(c) => c,
+            Err(e) if profile.encrypt.is_some() => {
+                return (Attempt::Final(format!("Not sent: {e}.")), None)
+            }
+            Err(_) => Arc::new(Vec::new()),
+        }
+    } else {
+        Arc::new(Vec::new())
+    };
+    let store = ctx.store.clone();
+    let files = c.files.clone();
+    let attachments = blocking(move || {
+        files
+            .iter()
+            .map(|f| {
+                let mut data = Vec::with_capacity(f.size as usize);
+                use std::io::Read;
+                store
+                    .blobs()
+                    .open_blob(&f.sha256)?
+                    .read_to_end(&mut data)
+                    .map_err(|e| crate::store::StoreError::Io {
+                        context: format!("read blob {}", f.sha256),
+                        source: e,
+                    })?;
+                Ok(Attachment {
+                    filename: Some(f.name.clone()),
+                    content_type: CONTENT_TYPE.into(),
+                    data,
+                })
+            })
+            .collect::<Result<Vec<_>, crate::store::StoreError>>()
+    })
+    .await;
+    let attachments = match attachments {
+        Ok(a) => a,
+        Err(e) => {
+            return (
+                Attempt::Final(format!("The message's files could not be read: {e}.")),
+                None,
+            )
+        }
+    };
+    let bytes: u64 = attachments.iter().map(|a| a.data.len() as u64).sum();
+    let (p2, s2, r2, mid) = (
+        profile.clone(),
+        signer.clone(),
+        certs.first().cloned(),
+        c.as2_message_id.clone(),
+    );
+    let built = blocking(move || {
+        build_message(
+            &attachments,
+            &p2,
+            s2.as_deref(),
+            r2.as_ref(),
+            now_ms() / 1000,
+            mid.as_deref(),
+        )
+    })
+    .await;
+    let msg = match built {
+        Ok(m) => m,
+        Err(e) => {
+            return (
+                Attempt::Final(format!("The message could not be built: {e}.")),
+                None,
+            )
+        }
+    };
+    let mics: Vec<String> = msg
+        .acceptable_mics()
+        .iter()
+        .map(|m| m.to_header_value())
+        .collect();
+    let headers_text = String::from_utf8_lossy(&msg.headers.to_bytes()).into_owned();
+    let (store, mid) = (ctx.store.clone(), msg.message_id.clone());
+    let mics_text = mics.join("\n");
+    if let Err(e) =
+        blocking(move || store.message_prepared(c.id, &mid, Some(&mics_text), &headers_text)).await
+    {
+        return (Attempt::Transient(format!("store error: {e}")), None);
+    }
+    let trust = match &partner.profile.trust_path {
+        Some(p) => ctx.keys.certs(p).ok().and_then(|c| c.first().cloned()),
+        None => None,
+    };
+    let timeout = Duration::from_secs_f64(ctx.config.serve.send_timeout_secs);
+    info!(message = c.id, attempt = c.attempts, %url, message_id = %msg.message_id, bytes, "sending");
+    let expected = msg.acceptable_mics();
+    let resp = match super::http::post(&url, &msg.headers, msg.body, trust.as_ref(), timeout).await
+    {
+        Ok(r) => r,
+        Err(e) => return (Attempt::Transient(e.0), None),
+    };
+    if let Some(a) = classify_status(resp.status) {
+        return (a, None);
+    }
+    ctx.metrics
+        .bytes_out
+        .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    match partner.profile.mdn {
+        MdnOption::None => (Attempt::Delivered, None),
+        MdnOption::Async => {
+            let store = ctx.store.clone();
+            let id = c.id;
+            let _ = blocking(move || store.message_awaiting_mdn(id)).await;
+            (Attempt::Transient(String::new()), None)
+        }
+        MdnOption::Sync => {
+            let mdn_text = format!(
+                "{}\n{}",
+                String::from_utf8_lossy(&resp.headers.to_bytes()),
+                String::from_utf8_lossy(&resp.body)
+            );
+            let require_signed = partner.profile.mdn_signed;
+            let parsed = blocking(move || {
+                parse_mdn(
+                    &resp.headers,
+                    &resp.body,
+                    &certs,
+                    ValidityPolicy::at(now_ms() / 1000),
+                    require_signed,
+                )
+            })
+            .await;
+            match parsed {
+                Ok(mdn) => (judge_mdn(&mdn, &expected), Some(mdn_text)),
+                Err(e) => (
+                    Attempt::Final(format!(
+                        "The partner's receipt (MDN) could not be verified: {e}."
+                    )),
+                    Some(mdn_text),
+                ),
+            }
+        }
+    }
+}
+
+/// Records what an attempt came to. `attempts` 0 means "from an async MDN or a timeout".
+pub async fn record_outcome(
+    ctx: &Arc<Ctx>,
+    id: i64,
+    attempts: u32,
+    outcome: Attempt,
+    mdn: Option<String>,
+) {
+    let store = ctx.store.clone();
+    let backoff = Backoff {
+        base: Duration::from_secs_f64(ctx.config.serve.retry_base_secs),
+        ceiling: Duration::from_secs_f64(ctx.config.serve.retry_max_secs),
+        max_attempts: ctx.config.serve.max_attempts,
+    };
+    let m = &ctx.metrics;
+    match &outcome {
+        Attempt::Delivered => {
+            inc(&m.sent_delivered);
+            if mdn.is_some() {
+                inc(&m.mdn_positive);
+            }
+        }
+        Attempt::Final(_) => {
+            inc(&m.sent_failed);
+            if mdn.is_some() {
+                inc(&m.mdn_negative);
+            }
+        }
+        Attempt::Transient(d) if d.is_empty() => {}
+        Attempt::Transient(_) => inc(&m.sent_retried),
+    }
+    let result = blocking(move || match outcome {
+        Attempt::Delivered => {
+            info!(message = id, "delivered");
+            store.message_delivered(id, mdn.as_deref(), "the partner confirmed receipt")
+        }
+        // Async MDN pending: the state is already awaiting-mdn.
+        Attempt::Transient(d) if d.is_empty() => Ok(()),
+        Attempt::Transient(why) => match backoff.next_delay(attempts) {
+            Some(delay) => {
+                warn!(message = id, attempt = attempts, %why, retry_in_secs = delay.as_secs_f64(), "send failed; will retry");
+                store.message_retry(id, &why, now_ms() + delay.as_millis() as i64)
+            }
+            None => {
+                let reason = format!("Not delivered after {attempts} attempts; the last one failed: {why}.");
+                warn!(message = id, %reason, "giving up");
+                store.message_failed(id, &reason, mdn.as_deref())
+            }
+        },
+        Attempt::Final(reason) => {
+            warn!(message = id, %reason, "failed");
+            store.message_failed(id, &reason, mdn.as_deref())
+        }
+    })
+    .await;
+    if let Err(e) = result {
+        warn!(message = id, error = %e, "cannot record the outcome of a send");
+    }
+}

@@ -1,0 +1,277 @@
+#!/usr/bin/env python3
+"""A pyas2lib-based AS2 trading partner for as2box's tests (issue 4) and,
+later, for the daemon's tests (issue 5).
+
+It listens on 127.0.0.1 only and speaks line-delimited JSON:
+
+* on start it prints  {"event": "listening", "port": N, "mdn_port": M}
+  - port N receives AS2 messages (POST any path) and answers the MDN the
+    sender asked for: sync in the response, or async (HTTP 200 first, then
+    the MDN POSTed to Receipt-Delivery-Option); signed when the request has
+    Disposition-Notification-Options.
+  - port M receives asynchronous MDNs for messages this peer sent.
+* for each message received it prints {"event": "received", ...} with the
+  pyas2lib status, MIC, algorithms and each payload's sha256/size/name.
+* it reads commands from stdin, one JSON object per line:
+    {"cmd": "send", "id": "...", "url": "http://127.0.0.1:P/as2",
+     "data_b64": "...", "filename": "x.edi", "content_type": "application/edi-x12",
+     "sign": "sha256" | null, "encrypt": "aes_256_cbc" | null, "compress": bool,
+     "mdn": "none" | "sync" | "async", "mdn_digest": "sha256" | null,
+     "sign_alg": "rsassa_pkcs1v15" | "rsassa_pss", "key_enc_alg": "rsaes_pkcs1v15" | "rsaes_oaep"}
+  and answers {"event": "sent", "id": ..., "message_id": ..., "mic": ...,
+  "mdn_status": ..., "mdn_detail": ...}.
+    {"cmd": "quit"} ends the process (so does EOF on stdin).
+
+Keys: --key (PEM with private key and certificate, or PKCS#12) and
+--key-pass for this peer; --partner-cert (PEM) for the other side.
+"""
+import argparse
+import base64
+import hashlib
+import http.server
+import json
+import sys
+import threading
+import traceback
+import urllib.request
+
+from pyas2lib import Message, Mdn, Organization, Partner
+
+LOCK = threading.Lock()
+SENT = {}  # message_id -> Message, for MDN matching
+ASYNC_WAIT = {}  # message_id -> (threading.Event, result dict)
+
+
+def emit(obj):
+    with LOCK:
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+
+def raw_request(headers, body):
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    return head.encode("utf-8") + b"\r\n" + body
+
+
+class Peer:
+    def __init__(self, args):
+        key = open(args.key, "rb").read()
+        self.org = Organization(
+            as2_name=args.name,
+            sign_key=key,
+            sign_key_pass=args.key_pass,
+            decrypt_key=key,
+            decrypt_key_pass=args.key_pass,
+            domain="pyas2-peer.test",
+        )
+        self.partner_cert = open(args.partner_cert, "rb").read()
+        self.partner_name = args.partner_name
+
+    def partner(self, **kw):
+        return Partner(
+            as2_name=self.partner_name,
+            verify_cert=self.partner_cert,
+            encrypt_cert=self.partner_cert,
+            validate_certs=False,
+            **kw,
+        )
+
+
+def make_handler(peer):
+    class AS2Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            length = int(self.headers.get("Content-Length", "0"))
+            body = self.rfile.read(length)
+            raw = raw_request(self.headers, body)
+            try:
+                self.handle_message(raw)
+            except Exception as e:  # report, never hang the test
+                emit({"event": "error", "where": "receive", "error": repr(e), "trace": traceback.format_exc()})
+                self.send_response(500)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        def handle_message(self, raw):
+            msg = Message()
+            status, (exc, _tb), mdn = msg.parse(
+                raw,
+                find_org_partner_cb=lambda org, partner: (peer.org, peer.partner()),
+            )
+            payloads = []
+            if status == "processed" and msg.payload is not None:
+                parts = [msg.payload]
+                if msg.payload.is_multipart():
+                    parts = [p for p in msg.payload.walk() if not p.is_multipart()]
+                for p in parts:
+                    data = p.get_payload(decode=True) or b""
+                    payloads.append({
+                        "filename": p.get_filename(),
+                        "content_type": p.get_content_type(),
+                        "size": len(data),
+                        "sha256": hashlib.sha256(data).hexdigest(),
+                    })
+            emit({
+                "event": "received",
+                "message_id": msg.message_id,
+                "status": status,
+                "error": repr(exc) if exc else None,
+                "mic": msg.mic.decode() if msg.mic else None,
+                "digest_alg": msg.digest_alg,
+                "signed": bool(msg.signed),
+                "encrypted": bool(msg.encrypted),
+                "enc_alg": msg.enc_alg,
+                "compressed": bool(msg.compressed),
+                "payloads": payloads,
+            })
+            if mdn is None:
+                self.reply(200, {}, b"")
+            elif mdn.mdn_mode == "SYNC":
+                self.reply(200, mdn.headers, mdn.content)
+            else:
+                self.reply(200, {}, b"")
+                threading.Thread(target=post_async_mdn, args=(mdn,), daemon=True).start()
+
+        def reply(self, code, headers, body):
+            self.send_response(code)
+            for k, v in headers.items():
+                if k.lower() not in ("content-length", "connection"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(body)
+
+    return AS2Handler
+
+
+def post_async_mdn(mdn):
+    try:
+        req = urllib.request.Request(mdn.mdn_url, data=mdn.content, headers=dict(mdn.headers), method="POST")
+        with urllib.request.urlopen(req, timeout=30) as r:
+            r.read()
+    except Exception as e:
+        emit({"event": "error", "where": "async-mdn", "error": repr(e)})
+
+
+def make_mdn_handler(peer):
+    class MdnHandler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            length = int(self.headers.get("Content-Length", "0"))
+            body = self.rfile.read(length)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            result = parse_mdn(raw_request(self.headers, body))
+            waiter = ASYNC_WAIT.get(result.get("orig_message_id"))
+            if waiter:
+                waiter[1].update(result)
+                waiter[0].set()
+            else:
+                emit({"event": "error", "where": "async-mdn-in", "error": "unknown message", **result})
+
+    return MdnHandler
+
+
+def parse_mdn(raw):
+    mdn = Mdn()
+    status, detail = mdn.parse(raw, find_message_cb=lambda mid, rcpt: SENT.get(mid))
+    signed = b"multipart/signed" in raw.split(b"\r\n\r\n", 1)[0].lower()
+    return {
+        "orig_message_id": mdn.orig_message_id,
+        "mdn_status": status,
+        "mdn_detail": detail,
+        "mdn_signed": signed,
+    }
+
+
+def send(peer, cmd, mdn_port):
+    data = base64.b64decode(cmd["data_b64"])
+    partner = peer.partner(
+        sign=bool(cmd.get("sign")),
+        digest_alg=cmd.get("sign") or "sha256",
+        encrypt=bool(cmd.get("encrypt")),
+        enc_alg=cmd.get("encrypt") or "tripledes_192_cbc",
+        compress=bool(cmd.get("compress")),
+        mdn_mode={"none": None, "sync": "SYNC", "async": "ASYNC"}[cmd.get("mdn", "sync")],
+        mdn_digest_alg=cmd.get("mdn_digest"),
+        sign_alg=cmd.get("sign_alg") or "rsassa_pkcs1v15",
+        key_enc_alg=cmd.get("key_enc_alg") or "rsaes_pkcs1v15",
+    )
+    peer.org.mdn_url = f"http://127.0.0.1:{mdn_port}/mdn"
+    msg = Message(sender=peer.org, receiver=partner)
+    msg.build(
+        data,
+        filename=cmd.get("filename"),
+        content_type=cmd.get("content_type", "application/edi-consent"),
+    )
+    SENT[msg.message_id] = msg
+    waiter = None
+    if cmd.get("mdn") == "async":
+        waiter = (threading.Event(), {})
+        ASYNC_WAIT[msg.message_id] = waiter
+    headers = dict(msg.headers)
+    req = urllib.request.Request(cmd["url"], data=msg.content, headers=headers, method="POST")
+    with urllib.request.urlopen(req, timeout=60) as r:
+        resp_body = r.read()
+        resp_headers = dict(r.headers.items())
+    out = {
+        "event": "sent",
+        "id": cmd.get("id"),
+        "message_id": msg.message_id,
+        "mic": msg.mic.decode() if msg.mic else None,
+        "digest_alg": msg.digest_alg,
+    }
+    if cmd.get("mdn") == "sync":
+        out.update(parse_mdn(raw_request(resp_headers, resp_body)))
+    elif waiter:
+        if not waiter[0].wait(60):
+            out["mdn_status"] = "timeout"
+        else:
+            out.update(waiter[1])
+    emit(out)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--key", required=True)
+    ap.add_argument("--key-pass", default=None)
+    ap.add_argument("--partner-cert", required=True)
+    ap.add_argument("--name", default="pyas2peer")
+    ap.add_argument("--partner-name", default="as2box")
+    ap.add_argument("--port", type=int, default=0)
+    args = ap.parse_args()
+    peer = Peer(args)
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(peer))
+    mdn_srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), make_mdn_handler(peer))
+    for s in (srv, mdn_srv):
+        threading.Thread(target=s.serve_forever, daemon=True).start()
+    emit({"event": "listening", "port": srv.server_address[1], "mdn_port": mdn_srv.server_address[1]})
+    for line in sys.stdin:
+        line = line.strip()
+        if not line:
+            continue
+        cmd = json.loads(line)
+        if cmd.get("cmd") == "quit":
+            break
+        if cmd.get("cmd") == "send":
+            try:
+                send(peer, cmd, mdn_srv.server_address[1])
+            except Exception as e:
+                emit({"event": "sent", "id": cmd.get("id"), "error": repr(e), "trace": traceback.format_exc()})
+    srv.shutdown()
+    mdn_srv.shutdown()
+
+
+if __name__ == "__main__":
+    main()
