@@ -519,8 +519,6 @@ impl Fixture {
             "mount".into(),
             self.mnt.to_string_lossy().into_owned(),
         ];
-        // A dead mount stays listed: wait for a mount entry that was not there before.
-        let before = mount_ids(&self.mnt);
         let pid = spawner::call(spawner::Request::Spawn {
             args,
             env: self.env(),
@@ -530,11 +528,9 @@ impl Fixture {
         .pid;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            // Listed and answering (a dead mount answers ENOTCONN; mount ids can be reused).
-            if (mount_ids(&self.mnt).iter().any(|id| !before.contains(id)) || !before.is_empty())
-                && is_mounted(&self.mnt)
-                && std::fs::metadata(&self.mnt).is_ok()
-            {
+            // Listed and answering: a dead mount stays listed (and may answer stat from
+            // the kernel's cache) but fails readdir with ENOTCONN.
+            if is_mounted(&self.mnt) && std::fs::read_dir(&self.mnt).is_ok() {
                 break;
             }
             let w = wait_pid(pid, Duration::ZERO);
