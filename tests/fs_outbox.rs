@@ -1240,3 +1240,74 @@ fn command_keeping_fd(program: &str, keep: i32) -> std::process::Command {
 fn zz_spawn_server() {
     common::spawner::serve_if_helper();
 }
+
+/// Everyday tools run as the user (each as its own process): a shell redirection, cp, dd,
+/// and mv from a temporary name each send exactly one complete message.
+#[test]
+fn real_tools_run_as_the_user_send_each_file_once_and_complete() {
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
+    let mb = fx.mailbox();
+    let src = fx.dir.join("src").join("tool-input.bin");
+    let data = random_bytes(700_000);
+    std::fs::write(&src, &data).unwrap();
+    std::fs::set_permissions(&src, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let ob = mb.outbox();
+    let o = |n: &str| ob.join(n).to_string_lossy().into_owned();
+    let s = src.to_string_lossy().into_owned();
+    let script = format!(
+        "set -e; echo hello > '{a}'; cp '{s}' '{b}'; dd if='{s}' of='{c}' bs=65536 status=none; \
+         cp '{s}' '{d}'; mv '{d}' '{e}'",
+        a = o("shell.txt"),
+        b = o("cp.bin"),
+        c = o("dd.bin"),
+        d = o("mv.bin.part"),
+        e = o("mv.bin"),
+    );
+    let out = run(
+        &["/bin/sh".into(), "-c".into(), script],
+        &[],
+        Some((mb.user.uid, mb.user.gid)),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "tools failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_queued_single(&fx, &mb, "shell.txt", b"hello\n");
+    for n in ["cp.bin", "dd.bin", "mv.bin"] {
+        assert_queued_single(&fx, &mb, n, &data);
+    }
+    assert_eq!(
+        fx.out_messages(&mb.user).len(),
+        4,
+        "{:#?}",
+        fx.out_messages(&mb.user)
+    );
+    // ls -l as the user shows them with the user as owner.
+    let ls = run(
+        &[
+            "/bin/ls".into(),
+            "-ln".into(),
+            ob.to_string_lossy().into_owned(),
+        ],
+        &[],
+        Some((mb.user.uid, mb.user.gid)),
+        Duration::from_secs(30),
+    );
+    let text = String::from_utf8_lossy(&ls.stdout);
+    assert!(
+        ls.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ls.stderr)
+    );
+    assert!(
+        text.lines()
+            .filter(|l| l.contains(&format!(" {} {} ", mb.user.uid, mb.user.gid)))
+            .count()
+            == 4,
+        "ls -ln of the outbox:\n{text}"
+    );
+}
