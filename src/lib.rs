@@ -11,6 +11,7 @@ pub mod fs;
 pub mod keys;
 pub mod mailbox;
 pub mod names;
+pub mod sftp;
 pub mod store;
 pub mod sysaccount;
 pub mod timefmt;

@@ -121,6 +121,15 @@ pub fn ensure(name: &str, group: &str) -> Result<Account, AccountError> {
     Ok(Account { uid, gid })
 }
 
+/// Fails when `name` is an account that as2box did not create (before anything is
+/// written for a new user).
+pub fn check_free(name: &str) -> Result<(), AccountError> {
+    match lookup(name) {
+        Some((_, _, comment)) if comment != COMMENT => Err(AccountError::Foreign(name.to_owned())),
+        _ => Ok(()),
+    }
+}
+
 /// Removes the account `name` if as2box created it.
 pub fn remove(name: &str) -> Result<(), AccountError> {
     match lookup(name) {

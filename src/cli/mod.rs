@@ -15,6 +15,7 @@ mod messages;
 mod mount;
 mod partner;
 mod serve;
+mod sshd;
 mod station;
 mod user;
 
@@ -90,6 +91,8 @@ enum Command {
     Deliver(admin::DeliverArgs),
     /// Remove expired mailbox files and message records now.
     Gc(admin::GcArgs),
+    /// Print the sshd configuration of the dedicated SFTP instance (or the drop-in).
+    SshdConfig(sshd::SshdConfigArgs),
     /// Show what users did through their mailboxes (uploads, downloads, deletions, ...).
     Audit(audit::AuditArgs),
     /// Explain a captured AS2 request or MDN: security, MIC, attachments, disposition.
@@ -137,6 +140,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(a) => serve::run(g, a),
         Command::Deliver(a) => admin::deliver(g, a),
         Command::Gc(a) => admin::gc(g, a),
+        Command::SshdConfig(a) => sshd::run(g, a),
         Command::Audit(a) => audit::run(g, a),
         Command::Decode(a) => decode::run(&a),
     }

@@ -489,6 +489,7 @@ impl MailboxFs {
             }
             Key::Keys(u) => {
                 let text = self.keys_text(*u)?;
+                // Not cached: sshd must see a key the moment it is added.
                 Ok(Attr {
                     ino,
                     kind: Kind::File,
@@ -497,7 +498,7 @@ impl MailboxFs {
                     uid: 0,
                     gid: o.gid,
                     mtime_ms: t,
-                    cacheable: true,
+                    cacheable: false,
                 })
             }
             Key::Station { user, station } => {
@@ -803,7 +804,7 @@ impl MailboxFs {
     }
 
     /// `create`: a new upload in an outbox or an outbox folder.
-    pub fn create(
+    fn create_inner(
         &self,
         c: &Caller,
         parent: u64,
@@ -926,7 +927,7 @@ impl MailboxFs {
     }
 
     /// `open` of an existing file.
-    pub fn open(&self, c: &Caller, ino: u64, write: bool, truncate: bool) -> Result<u64> {
+    fn open_inner(&self, c: &Caller, ino: u64, write: bool, truncate: bool) -> Result<u64> {
         let key = self.key(ino)?;
         self.check_access(c, &key)?;
         if let Some(d) = self.draft(ino) {
@@ -1754,6 +1755,46 @@ impl MailboxFs {
             outcome(&r),
         );
         r
+    }
+
+    /// `create`: a new upload in an outbox or an outbox folder. Refusals are audited; the
+    /// upload itself is audited when it is closed.
+    pub fn create(
+        &self,
+        c: &Caller,
+        parent: u64,
+        name: &str,
+        truncate: bool,
+    ) -> Result<(Attr, u64)> {
+        let r = self.create_inner(c, parent, name, truncate);
+        if r.is_err() {
+            self.audit_at(c, parent, name, "create", outcome(&r));
+        }
+        r
+    }
+
+    /// `open` of an existing file. Reads are audited as `get`; refusals as `open`.
+    pub fn open(&self, c: &Caller, ino: u64, write: bool, truncate: bool) -> Result<u64> {
+        let r = self.open_inner(c, ino, write, truncate);
+        if r.is_err() {
+            if let Ok(key) = self.key(ino) {
+                if let Some(user) = key.user() {
+                    let d = Detail {
+                        bytes: None,
+                        sha256: None,
+                        result: outcome(&r),
+                    };
+                    self.audit_user(c, user, "open", self.key_path(&key), d);
+                }
+            }
+        }
+        r
+    }
+
+    /// Whether reads of this handle must bypass the kernel's page cache: generated content
+    /// (`authorized_keys`) whose size can change between opens.
+    pub fn direct_io(&self, fh: u64) -> bool {
+        matches!(lock(&self.handles).get(&fh), Some(Handle::Bytes(_)))
     }
 
     /// The path of `name` in folder `parent`, inside its user's tree.

@@ -22,6 +22,7 @@ pub use blobs::{fsync_dir, hex, sha256_hex, BlobGuard, BlobStore};
 pub use entries::{InboundOrigin, NewFile, PickupFile, Placement, RenamePickup, SweepReport};
 pub use model::*;
 pub use outgoing::{Claimed, Event, ReceivedRecord, SentRecord};
+pub use rows::UserKey;
 
 /// Everything that can go wrong in the store.
 #[derive(Debug, thiserror::Error)]

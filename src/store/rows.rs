@@ -60,6 +60,17 @@ const USER_COLS: &str = "id, name, uid, gid, quota, created_ms";
 const STATION_COLS: &str = "id, user_id, as2_id, inbox_layout, created_ms, key_path, cert_path";
 const PARTNER_COLS: &str = "id, user_id, as2_id, test, url, created_ms, cert_path, trust_path, sign, encrypt, compress, mdn, mdn_signed";
 
+/// One stored public key of a user.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UserKey {
+    /// Row id (what `user key remove` takes).
+    pub id: i64,
+    /// The `authorized_keys` line.
+    pub public_key: String,
+    /// When it was added.
+    pub created_ms: i64,
+}
+
 fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _)
         if f.code == rusqlite::ErrorCode::ConstraintViolation)
@@ -186,6 +197,85 @@ impl Store {
                 c.prepare("SELECT public_key FROM user_keys WHERE user_id = ?1 ORDER BY id")?;
             let rows = st.query_map([user_id], |r| r.get(0))?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
+    /// The user's keys with their row ids, oldest first.
+    pub fn user_keys(&self, user_id: i64) -> Result<Vec<UserKey>> {
+        self.read(|c| {
+            let mut st = c.prepare(
+                "SELECT id, public_key, created_ms FROM user_keys WHERE user_id = ?1 ORDER BY id",
+            )?;
+            let rows = st.query_map([user_id], |r| {
+                Ok(UserKey {
+                    id: r.get(0)?,
+                    public_key: r.get(1)?,
+                    created_ms: r.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
+    /// Adds a public key (an `authorized_keys` line, checked by the caller) to a user.
+    /// The same key twice is refused.
+    pub fn add_public_key(&self, user_id: i64, public_key: &str) -> Result<i64> {
+        self.write(|tx| {
+            let exists: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM user_keys WHERE user_id = ?1 AND public_key = ?2",
+                params![user_id, public_key],
+                |r| r.get(0),
+            )?;
+            if exists > 0 {
+                return Err(StoreError::Exists("this key of the user".into()));
+            }
+            tx.execute(
+                "INSERT INTO user_keys (user_id, public_key, created_ms) VALUES (?1, ?2, ?3)",
+                params![user_id, public_key, now_ms()],
+            )?;
+            Ok(tx.last_insert_rowid())
+        })
+    }
+
+    /// Removes one key of a user by its row id.
+    pub fn remove_public_key(&self, user_id: i64, key_id: i64) -> Result<()> {
+        self.write(|tx| {
+            let n = tx.execute(
+                "DELETE FROM user_keys WHERE user_id = ?1 AND id = ?2",
+                params![user_id, key_id],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("key {key_id} of this user")));
+            }
+            Ok(())
+        })
+    }
+
+    /// Replaces all of a user's keys with `public_key`, in one transaction: from the commit
+    /// on, only the new key is listed.
+    pub fn replace_public_keys(&self, user_id: i64, public_key: &str) -> Result<i64> {
+        self.write(|tx| {
+            tx.execute("DELETE FROM user_keys WHERE user_id = ?1", [user_id])?;
+            tx.execute(
+                "INSERT INTO user_keys (user_id, public_key, created_ms) VALUES (?1, ?2, ?3)",
+                params![user_id, public_key, now_ms()],
+            )?;
+            Ok(tx.last_insert_rowid())
+        })
+    }
+
+    /// Removes every file and folder from all of a user's boxes (`user reset`); messages
+    /// already queued stay queued. Returns the number of files removed. Their blobs go
+    /// with the next sweep.
+    pub fn clear_user_files(&self, user_id: i64) -> Result<u64> {
+        self.write(|tx| {
+            let files: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM entries WHERE user_id = ?1 AND is_dir = 0",
+                [user_id],
+                |r| r.get(0),
+            )?;
+            tx.execute("DELETE FROM entries WHERE user_id = ?1", [user_id])?;
+            Ok(files.max(0) as u64)
         })
     }
 

@@ -1,0 +1,148 @@
+//! What common clients do after an upload, with paramiko (the second client library) and
+//! with the key as `as2box user add` generated it (encrypted with a passphrase).
+
+mod sshd;
+
+use sshd::{partner_dir, text, Env, PASSPHRASE};
+
+#[test]
+fn paramiko_put_stats_after_close_and_the_file_is_queued_once() {
+    if !sshd::ready("paramiko_put_stats_after_close_and_the_file_is_queued_once") {
+        return;
+    }
+    let mut env = Env::start();
+    let u = env.user();
+    let f = env.local("p.edi", &vec![b'x'; 100_000]);
+    // The encrypted key as generated, opened by paramiko with the passphrase.
+    let o = env.paramiko(
+        &u,
+        &u.encrypted_key,
+        Some(PASSPHRASE),
+        &format!(
+            r#"
+sftp = connect()
+attrs = sftp.put("{}", "{}/outbox/p.edi")   # confirm=True: stats the file after close
+assert attrs.st_size == 100000, attrs
+print("OK", attrs.st_size)
+"#,
+            f.display(),
+            partner_dir(&u.name)
+        ),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("OK 100000"));
+    let msgs = env.messages(&u.name);
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    assert_eq!(msgs[0]["state"], "queued");
+    assert_eq!(msgs[0]["files"][0]["size"], 100_000);
+}
+
+#[test]
+fn paramiko_rename_from_filepart_sends_under_the_final_name() {
+    if !sshd::ready("paramiko_rename_from_filepart_sends_under_the_final_name") {
+        return;
+    }
+    let mut env = Env::start();
+    let u = env.user();
+    let f = env.local("w.edi", b"WinSCP style\n");
+    let pd = partner_dir(&u.name);
+    let o = env.paramiko(
+        &u,
+        &u.key,
+        None,
+        &format!(
+            "sftp = connect()\nsftp.chdir('{pd}/outbox')\nsftp.put('{}', 'w.edi.filepart')\nprint('HELD', sorted(sftp.listdir()))\n",
+            f.display()
+        ),
+    );
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("w.edi.filepart"), "{out}");
+    assert!(env.messages(&u.name).is_empty(), "held until renamed");
+    // A plain SFTP rename (sftp-server tries link(), gets EPERM, falls back to rename()).
+    let o = env.paramiko(
+        &u,
+        &u.key,
+        None,
+        &format!(
+            "sftp = connect()\nsftp.chdir('{pd}/outbox')\nsftp.rename('w.edi.filepart', 'w.edi')\nprint('RENAMED', sftp.stat('w.edi').st_size, sorted(sftp.listdir()))\n"
+        ),
+    );
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("RENAMED 13"), "{out}");
+    assert!(!out.contains("w.edi.filepart"), "{out}");
+    let msgs = env.messages(&u.name);
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    assert_eq!(msgs[0]["name"], "w.edi");
+}
+
+#[test]
+fn filepart_is_held_until_renamed() {
+    if !sshd::ready("filepart_is_held_until_renamed") {
+        return;
+    }
+    let mut env = Env::start();
+    let u = env.user();
+    let f = env.local("h.edi", b"held\n");
+    let pd = partner_dir(&u.name);
+    env.sftp_ok(
+        &u,
+        &format!("cd {pd}/outbox\nput {} h.edi.filepart\n", f.display()),
+    );
+    assert!(env.messages(&u.name).is_empty(), "a .filepart is not sent");
+    let o = env.paramiko(
+        &u,
+        &u.key,
+        None,
+        &format!("sftp = connect()\nsftp.posix_rename('{pd}/outbox/h.edi.filepart', '{pd}/outbox/h.edi')\nprint(sftp.stat('{pd}/outbox/h.edi').st_size)\n"),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let msgs = env.messages(&u.name);
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    assert_eq!(msgs[0]["name"], "h.edi");
+    assert_eq!(msgs[0]["files"][0]["size"], 5);
+}
+
+#[test]
+fn openssh_client_uses_the_encrypted_generated_key_through_askpass() {
+    if !sshd::ready("openssh_client_uses_the_encrypted_generated_key_through_askpass") {
+        return;
+    }
+    let mut env = Env::start();
+    let u = env.user();
+    let askpass = env.dir.join("askpass.sh");
+    std::fs::write(&askpass, format!("#!/bin/sh\necho '{PASSPHRASE}'\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let batch = env.local("askpass-batch", b"pwd\n");
+    let o = std::process::Command::new("sftp")
+        .args([
+            "-F",
+            "/dev/null",
+            "-o",
+            "BatchMode=no",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-i",
+        ])
+        .arg(&u.encrypted_key)
+        .arg("-P")
+        .arg(env.port.to_string())
+        .arg("-b")
+        .arg(&batch)
+        .arg(format!("{}@127.0.0.1", u.name))
+        .env("SSH_ASKPASS", &askpass)
+        .env("SSH_ASKPASS_REQUIRE", "force")
+        .env("DISPLAY", ":0")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("Remote working directory: /as2gateway"), "{t}");
+}

@@ -1,0 +1,608 @@
+//! Harness for the SFTP system tests: a state folder, the real `as2box mount`, a real
+//! `/usr/sbin/sshd` with the config that `as2box sshd-config` renders, system accounts made
+//! by `as2box user add`, and the OpenSSH and paramiko clients. Everything is torn down in
+//! `Drop` (also on panic): sshd and the mount are killed, the mount detached, the accounts
+//! removed, the folder deleted.
+//!
+//! Runs as root with /dev/fuse and sshd. With `AS2BOX_SYSTEM_TESTS=1` a missing piece is a
+//! failure; otherwise the test prints why and skips.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_as2box");
+pub const SSHD: &str = "/usr/sbin/sshd";
+/// Passphrase of every generated user key in the tests.
+pub const PASSPHRASE: &str = "test passphrase 123";
+/// Where test trees live: root-owned 0755 (OpenSSH's chroot rule; never /tmp).
+pub const TEST_ROOT: &str = "/srv/as2box-test";
+
+fn system_tests() -> bool {
+    std::env::var("AS2BOX_SYSTEM_TESTS").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Why the system tests cannot run here, if they cannot.
+fn missing() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root".into());
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Some("no /dev/fuse".into());
+    }
+    if !Path::new(SSHD).exists() {
+        return Some(format!("no {SSHD} (run scripts/setup-sftp-tests)"));
+    }
+    for tool in ["/usr/bin/sftp", "/usr/bin/ssh", "/usr/bin/ssh-keygen"] {
+        if !Path::new(tool).exists() {
+            return Some(format!("no {tool} (run scripts/setup-sftp-tests)"));
+        }
+    }
+    None
+}
+
+/// True when the test should go on; prints the reason and returns false to skip.
+pub fn ready(test: &str) -> bool {
+    match missing() {
+        None => true,
+        Some(why) if system_tests() => {
+            panic!("AS2BOX_SYSTEM_TESTS is set but {test} cannot run: {why}")
+        }
+        Some(why) => {
+            eprintln!("skipping {test}: {why} (set AS2BOX_SYSTEM_TESTS=1 as root to run it)");
+            false
+        }
+    }
+}
+
+/// The Python that has paramiko (AS2BOX_SFTP_PYTHON, default `<repo>/.venv-sftp`).
+pub fn python() -> PathBuf {
+    let p = std::env::var_os("AS2BOX_SFTP_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-sftp/bin/python"));
+    let ok = Command::new(&p)
+        .args(["-c", "import paramiko"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "{} cannot import paramiko: run scripts/setup-sftp-tests (or set AS2BOX_SFTP_PYTHON)",
+        p.display()
+    );
+    p
+}
+
+/// Polls `f` until it returns Some or `secs` pass.
+pub fn wait_for<T>(secs: f64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let mix = (std::process::id() as u64)
+        .wrapping_mul(0x9e37_79b9)
+        .wrapping_add(t as u64)
+        .wrapping_add(N.fetch_add(1, Ordering::Relaxed) as u64 * 0x85eb_ca6b);
+    format!("{prefix}{:06x}", mix & 0xff_ffff)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn is_mounted(path: &Path) -> bool {
+    let want = path.to_str().unwrap();
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(want))
+}
+
+/// Output as text, for assertions.
+pub fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A mailbox user with a key the clients can use.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub name: String,
+    /// The encrypted private key as `as2box user add --private-key-out` wrote it.
+    pub encrypted_key: PathBuf,
+    /// The same key without passphrase (made with ssh-keygen -p), for batch clients.
+    pub key: PathBuf,
+}
+
+/// One test's world: state, mount, sshd, users.
+pub struct Env {
+    pub dir: PathBuf,
+    pub state: PathBuf,
+    pub mnt: PathBuf,
+    pub config: PathBuf,
+    pub port: u16,
+    pub sshd_config: PathBuf,
+    pub sshd_log: PathBuf,
+    pub mount_log: PathBuf,
+    mount: Option<Child>,
+    sshd: Option<Child>,
+    users: Vec<String>,
+}
+
+impl Env {
+    /// State, config, mount and sshd, all running.
+    pub fn start() -> Env {
+        Env::start_with("")
+    }
+
+    /// Like `start`, with extra TOML appended to the settings file.
+    pub fn start_with(extra_toml: &str) -> Env {
+        let root = Path::new(TEST_ROOT);
+        std::fs::create_dir_all(root).unwrap();
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = root.join(unique("sftp-"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mnt = dir.join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        std::fs::set_permissions(&mnt, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let config = dir.join("as2box.toml");
+        std::fs::write(
+            &config,
+            format!("[mount]\npath = \"{}\"\n{extra_toml}\n", mnt.display()),
+        )
+        .unwrap();
+        let mut env = Env {
+            state: dir.join("state"),
+            sshd_config: dir.join("sshd_config"),
+            sshd_log: dir.join("sshd.log"),
+            mount_log: dir.join("mount.log"),
+            port: free_port(),
+            dir,
+            mnt,
+            config,
+            mount: None,
+            sshd: None,
+            users: Vec::new(),
+        };
+        env.ok(&["init"]);
+        env.start_mount();
+        // Host key and sshd config, rendered by as2box for this test's paths.
+        let host_key = env.dir.join("ssh_host_ed25519_key");
+        let o = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&host_key)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        let rendered = env.ok(&[
+            "sshd-config",
+            "--port",
+            &env.port.to_string(),
+            "--listen",
+            "127.0.0.1",
+            "--host-key",
+            host_key.to_str().unwrap(),
+            "--pid-file",
+            env.dir.join("sshd.pid").to_str().unwrap(),
+        ]);
+        std::fs::write(&env.sshd_config, rendered).unwrap();
+        env.start_sshd();
+        env
+    }
+
+    /// Runs `as2box ARGS` with this env's state and config.
+    pub fn as2box(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Runs `as2box ARGS`, asserts success, returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.as2box(args);
+        assert!(o.status.success(), "as2box {args:?} failed: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    pub fn start_mount(&mut self) {
+        let log = std::fs::File::create(&self.mount_log).unwrap();
+        let child = Command::new(BIN)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("mount")
+            .arg(&self.mnt)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.mount = Some(child);
+        let mnt = self.mnt.clone();
+        wait_for(20.0, "the mount", || is_mounted(&mnt).then_some(()));
+    }
+
+    /// Kills the mount process with SIGKILL (no clean unmount), and waits for it.
+    pub fn kill_mount(&mut self) {
+        if let Some(mut c) = self.mount.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn start_sshd(&mut self) {
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let o = Command::new(SSHD)
+            .arg("-t")
+            .arg("-f")
+            .arg(&self.sshd_config)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "sshd -t refused the rendered config: {}",
+            text(&o)
+        );
+        let child = Command::new(SSHD)
+            .arg("-D")
+            .arg("-f")
+            .arg(&self.sshd_config)
+            .arg("-E")
+            .arg(&self.sshd_log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.sshd = Some(child);
+        let port = self.port;
+        wait_for(20.0, "sshd to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .map(|_| ())
+        });
+    }
+
+    pub fn sshd_log(&self) -> String {
+        std::fs::read_to_string(&self.sshd_log).unwrap_or_default()
+    }
+
+    /// A user with a generated key (encrypted with [`PASSPHRASE`]), one station and one
+    /// production + test partner: `as2gateway/<name>-ST/<name>-P/`.
+    pub fn user(&mut self) -> User {
+        let name = unique("sf");
+        let pass = self.dir.join("passphrase");
+        std::fs::write(&pass, format!("{PASSPHRASE}\n")).unwrap();
+        let encrypted_key = self.dir.join(format!("{name}.key"));
+        self.users.push(name.clone());
+        self.ok(&[
+            "user",
+            "add",
+            &name,
+            "--private-key-out",
+            encrypted_key.to_str().unwrap(),
+            "--passphrase-file",
+            pass.to_str().unwrap(),
+        ]);
+        let key = self.decrypted_copy(&encrypted_key, PASSPHRASE);
+        self.ok(&["station", "add", "--user", &name, &station(&name)]);
+        self.ok(&[
+            "partner",
+            "add",
+            "--user",
+            &name,
+            &partner(&name),
+            "--url",
+            "http://127.0.0.1:9/as2",
+        ]);
+        self.ok(&["partner", "add", "--user", &name, &partner(&name), "--test"]);
+        User {
+            name,
+            encrypted_key,
+            key,
+        }
+    }
+
+    /// Copies an encrypted private key and removes the passphrase from the copy with
+    /// OpenSSH's ssh-keygen (which also proves ssh-keygen reads what we wrote).
+    pub fn decrypted_copy(&self, key: &Path, passphrase: &str) -> PathBuf {
+        let copy = self.dir.join(format!(
+            "{}.{}.plain",
+            key.file_name().unwrap().to_str().unwrap(),
+            unique("")
+        ));
+        std::fs::copy(key, &copy).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let o = Command::new("ssh-keygen")
+            .args(["-q", "-p", "-P", passphrase, "-N", "", "-f"])
+            .arg(&copy)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "ssh-keygen could not decrypt {}: {}",
+            key.display(),
+            text(&o)
+        );
+        copy
+    }
+
+    /// A fresh unencrypted key pair made by ssh-keygen: (private, public).
+    pub fn own_key(&self, kind: &str) -> (PathBuf, PathBuf) {
+        let p = self.dir.join(unique("own-"));
+        let o = Command::new("ssh-keygen")
+            .args(["-q", "-t", kind, "-N", "", "-C", "partner-own", "-f"])
+            .arg(&p)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        let public = p.with_extension("pub");
+        let with_pub = PathBuf::from(format!("{}.pub", p.display()));
+        std::fs::rename(&with_pub, &public).unwrap();
+        (p, public)
+    }
+
+    fn ssh_opts(&self, key: &Path) -> Vec<String> {
+        vec![
+            "-o".into(),
+            "StrictHostKeyChecking=no".into(),
+            "-o".into(),
+            "UserKnownHostsFile=/dev/null".into(),
+            "-o".into(),
+            "LogLevel=ERROR".into(),
+            "-o".into(),
+            "IdentitiesOnly=yes".into(),
+            "-o".into(),
+            "ConnectTimeout=20".into(),
+            "-o".into(),
+            format!("IdentityFile={}", key.display()),
+            "-F".into(),
+            "/dev/null".into(),
+        ]
+    }
+
+    /// Runs the OpenSSH `sftp` client in batch mode with `commands` (one per line). With
+    /// batch mode, a failing command (not prefixed with `-`) ends the batch with status 1.
+    pub fn sftp(&self, user: &str, key: &Path, commands: &str) -> Output {
+        let batch = self.dir.join(unique("batch-"));
+        std::fs::write(&batch, commands).unwrap();
+        let out = Command::new("sftp")
+            .args(self.ssh_opts(key))
+            .arg("-P")
+            .arg(self.port.to_string())
+            .arg("-b")
+            .arg(&batch)
+            .arg(format!("{user}@127.0.0.1"))
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_file(&batch);
+        out
+    }
+
+    /// `sftp` batch that must succeed; returns stdout.
+    pub fn sftp_ok(&self, u: &User, commands: &str) -> String {
+        let o = self.sftp(&u.name, &u.key, commands);
+        assert!(
+            o.status.success(),
+            "sftp batch failed:\n{commands}\n{}\nsshd log:\n{}",
+            text(&o),
+            self.sshd_log()
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// `ssh` with extra arguments (before the destination) and a remote command.
+    pub fn ssh(&self, user: &str, key: &Path, extra: &[&str], remote: &[&str]) -> Output {
+        Command::new("ssh")
+            .args(self.ssh_opts(key))
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(extra)
+            .arg(format!("{user}@127.0.0.1"))
+            .args(remote)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Runs a Python script with paramiko; `HOST`, `PORT`, `USER`, `KEY`, `PASS` are in
+    /// its environment, and the script gets a connected `sftp` (paramiko SFTPClient) when
+    /// it calls `connect()` from the prelude.
+    pub fn paramiko(&self, u: &User, key: &Path, pass: Option<&str>, script: &str) -> Output {
+        let prelude = r#"
+import os, sys, time, paramiko
+def connect():
+    pk = paramiko.Ed25519Key.from_private_key_file(os.environ["KEY"], password=os.environ.get("PASS") or None)
+    t = paramiko.Transport(("127.0.0.1", int(os.environ["PORT"])))
+    t.connect(username=os.environ["USER"], pkey=pk)
+    return paramiko.SFTPClient.from_transport(t)
+"#;
+        Command::new(python())
+            .arg("-c")
+            .arg(format!("{prelude}\n{script}"))
+            .env("PORT", self.port.to_string())
+            .env("USER", &u.name)
+            .env("KEY", key)
+            .env("PASS", pass.unwrap_or(""))
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// The messages of a user (`as2box messages list --json`).
+    pub fn messages(&self, user: &str) -> Vec<serde_json::Value> {
+        let out = self.ok(&["messages", "list", "--user", user, "--json"]);
+        serde_json::from_str::<serde_json::Value>(&out)
+            .unwrap()
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Delivers a file into the user's inbox (or test inbox) as if the partner had sent it.
+    pub fn deliver(&self, u: &User, test: bool, name: &str, content: &[u8]) {
+        let f = self.dir.join(unique("deliver-"));
+        std::fs::write(&f, content).unwrap();
+        let (st, pa) = (station(&u.name), partner(&u.name));
+        let mut args = vec![
+            "deliver",
+            "--station",
+            &st,
+            "--partner",
+            &pa,
+            "--name",
+            name,
+        ];
+        if test {
+            args.push("--test");
+        }
+        args.push(f.to_str().unwrap());
+        self.ok(&args);
+    }
+
+    /// A local file in the test folder with `content`.
+    pub fn local(&self, name: &str, content: &[u8]) -> PathBuf {
+        let p = self.dir.join(name);
+        std::fs::write(&p, content).unwrap();
+        p
+    }
+
+    /// The paths in the user's chroot (for reading as root through the mount).
+    pub fn tree(&self, u: &User) -> PathBuf {
+        self.mnt.join(&u.name)
+    }
+
+    /// Number of processes running as the system account `name`.
+    pub fn processes_of(&self, name: &str) -> usize {
+        let Some(uid) = uid_of(name) else { return 0 };
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|s| s.parse::<u32>().is_ok())
+            })
+            .filter(|e| {
+                std::fs::read_to_string(e.path().join("status"))
+                    .unwrap_or_default()
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Uid:"))
+                    .is_some_and(|l| l.split_whitespace().next() == Some(&uid.to_string()))
+            })
+            .count()
+    }
+}
+
+/// The uid of a system account.
+pub fn uid_of(name: &str) -> Option<u32> {
+    let o = Command::new("id").args(["-u", name]).output().ok()?;
+    if !o.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&o.stdout).trim().parse().ok()
+}
+
+/// The station id `Env::user` gives a user.
+pub fn station(user: &str) -> String {
+    format!("{}-ST", user.to_uppercase())
+}
+
+/// The partner id `Env::user` gives a user.
+pub fn partner(user: &str) -> String {
+    format!("{}-P", user.to_uppercase())
+}
+
+/// `as2gateway/<station>/<partner>` for a user, as seen inside the chroot.
+pub fn partner_dir(user: &str) -> String {
+    format!("/as2gateway/{}/{}", station(user), partner(user))
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.sshd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for name in std::mem::take(&mut self.users) {
+            let o = self.as2box(&["user", "remove", "--force", &name]);
+            if !o.status.success() {
+                eprintln!("cleanup: as2box user remove {name}: {}", text(&o));
+                // The account must not outlive the test even if the store is broken.
+                if uid_of(&name).is_some() {
+                    let _ = Command::new("pkill").args(["-KILL", "-u", &name]).status();
+                    let _ = Command::new("userdel").arg(&name).status();
+                }
+            }
+        }
+        if let Some(mut c) = self.mount.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if is_mounted(&self.mnt) {
+            let c = std::ffi::CString::new(self.mnt.to_str().unwrap()).unwrap();
+            // SAFETY: plain syscall with a valid C string.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+        // Never walk into a mount.
+        if !is_mounted(&self.mnt) && std::env::var_os("AS2BOX_KEEP_TEST_DIR").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Parses `ls -l`-style lines of the sftp client into name -> line.
+pub fn listing(out: &str) -> BTreeMap<String, String> {
+    out.lines()
+        .filter(|l| !l.starts_with("sftp>"))
+        .filter_map(|l| {
+            let name = l.split_whitespace().last()?;
+            Some((name.rsplit('/').next().unwrap().to_owned(), l.to_owned()))
+        })
+        .collect()
+}
