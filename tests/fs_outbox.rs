@@ -121,6 +121,21 @@ fn empty_file_is_picked_up() {
     fx.as_user(&mb.user, || {
         ok(ops::put(&mb.outbox().join("empty.txt"), b""), "put empty")
     });
+    let closed = Instant::now();
+    if msgs_named(&fx, &mb, "empty.txt").is_empty() {
+        // Say whether it came late or never.
+        let late = (0..60).find_map(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            (!msgs_named(&fx, &mb, "empty.txt").is_empty()).then(|| closed.elapsed())
+        });
+        let listing = fx.as_user(&mb.user, || {
+            ops::stat(&mb.outbox().join("empty.txt")).map(|m| format!("{:o}", m.mode() & 0o7777))
+        });
+        panic!(
+            "an empty file was not queued when close() returned (queued later: {late:?}; \
+             outbox entry mode now: {listing:?})"
+        );
+    }
     assert_queued_single(&fx, &mb, "empty.txt", b"");
 }
 
@@ -988,15 +1003,15 @@ fn too_many_bytes_in_one_file_move_it_to_failed_with_a_reason() {
     // A second failure of the same name gets a stamp prefix in failed/.
     fx.as_user(&mb.user, || {
         let _ = ops::put(&mb.outbox().join("big.bin"), &big);
-        let entry = wait_for(
-            "a stamped big.bin in failed/",
-            Duration::from_secs(10),
-            || {
-                names(&mb.failed()).into_iter().find(|n| {
-                    n.ends_with("-big.bin") && stamp_like(&n[..n.len() - "-big.bin".len()])
-                })
-            },
+        let what = format!(
+            "a stamped big.bin in failed/ (failed/ now: {:?})",
+            names(&mb.failed())
         );
+        let entry = wait_for(&what, Duration::from_secs(10), || {
+            names(&mb.failed())
+                .into_iter()
+                .find(|n| n.ends_with("-big.bin") && stamp_like(&n[..n.len() - "-big.bin".len()]))
+        });
         assert_eq!(ok(ops::read(&mb.failed().join(&entry)), "read"), big);
     });
     assert!(msgs_named(&fx, &mb, "big.bin")
@@ -1217,4 +1232,82 @@ fn command_keeping_fd(program: &str, keep: i32) -> std::process::Command {
         });
     }
     cmd
+}
+
+/// Not a test: the harness's spawn helper (see tests/common/spawner.rs).
+#[test]
+#[ignore = "helper process of the harness, started by the harness itself"]
+fn zz_spawn_server() {
+    common::spawner::serve_if_helper();
+}
+
+/// Everyday tools run as the user (each as its own process): a shell redirection, cp, dd,
+/// and mv from a temporary name each send exactly one complete message.
+#[test]
+fn real_tools_run_as_the_user_send_each_file_once_and_complete() {
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
+    let mb = fx.mailbox();
+    let src = fx.dir.join("src").join("tool-input.bin");
+    let data = random_bytes(700_000);
+    std::fs::write(&src, &data).unwrap();
+    std::fs::set_permissions(&src, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let ob = mb.outbox();
+    let o = |n: &str| ob.join(n).to_string_lossy().into_owned();
+    let s = src.to_string_lossy().into_owned();
+    let script = format!(
+        "set -e; echo hello > '{a}'; cp '{s}' '{b}'; dd if='{s}' of='{c}' bs=65536 status=none; \
+         cp '{s}' '{d}'; mv '{d}' '{e}'",
+        a = o("shell.txt"),
+        b = o("cp.bin"),
+        c = o("dd.bin"),
+        d = o("mv.bin.part"),
+        e = o("mv.bin"),
+    );
+    let out = run(
+        &["/bin/sh".into(), "-c".into(), script],
+        &[],
+        Some((mb.user.uid, mb.user.gid)),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "tools failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_queued_single(&fx, &mb, "shell.txt", b"hello\n");
+    for n in ["cp.bin", "dd.bin", "mv.bin"] {
+        assert_queued_single(&fx, &mb, n, &data);
+    }
+    assert_eq!(
+        fx.out_messages(&mb.user).len(),
+        4,
+        "{:#?}",
+        fx.out_messages(&mb.user)
+    );
+    // ls -l as the user shows them with the user as owner.
+    let ls = run(
+        &[
+            "/bin/ls".into(),
+            "-ln".into(),
+            ob.to_string_lossy().into_owned(),
+        ],
+        &[],
+        Some((mb.user.uid, mb.user.gid)),
+        Duration::from_secs(30),
+    );
+    let text = String::from_utf8_lossy(&ls.stdout);
+    assert!(
+        ls.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ls.stderr)
+    );
+    assert!(
+        text.lines()
+            .filter(|l| l.contains(&format!(" {} {} ", mb.user.uid, mb.user.gid)))
+            .count()
+            == 4,
+        "ls -ln of the outbox:\n{text}"
+    );
 }

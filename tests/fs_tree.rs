@@ -815,3 +815,10 @@ fn statfs_without_quota_reports_the_state_disk() {
         s.f_namemax
     );
 }
+
+/// Not a test: the harness's spawn helper (see tests/common/spawner.rs).
+#[test]
+#[ignore = "helper process of the harness, started by the harness itself"]
+fn zz_spawn_server() {
+    common::spawner::serve_if_helper();
+}

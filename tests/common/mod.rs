@@ -16,6 +16,7 @@
 #![allow(dead_code)]
 
 pub mod ops;
+pub mod spawner;
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
@@ -23,7 +24,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
@@ -221,7 +222,8 @@ pub struct Fixture {
     pub config: PathBuf,
     pub mnt: PathBuf,
     pub settings: Settings,
-    mount: Mutex<Option<Child>>,
+    /// pid of the mount process (a child of the spawn helper).
+    mount: Mutex<Option<u32>>,
     /// pid of the running mount process (0 when none) and its FUSE connection, for the
     /// hang watchdog.
     mount_pid: Arc<Watch>,
@@ -239,6 +241,8 @@ impl Fixture {
 
     /// Like [`Fixture::new`] but without mounting (for tests that prepare the store first).
     pub fn new_unmounted(test: &str, settings: Settings) -> Fixture {
+        // The spawn helper must exist before any test opens a file on a mount.
+        spawner::start();
         static SWEEP: Once = Once::new();
         SWEEP.call_once(sweep_stale_fixtures);
 
@@ -287,17 +291,35 @@ impl Fixture {
 
     /// `as2box --state-dir .. --config .. ARGS`, with a timeout; returns the output.
     pub fn cli<S: AsRef<OsStr>>(&self, args: &[S]) -> Output {
-        let mut cmd = command(bin());
-        cmd.arg("--state-dir")
-            .arg(&self.state_dir)
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .env("AS2BOX_STATE_DIR", &self.state_dir)
-            .env("AS2BOX_CONFIG", &self.config)
-            .stdin(Stdio::null());
-        let what = describe(args);
-        run_with_timeout(cmd, CLI_TIMEOUT, &what)
+        let mut all = vec![
+            bin().to_string(),
+            "--state-dir".into(),
+            self.state_dir.to_string_lossy().into_owned(),
+            "--config".into(),
+            self.config.to_string_lossy().into_owned(),
+        ];
+        all.extend(
+            args.iter()
+                .map(|a| a.as_ref().to_string_lossy().into_owned()),
+        );
+        run(&all, &self.env(), None, CLI_TIMEOUT)
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        vec![
+            (
+                "AS2BOX_STATE_DIR".into(),
+                self.state_dir.to_string_lossy().into_owned(),
+            ),
+            (
+                "AS2BOX_CONFIG".into(),
+                self.config.to_string_lossy().into_owned(),
+            ),
+            (
+                "RUST_LOG".into(),
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            ),
+        ]
     }
 
     /// Runs the CLI and panics (with its output) unless it succeeds; returns stdout.
@@ -488,41 +510,41 @@ impl Fixture {
     pub fn mount(&self) {
         let n = self.mount_count.fetch_add(1, Ordering::SeqCst);
         let log_path = self.dir.join(format!("mount{n}.log"));
-        let log = std::fs::File::create(&log_path).unwrap();
-        let mut cmd = command(bin());
-        cmd.arg("--state-dir")
-            .arg(&self.state_dir)
-            .arg("--config")
-            .arg(&self.config)
-            .arg("mount")
-            .arg(&self.mnt)
-            .env("AS2BOX_STATE_DIR", &self.state_dir)
-            .env("AS2BOX_CONFIG", &self.config)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start `as2box mount`: {e}"));
+        let args = vec![
+            bin().to_string(),
+            "--state-dir".into(),
+            self.state_dir.to_string_lossy().into_owned(),
+            "--config".into(),
+            self.config.to_string_lossy().into_owned(),
+            "mount".into(),
+            self.mnt.to_string_lossy().into_owned(),
+        ];
+        let pid = spawner::call(spawner::Request::Spawn {
+            args,
+            env: self.env(),
+            ids: None,
+            log: log_path.to_string_lossy().into_owned(),
+        })
+        .pid;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if is_mounted(&self.mnt) {
+            // Listed and answering: a dead mount stays listed (and may answer stat from
+            // the kernel's cache) but fails readdir with ENOTCONN.
+            if is_mounted(&self.mnt) && std::fs::read_dir(&self.mnt).is_ok() {
                 break;
             }
-            if let Some(status) = child.try_wait().unwrap() {
+            let w = wait_pid(pid, Duration::ZERO);
+            if w.exited {
                 panic!(
-                    "`as2box mount {}` exited ({status}) before mounting; its log:\n{}",
+                    "`as2box mount {}` exited ({}) before mounting; its log:\n{}",
                     self.mnt.display(),
+                    w.status(),
                     std::fs::read_to_string(&log_path).unwrap_or_default()
                 );
             }
             if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                wait_pid(pid, Duration::from_secs(10));
                 panic!(
                     "`as2box mount {}` did not mount within 30 s; its log:\n{}",
                     self.mnt.display(),
@@ -531,13 +553,16 @@ impl Fixture {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        self.mount_pid
-            .pid
-            .store(child.id() as i32, Ordering::SeqCst);
+        self.mount_pid.pid.store(pid as i32, Ordering::SeqCst);
         self.mount_pid
             .conn
             .store(fuse_connection(&self.mnt).unwrap_or(0), Ordering::SeqCst);
-        *self.mount.lock().unwrap() = Some(child);
+        *self.mount.lock().unwrap() = Some(pid);
+    }
+
+    /// pid of the running mount process.
+    pub fn mount_pid(&self) -> Option<u32> {
+        *self.mount.lock().unwrap()
     }
 
     /// The log of the latest mount process.
@@ -552,24 +577,28 @@ impl Fixture {
     /// Sends `signal` to the mount process and waits for it to exit; returns its status.
     #[track_caller]
     pub fn stop_mount(&self, signal: i32) -> std::process::ExitStatus {
-        let mut guard = self.mount.lock().unwrap();
-        let mut child = guard.take().expect("no mount process running");
+        let pid = self
+            .mount
+            .lock()
+            .unwrap()
+            .take()
+            .expect("no mount process running");
         self.mount_pid.pid.store(0, Ordering::SeqCst);
-        unsafe { libc::kill(child.id() as i32, signal) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
+        unsafe { libc::kill(pid as i32, signal) };
+        let w = wait_pid(pid, Duration::from_secs(30));
+        if !w.exited {
+            let conn = self.mount_pid.conn.load(Ordering::SeqCst);
+            if conn > 0 {
+                abort_fuse_connection(conn);
             }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let status = child.wait().unwrap();
-                panic!(
-                    "the mount process did not exit within 30 s of signal {signal} (then killed: {status:?})"
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            let w = wait_pid(pid, Duration::from_secs(30));
+            panic!(
+                "the mount process did not exit within 30 s of signal {signal} (then killed: {:?})",
+                w.exited.then(|| w.status())
+            );
         }
+        w.status()
     }
 
     /// The hang watchdog's view of the mount (pid, FUSE connection).
@@ -579,8 +608,14 @@ impl Fixture {
 
     /// The mount process, if still running, exited by itself?
     pub fn mount_exited(&self) -> Option<std::process::ExitStatus> {
-        let mut guard = self.mount.lock().unwrap();
-        guard.as_mut().and_then(|c| c.try_wait().unwrap())
+        let pid = (*self.mount.lock().unwrap())?;
+        let w = wait_pid(pid, Duration::ZERO);
+        if w.exited {
+            *self.mount.lock().unwrap() = None;
+            Some(w.status())
+        } else {
+            None
+        }
     }
 
     pub fn is_mounted(&self) -> bool {
@@ -590,7 +625,7 @@ impl Fixture {
     /// `umount -l` of the mount point if the kernel still lists it.
     pub fn lazy_unmount(&self) {
         if is_mounted(&self.mnt) {
-            let _ = command("umount").arg("-l").arg(&self.mnt).output();
+            run_quiet(&["umount", "-l", &self.mnt.to_string_lossy()]);
         }
     }
 
@@ -631,29 +666,21 @@ impl Drop for Fixture {
             eprintln!("---");
         }
         // 1. Stop the mount.
-        let child = self.mount.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let pid = self.mount.lock().unwrap_or_else(|e| e.into_inner()).take();
         self.mount_pid.pid.store(0, Ordering::SeqCst);
-        if let Some(mut child) = child {
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                match child.try_wait() {
-                    Ok(Some(_)) | Err(_) => break,
-                    Ok(None) if Instant::now() > deadline => {
-                        eprintln!(
-                            "{}: mount ignored SIGTERM for 10 s; aborting its connection and killing it",
-                            self.test
-                        );
-                        let conn = self.mount_pid.conn.load(Ordering::SeqCst);
-                        if conn > 0 {
-                            abort_fuse_connection(conn);
-                        }
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break;
-                    }
-                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+        if let Some(pid) = pid {
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            if !wait_pid(pid, Duration::from_secs(10)).exited {
+                eprintln!(
+                    "{}: mount ignored SIGTERM for 10 s; aborting its connection and killing it",
+                    self.test
+                );
+                let conn = self.mount_pid.conn.load(Ordering::SeqCst);
+                if conn > 0 {
+                    abort_fuse_connection(conn);
                 }
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                wait_pid(pid, Duration::from_secs(10));
             }
         }
         // 2. Unmount if still there.
@@ -722,9 +749,7 @@ pub fn fuse_connection(mnt: &Path) -> Option<u32> {
 pub fn abort_fuse_connection(conn: u32) {
     let dir = Path::new("/sys/fs/fuse/connections");
     if !dir.join(conn.to_string()).exists() {
-        let _ = command("mount")
-            .args(["-t", "fusectl", "none", "/sys/fs/fuse/connections"])
-            .output();
+        run_quiet(&["mount", "-t", "fusectl", "none", "/sys/fs/fuse/connections"]);
     }
     if let Err(e) = std::fs::write(dir.join(conn.to_string()).join("abort"), "1") {
         eprintln!("cannot abort FUSE connection {conn}: {e}");
@@ -847,7 +872,41 @@ fn describe<S: AsRef<OsStr>>(args: &[S]) -> String {
         .join(" ")
 }
 
-/// Runs a command with captured output and a timeout (killed when it passes).
+/// Runs a command through the spawn helper with captured output and a timeout.
+pub fn run(
+    args: &[String],
+    env: &[(String, String)],
+    ids: Option<(u32, u32)>,
+    timeout: Duration,
+) -> Output {
+    let r = spawner::call(spawner::Request::Run {
+        args: args.to_vec(),
+        env: env.to_vec(),
+        ids,
+        timeout_ms: timeout.as_millis() as u64,
+    });
+    Output {
+        status: r.status(),
+        stdout: r.stdout,
+        stderr: r.stderr,
+    }
+}
+
+/// Runs a command through the spawn helper, ignoring its result.
+pub fn run_quiet(args: &[&str]) {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let _ = run(&args, &[], None, Duration::from_secs(60));
+}
+
+/// Waits (through the spawn helper) up to `timeout` for a process it spawned to exit.
+pub fn wait_pid(pid: u32, timeout: Duration) -> spawner::Response {
+    spawner::call(spawner::Request::Wait {
+        pid,
+        timeout_ms: timeout.as_millis() as u64,
+    })
+}
+
+/// Runs a command directly (not through the helper) with captured output and a timeout.
 pub fn run_with_timeout(mut cmd: Command, timeout: Duration, what: &str) -> Output {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd
@@ -934,11 +993,24 @@ fn group_exists(name: &str) -> bool {
 /// Deletes a system account (and its group) left behind; the caller holds ACCOUNT_LOCK.
 fn remove_account(name: &str) {
     if passwd_line(name).is_some() {
-        let _ = command("userdel").arg(name).output();
+        run_quiet(&["userdel", name]);
     }
     if group_exists(name) {
-        let _ = command("groupdel").arg(name).output();
+        run_quiet(&["groupdel", name]);
     }
+}
+
+/// Mount ids (first field of /proc/self/mountinfo) of the mounts on `path`.
+pub fn mount_ids(path: &Path) -> Vec<String> {
+    let want = path.to_string_lossy().replace(' ', "\\040");
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|t| {
+            t.lines()
+                .filter(|l| l.split(' ').nth(4) == Some(want.as_str()))
+                .map(|l| l.split(' ').next().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Is `path` a mount point according to /proc/self/mountinfo?
@@ -981,7 +1053,7 @@ fn sweep_stale_fixtures() {
         }
         let mnt = dir.join("mnt");
         if is_mounted(&mnt) {
-            let _ = command("umount").arg("-l").arg(&mnt).output();
+            run_quiet(&["umount", "-l", &mnt.to_string_lossy()]);
         }
         if let Ok(users) = std::fs::read_to_string(dir.join("users")) {
             let _lock = ACCOUNT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
