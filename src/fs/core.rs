@@ -443,7 +443,7 @@ impl MailboxFs {
             uid: if class.user_owned() { o.uid } else { 0 },
             gid: o.gid,
             mtime_ms,
-            cacheable: class != NodeClass::UserHome,
+            cacheable: true,
         }
     }
 
@@ -549,12 +549,11 @@ impl MailboxFs {
         let pkey = self.key(parent)?;
         let o = self.check_access(c, &pkey)?;
         let key = self.child_key(&pkey, name)?;
-        // A user folder answers only its user and root, even to `stat`; the root lists
-        // every user folder's name, as /home does.
-        let o = if matches!(pkey, Key::Root) {
-            self.check_access(c, &key)?
-        } else {
-            o
+        // A user folder itself shows its owner and mode to everybody, as /home/<user> does
+        // (the kernel then refuses everything inside it to other users by those bits).
+        let o = match (&pkey, &key) {
+            (Key::Root, Key::Home(u)) => self.owner(*u)?,
+            _ => o,
         };
         let ino = self.ino(key.clone());
         self.attr_of(ino, &key, &o)
@@ -563,7 +562,10 @@ impl MailboxFs {
     /// `stat` of an inode.
     pub fn getattr(&self, c: &Caller, ino: u64) -> Result<Attr> {
         let key = self.key(ino)?;
-        let o = self.check_access(c, &key)?;
+        let o = match key {
+            Key::Home(u) => self.owner(u)?,
+            _ => self.check_access(c, &key)?,
+        };
         self.attr_of(ino, &key, &o)
     }
 
