@@ -7,6 +7,8 @@ use std::time::Duration;
 pub enum Attempt {
     /// The partner took it (and its receipt, if any, was positive).
     Delivered,
+    /// The partner took it; its receipt will come asynchronously.
+    AwaitingMdn,
     /// Worth another try: connection refused or reset, timeout, HTTP 5xx.
     Transient(String),
     /// Will not get better by retrying: HTTP 4xx, a negative MDN, a MIC mismatch, bad

@@ -312,12 +312,7 @@ async fn attempt(ctx: &Arc<Ctx>, c: Claimed) -> (Attempt, Option<String>) {
         .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
     match partner.profile.mdn {
         MdnOption::None => (Attempt::Delivered, None),
-        MdnOption::Async => {
-            let store = ctx.store.clone();
-            let id = c.id;
-            let _ = blocking(move || store.message_awaiting_mdn(id)).await;
-            (Attempt::Transient(String::new()), None)
-        }
+        MdnOption::Async => (Attempt::AwaitingMdn, None),
         MdnOption::Sync => {
             let mdn_text = format!(
                 "{}\n{}",
@@ -376,7 +371,7 @@ pub async fn record_outcome(
                 inc(&m.mdn_negative);
             }
         }
-        Attempt::Transient(d) if d.is_empty() => {}
+        Attempt::AwaitingMdn => {}
         Attempt::Transient(_) => inc(&m.sent_retried),
     }
     let result = blocking(move || match outcome {
@@ -384,8 +379,7 @@ pub async fn record_outcome(
             info!(message = id, "delivered");
             store.message_delivered(id, mdn.as_deref(), "the partner confirmed receipt")
         }
-        // Async MDN pending: the state is already awaiting-mdn.
-        Attempt::Transient(d) if d.is_empty() => Ok(()),
+        Attempt::AwaitingMdn => store.message_awaiting_mdn(id),
         Attempt::Transient(why) => match backoff.next_delay(attempts) {
             Some(delay) => {
                 warn!(message = id, attempt = attempts, %why, retry_in_secs = delay.as_secs_f64(), "send failed; will retry");
