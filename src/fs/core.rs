@@ -105,8 +105,6 @@ pub struct DirItem {
 /// Requested attribute changes.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SetAttr {
-    /// chmod.
-    pub mode: Option<u32>,
     /// chown uid.
     pub uid: Option<u32>,
     /// chown gid.
@@ -115,8 +113,6 @@ pub struct SetAttr {
     pub size: Option<u64>,
     /// utimes (ms).
     pub mtime_ms: Option<i64>,
-    /// utimes of the access time only (accepted, not stored).
-    pub atime: bool,
 }
 
 /// How `rename` may treat an existing target.
@@ -1271,7 +1267,7 @@ impl MailboxFs {
     }
 
     /// `setattr`: times on the user's own files, truncation of uploads, chmod ignored.
-    pub fn setattr(&self, c: &Caller, ino: u64, fh: Option<u64>, s: SetAttr) -> Result<Attr> {
+    pub fn setattr(&self, c: &Caller, ino: u64, s: SetAttr) -> Result<Attr> {
         let key = self.key(ino)?;
         let o = self.check_access(c, &key)?;
         let attr = self.getattr(c, ino)?;
@@ -1283,7 +1279,7 @@ impl MailboxFs {
             return Err(EPERM);
         }
         if let Some(size) = s.size {
-            self.truncate(c, ino, &key, fh, size)?;
+            self.truncate(c, ino, size)?;
         }
         if let Some(mtime) = s.mtime_ms {
             if let Some(d) = self.draft(ino) {
@@ -1307,23 +1303,18 @@ impl MailboxFs {
         self.getattr(c, ino)
     }
 
-    fn truncate(&self, c: &Caller, ino: u64, key: &Key, fh: Option<u64>, size: u64) -> Result<()> {
-        let _ = fh;
-        let draft = match self.draft(ino) {
-            Some(d) => d,
-            None => {
-                // truncate(2) of a closed, held upload: rewrite it in one step.
-                let fh = self.open(c, ino, true, size == 0)?;
-                let d = self.draft(ino).ok_or(Errno(libc::EIO))?;
-                let result = self
-                    .truncate_draft(&d, size)
-                    .and_then(|_| self.flush(c, fh));
-                self.release(c, fh);
-                return result;
-            }
-        };
-        let _ = key;
-        self.truncate_draft(&draft, size)
+    fn truncate(&self, c: &Caller, ino: u64, size: u64) -> Result<()> {
+        if let Some(d) = self.draft(ino) {
+            return self.truncate_draft(&d, size);
+        }
+        // truncate(2) of a closed, held upload: rewrite it in one step.
+        let fh = self.open(c, ino, true, size == 0)?;
+        let d = self.draft(ino).ok_or(Errno(libc::EIO))?;
+        let result = self
+            .truncate_draft(&d, size)
+            .and_then(|_| self.flush(c, fh));
+        self.release(c, fh);
+        result
     }
 
     fn truncate_draft(&self, d: &Draft, size: u64) -> Result<()> {

@@ -124,29 +124,29 @@ impl Filesystem for FuseAdapter {
         &self,
         req: &Request,
         ino: INodeNo,
-        mode: Option<u32>,
+        _mode: Option<u32>,
         uid: Option<u32>,
         gid: Option<u32>,
         size: Option<u64>,
-        atime: Option<TimeOrNow>,
+        _atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        fh: Option<FileHandle>,
+        _fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        // chmod is accepted and ignored, atime is not kept (SEMANTICS.md): neither reaches
+        // the core.
         let s = SetAttr {
-            mode,
             uid,
             gid,
             size,
             mtime_ms: mtime.map(time_ms),
-            atime: atime.is_some(),
         };
-        match self.core.setattr(&caller(req), ino.0, fh.map(|f| f.0), s) {
+        match self.core.setattr(&caller(req), ino.0, s) {
             Ok(a) => reply.attr(ttl(&a), &file_attr(&a)),
             Err(e) => reply.error(err(e)),
         }
