@@ -61,6 +61,14 @@ pub struct Ctx {
     pub keys: keycache::KeyCache,
 }
 
+/// Runs store and CPU-heavy work (SQLite, fsync, CMS) off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
 fn limits(config: &Config) -> http::Limits {
     http::Limits {
         max_connections: config.serve.max_connections,
@@ -83,10 +91,8 @@ async fn route(ctx: Arc<Ctx>, req: http::Req) -> http::Resp {
         ("GET", "/health") => http::Resp::text(200, "ok\n"),
         ("GET", "/metrics") => {
             let store = ctx.store.clone();
-            let counts = tokio::task::spawn_blocking(move || store.message_counts())
+            let counts = blocking(move || store.message_counts())
                 .await
-                .ok()
-                .and_then(Result::ok)
                 .unwrap_or_default();
             http::Resp {
                 status: 200,

@@ -9,7 +9,7 @@ use tracing::{info, warn};
 
 use super::http::{Req, Resp};
 use super::metrics::inc;
-use super::Ctx;
+use super::{blocking, Ctx};
 use crate::as2::certs::ValidityPolicy;
 use crate::as2::mdn::{build_mdn, parse_mdn, Disposition, MdnParams};
 use crate::as2::message::{parse_body, ReceiveContext, RequestInfo};
@@ -23,13 +23,6 @@ pub const REPORTING_UA: &str = concat!("as2box/", env!("CARGO_PKG_VERSION"));
 
 fn now_unix() -> i64 {
     crate::timefmt::now_ms() / 1000
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(v) => v,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
-    }
 }
 
 fn media_type(h: &Headers) -> String {

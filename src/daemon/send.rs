@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use super::metrics::inc;
 use super::retry::{classify_status, Attempt, Backoff};
-use super::Ctx;
+use super::{blocking, Ctx};
 use crate::as2::algorithms::{DigestAlgorithm, EncryptionAlgorithm};
 use crate::as2::certs::ValidityPolicy;
 use crate::as2::mdn::{parse_mdn, ReceivedMdn};
@@ -20,13 +20,6 @@ use crate::store::{
     Claimed, CompressOption, EncryptOption, MdnOption, Partner, SignOption, Station,
 };
 use crate::timefmt::now_ms;
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(v) => v,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
-    }
-}
 
 /// Sends until `stop` turns true: claims due messages (polling every `poll`, and at once
 /// after a message), and fails messages whose async MDN never came.
