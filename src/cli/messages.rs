@@ -28,13 +28,69 @@ pub enum MessagesCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Send the files of a sent message again, as a new message with a new Message-ID.
+    ///
+    /// The daemon (`as2box serve`) picks it up within a second. Use it after a partner
+    /// fixed their side of a failure; the original record stays as it was.
+    #[command(after_help = "Example:\n  as2box messages resend 42")]
+    Resend {
+        /// Message id (from `messages list`) of a sent (direction `out`) message.
+        id: i64,
+    },
 }
 
 #[derive(serde::Serialize)]
 struct MessageView {
     #[serde(flatten)]
     message: crate::store::Message,
+    #[serde(flatten)]
+    transmission: crate::store::Transmission,
+    /// Whether the MIC in the MDN matches ours, in words.
+    mic_check: Option<String>,
     events: Vec<crate::store::Event>,
+}
+
+/// A MIC as `(base64 value, algorithm)`: the value compared exactly (base64 is
+/// case-sensitive), the algorithm without regard to case.
+fn split_mic(v: &str) -> (String, String) {
+    let (value, alg) = v.split_once(',').unwrap_or((v, ""));
+    (value.trim().to_owned(), alg.trim().to_ascii_lowercase())
+}
+
+/// The `Received-Content-MIC` in an MDN's text.
+fn mdn_mic(mdn: &str) -> Option<(String, String)> {
+    mdn.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case("Received-Content-MIC")
+            .then(|| split_mic(v))
+    })
+}
+
+/// Compares the MIC an MDN carries with the one(s) computed for the message, in words.
+fn mic_check(t: &crate::store::Transmission) -> Option<String> {
+    let (value, alg) = mdn_mic(t.mdn.as_deref()?)?;
+    let ours: Vec<(String, String)> = t
+        .mic
+        .as_deref()
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(split_mic)
+        .collect();
+    let show = |(v, a): &(String, String)| format!("{v}, {a}");
+    let returned = show(&(value.clone(), alg.clone()));
+    Some(if ours.contains(&(value, alg)) {
+        format!("match ({returned})")
+    } else if ours.is_empty() {
+        format!("the MDN returned {returned}; no MIC was computed for this message")
+    } else {
+        let expected: Vec<String> = ours.iter().map(show).collect();
+        format!(
+            "MISMATCH: the MDN returned {returned}, expected {}",
+            expected.join(" or ")
+        )
+    })
 }
 
 pub fn run(g: &Global, c: MessagesCommand) -> anyhow::Result<()> {
@@ -44,8 +100,11 @@ pub fn run(g: &Global, c: MessagesCommand) -> anyhow::Result<()> {
             let message = store
                 .message(id)?
                 .ok_or_else(|| anyhow::anyhow!("no message {id} (see `as2box messages list`)"))?;
+            let transmission = store.message_transmission(id)?.unwrap_or_default();
             let v = MessageView {
                 events: store.message_events(id)?,
+                mic_check: mic_check(&transmission),
+                transmission,
                 message,
             };
             if json {
@@ -76,6 +135,17 @@ pub fn run(g: &Global, c: MessagesCommand) -> anyhow::Result<()> {
                     f.name, f.size, f.sha256
                 );
             }
+            let t = &v.transmission;
+            if let Some(mid) = &t.as2_message_id {
+                println!("as2 id:  {mid}");
+            }
+            for mic in t.mic.iter().flat_map(|m| m.lines()) {
+                println!("mic:     {mic}");
+            }
+            if let Some(check) = &v.mic_check {
+                println!("mic check: {check}");
+            }
+            println!("history:");
             for e in &v.events {
                 println!(
                     "  {}  {}{}",
@@ -87,6 +157,25 @@ pub fn run(g: &Global, c: MessagesCommand) -> anyhow::Result<()> {
                         .unwrap_or_default()
                 );
             }
+            if let Some(h) = &t.request_headers {
+                println!("request headers:");
+                for l in h.lines().filter(|l| !l.is_empty()) {
+                    println!("  {l}");
+                }
+            }
+            if let Some(mdn) = &t.mdn {
+                println!("mdn:");
+                for l in mdn.lines() {
+                    println!("  {l}");
+                }
+            }
+            Ok(())
+        }
+        MessagesCommand::Resend { id } => {
+            let new = store.resend_message(id)?;
+            println!(
+                "queued as message {new}: `as2box serve` sends it within a second; follow it with `as2box messages show {new}`"
+            );
             Ok(())
         }
         MessagesCommand::List { user, limit, json } => {
@@ -126,5 +215,33 @@ pub fn run(g: &Global, c: MessagesCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Transmission;
+
+    fn t(mic: &str, mdn: &str) -> Transmission {
+        Transmission {
+            mic: Some(mic.into()),
+            mdn: Some(mdn.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_mic_check_compares_the_value_exactly_and_the_algorithm_without_case() {
+        let mdn = "Content-Type: message/disposition-notification\r\nReceived-content-MIC: AbC=, SHA-256\r\n";
+        assert_eq!(
+            mic_check(&t("AbC=, sha-256\nXyz=, sha256", mdn)).unwrap(),
+            "match (AbC=, sha-256)"
+        );
+        assert!(mic_check(&t("abc=, sha-256", mdn))
+            .unwrap()
+            .starts_with("MISMATCH"));
+        assert_eq!(mic_check(&t("AbC=, sha-256", "no mic here")), None);
+        assert_eq!(mic_check(&Transmission::default()), None);
     }
 }

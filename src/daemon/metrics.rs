@@ -26,10 +26,11 @@ pub struct Metrics {
     pub mdn_positive: AtomicU64,
     /// MDNs received, negative or with a MIC mismatch.
     pub mdn_negative: AtomicU64,
-    /// Sum of pickup-to-POST latencies (ms) and their count.
-    pub pickup_to_post_ms_sum: AtomicU64,
-    /// Count for the sum above.
-    pub pickup_to_post_count: AtomicU64,
+    /// From the queueing of a message (the close of the uploaded file) to the start of its
+    /// first POST.
+    pub pickup_to_post: Histogram,
+    /// From a received request's last byte to its answer (stored, delivered, MDN built).
+    pub receive: Histogram,
     /// Connections refused because the connection limit was reached.
     pub connections_refused: std::sync::Arc<AtomicU64>,
 }
@@ -97,29 +98,92 @@ impl Metrics {
                 "as2box_connections_refused_total",
                 get(&self.connections_refused),
             ),
-            (
-                "as2box_pickup_to_post_ms_sum",
-                get(&self.pickup_to_post_ms_sum),
-            ),
-            (
-                "as2box_pickup_to_post_ms_count",
-                get(&self.pickup_to_post_count),
-            ),
         ];
         let mut last = "";
         for (name, v) in counters {
             let base = name.split('{').next().unwrap_or(name);
             if base != last {
-                let kind = if base.ends_with("_sum") || base.ends_with("_count") {
-                    "untyped"
-                } else {
-                    "counter"
-                };
-                let _ = writeln!(s, "# TYPE {base} {kind}");
+                let _ = writeln!(s, "# TYPE {base} counter");
                 last = base;
             }
             let _ = writeln!(s, "{name} {v}");
         }
+        self.pickup_to_post.render(
+            &mut s,
+            "as2box_pickup_to_post_seconds",
+            "Seconds from queueing an outbox message to the start of its first POST.",
+        );
+        self.receive.render(
+            &mut s,
+            "as2box_receive_seconds",
+            "Seconds from the end of a received request to its answer (stored, delivered, MDN built).",
+        );
         s
+    }
+}
+
+/// Upper bounds (seconds) of the latency buckets: fine below a second, where the goals are.
+const BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// A Prometheus histogram with fixed buckets, lock-free.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative); the last one is `+Inf`.
+    counts: [AtomicU64; BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        let i = BUCKETS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(BUCKETS.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, s: &mut String, name: &str, help: &str) {
+        let _ = writeln!(s, "# HELP {name} {help}");
+        let _ = writeln!(s, "# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            cumulative += c.load(Ordering::Relaxed);
+            let le = BUCKETS
+                .get(i)
+                .map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
+            let _ = writeln!(s, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(s, "{name}_sum {sum}");
+        let _ = writeln!(s, "{name}_count {cumulative}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_end_with_inf() {
+        let h = Histogram::default();
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_millis(70));
+        h.observe(Duration::from_secs(60));
+        let mut s = String::new();
+        h.render(&mut s, "x", "help");
+        assert!(s.contains("x_bucket{le=\"0.005\"} 1\n"), "{s}");
+        assert!(s.contains("x_bucket{le=\"0.05\"} 1\n"), "{s}");
+        assert!(s.contains("x_bucket{le=\"0.1\"} 2\n"), "{s}");
+        assert!(s.contains("x_bucket{le=\"30\"} 2\n"), "{s}");
+        assert!(s.contains("x_bucket{le=\"+Inf\"} 3\n"), "{s}");
+        assert!(s.contains("x_count 3\n"), "{s}");
+        assert!(s.contains("x_sum 60.073\n"), "{s}");
     }
 }

@@ -100,8 +100,13 @@ async fn route(ctx: Arc<Ctx>, req: http::Req) -> http::Resp {
                 body: ctx.metrics.render(&counts).into_bytes(),
             }
         }
-        ("POST", "/as2") => receive::message(ctx, req, false).await,
-        ("POST", "/as2/test") => receive::message(ctx, req, true).await,
+        ("POST", path @ ("/as2" | "/as2/test")) => {
+            let test = path == "/as2/test";
+            let started = std::time::Instant::now();
+            let resp = receive::message(ctx.clone(), req, test).await;
+            ctx.metrics.receive.observe(started.elapsed());
+            resp
+        }
         ("POST", "/as2/mdn") => receive::async_mdn(ctx, req).await,
         (_, "/as2" | "/as2/test" | "/as2/mdn") => http::Resp::text(405, "use POST\n"),
         _ => http::Resp::text(

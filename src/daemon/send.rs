@@ -290,7 +290,13 @@ async fn attempt(ctx: &Arc<Ctx>, c: Claimed) -> (Attempt, Option<String>) {
         None => None,
     };
     let timeout = Duration::from_secs_f64(ctx.config.serve.send_timeout_secs);
-    info!(message = c.id, attempt = c.attempts, %url, message_id = %msg.message_id, bytes, "sending");
+    let since_queued_ms = (now_ms() - c.created_ms).max(0);
+    if c.attempts == 1 {
+        ctx.metrics
+            .pickup_to_post
+            .observe(Duration::from_millis(since_queued_ms as u64));
+    }
+    info!(message = c.id, attempt = c.attempts, %url, message_id = %msg.message_id, bytes, since_queued_ms, "sending");
     let expected = msg.acceptable_mics();
     let resp = match super::http::post(&url, &msg.headers, msg.body, trust.as_ref(), timeout).await
     {

@@ -668,6 +668,59 @@ impl Store {
         })
     }
 
+    /// Queues the files of outgoing message `id` again as a new message (new AS2
+    /// Message-ID, its own history). The original record is left as it was. Returns the new
+    /// message's id.
+    pub fn resend_message(&self, id: i64) -> Result<i64> {
+        let _guard = self.blobs().guard();
+        self.write(|tx| {
+            let row: Option<(String, i64, i64, i64, String)> = tx
+                .query_row(
+                    "SELECT direction, user_id, station_id, partner_id, name FROM messages WHERE id = ?1",
+                    [id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                )
+                .optional()?;
+            let Some((direction, user_id, station_id, partner_id, name)) = row else {
+                return Err(StoreError::NotFound(format!("message {id}")));
+            };
+            if direction != "out" {
+                return Err(StoreError::NotApplicable(format!(
+                    "message {id} was received, not sent: only sent messages can be resent"
+                )));
+            }
+            let mut st = tx.prepare(
+                "SELECT name, blob, size FROM message_files WHERE message_id = ?1 ORDER BY seq",
+            )?;
+            let files = st
+                .query_map([id], |r| {
+                    Ok(PickupFile {
+                        name: r.get(0)?,
+                        blob: r.get(1)?,
+                        size: r.get::<_, i64>(2)?.max(0) as u64,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            drop(st);
+            if files.is_empty() || files.iter().any(|f| !self.blobs().path(&f.blob).exists()) {
+                return Err(StoreError::NotFound(format!(
+                    "the files of message {id} (no longer kept)"
+                )));
+            }
+            let b = BoxRef {
+                station_id,
+                partner_id,
+                kind: BoxKind::Outbox,
+            };
+            let new = insert_message(tx, user_id, b, &name, NewMessage::Queued, &files)?;
+            tx.execute(
+                "UPDATE message_events SET detail = ?2 WHERE message_id = ?1",
+                params![new, format!("resend of message {id}")],
+            )?;
+            Ok(new)
+        })
+    }
+
     /// One message.
     pub fn message(&self, id: i64) -> Result<Option<Message>> {
         Ok(self.messages_where(Some(id), None, 1)?.pop())

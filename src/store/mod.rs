@@ -21,7 +21,7 @@ use rusqlite::Connection;
 pub use blobs::{fsync_dir, hex, sha256_hex, BlobGuard, BlobStore};
 pub use entries::{InboundOrigin, NewFile, PickupFile, Placement, RenamePickup, SweepReport};
 pub use model::*;
-pub use outgoing::{Claimed, Event, ReceivedRecord, SentRecord};
+pub use outgoing::{Claimed, Event, ReceivedRecord, SentRecord, Transmission};
 pub use rows::UserKey;
 
 /// Everything that can go wrong in the store.
@@ -50,6 +50,9 @@ pub enum StoreError {
     /// Removing it would delete files; the caller must force.
     #[error("{0}")]
     NotEmpty(String),
+    /// The request does not apply to this thing (e.g. resending a received message).
+    #[error("{0}")]
+    NotApplicable(String),
     /// The database was written by a newer as2box.
     #[error("the database has schema version {0}, newer than this as2box understands ({1}); upgrade as2box")]
     TooNew(i64, i64),

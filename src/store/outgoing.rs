@@ -28,6 +28,9 @@ pub struct Claimed {
     pub as2_message_id: Option<String>,
     /// The files.
     pub files: Vec<MessageFile>,
+    /// When it was queued (ms since the epoch): the close of the uploaded file, or the end
+    /// of a folder's quiet period.
+    pub created_ms: i64,
 }
 
 /// What we know of a message we sent, found by its AS2 Message-ID.
@@ -51,6 +54,20 @@ pub struct ReceivedRecord {
     /// The MIC we computed (`<base64>, <alg>`).
     pub mic: Option<String>,
     /// The MDN we answered with.
+    pub mdn: Option<String>,
+}
+
+/// What went over the wire for a message: the AS2 Message-ID, the MIC(s), the request
+/// headers we sent (outgoing) and the MDN (sent back to us, or answered by us).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Transmission {
+    /// The AS2 Message-ID.
+    pub as2_message_id: Option<String>,
+    /// Outgoing: the MICs we accept back, one per line. Incoming: the MIC we computed.
+    pub mic: Option<String>,
+    /// Outgoing: the headers of the last request we POSTed.
+    pub request_headers: Option<String>,
+    /// The MDN: received from the partner (outgoing) or answered by us (incoming).
     pub mdn: Option<String>,
 }
 
@@ -101,7 +118,7 @@ impl Store {
         self.write(|tx| {
             let row = tx
                 .query_row(
-                    "SELECT id, user_id, station_id, partner_id, name, attempts, as2_message_id FROM messages
+                    "SELECT id, user_id, station_id, partner_id, name, attempts, as2_message_id, created_ms FROM messages
                      WHERE direction = 'out' AND state = 'queued' AND (next_attempt_ms IS NULL OR next_attempt_ms <= ?1)
                      ORDER BY id LIMIT 1",
                     [now],
@@ -115,6 +132,7 @@ impl Store {
                             attempts: r.get::<_, u32>(5)? + 1,
                             as2_message_id: r.get(6)?,
                             files: Vec::new(),
+                            created_ms: r.get(7)?,
                         })
                     },
                 )
@@ -127,6 +145,25 @@ impl Store {
             set_state(tx, c.id, "sending", Some(&format!("attempt {}", c.attempts)))?;
             c.files = files_of(tx, c.id)?;
             Ok(Some(c))
+        })
+    }
+
+    /// The AS2 particulars of message `id` (None when there is no such message).
+    pub fn message_transmission(&self, id: i64) -> Result<Option<Transmission>> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT as2_message_id, mic, request_headers, mdn FROM messages WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok(Transmission {
+                        as2_message_id: r.get(0)?,
+                        mic: r.get(1)?,
+                        request_headers: r.get(2)?,
+                        mdn: r.get(3)?,
+                    })
+                },
+            )
+            .optional()?)
         })
     }
 
@@ -340,7 +377,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{EntryState, NewFile};
+    use crate::store::{sha256_hex, EntryState, NewFile};
 
     fn queued() -> (tempfile::TempDir, Store, i64, BoxRef) {
         let (dir, store, user, outbox) = crate::store::test_store("u", "S", "P");
@@ -403,6 +440,33 @@ mod tests {
                 "delivered"
             ]
         );
+    }
+
+    #[test]
+    fn resend_queues_the_same_files_as_a_new_message_and_keeps_the_original() {
+        let (_d, store, id, _) = queued();
+        store.claim_queued(now_ms()).unwrap().unwrap();
+        store
+            .message_prepared(id, "first@x", Some("abc, sha-256"), "AS2-To: P")
+            .unwrap();
+        store.message_failed(id, "negative MDN", None).unwrap();
+        let new = store.resend_message(id).unwrap();
+        assert_ne!(new, id);
+        let c = store.claim_queued(now_ms()).unwrap().unwrap();
+        assert_eq!((c.id, c.attempts), (new, 1));
+        assert_eq!(c.as2_message_id, None, "a resend gets a new Message-ID");
+        assert_eq!(c.files[0].sha256, sha256_hex(b"payload"));
+        let original = store.message(id).unwrap().unwrap();
+        assert_eq!(original.state, "failed");
+        let first = &store.message_events(new).unwrap()[0];
+        assert_eq!(
+            first.detail.as_deref(),
+            Some(&*format!("resend of message {id}"))
+        );
+        assert!(matches!(
+            store.resend_message(9999),
+            Err(StoreError::NotFound(_))
+        ));
     }
 
     #[test]
