@@ -152,6 +152,9 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     /// Connections served at once.
     pub max_connections: usize,
+    /// Request bodies held in memory at once, across all connections; a request that would
+    /// go over waits briefly, then is answered 503 with Retry-After.
+    pub max_body_memory_bytes: usize,
 }
 
 impl Default for ServeConfig {
@@ -170,6 +173,7 @@ impl Default for ServeConfig {
             request_timeout_secs: 300.0,
             max_body_bytes: 100 << 20,
             max_connections: 256,
+            max_body_memory_bytes: 512 << 20,
         }
     }
 }
@@ -262,6 +266,12 @@ impl Config {
             return Err(invalid(
                 "serve.max_attempts/max_connections",
                 "must be at least 1",
+            ));
+        }
+        if self.serve.max_body_memory_bytes < self.serve.max_body_bytes {
+            return Err(invalid(
+                "serve.max_body_memory_bytes",
+                "must be at least serve.max_body_bytes (one largest request must fit)",
             ));
         }
         if self.mount.threads == 0 || self.mount.threads > 64 {

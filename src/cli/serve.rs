@@ -21,6 +21,6 @@ pub fn run(g: &Global, a: ServeArgs) -> anyhow::Result<()> {
         config.serve.http_listen = l;
     }
     let store = Arc::new(g.open_store()?);
-    crate::daemon::serve(store, config)?;
+    crate::daemon::serve(store, config, g.config.clone())?;
     Ok(())
 }

@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use openssl::ssl::{Ssl, SslAcceptor, SslConnector, SslMethod, SslVerifyMode};
 use openssl::x509::X509;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_openssl::SslStream;
 use tracing::{debug, warn};
 
@@ -76,6 +76,19 @@ impl Resp {
 /// The application: turns a complete request into a response.
 pub type Handler = Arc<dyn Fn(Req) -> Pin<Box<dyn Future<Output = Resp> + Send>> + Send + Sync>;
 
+/// What one listener serves, and with which settings. The settings are functions so that a
+/// reloaded config (or a renewed TLS certificate) applies to the next connection.
+pub struct Endpoint {
+    /// TLS for this listener: the acceptor in force now (None: plain HTTP).
+    pub tls: Option<Arc<dyn Fn() -> Option<Arc<SslAcceptor>> + Send + Sync>>,
+    /// The application.
+    pub handler: Handler,
+    /// The limits in force now.
+    pub limits: Arc<dyn Fn() -> Limits + Send + Sync>,
+    /// Shared by all listeners.
+    pub budget: BodyBudget,
+}
+
 fn to_headers(map: &hyper::HeaderMap) -> Headers {
     let mut h = Headers::new();
     for (name, value) in map {
@@ -97,58 +110,130 @@ fn build_response(r: Resp) -> Response<Full<Bytes>> {
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::from_static(b"response build error"))))
 }
 
+/// Request bodies held in memory at once, across all connections: a budget in KiB, so that
+/// `max_connections` slow uploads cannot together take `max_connections × max_body` bytes.
+#[derive(Clone)]
+pub struct BodyBudget {
+    kib: Arc<Semaphore>,
+    total_kib: u32,
+    wait: Duration,
+}
+
+impl BodyBudget {
+    /// A budget of `bytes`; a request waits up to `wait` for its share before it is answered
+    /// 503.
+    pub fn new(bytes: usize, wait: Duration) -> BodyBudget {
+        let total_kib = (bytes / 1024).clamp(1, u32::MAX as usize >> 4) as u32;
+        BodyBudget {
+            kib: Arc::new(Semaphore::new(total_kib as usize)),
+            total_kib,
+            wait,
+        }
+    }
+
+    /// Reserves room for `bytes` more (at most the whole budget), merged into `held`.
+    async fn reserve(&self, held: &mut Option<OwnedSemaphorePermit>, bytes: u64) -> bool {
+        let held_kib = held.as_ref().map_or(0, |p| p.num_permits() as u64);
+        let want = bytes.div_ceil(1024).min(self.total_kib as u64);
+        if want <= held_kib {
+            return true;
+        }
+        let more = (want - held_kib) as u32;
+        match tokio::time::timeout(self.wait, self.kib.clone().acquire_many_owned(more)).await {
+            Ok(Ok(p)) => {
+                match held {
+                    Some(h) => h.merge(p),
+                    None => *held = Some(p),
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+fn too_big(limit: usize) -> Resp {
+    Resp::text(
+        413,
+        format!("request body larger than the limit of {limit} bytes\n"),
+    )
+}
+
+fn busy() -> Resp {
+    let mut r = Resp::text(
+        503,
+        "the gateway is receiving too much at once; retry this request later\n",
+    );
+    r.headers.push(("Retry-After".into(), "30".into()));
+    r
+}
+
+/// Reads a whole body within the size limit, holding budget for it while it is in memory.
+async fn read_body(
+    mut body: Incoming,
+    declared: Option<u64>,
+    limits: &Limits,
+    budget: &BodyBudget,
+) -> Result<(Bytes, Option<OwnedSemaphorePermit>), Resp> {
+    let mut held = None;
+    // With a Content-Length (what AS2 clients send) the whole share is taken up front, so
+    // concurrent requests never each hold half of what they need.
+    if !budget.reserve(&mut held, declared.unwrap_or(0)).await {
+        return Err(busy());
+    }
+    let mut buf = bytes::BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| Resp::text(400, format!("cannot read the request body: {e}\n")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if buf.len() + data.len() > limits.max_body {
+            return Err(too_big(limits.max_body));
+        }
+        // Without a length, grow the share in 1 MiB steps as the bytes come.
+        let need = (buf.len() + data.len()) as u64;
+        if !budget
+            .reserve(&mut held, need.next_multiple_of(1 << 20))
+            .await
+        {
+            return Err(busy());
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok((buf.freeze(), held))
+}
+
 async fn handle(
     req: Request<Incoming>,
     peer: std::net::SocketAddr,
     handler: Handler,
     limits: Limits,
+    budget: BodyBudget,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
-    if let Some(len) = parts
+    let declared = parts
         .headers
         .get(hyper::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        if len > limits.max_body as u64 {
-            return Ok(build_response(Resp::text(
-                413,
-                format!(
-                    "request body of {len} bytes is larger than the limit of {} bytes\n",
-                    limits.max_body
-                ),
-            )));
-        }
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limits.max_body as u64) {
+        return Ok(build_response(too_big(limits.max_body)));
     }
-    let collected = tokio::time::timeout(
+    let read = tokio::time::timeout(
         limits.body_timeout,
-        Limited::new(body, limits.max_body).collect(),
+        read_body(body, declared, &limits, &budget),
     )
     .await;
-    let body = match collected {
+    let (body, _share) = match read {
         Err(_) => {
             return Ok(build_response(Resp::text(
                 408,
                 "the request body did not arrive in time\n",
             )))
         }
-        Ok(Err(e)) => {
-            let too_big = e
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some();
-            return Ok(build_response(if too_big {
-                Resp::text(
-                    413,
-                    format!(
-                        "request body larger than the limit of {} bytes\n",
-                        limits.max_body
-                    ),
-                )
-            } else {
-                Resp::text(400, format!("cannot read the request body: {e}\n"))
-            }));
-        }
-        Ok(Ok(c)) => c.to_bytes(),
+        Ok(Err(resp)) => return Ok(build_response(resp)),
+        Ok(Ok(b)) => b,
     };
     let r = Req {
         method: parts.method.as_str().to_owned(),
@@ -157,19 +242,24 @@ async fn handle(
         body,
         peer,
     };
+    // `_share` is held until the handler is done with the body.
     Ok(build_response(handler(r).await))
 }
 
 /// Serves `listener` (with TLS when `tls` is given) until `stop` turns true.
 pub async fn serve(
     listener: TcpListener,
-    tls: Option<Arc<SslAcceptor>>,
-    handler: Handler,
-    limits: Limits,
+    endpoint: Endpoint,
     refused: Arc<std::sync::atomic::AtomicU64>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let Endpoint {
+        tls,
+        handler,
+        limits,
+        budget,
+    } = endpoint;
+    let slots = Arc::new(Semaphore::new(limits().max_connections));
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.changed() => break,
@@ -187,11 +277,21 @@ pub async fn serve(
             debug!(%peer, "connection limit reached; closing");
             continue;
         };
-        let (handler, tls) = (handler.clone(), tls.clone());
+        // Settings as they are now: a reload applies to the next connection.
+        let (handler, tls, limits, budget) = (
+            handler.clone(),
+            tls.as_ref().map(|t| t()),
+            limits(),
+            budget.clone(),
+        );
+        if tls.as_ref().is_some_and(|t| t.is_none()) {
+            continue;
+        }
         tokio::spawn(async move {
             let _permit = permit;
-            let service =
-                hyper::service::service_fn(move |req| handle(req, peer, handler.clone(), limits));
+            let service = hyper::service::service_fn(move |req| {
+                handle(req, peer, handler.clone(), limits, budget.clone())
+            });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
@@ -204,6 +304,7 @@ pub async fn serve(
                         .await
                 }
                 Some(acceptor) => {
+                    let Some(acceptor) = acceptor else { return };
                     let stream = match tls_accept(&acceptor, stream, limits.header_timeout).await {
                         Ok(s) => s,
                         Err(e) => return debug!(%peer, error = %e, "TLS handshake failed"),
@@ -374,4 +475,51 @@ where
         .send_request(req)
         .await
         .map_err(|e| TransportError(format!("the request failed: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_body_budget_is_shared_and_a_request_over_it_is_refused_after_the_wait() {
+        rt().block_on(async {
+            let budget = BodyBudget::new(4 << 20, Duration::from_millis(50));
+            let mut first = None;
+            assert!(budget.reserve(&mut first, 3 << 20).await);
+            let mut second = None;
+            assert!(
+                !budget.reserve(&mut second, 2 << 20).await,
+                "3 MiB + 2 MiB exceed a 4 MiB budget"
+            );
+            assert!(second.is_none(), "a refused request holds nothing");
+            assert!(budget.reserve(&mut second, 1 << 20).await);
+            drop(first);
+            let mut third = None;
+            assert!(
+                budget.reserve(&mut third, 3 << 20).await,
+                "released on drop"
+            );
+        });
+    }
+
+    #[test]
+    fn a_growing_body_adds_to_its_share() {
+        rt().block_on(async {
+            let budget = BodyBudget::new(4 << 20, Duration::from_millis(50));
+            let mut held = None;
+            assert!(budget.reserve(&mut held, 1 << 20).await);
+            assert!(budget.reserve(&mut held, 2 << 20).await);
+            assert_eq!(held.as_ref().unwrap().num_permits(), 2048);
+            assert!(budget.reserve(&mut held, 1 << 10).await, "already covered");
+            assert_eq!(held.as_ref().unwrap().num_permits(), 2048);
+        });
+    }
 }

@@ -10,6 +10,7 @@
 
 mod http;
 mod keycache;
+mod live;
 mod metrics;
 mod receive;
 mod retry;
@@ -53,12 +54,20 @@ pub enum DaemonError {
 pub struct Ctx {
     /// The store.
     pub store: Arc<Store>,
-    /// Settings.
-    pub config: Config,
+    /// Settings, reloaded when the config file changes.
+    pub live: Arc<live::LiveConfig>,
     /// Counters.
     pub metrics: metrics::Metrics,
     /// Keys and certificates.
     pub keys: keycache::KeyCache,
+}
+
+impl Ctx {
+    /// The settings in force now. Take them once per unit of work, so one message or
+    /// request sees one consistent set.
+    pub fn config(&self) -> Arc<Config> {
+        self.live.get()
+    }
 }
 
 /// Runs store and CPU-heavy work (SQLite, fsync, CMS) off the async workers.
@@ -116,6 +125,27 @@ async fn route(ctx: Arc<Ctx>, req: http::Req) -> http::Resp {
     }
 }
 
+/// Warnings for station and partner certificates that expire within 30 days.
+fn keys_expiring(store: &Store) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in store.stations(None).unwrap_or_default() {
+        if let Some(w) = s.cert_path.as_deref().and_then(crate::keys::expiry_warning) {
+            out.push(format!("station {}: {w}", s.as2_id));
+        }
+    }
+    for p in store.partners(None).unwrap_or_default() {
+        if let Some(w) = p
+            .profile
+            .cert_path
+            .as_deref()
+            .and_then(crate::keys::expiry_warning)
+        {
+            out.push(format!("partner {}: {w}", p.as2_id));
+        }
+    }
+    out
+}
+
 fn tls_acceptor(config: &Config) -> Result<Option<Arc<openssl::ssl::SslAcceptor>>, DaemonError> {
     if config.serve.https_listen.is_none() {
         return Ok(None);
@@ -146,15 +176,24 @@ async fn bind(addr: &str) -> Result<TcpListener, DaemonError> {
         })
 }
 
-/// Runs the daemon until SIGINT or SIGTERM.
-pub fn serve(store: Arc<Store>, config: Config) -> Result<(), DaemonError> {
+/// Runs the daemon until SIGINT or SIGTERM. `config` was read from `config_path`, which is
+/// watched for changes.
+pub fn serve(
+    store: Arc<Store>,
+    config: Config,
+    config_path: std::path::PathBuf,
+) -> Result<(), DaemonError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(run(store, config))
+    rt.block_on(run(store, config, config_path))
 }
 
-async fn run(store: Arc<Store>, config: Config) -> Result<(), DaemonError> {
+async fn run(
+    store: Arc<Store>,
+    config: Config,
+    config_path: std::path::PathBuf,
+) -> Result<(), DaemonError> {
     let requeued = {
         let store = store.clone();
         tokio::task::spawn_blocking(move || store.requeue_sending())
@@ -173,36 +212,50 @@ async fn run(store: Arc<Store>, config: Config) -> Result<(), DaemonError> {
         Some(addr) => Some(bind(addr).await?),
         None => None,
     };
+    for w in keys_expiring(&store) {
+        warn!("{w}");
+    }
+    let budget = http::BodyBudget::new(config.serve.max_body_memory_bytes, Duration::from_secs(15));
     let ctx = Arc::new(Ctx {
         store,
         metrics: metrics::Metrics::default(),
         keys: keycache::KeyCache::default(),
-        config,
+        live: Arc::new(live::LiveConfig::new(config_path, config, tls)),
     });
     let refused = ctx.metrics.connections_refused.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let lim = limits(&ctx.config);
+    let endpoint = |tls: bool| {
+        let live = ctx.live.clone();
+        let tls_live = ctx.live.clone();
+        http::Endpoint {
+            tls: tls.then(|| {
+                Arc::new(move || tls_live.tls())
+                    as Arc<dyn Fn() -> Option<Arc<openssl::ssl::SslAcceptor>> + Send + Sync>
+            }),
+            handler: handler(ctx.clone()),
+            limits: Arc::new(move || limits(&live.get())),
+            budget: budget.clone(),
+        }
+    };
+    let config = ctx.config();
     let mut tasks = Vec::new();
-    info!(addr = %ctx.config.serve.http_listen, "listening (HTTP)");
+    info!(addr = %config.serve.http_listen, "listening (HTTP)");
     tasks.push(tokio::spawn(http::serve(
         http_listener,
-        None,
-        handler(ctx.clone()),
-        lim,
+        endpoint(false),
         refused.clone(),
         stop_rx.clone(),
     )));
-    if let (Some(l), Some(acceptor)) = (https_listener, tls) {
-        info!(addr = ?ctx.config.serve.https_listen, "listening (HTTPS)");
+    if let Some(l) = https_listener {
+        info!(addr = ?config.serve.https_listen, "listening (HTTPS)");
         tasks.push(tokio::spawn(http::serve(
             l,
-            Some(acceptor),
-            handler(ctx.clone()),
-            lim,
+            endpoint(true),
             refused.clone(),
             stop_rx.clone(),
         )));
     }
+    tasks.push(tokio::spawn(live::watch(ctx.live.clone(), stop_rx.clone())));
     tasks.push(tokio::spawn(send::run(ctx.clone(), stop_rx.clone())));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

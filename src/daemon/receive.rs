@@ -238,7 +238,7 @@ async fn answer(
         warn!(station = %station.as2_id, "a signed MDN was requested but the station has no key pair; answering unsigned");
     }
     let domain = ctx
-        .config
+        .config()
         .serve
         .public_url
         .as_deref()
@@ -297,7 +297,7 @@ fn host_of(url: &str) -> Option<String> {
 }
 
 async fn post_async_mdn(ctx: Arc<Ctx>, url: String, headers: Headers, body: Vec<u8>) {
-    let timeout = std::time::Duration::from_secs_f64(ctx.config.serve.send_timeout_secs);
+    let timeout = std::time::Duration::from_secs_f64(ctx.config().serve.send_timeout_secs);
     for attempt in 1..=5u32 {
         match super::http::post(&url, &headers, body.clone(), None, timeout).await {
             Ok(r) if (200..300).contains(&r.status) => {

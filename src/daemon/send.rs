@@ -51,7 +51,7 @@ pub async fn run(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
 }
 
 async fn expire_async_mdns(ctx: &Arc<Ctx>) {
-    let secs = ctx.config.serve.async_mdn_timeout_secs;
+    let secs = ctx.config().serve.async_mdn_timeout_secs;
     let store = ctx.store.clone();
     let cutoff = now_ms() - (secs * 1000.0) as i64;
     let Ok(ids) = blocking(move || store.awaiting_mdn_before(cutoff)).await else {
@@ -106,7 +106,8 @@ fn profile(ctx: &Ctx, station: &Station, partner: &Partner) -> Result<SendProfil
         MdnOption::None => MdnMode::None,
         MdnOption::Sync => MdnMode::Sync,
         MdnOption::Async => {
-            let base = ctx.config.serve.public_url.as_deref().ok_or(
+            let config = ctx.config();
+            let base = config.serve.public_url.as_deref().ok_or(
                 "an async MDN needs serve.public_url in the config file (the URL partners reach us at)",
             )?;
             MdnMode::Async(format!("{}/as2/mdn", base.trim_end_matches('/')))
@@ -116,7 +117,7 @@ fn profile(ctx: &Ctx, station: &Station, partner: &Partner) -> Result<SendProfil
         profile.signed_mdn_micalgs = vec![profile.sign.unwrap_or(DigestAlgorithm::Sha256)];
     }
     if let Some(host) = ctx
-        .config
+        .config()
         .serve
         .public_url
         .as_deref()
@@ -289,7 +290,7 @@ async fn attempt(ctx: &Arc<Ctx>, c: Claimed) -> (Attempt, Option<String>) {
         Some(p) => ctx.keys.certs(p).ok().and_then(|c| c.first().cloned()),
         None => None,
     };
-    let timeout = Duration::from_secs_f64(ctx.config.serve.send_timeout_secs);
+    let timeout = Duration::from_secs_f64(ctx.config().serve.send_timeout_secs);
     let since_queued_ms = (now_ms() - c.created_ms).max(0);
     if c.attempts == 1 {
         ctx.metrics
@@ -352,9 +353,9 @@ pub async fn record_outcome(
 ) {
     let store = ctx.store.clone();
     let backoff = Backoff {
-        base: Duration::from_secs_f64(ctx.config.serve.retry_base_secs),
-        ceiling: Duration::from_secs_f64(ctx.config.serve.retry_max_secs),
-        max_attempts: ctx.config.serve.max_attempts,
+        base: Duration::from_secs_f64(ctx.config().serve.retry_base_secs),
+        ceiling: Duration::from_secs_f64(ctx.config().serve.retry_max_secs),
+        max_attempts: ctx.config().serve.max_attempts,
     };
     let m = &ctx.metrics;
     match &outcome {
