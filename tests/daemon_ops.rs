@@ -1,0 +1,422 @@
+//! Operating `as2box serve`: sending over HTTPS with a pinned CA, the HTTPS certificate and
+//! the config file changed under the running daemon (picked up without a restart),
+//! `messages resend`, and the latency figures in `/metrics`.
+//!
+//! Needs root and /dev/fuse like the other system tests (see tests/common).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// A running `as2box serve`, killed when dropped.
+struct Daemon {
+    child: Child,
+    port: u16,
+    https_port: Option<u16>,
+    log: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Daemon {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// One request over plain HTTP; returns the whole response.
+    fn request(&self, head: &str, body: &[u8]) -> String {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(head.as_bytes()).unwrap();
+        // The server may answer (413) before taking the whole body.
+        let _ = s.write_all(body);
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    fn get(&self, path: &str) -> String {
+        self.request(
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+            b"",
+        )
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A self-signed TLS certificate for 127.0.0.1: (cert, key) under `dir` named `name`.
+fn tls_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let (cert, key) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    let args: Vec<String> = [
+        "openssl",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "30",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-addext",
+        "subjectAltName=IP:127.0.0.1",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        cert.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let out = run(&args, &[], None, Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "openssl req: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
+
+/// Starts the daemon with `[serve]` settings `extra` added to the fixture's config.
+fn start_daemon(fx: &Fixture, https: Option<(&Path, &Path)>, extra: &str) -> Daemon {
+    let port = free_port();
+    let mut serve = format!(
+        "\n[serve]\nhttp_listen = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\nretry_base_secs = 0.2\nmax_attempts = 3\n{extra}"
+    );
+    let https_port = https.map(|(cert, key)| {
+        let p = free_port();
+        serve += &format!(
+            "https_listen = \"127.0.0.1:{p}\"\ntls_cert = {:?}\ntls_key = {:?}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        );
+        p
+    });
+    let config = std::fs::read_to_string(&fx.config).unwrap() + &serve;
+    std::fs::write(&fx.config, config).unwrap();
+    let log = fx.dir.join("serve.log");
+    let child = command(bin())
+        .arg("--state-dir")
+        .arg(&fx.state_dir)
+        .arg("--config")
+        .arg(&fx.config)
+        .arg("serve")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start as2box serve");
+    let d = Daemon {
+        child,
+        port,
+        https_port,
+        log,
+    };
+    for p in std::iter::once(port).chain(https_port) {
+        wait_until("the daemon to listen", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", p)).is_ok()
+        });
+    }
+    d
+}
+
+/// Two users whose stations are each other's partners: (A's box towards B, B's box
+/// towards A).
+fn pair(fx: &Fixture) -> (Mailbox, Mailbox) {
+    let (ua, ub) = (fx.add_user(None), fx.add_user(None));
+    let (sa, sb) = (fx.add_station(&ua, None), fx.add_station(&ub, None));
+    for s in [&sa, &sb] {
+        fx.cli_ok(&["station", "set", s, "--generate-cert"]);
+    }
+    fx.add_partner_id(&ua, &sb, false);
+    fx.add_partner_id(&ub, &sa, false);
+    (
+        fx.mailbox_of(&ua, &sa, &sb, false),
+        fx.mailbox_of(&ub, &sb, &sa, false),
+    )
+}
+
+fn station_cert(fx: &Fixture, station: &str) -> String {
+    fx.state_dir
+        .join("keys")
+        .join(format!("{station}.cert.pem"))
+        .display()
+        .to_string()
+}
+
+/// Points `from`'s partner entry at `to`'s station behind `url`.
+fn link(fx: &Fixture, from: &Mailbox, to: &Mailbox, url: &str, extra: &[&str]) {
+    let cert = station_cert(fx, &to.station);
+    let mut args = vec![
+        "partner",
+        "set",
+        "--user",
+        &from.user.name,
+        &from.partner,
+        "--url",
+        url,
+        "--cert",
+        &cert,
+    ];
+    args.extend_from_slice(extra);
+    fx.cli_ok(&args);
+}
+
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_in(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn wait_for_state(fx: &Fixture, user: &User, id: Option<i64>, state: &str) -> Message {
+    wait_for(
+        &format!("a sent message in state {state}"),
+        Duration::from_secs(30),
+        || {
+            fx.out_messages(user)
+                .into_iter()
+                .find(|m| m.state == state && id.is_none_or(|id| m.id == id))
+        },
+    )
+}
+
+/// The SHA-256 fingerprint of the certificate the server at `port` presents.
+fn served_cert_sha256(port: u16) -> Option<Vec<u8>> {
+    use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+    let mut b = SslConnector::builder(SslMethod::tls_client()).ok()?;
+    b.set_verify(SslVerifyMode::NONE);
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let s = b.build().connect("127.0.0.1", tcp).ok()?;
+    let cert = s.ssl().peer_certificate()?;
+    Some(
+        cert.digest(openssl::hash::MessageDigest::sha256())
+            .ok()?
+            .to_vec(),
+    )
+}
+
+fn cert_sha256(pem: &Path) -> Vec<u8> {
+    openssl::x509::X509::from_pem(&std::fs::read(pem).unwrap())
+        .unwrap()
+        .digest(openssl::hash::MessageDigest::sha256())
+        .unwrap()
+        .to_vec()
+}
+
+#[test]
+fn https_sends_verify_the_partner_server_against_the_pinned_ca_and_a_renewed_certificate_is_served_without_restart(
+) {
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
+    let (tls_cert, tls_key) = tls_pair(&fx.dir, "tls1");
+    let (a, b) = pair(&fx);
+    let daemon = start_daemon(&fx, Some((&tls_cert, &tls_key)), "");
+    let https_url = format!("https://127.0.0.1:{}/as2", daemon.https_port.unwrap());
+    let http_url = format!("http://127.0.0.1:{}/as2", daemon.port);
+    // A sends over HTTPS without trusting our self-signed server certificate: refused by
+    // certificate verification, so it is retried and finally fails with that reason.
+    link(&fx, &a, &b, &https_url, &[]);
+    link(&fx, &b, &a, &http_url, &[]);
+    fx.as_user(&a.user, || {
+        ok(ops::put(&a.outbox().join("untrusted.edi"), b"X"), "put")
+    });
+    let failed = wait_for_state(&fx, &a.user, None, "failed");
+    let detail = failed.detail.unwrap_or_default();
+    assert!(
+        detail.contains("certificate verify failed") || detail.contains("TLS"),
+        "{detail}"
+    );
+    // With the server's certificate pinned it goes through.
+    link(
+        &fx,
+        &a,
+        &b,
+        &https_url,
+        &["--trust-ca", tls_cert.to_str().unwrap()],
+    );
+    let data = random_bytes(50_000);
+    fx.as_user(&a.user, || {
+        ok(ops::put(&a.outbox().join("over-tls.edi"), &data), "put")
+    });
+    let inbox_b = b.inbox();
+    let got = wait_for("over-tls.edi in B's inbox", Duration::from_secs(30), || {
+        fx.as_user(&b.user, || {
+            files_in(&inbox_b)
+                .into_iter()
+                .find(|p| p.ends_with("over-tls.edi"))
+        })
+    });
+    assert_eq!(
+        fx.as_user(&b.user, || ok(ops::read(&got), "read")),
+        data,
+        "{}",
+        daemon.log()
+    );
+    wait_for_state(&fx, &a.user, None, "delivered");
+
+    // Renewal: new files in place (by rename, as certbot and editors do) are served to the
+    // next connection, without a restart.
+    let port = daemon.https_port.unwrap();
+    assert_eq!(served_cert_sha256(port), Some(cert_sha256(&tls_cert)));
+    let (new_cert, new_key) = tls_pair(&fx.dir, "tls2");
+    std::fs::rename(&new_key, &tls_key).unwrap();
+    std::fs::rename(&new_cert, &tls_cert).unwrap();
+    let want = cert_sha256(&tls_cert);
+    wait_until(
+        "the renewed certificate to be served",
+        Duration::from_secs(20),
+        || served_cert_sha256(port).as_ref() == Some(&want),
+    );
+    assert!(
+        daemon.log().contains("settings reloaded"),
+        "{}",
+        daemon.log()
+    );
+}
+
+#[test]
+fn a_changed_config_file_applies_without_restart_and_a_broken_one_changes_nothing() {
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
+    let daemon = start_daemon(&fx, None, "max_body_bytes = 1000000\n");
+    let post = |n: usize| {
+        daemon.request(
+            &format!(
+                "POST /as2 HTTP/1.1\r\nHost: x\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n"
+            ),
+            &vec![b'x'; n],
+        )
+    };
+    // 5000 bytes are within the limit: refused for what they are (not AS2), not for size.
+    assert!(post(5000).starts_with("HTTP/1.1 400"), "{}", post(5000));
+    let text = std::fs::read_to_string(&fx.config).unwrap();
+    let smaller = text.replace("max_body_bytes = 1000000", "max_body_bytes = 4000");
+    assert_ne!(text, smaller);
+    // Written to a temporary file and renamed into place, as editors and config managers do.
+    let tmp = fx.dir.join("as2box.toml.new");
+    std::fs::write(&tmp, &smaller).unwrap();
+    std::fs::rename(&tmp, &fx.config).unwrap();
+    wait_until(
+        "the smaller body limit to apply",
+        Duration::from_secs(20),
+        || post(5000).starts_with("HTTP/1.1 413"),
+    );
+    // A broken file is refused with a log line; the daemon keeps the last good settings.
+    std::fs::write(
+        &fx.config,
+        smaller.replace("max_body_bytes = 4000", "max_body_bytes = \"big\""),
+    )
+    .unwrap();
+    wait_until(
+        "the daemon to refuse the broken config file",
+        Duration::from_secs(20),
+        || {
+            daemon
+                .log()
+                .contains("not valid; keeping the previous settings")
+        },
+    );
+    assert!(post(5000).starts_with("HTTP/1.1 413"));
+    assert!(daemon.get("/health").starts_with("HTTP/1.1 200"));
+}
+
+#[test]
+fn resend_sends_the_same_files_again_as_a_new_message_and_metrics_show_the_latency() {
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
+    let (a, b) = pair(&fx);
+    let daemon = start_daemon(&fx, None, "");
+    let url = format!("http://127.0.0.1:{}/as2", daemon.port);
+    link(&fx, &a, &b, &url, &[]);
+    link(&fx, &b, &a, &url, &[]);
+    let data = b"UNA:+.? 'UNB+UNOC:3+A+B'".to_vec();
+    fx.as_user(&a.user, || {
+        ok(ops::put(&a.outbox().join("invoice.edi"), &data), "put")
+    });
+    let first = wait_for_state(&fx, &a.user, None, "delivered");
+    let show = fx.cli_ok(&["messages", "show", &first.id.to_string()]);
+    for part in [
+        "as2 id:",
+        "mic check: match",
+        "request headers:",
+        "AS2-From:",
+        "mdn:",
+        "history:",
+    ] {
+        assert!(
+            show.contains(part),
+            "`messages show` lacks {part:?}:\n{show}"
+        );
+    }
+    let out = fx.cli_ok(&["messages", "resend", &first.id.to_string()]);
+    let new_id: i64 = out
+        .split_whitespace()
+        .nth(3)
+        .and_then(|w| w.trim_end_matches(':').parse().ok())
+        .unwrap_or_else(|| panic!("no message id in {out:?}"));
+    assert_ne!(new_id, first.id);
+    wait_for_state(&fx, &a.user, Some(new_id), "delivered");
+    // Two deliveries: the resend is a new message (new Message-ID), not a duplicate.
+    let inbox_b = b.inbox();
+    let copies = wait_for("two copies in B's inbox", Duration::from_secs(30), || {
+        let found: Vec<PathBuf> = fx.as_user(&b.user, || {
+            files_in(&inbox_b)
+                .into_iter()
+                .filter(|p| p.to_string_lossy().contains("invoice"))
+                .collect()
+        });
+        (found.len() == 2).then_some(found)
+    });
+    for c in copies {
+        assert_eq!(fx.as_user(&b.user, || ok(ops::read(&c), "read")), data);
+    }
+    // A received message cannot be resent.
+    let received = fx
+        .messages()
+        .into_iter()
+        .find(|m| m.direction == "in")
+        .unwrap();
+    let refused = fx.cli(&["messages", "resend", &received.id.to_string()]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("only sent messages"));
+
+    let metrics = daemon.get("/metrics");
+    for line in [
+        "as2box_pickup_to_post_seconds_count 2",
+        "as2box_receive_seconds_count 2",
+        "# TYPE as2box_pickup_to_post_seconds histogram",
+    ] {
+        assert!(metrics.contains(line), "metrics lack {line:?}:\n{metrics}");
+    }
+}
