@@ -1,0 +1,378 @@
+#!/usr/bin/env python3
+"""Benchmark of `as2box serve` against pyas2lib in the same run (run it through
+scripts/bench-daemon, as root: it mounts, creates two system accounts and removes them).
+
+Prints, for 1 MiB messages signed (sha256) and encrypted (aes256-cbc) with a signed
+synchronous MDN, over loopback:
+
+* received per second: the same pre-built messages POSTed by C client threads to as2box
+  and to a pyas2lib receiver (pyas2lib parses, verifies, decrypts and signs the MDN);
+* sent per second: as2box sending what is put into an outbox through the mount, and
+  pyas2lib building and POSTing the same number of messages, both to the same as2box
+  receiver (so both figures include as2box's receiving work);
+* the latency from the close() of a file in an outbox to the first byte of its POST
+  arriving at the partner (p50, p99), measured outside as2box.
+
+Not a test: nothing here fails on a figure.
+"""
+import argparse
+import importlib.metadata
+import http.client
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = str(REPO / "target/release/as2box")
+sys.path.insert(0, str(REPO / "tests/peers"))
+import pyas2_peer  # noqa: E402
+from pyas2lib import Mdn, Message, Organization, Partner  # noqa: E402
+
+pyas2_peer.emit = lambda obj: None  # the peer's per-message report is not wanted here
+
+USERS = ("as2bench-a", "as2bench-b")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Setup:
+    """A state folder, a mount, a daemon and two users whose stations are partners."""
+
+    def __init__(self, work):
+        self.work = work
+        self.env = dict(os.environ, AS2BOX_STATE_DIR=str(work / "state"),
+                        AS2BOX_CONFIG=str(work / "as2box.toml"), RUST_LOG="warn")
+        self.procs = []
+        self.mnt = work / "mnt"
+        self.mnt.mkdir()
+        self.port = free_port()
+        (work / "as2box.toml").write_text(
+            "[outbox]\nlinger_secs = 2\nbatch_quiet_secs = 10\n"
+            f"[serve]\nhttp_listen = \"127.0.0.1:{self.port}\"\n"
+            f"public_url = \"http://127.0.0.1:{self.port}\"\n")
+
+    def cli(self, *args):
+        r = subprocess.run([BIN, *args], env=self.env, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SystemExit(f"as2box {' '.join(args)}: {r.stderr.strip()}")
+        return r.stdout
+
+    def keypair(self, name):
+        key, crt = self.work / f"{name}.key", self.work / f"{name}.crt"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+                        "-subj", f"/CN={name}", "-keyout", key, "-out", crt],
+                       check=True, capture_output=True)
+        pem = self.work / f"{name}.pem"
+        pem.write_bytes(key.read_bytes() + crt.read_bytes())
+        return pem, crt
+
+    def start(self):
+        for u in USERS:  # left over from an interrupted run
+            subprocess.run([BIN, "user", "remove", u, "--force"], env=self.env, capture_output=True)
+        self.cli("init")
+        (self.work / "pass").write_text("bench passphrase\n")
+        for u in USERS:
+            self.cli("user", "add", u, "--private-key-out", str(self.work / f"{u}.key"),
+                     "--passphrase-file", str(self.work / "pass"))
+        self.cli("station", "add", "--user", USERS[0], "BOXA")
+        self.cli("station", "add", "--user", USERS[1], "BOXB")
+        for s in ("BOXA", "BOXB"):
+            self.cli("station", "set", s, "--generate-cert")
+        keys = Path(self.env["AS2BOX_STATE_DIR"]) / "keys"
+        self.cert = {s: keys / f"{s}.cert.pem" for s in ("BOXA", "BOXB")}
+        url = f"http://127.0.0.1:{self.port}/as2"
+        profile = ["--sign", "sha256", "--encrypt", "aes256-cbc", "--mdn", "sync", "--mdn-signed", "yes"]
+        self.cli("partner", "add", "--user", USERS[0], "BOXB")
+        self.cli("partner", "set", "--user", USERS[0], "BOXB", "--url", url, "--cert", str(self.cert["BOXB"]), *profile)
+        self.cli("partner", "add", "--user", USERS[1], "BOXA")
+        self.cli("partner", "set", "--user", USERS[1], "BOXA", "--url", url, "--cert", str(self.cert["BOXA"]), *profile)
+        # pyas2lib's identity towards BOXA (sending to us), and a pyas2lib receiver.
+        self.peer_pem, self.peer_crt = self.keypair("pyas2peer")
+        self.rx_pem, self.rx_crt = self.keypair("pyas2rx")
+        self.cli("partner", "add", "--user", USERS[0], "PEER")
+        self.cli("partner", "set", "--user", USERS[0], "PEER", "--url", "http://127.0.0.1:9/none",
+                 "--cert", str(self.peer_crt), *profile)
+        self.spawn("mount", [BIN, "mount", str(self.mnt)])
+        deadline = time.time() + 20
+        while f" {self.mnt} " not in Path("/proc/mounts").read_text():
+            if time.time() > deadline:
+                raise SystemExit("the mount did not come up; see " + str(self.work / "mount.log"))
+            time.sleep(0.05)
+        self.spawn("serve", [BIN, "serve"])
+        deadline = time.time() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise SystemExit("the daemon did not listen; see " + str(self.work / "serve.log"))
+                time.sleep(0.05)
+
+    def spawn(self, name, argv):
+        log = open(self.work / f"{name}.log", "wb")
+        self.procs.append(subprocess.Popen(argv, env=self.env, stdin=subprocess.DEVNULL,
+                                           stdout=log, stderr=log))
+
+    def box(self, user, station, partner):
+        return self.mnt / user / "as2gateway" / station / partner
+
+    def stop(self):
+        for p in reversed(self.procs):
+            p.terminate()
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        subprocess.run(["umount", "-l", str(self.mnt)], capture_output=True)
+        for u in USERS:
+            subprocess.run([BIN, "user", "remove", u, "--force"], env=self.env, capture_output=True)
+
+
+def org_partner(key_pem, name, partner_name, partner_cert):
+    key = Path(key_pem).read_bytes()
+    org = Organization(as2_name=name, sign_key=key, decrypt_key=key, domain="bench.test")
+    cert = Path(partner_cert).read_bytes()
+    partner = Partner(as2_name=partner_name, verify_cert=cert, encrypt_cert=cert, validate_certs=False,
+                      sign=True, digest_alg="sha256", encrypt=True, enc_alg="aes_256_cbc",
+                      mdn_mode="SYNC", mdn_digest_alg="sha256")
+    return org, partner
+
+
+def build(org, partner, payloads):
+    out = []
+    for i, data in enumerate(payloads):
+        m = Message(sender=org, receiver=partner)
+        m.build(data, filename=f"bench{i}.bin", content_type="application/octet-stream")
+        out.append(m)
+    return out
+
+
+def post(port, path, headers, body):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+    c.request("POST", path, body=body, headers=headers)
+    r = c.getresponse()
+    resp = (r.status, dict(r.getheaders()), r.read())
+    c.close()
+    return resp
+
+
+def raw(headers, body):
+    return "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode() + b"\r\n" + body
+
+
+def check_mdns(messages, responses):
+    by_id = {m.message_id: m for m in messages}
+    bad = 0
+    for status, headers, body in responses:
+        if status != 200:
+            bad += 1
+            continue
+        mdn = Mdn()
+        st, _ = mdn.parse(raw(headers, body), find_message_cb=lambda mid, rcpt: by_id.get(mid))
+        bad += st != "processed"
+    return bad
+
+
+def timed_posts(port, path, messages, clients):
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as ex:
+        responses = list(ex.map(lambda m: post(port, path, dict(m.headers), m.content), messages))
+    return time.perf_counter() - start, responses
+
+
+def bench_receive(s, payloads, clients):
+    # as2box: pyas2lib (as PEER) -> BOXA.
+    org, to_boxa = org_partner(s.peer_pem, "PEER", "BOXA", s.cert["BOXA"])
+    msgs = build(org, to_boxa, payloads)
+    t_box, resp = timed_posts(s.port, "/as2", msgs, clients)
+    bad_box = check_mdns(msgs, resp)
+    # pyas2lib receiver (as PYRX, knowing PEER's certificate) on its own port.
+    args = argparse.Namespace(key=str(s.rx_pem), key_pass=None, partner_cert=str(s.peer_crt),
+                              name="PYRX", partner_name="PEER")
+    peer = pyas2_peer.Peer(args)
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), pyas2_peer.make_handler(peer))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    org, to_rx = org_partner(s.peer_pem, "PEER", "PYRX", s.rx_crt)
+    msgs = build(org, to_rx, payloads)
+    t_py, resp = timed_posts(srv.server_address[1], "/as2", msgs, clients)
+    bad_py = check_mdns(msgs, resp)
+    srv.shutdown()
+    return t_box, bad_box, t_py, bad_py
+
+
+def as_user(user, script, **kw):
+    # The system Python: the virtual environment may live where the user cannot read.
+    return subprocess.Popen(["/usr/bin/python3", "-c", script], user=user, group=user,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, **kw)
+
+
+def delivered_count(s, user, name_prefix):
+    out = json.loads(s.cli("messages", "list", "--user", user, "--json"))
+    states = [m["state"] for m in out if m["direction"] == "out" and m["name"].startswith(name_prefix)]
+    return states.count("delivered"), states.count("failed")
+
+
+def bench_send(s, payloads, clients):
+    n = len(payloads)
+    # as2box: files put into BOXA's outbox towards BOXB, sent by the daemon, received by it.
+    src = s.work / "payloads"
+    src.mkdir()
+    for i, data in enumerate(payloads):
+        (src / f"send{i}.bin").write_bytes(data)
+    os.chmod(src, 0o755)
+    outbox = s.box(USERS[0], "BOXA", "BOXB") / "outbox"
+    writer = (
+        "import shutil, sys\n"
+        f"for i in range({n}):\n"
+        f"    shutil.copyfile('{src}/send%d.bin' % i, '{outbox}/send%d.bin' % i)\n"
+    )
+    start = time.perf_counter()
+    w = as_user(USERS[0], writer)
+    w.communicate()
+    if w.returncode != 0:
+        raise SystemExit("writing into the outbox failed")
+    while True:
+        done, failed = delivered_count(s, USERS[0], "send")
+        if done + failed >= n:
+            break
+        time.sleep(0.05)
+    t_box = time.perf_counter() - start
+    # pyas2lib: build + POST + verify the MDN, to the same as2box receiver.
+    org, to_boxa = org_partner(s.peer_pem, "PEER", "BOXA", s.cert["BOXA"])
+
+    def one(data):
+        m = Message(sender=org, receiver=to_boxa)
+        m.build(data, filename="py.bin", content_type="application/octet-stream")
+        r = post(s.port, "/as2", dict(m.headers), m.content)
+        return check_mdns([m], [r])
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as ex:
+        bad_py = sum(ex.map(one, payloads))
+    t_py = time.perf_counter() - start
+    return t_box, failed, t_py, bad_py
+
+
+class FirstByteSink:
+    """A partner that notes when the first byte of each POST arrives and answers 200."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.arrivals = []
+        self.cond = threading.Condition()
+        threading.Thread(target=self.loop, daemon=True).start()
+
+    def loop(self):
+        while True:
+            conn, _ = self.sock.accept()
+            first = conn.recv(65536)
+            t = time.time()
+            data = first
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, body = data.split(b"\r\n\r\n", 1)
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":", 1)[1])
+            while len(body) < length:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                body += chunk
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            conn.close()
+            with self.cond:
+                self.arrivals.append(t)
+                self.cond.notify_all()
+
+
+def bench_latency(s, samples):
+    sink = FirstByteSink()
+    s.cli("partner", "add", "--user", USERS[0], "SINK")
+    s.cli("partner", "set", "--user", USERS[0], "SINK", "--url", f"http://127.0.0.1:{sink.port}/as2",
+          "--cert", str(s.cert["BOXB"]), "--sign", "sha256", "--encrypt", "aes256-cbc", "--mdn", "none")
+    outbox = s.box(USERS[0], "BOXA", "SINK") / "outbox"
+    # One writer process for all samples: it writes a file, reports the time right after
+    # close(), and waits for "next" so that samples do not overlap.
+    writer = (
+        "import sys, time, os\n"
+        f"for i in range({samples}):\n"
+        f"    with open('{outbox}/lat%d.edi' % i, 'wb') as f:\n"
+        "        f.write(os.urandom(4096))\n"
+        "    print(time.time(), flush=True)\n"
+        "    sys.stdin.readline()\n"
+    )
+    w = as_user(USERS[0], writer)
+    lat = []
+    for i in range(samples):
+        closed = float(w.stdout.readline())
+        with sink.cond:
+            if not sink.cond.wait_for(lambda: len(sink.arrivals) > i, timeout=30):
+                raise SystemExit(f"sample {i} never reached the partner")
+            lat.append(sink.arrivals[i] - closed)
+        w.stdin.write("next\n")
+        w.stdin.flush()
+    w.wait()
+    return sorted(lat)
+
+
+def pct(sorted_values, p):
+    return sorted_values[min(len(sorted_values) - 1, int(round(p / 100 * (len(sorted_values) - 1))))]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-n", "--messages", type=int, default=40, help="messages per measurement (default 40)")
+    ap.add_argument("-c", "--clients", type=int, default=4, help="concurrent HTTP clients (default 4)")
+    ap.add_argument("--samples", type=int, default=100, help="latency samples (default 100)")
+    a = ap.parse_args()
+    base = Path("/srv/as2box-bench")
+    base.mkdir(exist_ok=True)
+    os.chmod(base, 0o755)
+    work = Path(tempfile.mkdtemp(dir=base))
+    os.chmod(work, 0o755)
+    s = Setup(work)
+    try:
+        s.start()
+        rnd = random.Random(42)
+        payloads = [rnd.randbytes(1 << 20) for _ in range(a.messages)]
+        print(f"as2box daemon vs pyas2lib {importlib.metadata.version('pyas2lib')}: "
+              f"{a.messages} messages of 1 MiB, signed sha256 + aes256-cbc, signed sync MDN, "
+              f"{a.clients} clients, loopback")
+        t_box, bad_box, t_py, bad_py = bench_receive(s, payloads, a.clients)
+        print(f"received/s  as2box {a.messages / t_box:7.1f}   pyas2lib {a.messages / t_py:7.1f}   "
+              f"ratio {t_py / t_box:5.1f}x   (bad MDNs: as2box {bad_box}, pyas2lib {bad_py})")
+        t_box, bad_box, t_py, bad_py = bench_send(s, payloads, a.clients)
+        print(f"sent/s      as2box {a.messages / t_box:7.1f}   pyas2lib {a.messages / t_py:7.1f}   "
+              f"ratio {t_py / t_box:5.1f}x   (failed: as2box {bad_box}, pyas2lib {bad_py}; "
+              f"as2box: put through the mount, both received by as2box)")
+        lat = bench_latency(s, a.samples)
+        print(f"outbox close -> first byte of POST ({len(lat)} samples, 4 KiB): "
+              f"p50 {pct(lat, 50) * 1000:.0f} ms, p99 {pct(lat, 99) * 1000:.0f} ms, "
+              f"max {lat[-1] * 1000:.0f} ms")
+    finally:
+        s.stop()
+        subprocess.run(["rm", "-rf", str(work)])
+
+
+if __name__ == "__main__":
+    main()
