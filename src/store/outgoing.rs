@@ -470,6 +470,36 @@ mod tests {
     }
 
     #[test]
+    fn the_sweep_removes_old_finished_records_with_their_mdns_and_keeps_messages_in_flight() {
+        let (_d, store, done, outbox) = queued();
+        store.claim_queued(now_ms()).unwrap();
+        store
+            .message_delivered(done, Some("the MDN text"), "processed")
+            .unwrap();
+        let blob = store.blobs().put_bytes(b"second").unwrap();
+        let f = NewFile {
+            user_id: 1,
+            boxref: outbox,
+            parent: 0,
+            name: "later.edi".into(),
+            blob,
+            size: 6,
+            mtime_ms: 0,
+            state: EntryState::Held,
+            replaces: None,
+        };
+        let (_, in_flight) = store.commit_file(&f, Some(0)).unwrap();
+        let in_flight = in_flight.unwrap();
+        let later = now_ms() + 1;
+        let report = store.sweep(later, 0, later).unwrap();
+        assert_eq!(report.messages_removed, 1);
+        assert!(store.message(done).unwrap().is_none());
+        assert!(store.message_transmission(done).unwrap().is_none());
+        assert!(store.message_events(done).unwrap().is_empty(), "events go with it");
+        assert_eq!(store.message(in_flight).unwrap().unwrap().state, "queued");
+    }
+
+    #[test]
     fn a_stopped_sender_is_requeued() {
         let (_d, store, id, _) = queued();
         store.claim_queued(now_ms()).unwrap().unwrap();
