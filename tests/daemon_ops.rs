@@ -420,3 +420,57 @@ fn resend_sends_the_same_files_again_as_a_new_message_and_metrics_show_the_laten
         assert!(metrics.contains(line), "metrics lack {line:?}:\n{metrics}");
     }
 }
+
+#[test]
+fn a_partner_content_type_labels_the_files_and_text_types_travel_in_canonical_form() {
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
+    let (a, b) = pair(&fx);
+    let daemon = start_daemon(&fx, None, "");
+    let url = format!("http://127.0.0.1:{}/as2", daemon.port);
+    link(
+        &fx,
+        &a,
+        &b,
+        &url,
+        &["--content-type", "application/EDI-X12"],
+    );
+    link(&fx, &b, &a, &url, &[]);
+    let shown = fx.cli_ok(&["partner", "show", "--user", &a.user.name, &a.partner]);
+    assert!(
+        shown.contains("content type: application/edi-x12"),
+        "{shown}"
+    );
+    let bad = fx.cli(&[
+        "partner",
+        "set",
+        "--user",
+        &a.user.name,
+        &a.partner,
+        "--content-type",
+        "edi",
+    ]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a MIME type"));
+    fx.as_user(&a.user, || {
+        ok(
+            ops::put(&a.outbox().join("x12.edi"), b"ISA*00\nGS*PO\n"),
+            "put",
+        )
+    });
+    let inbox_b = b.inbox();
+    let got = wait_for("x12.edi in B's inbox", Duration::from_secs(30), || {
+        fx.as_user(&b.user, || {
+            files_in(&inbox_b)
+                .into_iter()
+                .find(|p| p.ends_with("x12.edi"))
+        })
+    });
+    assert_eq!(
+        fx.as_user(&b.user, || ok(ops::read(&got), "read")),
+        b"ISA*00\r\nGS*PO\r\n",
+        "an EDI text type is sent with CRLF line ends"
+    );
+    wait_for_state(&fx, &a.user, None, "delivered");
+}

@@ -15,6 +15,21 @@ fn parse_yes_no(s: &str) -> Result<bool, String> {
     }
 }
 
+/// `type/subtype` made of RFC 2045 token characters, lowercased.
+fn parse_content_type(s: &str) -> Result<String, String> {
+    let token = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    match s.split_once('/') {
+        Some((t, sub)) if token(t) && token(sub) => Ok(s.to_ascii_lowercase()),
+        _ => Err(format!(
+            "{s:?} is not a MIME type: use type/subtype, e.g. application/edi-x12"
+        )),
+    }
+}
+
 fn print_profile(p: &Partner) {
     let path = |p: &Option<std::path::PathBuf>| {
         p.as_ref()
@@ -41,6 +56,7 @@ fn print_profile(p: &Partner) {
             "unsigned"
         }
     );
+    println!("content type: {}", p.profile.content_type);
     if let Some(w) = p
         .profile
         .cert_path
@@ -132,6 +148,12 @@ pub enum PartnerCommand {
         /// Ask for a signed receipt.
         #[arg(long, value_parser = parse_yes_no)]
         mdn_signed: Option<bool>,
+        /// MIME type our files are sent as (default application/octet-stream: the bytes
+        /// arrive exactly as uploaded). Text types (text/*, application/edi-x12,
+        /// application/edifact, application/edi-consent, application/xml) are sent in MIME
+        /// canonical form: bare LF line ends become CRLF (RFC 5751).
+        #[arg(long, value_parser = parse_content_type)]
+        content_type: Option<String>,
     },
     /// Remove a partner and its mailboxes.
     #[command(after_help = "Example:\n  as2box partner remove --user acme BIGCORP --force")]
@@ -249,13 +271,8 @@ pub fn run(g: &Global, c: PartnerCommand) -> anyhow::Result<()> {
                     warning,
                 });
             }
-            println!(
-                "partner: {}{}",
-                p.as2_id,
-                if p.test { " (test)" } else { "" }
-            );
-            println!("user:    {user}");
-            println!("url:     {}", p.url.as_deref().unwrap_or("-"));
+            println!("user:        {user}");
+            print_profile(&p);
             Ok(())
         }
         PartnerCommand::Set {
@@ -270,6 +287,7 @@ pub fn run(g: &Global, c: PartnerCommand) -> anyhow::Result<()> {
             compress,
             mdn,
             mdn_signed,
+            content_type,
         } => {
             let p = get(&store, &user, &id, test)?;
             if let Some(url) = &url {
@@ -298,6 +316,9 @@ pub fn run(g: &Global, c: PartnerCommand) -> anyhow::Result<()> {
             profile.compress = compress.unwrap_or(profile.compress);
             profile.mdn = mdn.unwrap_or(profile.mdn);
             profile.mdn_signed = mdn_signed.unwrap_or(profile.mdn_signed);
+            if let Some(t) = content_type {
+                profile.content_type = t;
+            }
             if profile.cert_path.is_none() && profile.encrypt != EncryptOption::None {
                 eprintln!("note: encrypting to the partner needs its certificate: add --cert FILE");
             }
@@ -315,6 +336,28 @@ pub fn run(g: &Global, c: PartnerCommand) -> anyhow::Result<()> {
             store.remove_partner(p.id, force)?;
             println!("removed {}partner {id}", if test { "test " } else { "" });
             Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_content_type;
+
+    #[test]
+    fn content_types_must_be_type_slash_subtype_tokens() {
+        assert_eq!(
+            parse_content_type("Application/EDI-X12").unwrap(),
+            "application/edi-x12"
+        );
+        for bad in [
+            "edi",
+            "application/",
+            "/x",
+            "text/plain; charset=x",
+            "a/b\r\nX: y",
+        ] {
+            assert!(parse_content_type(bad).is_err(), "{bad:?}");
         }
     }
 }

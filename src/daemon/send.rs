@@ -85,11 +85,6 @@ fn cipher(e: EncryptOption) -> Option<EncryptionAlgorithm> {
     }
 }
 
-/// Every file goes as `application/octet-stream` with binary transfer encoding: the AS2
-/// core never rewrites such content (text types would be CRLF-canonicalized), so partners
-/// receive exactly the bytes the user uploaded.
-const CONTENT_TYPE: &str = "application/octet-stream";
-
 /// Builds the AS2 profile of a partner.
 fn profile(ctx: &Ctx, station: &Station, partner: &Partner) -> Result<SendProfile, String> {
     let p = &partner.profile;
@@ -214,6 +209,9 @@ async fn attempt(ctx: &Arc<Ctx>, c: Claimed) -> (Attempt, Option<String>) {
     };
     let store = ctx.store.clone();
     let files = c.files.clone();
+    // The default, application/octet-stream, is never rewritten; text types (EDI, XML)
+    // are sent in MIME canonical form (CRLF line ends), as the partner's software expects.
+    let content_type = partner.profile.content_type.clone();
     let attachments = blocking(move || {
         files
             .iter()
@@ -230,7 +228,7 @@ async fn attempt(ctx: &Arc<Ctx>, c: Claimed) -> (Attempt, Option<String>) {
                     })?;
                 Ok(Attachment {
                     filename: Some(f.name.clone()),
-                    content_type: CONTENT_TYPE.into(),
+                    content_type: content_type.clone(),
                     data,
                 })
             })

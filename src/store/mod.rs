@@ -71,7 +71,7 @@ impl StoreError {
 /// The result type of the store.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// Steps from each older schema version to the next: `MIGRATIONS[v - 1]` takes a version `v`
 /// database to `v + 1`. A fresh database gets `SCHEMA` and the current version directly.
@@ -93,6 +93,8 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE messages ADD COLUMN request_headers TEXT;
      ALTER TABLE messages ADD COLUMN mdn TEXT;
      CREATE INDEX IF NOT EXISTS messages_by_as2_id ON messages (partner_id, as2_message_id);",
+    // 2 -> 3: the content type our files are labelled with towards a partner.
+    "ALTER TABLE partners ADD COLUMN content_type TEXT NOT NULL DEFAULT 'application/octet-stream';",
 ];
 
 /// Brings the database to [`SCHEMA_VERSION`], each step in its own transaction.
@@ -153,6 +155,7 @@ CREATE TABLE IF NOT EXISTS partners (
     compress TEXT NOT NULL DEFAULT 'none',
     mdn TEXT NOT NULL DEFAULT 'sync',
     mdn_signed INTEGER NOT NULL DEFAULT 1,
+    content_type TEXT NOT NULL DEFAULT 'application/octet-stream',
     created_ms INTEGER NOT NULL,
     UNIQUE (user_id, as2_id, test)
 );

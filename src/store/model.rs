@@ -107,6 +107,9 @@ pub struct PartnerProfile {
     pub mdn: MdnOption,
     /// Ask for a signed receipt.
     pub mdn_signed: bool,
+    /// The MIME type our files are sent as (e.g. `application/edi-x12`); text types are
+    /// sent in canonical form (CRLF line ends).
+    pub content_type: String,
 }
 
 impl Default for PartnerProfile {
@@ -119,6 +122,7 @@ impl Default for PartnerProfile {
             compress: CompressOption::None,
             mdn: MdnOption::Sync,
             mdn_signed: true,
+            content_type: "application/octet-stream".into(),
         }
     }
 }

@@ -495,7 +495,10 @@ mod tests {
         assert_eq!(report.messages_removed, 1);
         assert!(store.message(done).unwrap().is_none());
         assert!(store.message_transmission(done).unwrap().is_none());
-        assert!(store.message_events(done).unwrap().is_empty(), "events go with it");
+        assert!(
+            store.message_events(done).unwrap().is_empty(),
+            "events go with it"
+        );
         assert_eq!(store.message(in_flight).unwrap().unwrap().state, "queued");
     }
 

@@ -52,13 +52,14 @@ fn partner_from_row(r: &Row<'_>) -> rusqlite::Result<Partner> {
                 .unwrap_or(CompressOption::None),
             mdn: MdnOption::parse(&r.get::<_, String>(11)?).unwrap_or(MdnOption::Sync),
             mdn_signed: r.get(12)?,
+            content_type: r.get(13)?,
         },
     })
 }
 
 const USER_COLS: &str = "id, name, uid, gid, quota, created_ms";
 const STATION_COLS: &str = "id, user_id, as2_id, inbox_layout, created_ms, key_path, cert_path";
-const PARTNER_COLS: &str = "id, user_id, as2_id, test, url, created_ms, cert_path, trust_path, sign, encrypt, compress, mdn, mdn_signed";
+const PARTNER_COLS: &str = "id, user_id, as2_id, test, url, created_ms, cert_path, trust_path, sign, encrypt, compress, mdn, mdn_signed, content_type";
 
 /// One stored public key of a user.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -457,7 +458,7 @@ impl Store {
         let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.to_string_lossy().into_owned());
         self.write(|tx| {
             tx.execute(
-                "UPDATE partners SET cert_path = ?2, trust_path = ?3, sign = ?4, encrypt = ?5, compress = ?6, mdn = ?7, mdn_signed = ?8 WHERE id = ?1",
+                "UPDATE partners SET cert_path = ?2, trust_path = ?3, sign = ?4, encrypt = ?5, compress = ?6, mdn = ?7, mdn_signed = ?8, content_type = ?9 WHERE id = ?1",
                 params![
                     partner_id,
                     path(&p.cert_path),
@@ -466,7 +467,8 @@ impl Store {
                     p.encrypt.as_str(),
                     p.compress.as_str(),
                     p.mdn.as_str(),
-                    p.mdn_signed
+                    p.mdn_signed,
+                    p.content_type
                 ],
             )?;
             Ok(())
