@@ -169,9 +169,22 @@ impl Store {
         })
     }
 
-    /// The request was accepted; the MDN will come later (async).
+    /// The request was accepted; the MDN will come later (async). Only from `sending`: a
+    /// quick partner's MDN can arrive (and settle the message) before the sender has
+    /// processed the HTTP answer, and must not be undone.
     pub fn message_awaiting_mdn(&self, id: i64) -> Result<()> {
-        self.write(|tx| set_state(tx, id, "awaiting-mdn", None))
+        self.write(|tx| {
+            let state: Option<String> = tx
+                .query_row("SELECT state FROM messages WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            match state.as_deref() {
+                Some("sending") => set_state(tx, id, "awaiting-mdn", None),
+                Some(_) => Ok(()),
+                None => Err(StoreError::NotFound(format!("message {id}"))),
+            }
+        })
     }
 
     /// The outgoing message with AS2 Message-ID `as2_message_id` (for an async MDN): its id,
