@@ -515,7 +515,7 @@ fn pyas2lib_sends_we_receive_into_every_layout_and_a_test_partner() {
         fx.cli_ok(&args);
         set_partner(&fx, &user, "pyas2peer", test, &peer_url, &peer_cert, &[]);
     }
-    let cases = vec![
+    let cases = [
         inbound(None, None, false, "sync", None, 0, false),
         Inbound {
             text: true,
