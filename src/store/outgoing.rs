@@ -419,6 +419,28 @@ mod tests {
     }
 
     #[test]
+    fn an_async_mdn_before_the_http_answer_is_not_undone() {
+        let (_d, store, id, _) = queued();
+        store.claim_queued(now_ms()).unwrap().unwrap();
+        // The partner's MDN settles the message while the sender still waits for the
+        // HTTP answer; the answer then must not put it back to awaiting-mdn.
+        store
+            .message_delivered(id, Some("mdn"), "processed")
+            .unwrap();
+        store.message_awaiting_mdn(id).unwrap();
+        let m = &store.messages(None, 1).unwrap()[0];
+        assert_eq!(m.state, "delivered");
+        let states: Vec<String> = store
+            .message_events(id)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.state)
+            .collect();
+        assert_eq!(states, ["queued", "sending", "delivered"]);
+        assert!(store.message_awaiting_mdn(id + 1000).is_err());
+    }
+
+    #[test]
     fn a_stopped_sender_is_requeued() {
         let (_d, store, id, _) = queued();
         store.claim_queued(now_ms()).unwrap().unwrap();
