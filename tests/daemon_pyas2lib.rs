@@ -622,6 +622,13 @@ fn pyas2lib_sends_we_receive_into_every_layout_and_a_test_partner() {
                 daemon.log()
             );
             assert_eq!(ev["mdn_signed"], c.mdn_digest.is_some(), "{label}: {ev}");
+            let returned = ev["mdn_mic"].as_str().expect("our MDN returns a MIC");
+            // pyas2lib computes a MIC for signed messages only: ours must be that one.
+            if let Some(sign) = c.sign {
+                let mic = ev["mic"].as_str().unwrap();
+                let want = format!("{mic}, {}", micalg(sign));
+                assert_eq!(returned, want, "{label}");
+            }
         }
         // pyas2lib canonicalizes text to CRLF when it signs, encrypts or compresses.
         let want = if c.text {

@@ -26,7 +26,8 @@ It listens on 127.0.0.1 only and speaks line-delimited JSON:
      "sign_alg": "rsassa_pkcs1v15" | "rsassa_pss", "key_enc_alg": "rsaes_pkcs1v15" | "rsaes_oaep",
      "as2_from": "..." (optional, default --name), "as2_to": "..." (optional, default --partner-name)}
   and answers {"event": "sent", "id": ..., "message_id": ..., "mic": ...,
-  "mdn_status": ..., "mdn_detail": ...}.
+  "mdn_status": ..., "mdn_detail": ..., "mdn_signed": ..., "mdn_mic": the
+  Received-Content-MIC returned}.
     {"cmd": "hold_async_mdns", "as2_to": "X"} keeps the async MDNs of messages
   received for AS2-To X until {"cmd": "release_async_mdns", "as2_to": "X"}
   (each answered {"event": "holding" | "released", "as2_to": X}; a held MDN
@@ -245,11 +246,20 @@ def parse_mdn(raw):
     mdn = Mdn()
     status, detail = mdn.parse(raw, find_message_cb=lambda mid, rcpt: SENT.get(mid))
     signed = b"multipart/signed" in raw.split(b"\r\n\r\n", 1)[0].lower()
+    # The Received-Content-MIC as returned (pyas2lib compares it but does not say with what).
+    mdn_mic = None
+    try:
+        for part in (mdn.payload.walk() if mdn.payload is not None else []):
+            if part.get_content_type() == "message/disposition-notification":
+                mdn_mic = part.get_payload()[-1].get("Received-Content-MIC")
+    except Exception:  # an unreadable report: mdn_status already says so
+        pass
     return {
         "orig_message_id": mdn.orig_message_id,
         "mdn_status": status,
         "mdn_detail": detail,
         "mdn_signed": signed,
+        "mdn_mic": mdn_mic,
     }
 
 
