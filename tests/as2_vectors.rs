@@ -205,6 +205,11 @@ fn sterling_signed_compressed_message() {
     };
     let certs = load_certificates(&as2_common::vector(&dir, "cert_sb2bi_public.pem")).unwrap();
     let (h, body) = split_http_capture(&as2_common::vector(&dir, "sb2bi_signed_cmp.msg")).unwrap();
+    // Checked strictly today, the expired certificate is the error (not the content
+    // mismatch of the first, non-canonical verification attempt: its text has bare LFs).
+    let strict = ReceiveContext::new(&[], &certs, ValidityPolicy::at(1_795_000_000));
+    let err = parse_message(&h, &body, &strict).unwrap_err();
+    assert!(matches!(err, As2Error::CertificateNotValid(_)), "{err}");
     let ctx = ReceiveContext::new(&[], &certs, ValidityPolicy::accept_expired(1_516_974_505));
     let m = parse_message(&h, &body, &ctx).unwrap();
     assert!(m.compressed);

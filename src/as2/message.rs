@@ -904,10 +904,13 @@ fn verify_with_fallbacks(
         Ok(i) => Ok((i, content.to_vec())),
         Err(As2Error::IntegrityCheckFailed(first)) if has_bare_lf(content) => {
             for candidate in [canonicalize_headers(content), canonicalize_crlf(content)] {
-                if let Ok(i) =
-                    cms::verify_detached(sig_der, &candidate, ctx.partner_certs, ctx.validity)
-                {
-                    return Ok((i, candidate));
+                match cms::verify_detached(sig_der, &candidate, ctx.partner_certs, ctx.validity) {
+                    Ok(i) => return Ok((i, candidate)),
+                    Err(As2Error::IntegrityCheckFailed(_)) => {}
+                    // The signature matches this form, but something else is wrong (an
+                    // expired certificate): that is the error, not the first form's
+                    // content mismatch.
+                    Err(e) => return Err(e),
                 }
             }
             Err(As2Error::IntegrityCheckFailed(first))

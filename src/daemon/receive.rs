@@ -351,7 +351,9 @@ pub async fn async_mdn(ctx: Arc<Ctx>, req: Req) -> Resp {
         }
         Err(e) => return Resp::text(500, format!("store error: {e}\n")),
     };
-    if state != "awaiting-mdn" {
+    // `sending` too: a partner may POST its MDN before we have processed its HTTP answer
+    // (pyas2lib does at once). The Message-ID and MICs were recorded before the POST.
+    if state != "awaiting-mdn" && state != "sending" {
         return Resp::text(
             200,
             format!("MDN for message {id} already handled (state {state})\n"),

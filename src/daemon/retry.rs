@@ -5,8 +5,9 @@ use std::time::Duration;
 /// What one attempt to send came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Attempt {
-    /// The partner took it (and its receipt, if any, was positive).
-    Delivered,
+    /// The partner took it (and its receipt, if any, was positive); says what confirmed it
+    /// (the HTTP answer alone, or a receipt and what its MIC came to), recorded with the state.
+    Delivered(String),
     /// The partner took it; its receipt will come asynchronously.
     AwaitingMdn,
     /// Worth another try: connection refused or reset, timeout, HTTP 5xx.

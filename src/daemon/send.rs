@@ -13,7 +13,7 @@ use super::retry::{classify_status, Attempt, Backoff};
 use super::{blocking, Ctx};
 use crate::as2::algorithms::{DigestAlgorithm, EncryptionAlgorithm};
 use crate::as2::certs::ValidityPolicy;
-use crate::as2::mdn::{parse_mdn, ReceivedMdn};
+use crate::as2::mdn::{parse_mdn, MicCheck, ReceivedMdn};
 use crate::as2::message::{build_message, Attachment, CompressionOrder, MdnMode, SendProfile};
 use crate::as2::mic::Mic;
 use crate::store::{
@@ -133,13 +133,25 @@ pub fn judge_mdn(mdn: &ReceivedMdn, expected: &[Mic]) -> Attempt {
             mdn.text.lines().next().unwrap_or("")
         ));
     }
-    match mdn.check_mic(expected) {
-        crate::as2::mdn::MicCheck::Mismatch => Attempt::Final(format!(
+    let signed = match (&mdn.signature, mdn.signed) {
+        (Some(_), _) => "a signed receipt (MDN)",
+        (None, true) => "a signed receipt (MDN), signature not checked",
+        (None, false) => "an unsigned receipt (MDN)",
+    };
+    match (mdn.check_mic(expected), &mdn.mic) {
+        (MicCheck::Mismatch, _) => Attempt::Final(format!(
             "The partner's receipt returned MIC {} but we computed {}: the partner may have received different content.",
             mdn.mic.as_ref().map(|m| m.to_header_value()).unwrap_or_default(),
             expected.first().map(|m| m.to_header_value()).unwrap_or_default()
         )),
-        _ => Attempt::Delivered,
+        // The detail is the only record of the MIC check an operator sees (`messages list`).
+        (MicCheck::Match, Some(mic)) => Attempt::Delivered(format!(
+            "the partner confirmed receipt with {signed}; its MIC {} matches ours",
+            mic.to_header_value()
+        )),
+        _ => Attempt::Delivered(format!(
+            "the partner confirmed receipt with {signed}; it returned no MIC"
+        )),
     }
 }
 
@@ -309,7 +321,14 @@ async fn attempt(ctx: &Arc<Ctx>, c: Claimed) -> (Attempt, Option<String>) {
         .bytes_out
         .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
     match partner.profile.mdn {
-        MdnOption::None => (Attempt::Delivered, None),
+        // Without a receipt an HTTP 2xx is all we know: not a confirmation of receipt.
+        MdnOption::None => (
+            Attempt::Delivered(format!(
+                "sent; the partner answered HTTP {} (no receipt was requested)",
+                resp.status
+            )),
+            None,
+        ),
         MdnOption::Async => (Attempt::AwaitingMdn, None),
         MdnOption::Sync => {
             let mdn_text = format!(
@@ -357,7 +376,7 @@ pub async fn record_outcome(
     };
     let m = &ctx.metrics;
     match &outcome {
-        Attempt::Delivered => {
+        Attempt::Delivered(_) => {
             inc(&m.sent_delivered);
             if mdn.is_some() {
                 inc(&m.mdn_positive);
@@ -373,9 +392,9 @@ pub async fn record_outcome(
         Attempt::Transient(_) => inc(&m.sent_retried),
     }
     let result = blocking(move || match outcome {
-        Attempt::Delivered => {
-            info!(message = id, "delivered");
-            store.message_delivered(id, mdn.as_deref(), "the partner confirmed receipt")
+        Attempt::Delivered(detail) => {
+            info!(message = id, %detail, "delivered");
+            store.message_delivered(id, mdn.as_deref(), &detail)
         }
         Attempt::AwaitingMdn => store.message_awaiting_mdn(id),
         Attempt::Transient(why) => match backoff.next_delay(attempts) {

@@ -206,9 +206,22 @@ impl Store {
         })
     }
 
-    /// The request was accepted; the MDN will come later (async).
+    /// The request was accepted; the MDN will come later (async). Only from `sending`: a
+    /// quick partner's MDN can arrive (and settle the message) before the sender has
+    /// processed the HTTP answer, and must not be undone.
     pub fn message_awaiting_mdn(&self, id: i64) -> Result<()> {
-        self.write(|tx| set_state(tx, id, "awaiting-mdn", None))
+        self.write(|tx| {
+            let state: Option<String> = tx
+                .query_row("SELECT state FROM messages WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            match state.as_deref() {
+                Some("sending") => set_state(tx, id, "awaiting-mdn", None),
+                Some(_) => Ok(()),
+                None => Err(StoreError::NotFound(format!("message {id}"))),
+            }
+        })
     }
 
     /// The outgoing message with AS2 Message-ID `as2_message_id` (for an async MDN): its id,
@@ -500,6 +513,28 @@ mod tests {
             "events go with it"
         );
         assert_eq!(store.message(in_flight).unwrap().unwrap().state, "queued");
+    }
+
+    #[test]
+    fn an_async_mdn_before_the_http_answer_is_not_undone() {
+        let (_d, store, id, _) = queued();
+        store.claim_queued(now_ms()).unwrap().unwrap();
+        // The partner's MDN settles the message while the sender still waits for the
+        // HTTP answer; the answer then must not put it back to awaiting-mdn.
+        store
+            .message_delivered(id, Some("mdn"), "processed")
+            .unwrap();
+        store.message_awaiting_mdn(id).unwrap();
+        let m = &store.messages(None, 1).unwrap()[0];
+        assert_eq!(m.state, "delivered");
+        let states: Vec<String> = store
+            .message_events(id)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.state)
+            .collect();
+        assert_eq!(states, ["queued", "sending", "delivered"]);
+        assert!(store.message_awaiting_mdn(id + 1000).is_err());
     }
 
     #[test]

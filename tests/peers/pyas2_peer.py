@@ -11,15 +11,30 @@ It listens on 127.0.0.1 only and speaks line-delimited JSON:
     Disposition-Notification-Options.
   - port M receives asynchronous MDNs for messages this peer sent.
 * for each message received it prints {"event": "received", ...} with the
-  pyas2lib status, MIC, algorithms and each payload's sha256/size/name.
+  pyas2lib status, MIC, algorithms and each payload's sha256/size/name, plus
+  what the peer reads itself: "as2_from", "as2_to", "mdn_url" (the
+  Receipt-Delivery-Option, null for none or sync), "cms_type" and "cipher" (the
+  outer CMS content type and content-encryption algorithm, as asn1crypto names
+  them: pyas2lib reports a cipher only for 3DES).
+* after POSTing an async MDN it prints {"event": "mdn-posted", "message_id":
+  ..., "url": ..., "status": HTTP status}.
 * it reads commands from stdin, one JSON object per line:
     {"cmd": "send", "id": "...", "url": "http://127.0.0.1:P/as2",
      "data_b64": "...", "filename": "x.edi", "content_type": "application/edi-x12",
      "sign": "sha256" | null, "encrypt": "aes_256_cbc" | null, "compress": bool,
      "mdn": "none" | "sync" | "async", "mdn_digest": "sha256" | null,
-     "sign_alg": "rsassa_pkcs1v15" | "rsassa_pss", "key_enc_alg": "rsaes_pkcs1v15" | "rsaes_oaep"}
+     "sign_alg": "rsassa_pkcs1v15" | "rsassa_pss", "key_enc_alg": "rsaes_pkcs1v15" | "rsaes_oaep",
+     "as2_from": "..." (optional, default --name), "as2_to": "..." (optional, default --partner-name)}
   and answers {"event": "sent", "id": ..., "message_id": ..., "mic": ...,
-  "mdn_status": ..., "mdn_detail": ...}.
+  "mdn_status": ..., "mdn_detail": ..., "mdn_signed": ..., "mdn_mic": the
+  Received-Content-MIC returned}.
+    {"cmd": "hold_async_mdns", "as2_to": "X"} keeps the async MDNs of messages
+  received for AS2-To X until {"cmd": "release_async_mdns", "as2_to": "X"}
+  (each answered {"event": "holding" | "released", "as2_to": X}; a held MDN
+  is announced as {"event": "mdn-held", "message_id": ...}).
+    {"cmd": "async_mdn_before_answer", "as2_to": "X"} makes the peer POST the
+  async MDNs of messages for AS2-To X before it answers their HTTP request
+  (answered {"event": "mdn-first", "as2_to": X}).
     {"cmd": "quit"} ends the process (so does EOF on stdin).
 
 Keys: --key (PEM with private key and certificate, or PKCS#12) and
@@ -27,6 +42,7 @@ Keys: --key (PEM with private key and certificate, or PKCS#12) and
 """
 import argparse
 import base64
+import copy
 import hashlib
 import http.server
 import json
@@ -35,17 +51,42 @@ import threading
 import traceback
 import urllib.request
 
+from asn1crypto import cms as asn1_cms
 from pyas2lib import Message, Mdn, Organization, Partner
 
 LOCK = threading.Lock()
 SENT = {}  # message_id -> Message, for MDN matching
 ASYNC_WAIT = {}  # message_id -> (threading.Event, result dict)
+HOLD_LOCK = threading.Lock()
+HOLD = set()  # AS2-To values whose async MDNs are held
+HELD = {}  # AS2-To -> [Mdn]
+MDN_FIRST = set()  # AS2-To values whose async MDNs go out before the HTTP answer
 
 
 def emit(obj):
     with LOCK:
         sys.stdout.write(json.dumps(obj) + "\n")
         sys.stdout.flush()
+
+
+def outer_cms(headers, body):
+    """The outer CMS content type and content-encryption algorithm of an
+    encrypted request body (binary or base64), or (None, None)."""
+    if "pkcs7-mime" not in (headers.get("Content-Type") or "").lower():
+        return None, None
+    for data in (body, None):
+        try:
+            if data is None:
+                data = base64.b64decode(body)
+            info = asn1_cms.ContentInfo.load(data)
+            ctype = info["content_type"].native
+            if ctype == "enveloped_data":
+                alg = info["content"]["encrypted_content_info"]["content_encryption_algorithm"]
+                return ctype, alg["algorithm"].native
+            return ctype, None
+        except Exception:
+            continue
+    return None, None
 
 
 def raw_request(headers, body):
@@ -89,19 +130,20 @@ def make_handler(peer):
             body = self.rfile.read(length)
             raw = raw_request(self.headers, body)
             try:
-                self.handle_message(raw)
+                self.handle_message(raw, body)
             except Exception as e:  # report, never hang the test
                 emit({"event": "error", "where": "receive", "error": repr(e), "trace": traceback.format_exc()})
                 self.send_response(500)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-        def handle_message(self, raw):
+        def handle_message(self, raw, body):
             msg = Message()
             status, (exc, _tb), mdn = msg.parse(
                 raw,
                 find_org_partner_cb=lambda org, partner: (peer.org, peer.partner()),
             )
+            cms_type, cipher = outer_cms(self.headers, body)
             payloads = []
             if status == "processed" and msg.payload is not None:
                 parts = [msg.payload]
@@ -127,14 +169,30 @@ def make_handler(peer):
                 "enc_alg": msg.enc_alg,
                 "compressed": bool(msg.compressed),
                 "payloads": payloads,
+                "as2_from": self.headers.get("AS2-From"),
+                "as2_to": self.headers.get("AS2-To"),
+                "mdn_url": self.headers.get("Receipt-Delivery-Option"),
+                "cms_type": cms_type,
+                "cipher": cipher,
             })
             if mdn is None:
                 self.reply(200, {}, b"")
             elif mdn.mdn_mode == "SYNC":
                 self.reply(200, mdn.headers, mdn.content)
+            elif self.headers.get("AS2-To") in MDN_FIRST:
+                post_async_mdn(mdn)
+                self.reply(200, {}, b"")
             else:
                 self.reply(200, {}, b"")
-                threading.Thread(target=post_async_mdn, args=(mdn,), daemon=True).start()
+                to = self.headers.get("AS2-To")
+                with HOLD_LOCK:
+                    held = to in HOLD
+                    if held:
+                        HELD.setdefault(to, []).append(mdn)
+                if held:
+                    emit({"event": "mdn-held", "message_id": mdn.orig_message_id, "as2_to": to})
+                else:
+                    threading.Thread(target=post_async_mdn, args=(mdn,), daemon=True).start()
 
         def reply(self, code, headers, body):
             self.send_response(code)
@@ -154,6 +212,7 @@ def post_async_mdn(mdn):
         req = urllib.request.Request(mdn.mdn_url, data=mdn.content, headers=dict(mdn.headers), method="POST")
         with urllib.request.urlopen(req, timeout=30) as r:
             r.read()
+            emit({"event": "mdn-posted", "message_id": mdn.orig_message_id, "url": mdn.mdn_url, "status": r.status})
     except Exception as e:
         emit({"event": "error", "where": "async-mdn", "error": repr(e)})
 
@@ -187,11 +246,20 @@ def parse_mdn(raw):
     mdn = Mdn()
     status, detail = mdn.parse(raw, find_message_cb=lambda mid, rcpt: SENT.get(mid))
     signed = b"multipart/signed" in raw.split(b"\r\n\r\n", 1)[0].lower()
+    # The Received-Content-MIC as returned (pyas2lib compares it but does not say with what).
+    mdn_mic = None
+    try:
+        for part in (mdn.payload.walk() if mdn.payload is not None else []):
+            if part.get_content_type() == "message/disposition-notification":
+                mdn_mic = part.get_payload()[-1].get("Received-Content-MIC")
+    except Exception:  # an unreadable report: mdn_status already says so
+        pass
     return {
         "orig_message_id": mdn.orig_message_id,
         "mdn_status": status,
         "mdn_detail": detail,
         "mdn_signed": signed,
+        "mdn_mic": mdn_mic,
     }
 
 
@@ -208,8 +276,15 @@ def send(peer, cmd, mdn_port):
         sign_alg=cmd.get("sign_alg") or "rsassa_pkcs1v15",
         key_enc_alg=cmd.get("key_enc_alg") or "rsaes_pkcs1v15",
     )
-    peer.org.mdn_url = f"http://127.0.0.1:{mdn_port}/mdn"
-    msg = Message(sender=peer.org, receiver=partner)
+    if cmd.get("as2_to"):
+        partner.as2_name = cmd["as2_to"]
+    sender = peer.org
+    if cmd.get("as2_from"):
+        # A shallow copy keeps the loaded keys (the constructor would reload them).
+        sender = copy.copy(peer.org)
+        sender.as2_name = cmd["as2_from"]
+    sender.mdn_url = f"http://127.0.0.1:{mdn_port}/mdn"
+    msg = Message(sender=sender, receiver=partner)
     msg.build(
         data,
         filename=cmd.get("filename"),
@@ -264,6 +339,20 @@ def main():
         cmd = json.loads(line)
         if cmd.get("cmd") == "quit":
             break
+        if cmd.get("cmd") == "hold_async_mdns":
+            with HOLD_LOCK:
+                HOLD.add(cmd["as2_to"])
+            emit({"event": "holding", "as2_to": cmd["as2_to"]})
+        if cmd.get("cmd") == "release_async_mdns":
+            with HOLD_LOCK:
+                HOLD.discard(cmd["as2_to"])
+                held = HELD.pop(cmd["as2_to"], [])
+            for mdn in held:
+                threading.Thread(target=post_async_mdn, args=(mdn,), daemon=True).start()
+            emit({"event": "released", "as2_to": cmd["as2_to"], "count": len(held)})
+        if cmd.get("cmd") == "async_mdn_before_answer":
+            MDN_FIRST.add(cmd["as2_to"])
+            emit({"event": "mdn-first", "as2_to": cmd["as2_to"]})
         if cmd.get("cmd") == "send":
             try:
                 send(peer, cmd, mdn_srv.server_address[1])
