@@ -5,61 +5,13 @@
 //! Needs root and /dev/fuse like the other system tests (see tests/common).
 
 mod common;
+mod daemon_common;
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use common::*;
-
-/// A running `as2box serve`, killed when dropped.
-struct Daemon {
-    child: Child,
-    port: u16,
-    https_port: Option<u16>,
-    log: PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Daemon {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// One request over plain HTTP; returns the whole response.
-    fn request(&self, head: &str, body: &[u8]) -> String {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        s.write_all(head.as_bytes()).unwrap();
-        // The server may answer (413) before taking the whole body.
-        let _ = s.write_all(body);
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out);
-        String::from_utf8_lossy(&out).into_owned()
-    }
-
-    fn get(&self, path: &str) -> String {
-        self.request(
-            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
-            b"",
-        )
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use daemon_common::*;
 
 /// A self-signed TLS certificate for 127.0.0.1: (cert, key) under `dir` named `name`.
 fn tls_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
@@ -97,77 +49,20 @@ fn tls_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
-/// Starts the daemon with `[serve]` settings `extra` added to the fixture's config.
-fn start_daemon(fx: &Fixture, https: Option<(&Path, &Path)>, extra: &str) -> Daemon {
-    let port = free_port();
-    let mut serve = format!(
-        "\n[serve]\nhttp_listen = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\nretry_base_secs = 0.2\nmax_attempts = 3\n{extra}"
-    );
-    let https_port = https.map(|(cert, key)| {
-        let p = free_port();
-        serve += &format!(
-            "https_listen = \"127.0.0.1:{p}\"\ntls_cert = {:?}\ntls_key = {:?}\n",
-            cert.display().to_string(),
-            key.display().to_string()
-        );
-        p
-    });
-    let config = std::fs::read_to_string(&fx.config).unwrap() + &serve;
-    std::fs::write(&fx.config, config).unwrap();
-    let log = fx.dir.join("serve.log");
-    let child = command(bin())
-        .arg("--state-dir")
-        .arg(&fx.state_dir)
-        .arg("--config")
-        .arg(&fx.config)
-        .arg("serve")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start as2box serve");
-    let d = Daemon {
-        child,
-        port,
-        https_port,
-        log,
-    };
-    for p in std::iter::once(port).chain(https_port) {
-        wait_until("the daemon to listen", Duration::from_secs(20), || {
-            std::net::TcpStream::connect(("127.0.0.1", p)).is_ok()
-        });
-    }
-    d
-}
-
-/// Two users whose stations are each other's partners: (A's box towards B, B's box
-/// towards A).
-fn pair(fx: &Fixture) -> (Mailbox, Mailbox) {
-    let (ua, ub) = (fx.add_user(None), fx.add_user(None));
-    let (sa, sb) = (fx.add_station(&ua, None), fx.add_station(&ub, None));
-    for s in [&sa, &sb] {
-        fx.cli_ok(&["station", "set", s, "--generate-cert"]);
-    }
-    fx.add_partner_id(&ua, &sb, false);
-    fx.add_partner_id(&ub, &sa, false);
-    (
-        fx.mailbox_of(&ua, &sa, &sb, false),
-        fx.mailbox_of(&ub, &sb, &sa, false),
-    )
-}
-
-fn station_cert(fx: &Fixture, station: &str) -> String {
-    fx.state_dir
-        .join("keys")
-        .join(format!("{station}.cert.pem"))
-        .display()
-        .to_string()
+/// Two stations that are each other's partners: (A's box towards B, B's box towards A).
+fn two(fx: &Fixture) -> (Mailbox, Mailbox) {
+    let (a, b, _, _) = pair(fx);
+    (a, b)
 }
 
 /// Points `from`'s partner entry at `to`'s station behind `url`.
 fn link(fx: &Fixture, from: &Mailbox, to: &Mailbox, url: &str, extra: &[&str]) {
-    let cert = station_cert(fx, &to.station);
+    let cert = fx
+        .state_dir
+        .join("keys")
+        .join(format!("{}.cert.pem", to.station))
+        .display()
+        .to_string();
     let mut args = vec![
         "partner",
         "set",
@@ -181,19 +76,6 @@ fn link(fx: &Fixture, from: &Mailbox, to: &Mailbox, url: &str, extra: &[&str]) {
     ];
     args.extend_from_slice(extra);
     fx.cli_ok(&args);
-}
-
-fn files_in(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files_in(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 fn wait_for_state(fx: &Fixture, user: &User, id: Option<i64>, state: &str) -> Message {
@@ -238,8 +120,8 @@ fn https_sends_verify_the_partner_server_against_the_pinned_ca_and_a_renewed_cer
         return;
     };
     let (tls_cert, tls_key) = tls_pair(&fx.dir, "tls1");
-    let (a, b) = pair(&fx);
-    let daemon = start_daemon(&fx, Some((&tls_cert, &tls_key)), "");
+    let (a, b) = two(&fx);
+    let daemon = start_daemon_with(&fx, Some((&tls_cert, &tls_key)), "");
     let https_url = format!("https://127.0.0.1:{}/as2", daemon.https_port.unwrap());
     let http_url = format!("http://127.0.0.1:{}/as2", daemon.port);
     // A sends over HTTPS without trusting our self-signed server certificate: refused by
@@ -308,7 +190,7 @@ fn a_changed_config_file_applies_without_restart_and_a_broken_one_changes_nothin
     let Some(fx) = fixture!(Settings::default()) else {
         return;
     };
-    let daemon = start_daemon(&fx, None, "max_body_bytes = 1000000\n");
+    let daemon = start_daemon_with(&fx, None, "max_body_bytes = 1000000\n");
     let post = |n: usize| {
         daemon.request(
             &format!(
@@ -355,8 +237,8 @@ fn resend_sends_the_same_files_again_as_a_new_message_and_metrics_show_the_laten
     let Some(fx) = fixture!(Settings::default()) else {
         return;
     };
-    let (a, b) = pair(&fx);
-    let daemon = start_daemon(&fx, None, "");
+    let (a, b) = two(&fx);
+    let daemon = start_daemon(&fx);
     let url = format!("http://127.0.0.1:{}/as2", daemon.port);
     link(&fx, &a, &b, &url, &[]);
     link(&fx, &b, &a, &url, &[]);
@@ -426,8 +308,8 @@ fn a_partner_content_type_labels_the_files_and_text_types_travel_in_canonical_fo
     let Some(fx) = fixture!(Settings::default()) else {
         return;
     };
-    let (a, b) = pair(&fx);
-    let daemon = start_daemon(&fx, None, "");
+    let (a, b) = two(&fx);
+    let daemon = start_daemon(&fx);
     let url = format!("http://127.0.0.1:{}/as2", daemon.port);
     link(
         &fx,

@@ -15,6 +15,8 @@ pub struct Daemon {
     child: Child,
     /// Its HTTP port on 127.0.0.1.
     pub port: u16,
+    /// Its HTTPS port on 127.0.0.1, when started with TLS.
+    pub https_port: Option<u16>,
     log: PathBuf,
 }
 
@@ -39,15 +41,23 @@ impl Daemon {
 
     /// A GET of `path`; the whole response as text.
     pub fn get(&self, path: &str) -> String {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        self.request(
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+            b"",
         )
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
+    }
+
+    /// One raw request over plain HTTP (`head` ends with the blank line); the whole
+    /// response as text.
+    pub fn request(&self, head: &str, body: &[u8]) -> String {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        s.write_all(head.as_bytes()).unwrap();
+        // The server may answer (413) before taking the whole body.
+        let _ = s.write_all(body);
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
     }
 }
 
@@ -64,11 +74,26 @@ pub fn free_port() -> u16 {
 /// quick retries to the fixture's config and starts `as2box serve`; returns once it
 /// accepts connections.
 pub fn start_daemon(fx: &Fixture) -> Daemon {
+    start_daemon_with(fx, None, "")
+}
+
+/// [`start_daemon`] with an HTTPS listener (certificate and key files) and more `[serve]`
+/// settings (TOML lines).
+pub fn start_daemon_with(fx: &Fixture, https: Option<(&Path, &Path)>, extra: &str) -> Daemon {
     let port = free_port();
-    let mut config = std::fs::read_to_string(&fx.config).unwrap();
-    config += &format!(
-        "\n[serve]\nhttp_listen = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\nretry_base_secs = 0.2\nmax_attempts = 3\n"
+    let mut serve = format!(
+        "\n[serve]\nhttp_listen = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\nretry_base_secs = 0.2\nmax_attempts = 3\n{extra}"
     );
+    let https_port = https.map(|(cert, key)| {
+        let p = free_port();
+        serve += &format!(
+            "https_listen = \"127.0.0.1:{p}\"\ntls_cert = {:?}\ntls_key = {:?}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        );
+        p
+    });
+    let config = std::fs::read_to_string(&fx.config).unwrap() + &serve;
     std::fs::write(&fx.config, config).unwrap();
     let log = fx.dir.join("serve.log");
     let child = command(bin())
@@ -82,10 +107,17 @@ pub fn start_daemon(fx: &Fixture) -> Daemon {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("start as2box serve");
-    let d = Daemon { child, port, log };
-    wait_until("the daemon to listen", Duration::from_secs(20), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    let d = Daemon {
+        child,
+        port,
+        https_port,
+        log,
+    };
+    for p in std::iter::once(port).chain(https_port) {
+        wait_until("the daemon to listen", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", p)).is_ok()
+        });
+    }
     d
 }
 
