@@ -115,6 +115,18 @@ fn files_of(tx: &rusqlite::Connection, id: i64) -> Result<Vec<MessageFile>> {
 impl Store {
     /// Takes the oldest queued outgoing message that is due (`sending`, one more attempt).
     pub fn claim_queued(&self, now: i64) -> Result<Option<Claimed>> {
+        // The sender asks often; a read (no write lock, so the mount's commits never wait
+        // behind it) tells whether there is anything to claim.
+        let due = self.read(|c| {
+            Ok(c.prepare_cached(
+                "SELECT 1 FROM messages WHERE state = 'queued' AND direction = 'out'
+                 AND (next_attempt_ms IS NULL OR next_attempt_ms <= ?1) LIMIT 1",
+            )?
+            .exists([now])?)
+        })?;
+        if !due {
+            return Ok(None);
+        }
         self.write(|tx| {
             let row = tx
                 .query_row(
