@@ -155,6 +155,8 @@ pub struct ServeConfig {
     /// Request bodies held in memory at once, across all connections; a request that would
     /// go over waits briefly, then is answered 503 with Retry-After.
     pub max_body_memory_bytes: usize,
+    /// Messages being sent at once (each holds its files in memory while in flight).
+    pub max_parallel_sends: usize,
 }
 
 impl Default for ServeConfig {
@@ -174,6 +176,7 @@ impl Default for ServeConfig {
             max_body_bytes: 100 << 20,
             max_connections: 256,
             max_body_memory_bytes: 512 << 20,
+            max_parallel_sends: 16,
         }
     }
 }
@@ -262,9 +265,12 @@ impl Config {
                 return Err(invalid(key, "must be more than zero"));
             }
         }
-        if self.serve.max_attempts == 0 || self.serve.max_connections == 0 {
+        if self.serve.max_attempts == 0
+            || self.serve.max_connections == 0
+            || self.serve.max_parallel_sends == 0
+        {
             return Err(invalid(
-                "serve.max_attempts/max_connections",
+                "serve.max_attempts/max_connections/max_parallel_sends",
                 "must be at least 1",
             ));
         }

@@ -356,3 +356,56 @@ fn a_partner_content_type_labels_the_files_and_text_types_travel_in_canonical_fo
     );
     wait_for_state(&fx, &a.user, None, "delivered");
 }
+
+#[test]
+fn sends_in_flight_are_bounded_by_max_parallel_sends() {
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
+    let (a, b) = two(&fx);
+    // A partner that accepts connections and never answers: every send stays in flight.
+    let sink = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://127.0.0.1:{}/as2", sink.local_addr().unwrap().port());
+    let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let held = accepted.clone();
+    std::thread::spawn(move || {
+        for c in sink.incoming().flatten() {
+            held.lock().unwrap().push(c);
+        }
+    });
+    let _daemon = start_daemon_with(
+        &fx,
+        None,
+        "max_parallel_sends = 2\nsend_timeout_secs = 600\n",
+    );
+    link(&fx, &a, &b, &url, &["--mdn", "none"]);
+    for i in 0..5 {
+        fx.as_user(&a.user, || {
+            ok(ops::put(&a.outbox().join(format!("f{i}.edi")), b"x"), "put")
+        });
+    }
+    let states = || -> Vec<String> {
+        fx.out_messages(&a.user)
+            .into_iter()
+            .map(|m| m.state)
+            .collect()
+    };
+    wait_until("two sends in flight", Duration::from_secs(20), || {
+        accepted.lock().unwrap().len() == 2
+            && states().iter().filter(|s| *s == "sending").count() == 2
+    });
+    // Still two a moment later: the other three wait in the queue.
+    let settle = std::time::Instant::now();
+    while settle.elapsed() < Duration::from_millis(500) {
+        assert!(accepted.lock().unwrap().len() <= 2);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let s = states();
+    assert_eq!(s.iter().filter(|s| *s == "queued").count(), 3, "{s:?}");
+    // Hanging up on the two (a transport error: they go back to the queue to be retried)
+    // frees their slots, and the next two connect.
+    accepted.lock().unwrap().clear();
+    wait_until("the next two sends to connect", Duration::from_secs(20), || {
+        accepted.lock().unwrap().len() == 2
+    });
+}

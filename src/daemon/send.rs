@@ -28,18 +28,28 @@ pub async fn run(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
     // under the one-second goal without a channel between the mount and the daemon.
     let poll = Duration::from_millis(50);
     let mut last_timeout_check = std::time::Instant::now();
+    // Messages in flight at once: each holds its files in memory while it is built and
+    // posted, so a queue of thousands must not become thousands of tasks.
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        ctx.config().serve.max_parallel_sends,
+    ));
     loop {
-        let store = ctx.store.clone();
-        let claimed = blocking(move || store.claim_queued(now_ms())).await;
-        match claimed {
-            Ok(Some(c)) => {
-                let ctx = ctx.clone();
-                // One task per message: a slow partner does not hold up the others.
-                tokio::spawn(async move { process(ctx, c).await });
-                continue;
+        if let Ok(slot) = slots.clone().try_acquire_owned() {
+            let store = ctx.store.clone();
+            let claimed = blocking(move || store.claim_queued(now_ms())).await;
+            match claimed {
+                Ok(Some(c)) => {
+                    let ctx = ctx.clone();
+                    // One task per message: a slow partner does not hold up the others.
+                    tokio::spawn(async move {
+                        let _slot = slot;
+                        process(ctx, c).await
+                    });
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => warn!(error = %e, "cannot read the send queue"),
             }
-            Ok(None) => {}
-            Err(e) => warn!(error = %e, "cannot read the send queue"),
         }
         if last_timeout_check.elapsed() > Duration::from_secs(5) {
             last_timeout_check = std::time::Instant::now();
