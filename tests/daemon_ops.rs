@@ -405,7 +405,9 @@ fn sends_in_flight_are_bounded_by_max_parallel_sends() {
     // Hanging up on the two (a transport error: they go back to the queue to be retried)
     // frees their slots, and the next two connect.
     accepted.lock().unwrap().clear();
-    wait_until("the next two sends to connect", Duration::from_secs(20), || {
-        accepted.lock().unwrap().len() == 2
-    });
+    wait_until(
+        "the next two sends to connect",
+        Duration::from_secs(20),
+        || accepted.lock().unwrap().len() == 2,
+    );
 }

@@ -101,6 +101,36 @@ fn set_partner(
 }
 
 /// The pyas2lib peer with the test partner key, trusting `our` station certificate.
+/// One user with a per-message station holding the test key, a running daemon, and the
+/// pyas2lib peer to send to.
+struct SendSide {
+    user: User,
+    station: String,
+    peer_cert: PathBuf,
+    daemon: Daemon,
+    peer: Peer,
+    peer_url: String,
+}
+
+fn send_side(fx: &Fixture, py: &Path) -> SendSide {
+    let (ours, theirs) = as2_common::test_keys();
+    let keys = write_keypair(fx, "station", ours);
+    let peer_cert = write_keypair(fx, "peer", theirs).cert;
+    let user = fx.add_user(None);
+    let st = station(fx, &user, None, "per-message", &keys);
+    let daemon = start_daemon(fx);
+    let peer = start_peer(py);
+    let peer_url = format!("http://127.0.0.1:{}/as2", peer.port);
+    SendSide {
+        user,
+        station: st,
+        peer_cert,
+        daemon,
+        peer,
+        peer_url,
+    }
+}
+
 fn start_peer(py: &Path) -> Peer {
     let (ours, theirs) = as2_common::test_keys();
     Peer::start(py, theirs, &ours.cert)
@@ -175,14 +205,14 @@ fn we_send_pyas2lib_receives_every_profile_option_and_a_folder() {
     let Some(fx) = fixture!(Settings::default()) else {
         return;
     };
-    let (ours, theirs) = as2_common::test_keys();
-    let keys = write_keypair(&fx, "station", ours);
-    let peer_cert = write_keypair(&fx, "peer", theirs).cert;
-    let user = fx.add_user(None);
-    let st = station(&fx, &user, None, "per-message", &keys);
-    let daemon = start_daemon(&fx);
-    let mut peer = start_peer(&py);
-    let peer_url = format!("http://127.0.0.1:{}/as2", peer.port);
+    let SendSide {
+        user,
+        station: st,
+        peer_cert,
+        daemon,
+        mut peer,
+        peer_url,
+    } = send_side(&fx, &py);
     let mdn_url = daemon.url("/as2/mdn");
 
     // Async MDNs: PY3's is held by the peer until the message is seen awaiting it; PY4's
@@ -405,14 +435,14 @@ fn we_send_aes_gcm_which_pyas2lib_cannot_decrypt_and_the_message_fails_with_its_
     let Some(fx) = fixture!(Settings::default()) else {
         return;
     };
-    let (ours, theirs) = as2_common::test_keys();
-    let keys = write_keypair(&fx, "station", ours);
-    let peer_cert = write_keypair(&fx, "peer", theirs).cert;
-    let user = fx.add_user(None);
-    let st = station(&fx, &user, None, "per-message", &keys);
-    let _daemon = start_daemon(&fx);
-    let mut peer = start_peer(&py);
-    let peer_url = format!("http://127.0.0.1:{}/as2", peer.port);
+    let SendSide {
+        user,
+        station: st,
+        peer_cert,
+        daemon: _daemon,
+        mut peer,
+        peer_url,
+    } = send_side(&fx, &py);
     fx.add_partner_id(&user, "PYGCM", false);
     set_partner(
         &fx,
