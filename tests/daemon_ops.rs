@@ -411,3 +411,62 @@ fn sends_in_flight_are_bounded_by_max_parallel_sends() {
         || accepted.lock().unwrap().len() == 2,
     );
 }
+
+/// Reads what the server sends until it closes (or `limit` passes).
+fn read_all(s: &mut std::net::TcpStream, limit: Duration) -> String {
+    use std::io::Read;
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn oversized_headers_slow_bodies_and_too_many_connections_get_clear_refusals() {
+    use std::io::Write;
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
+    let daemon = start_daemon_with(&fx, None, "max_connections = 3\nrequest_timeout_secs = 1\n");
+    let connect = || std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
+    // A header block over 64 KiB: 431, connection closed.
+    let mut s = connect();
+    let _ = write!(
+        s,
+        "POST /as2 HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100_000)
+    );
+    let answer = read_all(&mut s, Duration::from_secs(10));
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+    // A body that stops coming: 408 once request_timeout_secs has passed.
+    let mut s = connect();
+    write!(
+        s,
+        "POST /as2 HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nonly this much"
+    )
+    .unwrap();
+    let answer = read_all(&mut s, Duration::from_secs(10));
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    // Three idle connections fill the pool; a fourth is closed without an answer and
+    // counted.
+    let idle: Vec<_> = (0..3).map(|_| connect()).collect();
+    wait_until(
+        "the fourth connection to be refused",
+        Duration::from_secs(10),
+        || {
+            let mut extra = connect();
+            read_all(&mut extra, Duration::from_secs(2)).is_empty()
+        },
+    );
+    drop(idle);
+    let metrics = wait_for("a connection for /metrics", Duration::from_secs(30), || {
+        let m = daemon.get("/metrics");
+        (!m.is_empty()).then_some(m)
+    });
+    let refused: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("as2box_connections_refused_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(refused >= 1, "{metrics}");
+}
