@@ -8,6 +8,7 @@
 //! - `keycache`: station keys and partner certificates, reloaded when their files change
 //! - `metrics`, `retry`: counters and the backoff policy
 
+mod failpoint;
 mod http;
 mod keycache;
 mod metrics;
@@ -143,6 +144,7 @@ async fn bind(addr: &str) -> Result<TcpListener, DaemonError> {
 
 /// Runs the daemon until SIGINT or SIGTERM.
 pub fn serve(store: Arc<Store>, config: Config) -> Result<(), DaemonError> {
+    failpoint::arm_from_env();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -180,6 +180,7 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
                 .bytes_in
                 .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
             info!(station = %station.as2_id, partner = %partner.as2_id, message = d.message_id, message_id = %info.message_id, files = d.paths.len(), bytes, mic = %msg.mic.to_header_value(), "received and delivered");
+            super::failpoint::hit("receive-before-answer");
             answer(
                 &ctx,
                 &info,

@@ -297,6 +297,7 @@ async fn attempt(ctx: &Arc<Ctx>, c: Claimed) -> (Attempt, Option<String>) {
         Ok(r) => r,
         Err(e) => return (Attempt::Transient(e.0), None),
     };
+    super::failpoint::hit("send-after-post");
     if let Some(a) = classify_status(resp.status) {
         return (a, None);
     }
