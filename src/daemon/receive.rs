@@ -104,20 +104,9 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
     if let Ok(Some(crate::store::ReceivedRecord { id, mic, .. })) =
         blocking(move || store.inbound_by_as2_id(pid, &mid)).await
     {
-        inc(&ctx.metrics.received_duplicate);
-        info!(message = id, message_id = %info.message_id, "duplicate: answering the MDN again, not delivering twice");
         let mic = mic.and_then(|m| Mic::parse(&m).ok());
-        return answer(
-            &ctx,
-            &info,
-            &station,
-            key.as_deref().ok(),
-            Disposition::Processed,
-            mic.as_ref(),
-            "The message was received before and has been delivered.",
-            None,
-        )
-        .await;
+        return answer_duplicate(&ctx, &info, &station, key.as_deref().ok(), id, mic.as_ref())
+            .await;
     }
 
     let body = req.body.clone();
@@ -193,6 +182,20 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
             )
             .await
         }
+        // A copy of the same message that arrived at the same time was delivered first.
+        Err(mailbox::DeliverError::Store(crate::store::StoreError::AlreadyReceived {
+            message_id,
+        })) => {
+            answer_duplicate(
+                &ctx,
+                &info,
+                &station,
+                key.as_deref().ok(),
+                message_id,
+                Some(&msg.mic),
+            )
+            .await
+        }
         Err(e) => {
             inc(&ctx.metrics.received_failed);
             warn!(message_id = %info.message_id, error = %e, "could not store a received message");
@@ -212,6 +215,31 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
             .await
         }
     }
+}
+
+/// Answers a resend of message `id` (same sender Message-ID) with the positive MDN again,
+/// with the MIC of the delivery, and delivers nothing.
+async fn answer_duplicate(
+    ctx: &Arc<Ctx>,
+    info: &RequestInfo,
+    station: &Station,
+    key: Option<&crate::as2::certs::KeyPair>,
+    id: i64,
+    mic: Option<&Mic>,
+) -> Resp {
+    inc(&ctx.metrics.received_duplicate);
+    info!(message = id, message_id = %info.message_id, "duplicate: answering the MDN again, not delivering twice");
+    answer(
+        ctx,
+        info,
+        station,
+        key,
+        Disposition::Processed,
+        mic,
+        "The message was received before and has been delivered.",
+        None,
+    )
+    .await
 }
 
 /// Builds the MDN the sender asked for and answers with it (sync) or POSTs it (async).

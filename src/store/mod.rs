@@ -50,6 +50,13 @@ pub enum StoreError {
     /// Removing it would delete files; the caller must force.
     #[error("{0}")]
     NotEmpty(String),
+    /// A received message with this sender's Message-ID is stored already (a resend that
+    /// raced the first delivery); nothing new was stored.
+    #[error("message {message_id} has the same Message-ID and was delivered already")]
+    AlreadyReceived {
+        /// The earlier message.
+        message_id: i64,
+    },
     /// The database was written by a newer as2box.
     #[error("the database has schema version {0}, newer than this as2box understands ({1}); upgrade as2box")]
     TooNew(i64, i64),

@@ -414,6 +414,38 @@ mod tests {
     }
 
     #[test]
+    fn a_second_delivery_with_the_same_message_id_stores_nothing() {
+        let (_d, store, user, outbox) = crate::store::test_store("u", "S", "P");
+        let inbox = BoxRef {
+            kind: BoxKind::Inbox,
+            ..outbox
+        };
+        let blob = store.blobs().put_bytes(b"x").unwrap();
+        let files = vec![(
+            "x.edi".to_string(),
+            crate::store::PickupFile {
+                name: "x.edi".into(),
+                blob,
+                size: 1,
+            },
+        )];
+        let origin = crate::store::InboundOrigin {
+            as2_message_id: "m@x".into(),
+            mic: None,
+        };
+        let top = crate::store::Placement::Top { replace: false };
+        let first = store
+            .deliver(user, inbox, "x.edi", top, &files, Some(&origin))
+            .unwrap();
+        match store.deliver(user, inbox, "x.edi", top, &files, Some(&origin)) {
+            Err(StoreError::AlreadyReceived { message_id }) => assert_eq!(message_id, first),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(store.messages(None, 10).unwrap().len(), 1);
+        assert_eq!(store.entries(inbox, 0).unwrap().len(), 1);
+    }
+
+    #[test]
     fn failure_places_files_and_reason_in_failed() {
         let (_d, store, id, outbox) = queued();
         store.claim_queued(now_ms()).unwrap();
