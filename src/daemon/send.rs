@@ -280,18 +280,20 @@ async fn attempt(ctx: &Arc<Ctx>, c: Claimed) -> (Attempt, Option<String>) {
     let headers_text = String::from_utf8_lossy(&msg.headers.to_bytes()).into_owned();
     let (store, mid) = (ctx.store.clone(), msg.message_id.clone());
     let mics_text = mics.join("\n");
-    if let Err(e) =
-        blocking(move || store.message_prepared(c.id, &mid, Some(&mics_text), &headers_text)).await
-    {
-        return (Attempt::Transient(format!("store error: {e}")), None);
-    }
+    // What a resend may be answered with includes the MICs of earlier attempts.
+    let expected =
+        match blocking(move || store.message_prepared(c.id, &mid, Some(&mics_text), &headers_text))
+            .await
+        {
+            Ok(all) => super::receive::expected_mics(all.as_deref()),
+            Err(e) => return (Attempt::Transient(format!("store error: {e}")), None),
+        };
     let trust = match &partner.profile.trust_path {
         Some(p) => ctx.keys.certs(p).ok().and_then(|c| c.first().cloned()),
         None => None,
     };
     let timeout = Duration::from_secs_f64(ctx.config.serve.send_timeout_secs);
     info!(message = c.id, attempt = c.attempts, %url, message_id = %msg.message_id, bytes, "sending");
-    let expected = msg.acceptable_mics();
     let resp = match super::http::post(&url, &msg.headers, msg.body, trust.as_ref(), timeout).await
     {
         Ok(r) => r,

@@ -153,19 +153,38 @@ impl Store {
 
     /// Records the request about to be POSTed: its AS2 Message-ID (kept for resends, so the
     /// partner can recognise them), the MICs we accept back (one per line) and the headers.
+    ///
+    /// A resend under the same Message-ID keeps the MICs of the earlier attempts too, and
+    /// the answer is all of them (this attempt's first): a rebuilt message can have another
+    /// MIC (a new MIME boundary around several files), while a partner that recognises the
+    /// resend returns the MIC of the copy it took, which may be the earlier one.
     pub fn message_prepared(
         &self,
         id: i64,
         as2_message_id: &str,
         mics: Option<&str>,
         headers: &str,
-    ) -> Result<()> {
+    ) -> Result<Option<String>> {
         self.write(|tx| {
+            let (old_id, old_mics): (Option<String>, Option<String>) = tx.query_row(
+                "SELECT as2_message_id, mic FROM messages WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            let mut all: Vec<&str> = mics.map(|m| m.lines().collect()).unwrap_or_default();
+            if old_id.as_deref() == Some(as2_message_id) {
+                for m in old_mics.as_deref().unwrap_or("").lines() {
+                    if !all.contains(&m) {
+                        all.push(m);
+                    }
+                }
+            }
+            let all = (!all.is_empty()).then(|| all.join("\n"));
             tx.execute(
                 "UPDATE messages SET as2_message_id = ?2, mic = ?3, request_headers = ?4 WHERE id = ?1",
-                params![id, as2_message_id, mics, headers],
+                params![id, as2_message_id, all, headers],
             )?;
-            Ok(())
+            Ok(all)
         })
     }
 
@@ -402,6 +421,36 @@ mod tests {
                 "awaiting-mdn",
                 "delivered"
             ]
+        );
+    }
+
+    #[test]
+    fn a_resend_under_the_same_message_id_keeps_the_earlier_mics() {
+        let (_d, store, id, _) = queued();
+        let first = store
+            .message_prepared(id, "m@x", Some("a, sha-256\nb, sha-256"), "")
+            .unwrap();
+        assert_eq!(first.as_deref(), Some("a, sha-256\nb, sha-256"));
+        let again = store
+            .message_prepared(id, "m@x", Some("c, sha-256\na, sha-256"), "")
+            .unwrap();
+        assert_eq!(again.as_deref(), Some("c, sha-256\na, sha-256\nb, sha-256"));
+        let other = store
+            .message_prepared(id, "n@x", Some("d, sha-256"), "")
+            .unwrap();
+        assert_eq!(
+            other.as_deref(),
+            Some("d, sha-256"),
+            "a new Message-ID starts over"
+        );
+        assert_eq!(
+            store
+                .outgoing_by_as2_id("n@x")
+                .unwrap()
+                .unwrap()
+                .mics
+                .as_deref(),
+            Some("d, sha-256")
         );
     }
 
