@@ -131,10 +131,14 @@ fn profile(ctx: &Ctx, station: &Station, partner: &Partner) -> Result<SendProfil
 /// Judges a parsed MDN against the MICs we accept.
 pub fn judge_mdn(mdn: &ReceivedMdn, expected: &[Mic]) -> Attempt {
     if !mdn.disposition.is_processed() {
+        // The reason is one sentence quoting the disposition; the partner's free text (often
+        // several sentences) goes to the log and stays in the stored MDN.
+        let field = mdn.disposition.to_field();
+        let status = field.rsplit(';').next().unwrap_or(&field).trim().to_owned();
+        let text = mdn.text.split_whitespace().collect::<Vec<_>>().join(" ");
+        warn!(original_message_id = %mdn.original_message_id, disposition = %status, partner_text = %text, "negative receipt (MDN)");
         return Attempt::Final(format!(
-            "The partner's receipt (MDN) reports an error: {}. {}",
-            mdn.disposition.to_field(),
-            mdn.text.lines().next().unwrap_or("")
+            "The partner refused the message: its receipt (MDN) reports \"{status}\"."
         ));
     }
     match mdn.check_mic(expected) {
