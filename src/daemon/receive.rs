@@ -124,7 +124,7 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
         Err(e) => {
             inc(&ctx.metrics.received_failed);
             warn!(station = %station.as2_id, partner = %partner.as2_id, message_id = %info.message_id, error = %e, "refused: answering a negative MDN");
-            let text = format!("The message could not be processed: {e}");
+            let text = refusal_text(&e);
             return answer(
                 &ctx,
                 &info,
@@ -215,6 +215,30 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
             .await
         }
     }
+}
+
+/// The human part of a negative MDN: why, in words the partner's operator can act on.
+/// OpenSSL's error queue (source files, line numbers) stays in our log.
+fn refusal_text(e: &crate::as2::error::As2Error) -> String {
+    use crate::as2::error::DispositionModifier as M;
+    let why = match e.disposition_modifier() {
+        M::DecryptionFailed => {
+            "it could not be decrypted with our key (check the certificate you encrypt with)".into()
+        }
+        M::AuthenticationFailed => {
+            "its signature does not verify with the certificate we have for you (wrong or expired certificate)".into()
+        }
+        M::IntegrityCheckFailed => {
+            "its content does not match its signature (changed in transit)".into()
+        }
+        M::InsufficientMessageSecurity => "it is not signed or encrypted as agreed".into(),
+        M::DecompressionFailed => "it could not be decompressed".into(),
+        M::UnexpectedProcessingError => {
+            let full = e.to_string();
+            full.split(": error:").next().unwrap_or(&full).to_string()
+        }
+    };
+    format!("The message could not be processed: {why}.")
 }
 
 /// Answers a resend of message `id` (same sender Message-ID) with the positive MDN again,
