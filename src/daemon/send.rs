@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::metrics::inc;
-use super::retry::{classify_status, Attempt, Backoff};
+use super::retry::{classify_status, explanation, Attempt, Backoff};
 use super::{blocking, Ctx};
 use crate::as2::algorithms::{DigestAlgorithm, EncryptionAlgorithm};
 use crate::as2::certs::ValidityPolicy;
@@ -304,7 +304,8 @@ async fn attempt(ctx: &Arc<Ctx>, c: Claimed) -> (Attempt, Option<String>) {
         Err(e) => return (Attempt::Transient(e.0), None),
     };
     super::failpoint::hit("send-after-post");
-    if let Some(a) = classify_status(resp.status) {
+    let said = explanation(resp.headers.get("content-type"), &resp.body);
+    if let Some(a) = classify_status(resp.status, &said) {
         return (a, None);
     }
     ctx.metrics
