@@ -905,6 +905,81 @@ fn a_negative_mdn_from_the_partner_puts_the_file_in_failed_quoting_the_dispositi
     assert_show_lists(&fx, m.id, &evs);
 }
 
+/// The partner refuses the request with an HTTP error (here: station B has no test partner
+/// A, and A posts to B's test URL): the file lands in `failed/` at once (no retry) with a
+/// one-sentence reason giving the status and the partner's explanation.
+#[test]
+fn an_http_refusal_puts_the_file_in_failed_with_the_partners_explanation() {
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
+    let (a, b) = pair(&fx);
+    let port = free_port();
+    serve_config(&fx, port, "");
+    let _daemon = Daemon::start(&fx, port, None);
+    set_partner(&fx, &a, port, &station_cert(&fx, &b.station), &[]);
+    let url = format!("http://127.0.0.1:{port}/as2/test");
+    fx.cli_ok(&[
+        "partner",
+        "set",
+        "--user",
+        &a.user.name,
+        &b.station,
+        "--url",
+        &url,
+    ]);
+    fx.as_user(&a.user, || {
+        ok(ops::put(&a.outbox().join("r.edi"), b"refused"), "put")
+    });
+    let reason = reason_of(&fx, &a, "r.edi");
+    assert_one_sentence(&reason);
+    assert!(reason.contains("HTTP 403"), "{reason:?}");
+    assert!(reason.contains("is not a test partner"), "{reason:?}");
+    let m = wait_out_state(&fx, &a.user, "failed");
+    let evs = events(&fx, m.id);
+    assert_eq!(states(&evs), ["queued", "sending", "failed"], "{evs:#?}");
+    assert_show_lists(&fx, m.id, &evs);
+    assert!(received(&fx, &b.user).is_empty());
+}
+
+/// The partner's signed MDN does not verify with the certificate we have for it (we pinned
+/// another one and send unencrypted, so the partner can still read the message): the
+/// message is failed with a one-sentence reason, not called delivered.
+#[test]
+fn an_mdn_whose_signature_does_not_verify_fails_the_message() {
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
+    let Some(py) = python() else { return };
+    let side = peer_side(&fx);
+    let port = free_port();
+    serve_config(&fx, port, "");
+    let _daemon = Daemon::start(&fx, port, None);
+    let mut peer = PyPeer::start(&py, &side, 0, &[]);
+    let other = as2_common::make_keypair("not the peer");
+    let other_cert = fx.dir.join("other.cert.pem");
+    std::fs::write(&other_cert, other.cert.to_pem().unwrap()).unwrap();
+    set_partner(
+        &fx,
+        &side.mb,
+        peer.port,
+        &other_cert,
+        &["--encrypt", "none"],
+    );
+    fx.as_user(&side.mb.user, || {
+        ok(ops::put(&side.mb.outbox().join("v.edi"), b"verify"), "put")
+    });
+    let got = peer.wait_event("the message at the peer", |v| v["event"] == "received");
+    assert_eq!(got["status"], "processed", "{got}");
+    let reason = reason_of(&fx, &side.mb, "v.edi");
+    assert!(reason.contains("could not be verified"), "{reason:?}");
+    assert_one_sentence(&reason);
+    let m = wait_out_state(&fx, &side.mb.user, "failed");
+    let evs = events(&fx, m.id);
+    assert_eq!(states(&evs), ["queued", "sending", "failed"], "{evs:#?}");
+    assert_show_lists(&fx, m.id, &evs);
+}
+
 /// The peer takes a message that asks for an async MDN and never sends one: after
 /// `serve.async_mdn_timeout_secs` the file lands in `failed/` with the reason.
 #[test]
