@@ -424,9 +424,7 @@ pub async fn async_mdn(ctx: Arc<Ctx>, req: Req) -> Resp {
     .await;
     let outcome = match checked {
         Ok(mdn) => super::send::judge_mdn(&mdn, &expected_mics(mics.as_deref())),
-        Err(e) => {
-            super::retry::Attempt::Final(format!("the receipt (MDN) could not be verified: {e}"))
-        }
+        Err(e) => super::send::unverifiable_mdn(&e),
     };
     let mdn_text = String::from_utf8_lossy(&req.body).into_owned();
     super::send::record_outcome(&ctx, id, 0, outcome, Some(mdn_text)).await;

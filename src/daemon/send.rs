@@ -128,6 +128,21 @@ fn profile(ctx: &Ctx, station: &Station, partner: &Partner) -> Result<SendProfil
     Ok(profile)
 }
 
+/// The outcome for a receipt (sync or async) that does not parse or verify: failed, with a
+/// one-sentence reason (OpenSSL's error queue, with its source paths, stays in the log).
+pub fn unverifiable_mdn(e: &crate::as2::error::As2Error) -> Attempt {
+    let full = e.to_string();
+    warn!(error = %full, "the partner's receipt (MDN) could not be verified");
+    let short = full
+        .split(": error:")
+        .next()
+        .unwrap_or(&full)
+        .trim_end_matches('.');
+    Attempt::Final(format!(
+        "The partner's receipt (MDN) could not be verified: {short}."
+    ))
+}
+
 /// Judges a parsed MDN against the MICs we accept.
 pub fn judge_mdn(mdn: &ReceivedMdn, expected: &[Mic]) -> Attempt {
     if !mdn.disposition.is_processed() {
@@ -333,12 +348,7 @@ async fn attempt(ctx: &Arc<Ctx>, c: Claimed) -> (Attempt, Option<String>) {
             .await;
             match parsed {
                 Ok(mdn) => (judge_mdn(&mdn, &expected), Some(mdn_text)),
-                Err(e) => (
-                    Attempt::Final(format!(
-                        "The partner's receipt (MDN) could not be verified: {e}."
-                    )),
-                    Some(mdn_text),
-                ),
+                Err(e) => (unverifiable_mdn(&e), Some(mdn_text)),
             }
         }
     }
