@@ -942,11 +942,10 @@ fn an_http_refusal_puts_the_file_in_failed_with_the_partners_explanation() {
     assert!(received(&fx, &b.user).is_empty());
 }
 
-/// The partner's signed MDN does not verify with the certificate we have for it (we pinned
-/// another one and send unencrypted, so the partner can still read the message): the
-/// message is failed with a one-sentence reason, not called delivered.
-#[test]
-fn an_mdn_whose_signature_does_not_verify_fails_the_message() {
+/// The partner's signed MDN (sync or async) does not verify with the certificate we have
+/// for it (we pinned another one and send unencrypted, so the partner can still read the
+/// message): the message is failed with a one-sentence reason, not called delivered.
+fn unverifiable_mdn(mdn: &str) {
     let Some(fx) = fixture!(Settings::default()) else {
         return;
     };
@@ -964,7 +963,7 @@ fn an_mdn_whose_signature_does_not_verify_fails_the_message() {
         &side.mb,
         peer.port,
         &other_cert,
-        &["--encrypt", "none"],
+        &["--encrypt", "none", "--mdn", mdn],
     );
     fx.as_user(&side.mb.user, || {
         ok(ops::put(&side.mb.outbox().join("v.edi"), b"verify"), "put")
@@ -976,8 +975,23 @@ fn an_mdn_whose_signature_does_not_verify_fails_the_message() {
     assert_one_sentence(&reason);
     let m = wait_out_state(&fx, &side.mb.user, "failed");
     let evs = events(&fx, m.id);
-    assert_eq!(states(&evs), ["queued", "sending", "failed"], "{evs:#?}");
+    let want: &[&str] = if mdn == "async" {
+        &["queued", "sending", "awaiting-mdn", "failed"]
+    } else {
+        &["queued", "sending", "failed"]
+    };
+    assert_eq!(states(&evs), want, "{evs:#?}");
     assert_show_lists(&fx, m.id, &evs);
+}
+
+#[test]
+fn a_sync_mdn_whose_signature_does_not_verify_fails_the_message() {
+    unverifiable_mdn("sync");
+}
+
+#[test]
+fn an_async_mdn_whose_signature_does_not_verify_fails_the_message() {
+    unverifiable_mdn("async");
 }
 
 /// The peer takes a message that asks for an async MDN and never sends one: after
