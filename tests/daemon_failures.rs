@@ -1272,11 +1272,16 @@ fn killed_after_the_partner_answered_the_resend_is_recognised_and_delivered_once
     assert!(daemon.log().contains("duplicate"), "{}", daemon.log());
 }
 
-/// Messages queued while no daemon runs survive a `kill -9` of the mount; after the
-/// restart the daemon sends each exactly once.
+/// Messages queued while no daemon runs survive a `kill -9` of the mount. The daemon,
+/// started while the mount is still dead (it never needs the mount), sends each exactly
+/// once and receives a message meanwhile; after the mount's restart that message is in the
+/// inbox and the sent files have left the outbox.
 #[test]
 fn queued_messages_survive_a_killed_mount_and_are_sent_once() {
-    let Some(fx) = fixture!(Settings::default()) else {
+    let Some(fx) = fixture!(Settings {
+        linger_secs: 1.0,
+        ..Settings::default()
+    }) else {
         return;
     };
     let Some(py) = python() else { return };
@@ -1294,7 +1299,6 @@ fn queued_messages_survive_a_killed_mount_and_are_sent_once() {
     assert_eq!(fx.out_messages(&side.mb.user).len(), 3);
     let status = fx.stop_mount(libc::SIGKILL);
     assert_eq!(signalled(&status), Some(libc::SIGKILL));
-    fx.mount();
     let port = free_port();
     serve_config(&fx, port, "");
     let _daemon = Daemon::start(&fx, port, None);
@@ -1312,11 +1316,31 @@ fn queued_messages_survive_a_killed_mount_and_are_sent_once() {
             .iter()
             .all(|m| m.state == "delivered")
     });
+    // Receiving works without the mount too.
+    let sent = peer.send(json!({
+        "url": format!("http://127.0.0.1:{port}/as2"),
+        "data_b64": "SU5CT1VORA==", "filename": "in.edi",
+        "sign": "sha256", "encrypt": "aes_256_cbc", "mdn": "sync", "mdn_digest": "sha256",
+    }));
+    assert_eq!(sent["mdn_status"], "processed", "{sent}");
+    assert!(
+        !fx.is_mounted() || std::fs::read_dir(&fx.mnt).is_err(),
+        "the mount came back"
+    );
+    fx.mount();
+    let inbox = box_files(&fx, &side.mb.user, &side.mb.inbox());
+    assert_eq!(inbox.len(), 1, "{inbox:?}");
+    assert!(inbox[0].0.ends_with("in.edi") && inbox[0].1 == b"INBOUND");
+    // The picked-up files lingered 1 s and are gone; nothing is left to send twice.
+    wait_until("the outbox to be empty", WAIT, || {
+        box_files(&fx, &side.mb.user, &side.mb.outbox()).is_empty()
+    });
     assert_eq!(
         peer.drain(|v| v["event"] == "received").len(),
         0,
         "sent twice"
     );
+    assert_eq!(fx.out_messages(&side.mb.user).len(), 3);
 }
 
 /// Not a test: the harness's spawn helper (see tests/common/spawner.rs).
