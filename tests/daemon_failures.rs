@@ -4,13 +4,14 @@
 //!
 //! Failure paths: a signature that does not match the pinned certificate, a payload
 //! tampered with in transit, unknown station or partner, a partner that is down and comes
-//! up, one that never comes up, a negative MDN, an async MDN that never comes, resent
-//! (duplicate) messages, also concurrent ones.
+//! up, one that never comes up, an HTTP refusal, a negative MDN, an MDN that does not verify
+//! (sync and async), an async MDN that never comes, resent (duplicate) messages, also
+//! concurrent ones.
 //!
-//! Crash safety: the daemon killed (SIGKILL) after a delivery but before its answer, while
-//! the partner stalls, and after the partner answered but before the outcome was recorded
-//! (the last two with the test-only failpoints of `src/daemon/failpoint.rs`); the mount
-//! killed with queued messages.
+//! Crash safety: the daemon killed (SIGKILL) after a delivery but before its answer and
+//! after the partner answered but before the outcome was recorded (both with the test-only
+//! failpoints of `src/daemon/failpoint.rs`, `AS2BOX_FAILPOINT`), and with `kill -9` while the
+//! partner stalls; the mount killed with queued messages.
 //!
 //! Every failure into `failed/` is checked for a one-sentence `<name>.reason.txt`, and every
 //! message for the full list of state changes in `as2box messages show`.
