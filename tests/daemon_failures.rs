@@ -118,6 +118,17 @@ impl Daemon {
         assert_eq!(signalled(&status), Some(libc::SIGKILL));
     }
 
+    /// Sends `signal` and waits up to `timeout` for the exit.
+    fn stop(&self, signal: i32, timeout: Duration) -> std::process::ExitStatus {
+        unsafe { libc::kill(self.pid as i32, signal) };
+        self.exit_status(timeout).unwrap_or_else(|| {
+            panic!(
+                "the daemon did not exit within {timeout:?} of signal {signal}:\n{}",
+                self.log()
+            )
+        })
+    }
+
     /// Waits for the daemon to kill itself at `failpoint`.
     fn expect_failpoint(&self, failpoint: &str) {
         let status = self
@@ -1155,10 +1166,10 @@ fn killed_after_delivery_before_the_answer_the_resend_is_delivered_once() {
 }
 
 /// The partner accepts the connection, reads the request and never answers; the daemon is
-/// killed meanwhile. After the restart the message is sent again with the same Message-ID
-/// (the partner never answered) and delivered once.
-#[test]
-fn killed_while_the_partner_stalls_the_message_is_sent_again_with_the_same_message_id() {
+/// stopped meanwhile (`kill -9`, or SIGTERM: then it exits at once, cleanly, without
+/// waiting for the answer). After the restart the message is sent again with the same
+/// Message-ID (the partner never answered) and delivered once.
+fn stopped_while_the_partner_stalls(signal: i32) {
     let Some(fx) = fixture!(Settings::default()) else {
         return;
     };
@@ -1192,7 +1203,12 @@ fn killed_while_the_partner_stalls_the_message_is_sent_again_with_the_same_messa
         wait_out_state(&fx, &side.mb.user, "sending").state,
         "sending"
     );
-    daemon.kill9();
+    if signal == libc::SIGKILL {
+        daemon.kill9();
+    } else {
+        let status = daemon.stop(signal, Duration::from_secs(5));
+        assert!(status.success(), "{status:?}:\n{}", daemon.log());
+    }
     drop(daemon);
     drop(stall);
     let mut peer = PyPeer::start(&py, &side, stall_port, &[]);
@@ -1219,6 +1235,16 @@ fn killed_while_the_partner_stalls_the_message_is_sent_again_with_the_same_messa
         0,
         "sent twice"
     );
+}
+
+#[test]
+fn killed_while_the_partner_stalls_the_message_is_sent_again_with_the_same_message_id() {
+    stopped_while_the_partner_stalls(libc::SIGKILL);
+}
+
+#[test]
+fn stopped_while_the_partner_stalls_the_message_is_sent_again_with_the_same_message_id() {
+    stopped_while_the_partner_stalls(libc::SIGTERM);
 }
 
 /// The daemon dies (SIGKILL, failpoint) after the partner — station B of the same gateway —
