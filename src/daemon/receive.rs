@@ -196,12 +196,28 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
             )
             .await
         }
+        // Our storage failed (disk full, I/O error, database busy): not the sender's fault
+        // and likely to pass. HTTP 503 makes senders try again later; a negative MDN would
+        // end the message for them.
+        Err(mailbox::DeliverError::Store(e)) => {
+            inc(&ctx.metrics.received_failed);
+            warn!(station = %station.as2_id, partner = %partner.as2_id, message_id = %info.message_id, error = %e, "could not store a received message; answering 503 so that the sender retries");
+            let mut resp = Resp::text(
+                503,
+                "The message could not be stored; please resend it later.\n",
+            );
+            resp.headers.push(("Retry-After".into(), "60".into()));
+            resp
+        }
         Err(e) => {
             inc(&ctx.metrics.received_failed);
-            warn!(message_id = %info.message_id, error = %e, "could not store a received message");
+            // Nothing to deliver, or the station or partner was removed meanwhile: resending
+            // will not help.
+            warn!(message_id = %info.message_id, error = %e, "could not deliver a received message");
             let d = Disposition::Error(
                 crate::as2::error::DispositionModifier::UnexpectedProcessingError,
             );
+            let text = format!("The message could not be delivered: {e}.");
             answer(
                 &ctx,
                 &info,
@@ -209,7 +225,7 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
                 key.as_deref().ok(),
                 d,
                 None,
-                "The message could not be stored; please resend it later.",
+                &text,
                 None,
             )
             .await
