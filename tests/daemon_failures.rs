@@ -917,6 +917,84 @@ fn a_negative_mdn_from_the_partner_puts_the_file_in_failed_quoting_the_dispositi
     assert_show_lists(&fx, m.id, &evs);
 }
 
+/// `chattr +i` on a folder (even root cannot create files in it) until dropped.
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn new(dir: &Path) -> Immutable {
+        let args: Vec<String> = vec!["chattr".into(), "+i".into(), dir.display().to_string()];
+        let out = run(&args, &[], None, Duration::from_secs(30));
+        assert!(
+            out.status.success(),
+            "chattr +i {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Immutable(dir.to_path_buf())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        run_quiet(&["chattr", "-i", &self.0.to_string_lossy()]);
+    }
+}
+
+/// Station B cannot store what it receives (the gateway's spool folder is made immutable):
+/// it answers HTTP 503 so that the sender tries again later, not a negative MDN that would
+/// end the message; A retries, and once storage works again the message is delivered once.
+#[test]
+fn a_receiver_that_cannot_store_answers_503_and_the_sender_retries() {
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
+    let (a, b) = pair(&fx);
+    let port = free_port();
+    serve_config(
+        &fx,
+        port,
+        "retry_base_secs = 0.3\nretry_max_secs = 0.6\nmax_attempts = 100",
+    );
+    set_partner(&fx, &a, port, &station_cert(&fx, &b.station), &[]);
+    set_partner(&fx, &b, port, &station_cert(&fx, &a.station), &[]);
+    let data = random_bytes(8_000);
+    fx.as_user(&a.user, || {
+        ok(ops::put(&a.outbox().join("full.bin"), &data), "put")
+    });
+    let spool = Immutable::new(&fx.state_dir.join("spool"));
+    let daemon = Daemon::start(&fx, port, None);
+    let m = fx.out_messages(&a.user).remove(0);
+    wait_until("two refused attempts", WAIT, || {
+        let evs = events(&fx, m.id);
+        if let Some(f) = evs.iter().find(|e| e.state == "failed") {
+            panic!("failed instead of retried: {}", f.detail);
+        }
+        evs.iter()
+            .filter(|e| e.state == "queued" && e.detail.contains("HTTP 503"))
+            .count()
+            >= 2
+    });
+    assert!(received(&fx, &b.user).is_empty());
+    assert!(daemon.log().contains("could not store"), "{}", daemon.log());
+    drop(spool);
+    let m = wait_out_state(&fx, &a.user, "delivered");
+    let evs = events(&fx, m.id);
+    let refused = evs
+        .iter()
+        .find(|e| e.detail.contains("HTTP 503"))
+        .expect("a 503 in the history");
+    assert!(
+        refused.detail.contains("resend it later"),
+        "the partner's explanation is not quoted: {evs:#?}"
+    );
+    assert_eq!(states(&evs).last(), Some(&"delivered"));
+    assert_show_lists(&fx, m.id, &evs);
+    assert_eq!(received(&fx, &b.user).len(), 1);
+    let files = box_files(&fx, &b.user, &b.inbox());
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0].1, data);
+}
+
 /// The partner refuses the request with an HTTP error (here: station B has no test partner
 /// A, and A posts to B's test URL): the file lands in `failed/` at once (no retry) with a
 /// one-sentence reason giving the status and the partner's explanation.
