@@ -420,7 +420,10 @@ pub async fn async_mdn(ctx: Arc<Ctx>, req: Req) -> Resp {
         }
         Err(e) => return Resp::text(500, format!("store error: {e}\n")),
     };
-    if state != "awaiting-mdn" {
+    // Not only `awaiting-mdn`: a quick partner's MDN can arrive before the sender recorded
+    // that its POST was answered (`sending`), or for an earlier attempt of a message now
+    // waiting to be retried (`queued`); either way the partner has it.
+    if !matches!(state.as_str(), "awaiting-mdn" | "sending" | "queued") {
         return Resp::text(
             200,
             format!("MDN for message {id} already handled (state {state})\n"),

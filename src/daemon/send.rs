@@ -408,7 +408,13 @@ pub async fn record_outcome(
         }
     })
     .await;
-    if let Err(e) = result {
-        warn!(message = id, error = %e, "cannot record the outcome of a send");
+    match result {
+        Ok(true) => {}
+        // E.g. the async MDN arrived before the POST's answer was recorded: it stands.
+        Ok(false) => info!(
+            message = id,
+            "outcome not recorded: the message was settled meanwhile"
+        ),
+        Err(e) => warn!(message = id, error = %e, "cannot record the outcome of a send"),
     }
 }

@@ -81,6 +81,22 @@ fn set_state(tx: &Transaction<'_>, id: i64, state: &str, detail: Option<&str>) -
     Ok(())
 }
 
+/// Whether an outcome may still be recorded for message `id`: its state is one of `from`.
+/// Outcomes race: a partner's async MDN can arrive before the sender recorded that its POST
+/// was answered, and a timeout can fire as the MDN arrives; the first outcome stands.
+fn state_is(tx: &Transaction<'_>, id: i64, from: &[&str]) -> Result<bool> {
+    let state: String = tx
+        .query_row("SELECT state FROM messages WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound(format!("message {id}")))?;
+    Ok(from.contains(&state.as_str()))
+}
+
+/// States from which a message may still end as delivered or failed.
+const UNSETTLED: &[&str] = &["queued", "sending", "awaiting-mdn"];
+
 fn files_of(tx: &rusqlite::Connection, id: i64) -> Result<Vec<MessageFile>> {
     let mut st = tx.prepare_cached(
         "SELECT name, size, blob FROM message_files WHERE message_id = ?1 ORDER BY seq",
@@ -188,9 +204,16 @@ impl Store {
         })
     }
 
-    /// The request was accepted; the MDN will come later (async).
-    pub fn message_awaiting_mdn(&self, id: i64) -> Result<()> {
-        self.write(|tx| set_state(tx, id, "awaiting-mdn", None))
+    /// The request was accepted; the MDN will come later (async). Only from `sending`: an
+    /// MDN that came first has settled the message already. Returns whether it was recorded.
+    pub fn message_awaiting_mdn(&self, id: i64) -> Result<bool> {
+        self.write(|tx| {
+            if !state_is(tx, id, &["sending"])? {
+                return Ok(false);
+            }
+            set_state(tx, id, "awaiting-mdn", None)?;
+            Ok(true)
+        })
     }
 
     /// The outgoing message with AS2 Message-ID `as2_message_id` (for an async MDN): its id,
@@ -271,35 +294,49 @@ impl Store {
         })
     }
 
-    /// Sends it again at `next_attempt_ms`, saying why the last attempt failed.
-    pub fn message_retry(&self, id: i64, detail: &str, next_attempt_ms: i64) -> Result<()> {
+    /// Sends it again at `next_attempt_ms`, saying why the last attempt failed. Only from
+    /// `sending`; returns whether it was recorded.
+    pub fn message_retry(&self, id: i64, detail: &str, next_attempt_ms: i64) -> Result<bool> {
         self.write(|tx| {
+            if !state_is(tx, id, &["sending"])? {
+                return Ok(false);
+            }
             tx.execute(
                 "UPDATE messages SET next_attempt_ms = ?2 WHERE id = ?1",
                 params![id, next_attempt_ms],
             )?;
-            set_state(tx, id, "queued", Some(detail))
+            set_state(tx, id, "queued", Some(detail))?;
+            Ok(true)
         })
     }
 
-    /// The partner confirmed receipt.
-    pub fn message_delivered(&self, id: i64, mdn: Option<&str>, detail: &str) -> Result<()> {
+    /// The partner confirmed receipt. Not once the message is delivered or failed; returns
+    /// whether it was recorded.
+    pub fn message_delivered(&self, id: i64, mdn: Option<&str>, detail: &str) -> Result<bool> {
         self.write(|tx| {
+            if !state_is(tx, id, UNSETTLED)? {
+                return Ok(false);
+            }
             tx.execute(
                 "UPDATE messages SET mdn = ?2 WHERE id = ?1",
                 params![id, mdn],
             )?;
-            set_state(tx, id, "delivered", Some(detail))
+            set_state(tx, id, "delivered", Some(detail))?;
+            Ok(true)
         })
     }
 
     /// The message will not be delivered: its files go to the partner's `failed/` (a folder
     /// of the message's name for several files) with `<name>.reason.txt` saying `reason`.
-    pub fn message_failed(&self, id: i64, reason: &str, mdn: Option<&str>) -> Result<()> {
+    /// Not once the message is delivered or failed; returns whether it was recorded.
+    pub fn message_failed(&self, id: i64, reason: &str, mdn: Option<&str>) -> Result<bool> {
         let reason_text = format!("{reason}\n");
         let reason_blob = self.blobs().put_bytes(reason_text.as_bytes())?;
         let _guard = self.blobs().guard();
         self.write(|tx| {
+            if !state_is(tx, id, UNSETTLED)? {
+                return Ok(false);
+            }
             let (user_id, station_id, partner_id, name): (i64, i64, i64, String) = tx.query_row(
                 "SELECT user_id, station_id, partner_id, name FROM messages WHERE id = ?1",
                 [id],
@@ -318,7 +355,7 @@ impl Store {
                 .unwrap_or(false);
             if !partner_exists {
                 // The partner was removed meanwhile: nowhere to put the files.
-                return Ok(());
+                return Ok(true);
             }
             let failed = BoxRef {
                 station_id,
@@ -334,7 +371,8 @@ impl Store {
                 &files,
                 id,
                 (&reason_blob, reason_text.len() as u64),
-            )
+            )?;
+            Ok(true)
         })
     }
 
@@ -452,6 +490,27 @@ mod tests {
                 .as_deref(),
             Some("d, sha-256")
         );
+    }
+
+    #[test]
+    fn the_first_outcome_stands() {
+        let (_d, store, id, _) = queued();
+        store.claim_queued(now_ms()).unwrap().unwrap();
+        // The async MDN came before the sender recorded that its POST was answered.
+        assert!(store
+            .message_delivered(id, Some("mdn"), "processed")
+            .unwrap());
+        assert!(!store.message_awaiting_mdn(id).unwrap());
+        assert!(!store.message_retry(id, "timeout", now_ms()).unwrap());
+        assert!(!store.message_failed(id, "No receipt.", None).unwrap());
+        let states: Vec<String> = store
+            .message_events(id)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.state)
+            .collect();
+        assert_eq!(states, ["queued", "sending", "delivered"]);
+        assert!(store.claim_queued(now_ms() + 1).unwrap().is_none());
     }
 
     #[test]
