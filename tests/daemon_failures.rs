@@ -1377,6 +1377,69 @@ fn killed_after_the_partner_answered_the_resend_is_recognised_and_delivered_once
     assert!(daemon.log().contains("duplicate"), "{}", daemon.log());
 }
 
+/// Both sides on one gateway, A asking for an async MDN: the daemon dies (SIGKILL, failpoint)
+/// after B's delivery, before B answered. After the restart A's interrupted send is resent
+/// with the same Message-ID, B recognises it and POSTs the async MDN, A's message is
+/// delivered; B holds one copy.
+#[test]
+fn killed_before_answering_an_async_mdn_request_the_resend_gets_the_mdn_and_one_copy() {
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
+    let (a, b) = pair(&fx);
+    let port = free_port();
+    serve_config(&fx, port, "");
+    let daemon = Daemon::start(&fx, port, Some("receive-before-answer"));
+    set_partner(
+        &fx,
+        &a,
+        port,
+        &station_cert(&fx, &b.station),
+        &["--mdn", "async"],
+    );
+    set_partner(&fx, &b, port, &station_cert(&fx, &a.station), &[]);
+    let data = random_bytes(12_000);
+    fx.as_user(&a.user, || {
+        ok(ops::put(&a.outbox().join("async.bin"), &data), "put")
+    });
+    daemon.expect_failpoint("receive-before-answer");
+    assert_eq!(
+        received(&fx, &b.user).len(),
+        1,
+        "B took it before the crash"
+    );
+    assert_eq!(fx.out_messages(&a.user)[0].state, "sending");
+    drop(daemon);
+    let daemon = Daemon::start(&fx, port, None);
+    let m = wait_for("A's message to be delivered or failed", WAIT, || {
+        fx.out_messages(&a.user)
+            .into_iter()
+            .find(|m| m.state == "delivered" || m.state == "failed")
+    });
+    assert_eq!(m.state, "delivered", "{m:#?}");
+    let evs = events(&fx, m.id);
+    // B POSTs the MDN as it answers A's POST: it may arrive before A recorded the answer
+    // (no `awaiting-mdn` then).
+    let st = states(&evs);
+    assert!(
+        st == [
+            "queued",
+            "sending",
+            "queued",
+            "sending",
+            "awaiting-mdn",
+            "delivered"
+        ] || st == ["queued", "sending", "queued", "sending", "delivered"],
+        "{evs:#?}"
+    );
+    assert_show_lists(&fx, m.id, &evs);
+    assert_eq!(received(&fx, &b.user).len(), 1);
+    let files = box_files(&fx, &b.user, &b.inbox());
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(files[0].1, data);
+    assert!(daemon.log().contains("duplicate"), "{}", daemon.log());
+}
+
 /// Messages queued while no daemon runs survive a `kill -9` of the mount. The daemon,
 /// started while the mount is still dead (it never needs the mount), sends each exactly
 /// once and receives a message meanwhile; after the mount's restart that message is in the
