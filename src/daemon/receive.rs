@@ -183,16 +183,24 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
             .await
         }
         // A copy of the same message that arrived at the same time was delivered first.
+        // Answered with the MIC of the copy that was delivered, like any resend.
         Err(mailbox::DeliverError::Store(crate::store::StoreError::AlreadyReceived {
             message_id,
         })) => {
+            let (store, pid, mid) = (ctx.store.clone(), partner.id, info.message_id.clone());
+            let stored = blocking(move || store.inbound_by_as2_id(pid, &mid))
+                .await
+                .ok()
+                .flatten()
+                .and_then(|r| r.mic)
+                .and_then(|m| Mic::parse(&m).ok());
             answer_duplicate(
                 &ctx,
                 &info,
                 &station,
                 key.as_deref().ok(),
                 message_id,
-                Some(&msg.mic),
+                Some(stored.as_ref().unwrap_or(&msg.mic)),
             )
             .await
         }
