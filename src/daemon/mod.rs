@@ -154,7 +154,8 @@ pub fn serve(store: Arc<Store>, config: Config) -> Result<(), DaemonError> {
 async fn run(store: Arc<Store>, config: Config) -> Result<(), DaemonError> {
     let requeued = {
         let store = store.clone();
-        tokio::task::spawn_blocking(move || store.requeue_sending())
+        let max = config.serve.max_attempts;
+        tokio::task::spawn_blocking(move || store.requeue_sending(max))
             .await
             .map_err(|e| DaemonError::Runtime(std::io::Error::other(e)))??
     };

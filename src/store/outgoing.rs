@@ -146,25 +146,43 @@ impl Store {
         })
     }
 
-    /// Puts messages left in `sending` by a daemon that died back in the queue. Their
-    /// partner never answered, so sending them again is right; the AS2 Message-ID is kept.
-    pub fn requeue_sending(&self) -> Result<usize> {
-        self.write(|tx| {
-            let ids: Vec<i64> = {
-                let mut st = tx.prepare("SELECT id FROM messages WHERE state = 'sending'")?;
-                let rows = st.query_map([], |r| r.get(0))?;
+    /// Puts messages left in `sending` by a daemon that died back in the queue. No answer
+    /// was recorded for them, so sending them again is right; the AS2 Message-ID is kept.
+    /// A message that already had `max_attempts` attempts is failed instead (files into
+    /// `failed/`): a message during which the daemon keeps dying must not be tried forever.
+    /// Returns how many were requeued.
+    pub fn requeue_sending(&self, max_attempts: u32) -> Result<usize> {
+        let (requeued, exhausted) = self.write(|tx| {
+            let rows: Vec<(i64, u32)> = {
+                let mut st =
+                    tx.prepare("SELECT id, attempts FROM messages WHERE state = 'sending'")?;
+                let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
                 rows.collect::<rusqlite::Result<_>>()?
             };
-            for id in &ids {
+            let mut requeued = 0;
+            let mut exhausted = Vec::new();
+            for (id, attempts) in rows {
+                if attempts >= max_attempts {
+                    exhausted.push((id, attempts));
+                    continue;
+                }
                 set_state(
                     tx,
-                    *id,
+                    id,
                     "queued",
                     Some("requeued: the sender stopped during this attempt"),
                 )?;
+                requeued += 1;
             }
-            Ok(ids.len())
-        })
+            Ok((requeued, exhausted))
+        })?;
+        for (id, attempts) in exhausted {
+            let reason = format!(
+                "Not delivered: the sender stopped during attempt {attempts}, the last one allowed, so the partner may or may not have received the message."
+            );
+            self.message_failed(id, &reason, None)?;
+        }
+        Ok(requeued)
     }
 
     /// Records the request about to be POSTed: its AS2 Message-ID (kept for resends, so the
@@ -517,7 +535,7 @@ mod tests {
     fn a_stopped_sender_is_requeued() {
         let (_d, store, id, _) = queued();
         store.claim_queued(now_ms()).unwrap().unwrap();
-        assert_eq!(store.requeue_sending().unwrap(), 1);
+        assert_eq!(store.requeue_sending(5).unwrap(), 1);
         assert_eq!(store.claim_queued(now_ms()).unwrap().unwrap().id, id);
     }
 
@@ -551,6 +569,20 @@ mod tests {
         }
         assert_eq!(store.messages(None, 10).unwrap().len(), 1);
         assert_eq!(store.entries(inbox, 0).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_stop_during_the_last_allowed_attempt_fails_the_message() {
+        let (_d, store, id, _) = queued();
+        store.claim_queued(now_ms()).unwrap().unwrap();
+        assert_eq!(store.requeue_sending(1).unwrap(), 0);
+        let m = &store.messages(None, 1).unwrap()[0];
+        assert_eq!((m.id, m.state.as_str()), (id, "failed"));
+        assert!(m
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("attempt 1, the last one allowed"));
     }
 
     #[test]
