@@ -1325,6 +1325,50 @@ fn stopped_while_the_partner_stalls_the_message_is_sent_again_with_the_same_mess
     stopped_while_the_partner_stalls(libc::SIGTERM);
 }
 
+/// With `max_attempts = 1` the daemon is killed during the only allowed attempt (the
+/// partner stalls): at the restart the message is not sent again but failed, its file in
+/// `failed/` with a one-sentence reason (a message the daemon keeps dying on is not tried
+/// forever).
+#[test]
+fn killed_during_the_last_allowed_attempt_the_message_fails_at_the_restart() {
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
+    let side = peer_side(&fx);
+    let port = free_port();
+    serve_config(&fx, port, "max_attempts = 1");
+    let daemon = Daemon::start(&fx, port, None);
+    let requests = Arc::new(AtomicUsize::new(0));
+    let r2 = requests.clone();
+    let stall = Server::start(0, move |mut c, stop| {
+        if as2_common::read_http(&mut c).is_ok() {
+            r2.fetch_add(1, Ordering::SeqCst);
+        }
+        while !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    set_partner(&fx, &side.mb, stall.port, &side.peer_cert, &[]);
+    fx.as_user(&side.mb.user, || {
+        ok(ops::put(&side.mb.outbox().join("last.edi"), b"last"), "put")
+    });
+    wait_until("the request at the stalling partner", WAIT, || {
+        requests.load(Ordering::SeqCst) == 1
+    });
+    daemon.kill9();
+    drop(daemon);
+    let daemon = Daemon::start(&fx, port, None);
+    let reason = reason_of(&fx, &side.mb, "last.edi");
+    assert_one_sentence(&reason);
+    assert!(reason.contains("the last one allowed"), "{reason:?}");
+    let m = wait_out_state(&fx, &side.mb.user, "failed");
+    let evs = events(&fx, m.id);
+    assert_eq!(states(&evs), ["queued", "sending", "failed"], "{evs:#?}");
+    assert_show_lists(&fx, m.id, &evs);
+    assert_eq!(requests.load(Ordering::SeqCst), 1, "sent again");
+    drop(daemon);
+}
+
 /// The daemon dies (SIGKILL, failpoint) after the partner — station B of the same gateway —
 /// took a two-file message and answered, before A recorded the outcome. After the restart A
 /// sends it again with the same Message-ID; B recognises the resend and answers the same
