@@ -8,6 +8,7 @@
 //! - `keycache`: station keys and partner certificates, reloaded when their files change
 //! - `metrics`, `retry`: counters and the backoff policy
 
+mod failpoint;
 mod http;
 mod keycache;
 mod live;
@@ -183,6 +184,7 @@ pub fn serve(
     config: Config,
     config_path: std::path::PathBuf,
 ) -> Result<(), DaemonError> {
+    failpoint::arm_from_env();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -196,7 +198,8 @@ async fn run(
 ) -> Result<(), DaemonError> {
     let requeued = {
         let store = store.clone();
-        tokio::task::spawn_blocking(move || store.requeue_sending())
+        let max = config.serve.max_attempts;
+        tokio::task::spawn_blocking(move || store.requeue_sending(max))
             .await
             .map_err(|e| DaemonError::Runtime(std::io::Error::other(e)))??
     };

@@ -104,20 +104,9 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
     if let Ok(Some(crate::store::ReceivedRecord { id, mic, .. })) =
         blocking(move || store.inbound_by_as2_id(pid, &mid)).await
     {
-        inc(&ctx.metrics.received_duplicate);
-        info!(message = id, message_id = %info.message_id, "duplicate: answering the MDN again, not delivering twice");
         let mic = mic.and_then(|m| Mic::parse(&m).ok());
-        return answer(
-            &ctx,
-            &info,
-            &station,
-            key.as_deref().ok(),
-            Disposition::Processed,
-            mic.as_ref(),
-            "The message was received before and has been delivered.",
-            None,
-        )
-        .await;
+        return answer_duplicate(&ctx, &info, &station, key.as_deref().ok(), id, mic.as_ref())
+            .await;
     }
 
     let body = req.body.clone();
@@ -135,7 +124,7 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
         Err(e) => {
             inc(&ctx.metrics.received_failed);
             warn!(station = %station.as2_id, partner = %partner.as2_id, message_id = %info.message_id, error = %e, "refused: answering a negative MDN");
-            let text = format!("The message could not be processed: {e}");
+            let text = refusal_text(&e);
             return answer(
                 &ctx,
                 &info,
@@ -180,6 +169,7 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
                 .bytes_in
                 .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
             info!(station = %station.as2_id, partner = %partner.as2_id, message = d.message_id, message_id = %info.message_id, files = d.paths.len(), bytes, mic = %msg.mic.to_header_value(), "received and delivered");
+            super::failpoint::hit("receive-before-answer");
             answer(
                 &ctx,
                 &info,
@@ -192,12 +182,50 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
             )
             .await
         }
+        // A copy of the same message that arrived at the same time was delivered first.
+        // Answered with the MIC of the copy that was delivered, like any resend.
+        Err(mailbox::DeliverError::Store(crate::store::StoreError::AlreadyReceived {
+            message_id,
+        })) => {
+            let (store, pid, mid) = (ctx.store.clone(), partner.id, info.message_id.clone());
+            let stored = blocking(move || store.inbound_by_as2_id(pid, &mid))
+                .await
+                .ok()
+                .flatten()
+                .and_then(|r| r.mic)
+                .and_then(|m| Mic::parse(&m).ok());
+            answer_duplicate(
+                &ctx,
+                &info,
+                &station,
+                key.as_deref().ok(),
+                message_id,
+                Some(stored.as_ref().unwrap_or(&msg.mic)),
+            )
+            .await
+        }
+        // Our storage failed (disk full, I/O error, database busy): not the sender's fault
+        // and likely to pass. HTTP 503 makes senders try again later; a negative MDN would
+        // end the message for them.
+        Err(mailbox::DeliverError::Store(e)) => {
+            inc(&ctx.metrics.received_failed);
+            warn!(station = %station.as2_id, partner = %partner.as2_id, message_id = %info.message_id, error = %e, "could not store a received message; answering 503 so that the sender retries");
+            let mut resp = Resp::text(
+                503,
+                "The message could not be stored; please resend it later.\n",
+            );
+            resp.headers.push(("Retry-After".into(), "60".into()));
+            resp
+        }
         Err(e) => {
             inc(&ctx.metrics.received_failed);
-            warn!(message_id = %info.message_id, error = %e, "could not store a received message");
+            // Nothing to deliver, or the station or partner was removed meanwhile: resending
+            // will not help.
+            warn!(message_id = %info.message_id, error = %e, "could not deliver a received message");
             let d = Disposition::Error(
                 crate::as2::error::DispositionModifier::UnexpectedProcessingError,
             );
+            let text = format!("The message could not be delivered: {e}.");
             answer(
                 &ctx,
                 &info,
@@ -205,12 +233,61 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
                 key.as_deref().ok(),
                 d,
                 None,
-                "The message could not be stored; please resend it later.",
+                &text,
                 None,
             )
             .await
         }
     }
+}
+
+/// The human part of a negative MDN: why, in words the partner's operator can act on.
+/// OpenSSL's error queue (source files, line numbers) stays in our log.
+fn refusal_text(e: &crate::as2::error::As2Error) -> String {
+    use crate::as2::error::DispositionModifier as M;
+    let why = match e.disposition_modifier() {
+        M::DecryptionFailed => {
+            "it could not be decrypted with our key (check the certificate you encrypt with)".into()
+        }
+        M::AuthenticationFailed => {
+            "its signature does not verify with the certificate we have for you (wrong or expired certificate)".into()
+        }
+        M::IntegrityCheckFailed => {
+            "its content does not match its signature (changed in transit)".into()
+        }
+        M::InsufficientMessageSecurity => "it is not signed or encrypted as agreed".into(),
+        M::DecompressionFailed => "it could not be decompressed".into(),
+        M::UnexpectedProcessingError => {
+            let full = e.to_string();
+            full.split(": error:").next().unwrap_or(&full).to_string()
+        }
+    };
+    format!("The message could not be processed: {why}.")
+}
+
+/// Answers a resend of message `id` (same sender Message-ID) with the positive MDN again,
+/// with the MIC of the delivery, and delivers nothing.
+async fn answer_duplicate(
+    ctx: &Arc<Ctx>,
+    info: &RequestInfo,
+    station: &Station,
+    key: Option<&crate::as2::certs::KeyPair>,
+    id: i64,
+    mic: Option<&Mic>,
+) -> Resp {
+    inc(&ctx.metrics.received_duplicate);
+    info!(message = id, message_id = %info.message_id, "duplicate: answering the MDN again, not delivering twice");
+    answer(
+        ctx,
+        info,
+        station,
+        key,
+        Disposition::Processed,
+        mic,
+        "The message was received before and has been delivered.",
+        None,
+    )
+    .await
 }
 
 /// Builds the MDN the sender asked for and answers with it (sync) or POSTs it (async).
@@ -351,9 +428,10 @@ pub async fn async_mdn(ctx: Arc<Ctx>, req: Req) -> Resp {
         }
         Err(e) => return Resp::text(500, format!("store error: {e}\n")),
     };
-    // `sending` too: a partner may POST its MDN before we have processed its HTTP answer
-    // (pyas2lib does at once). The Message-ID and MICs were recorded before the POST.
-    if state != "awaiting-mdn" && state != "sending" {
+    // Not only `awaiting-mdn`: a quick partner's MDN can arrive before the sender recorded
+    // that its POST was answered (`sending`), or for an earlier attempt of a message now
+    // waiting to be retried (`queued`); either way the partner has it.
+    if !matches!(state.as_str(), "awaiting-mdn" | "sending" | "queued") {
         return Resp::text(
             200,
             format!("MDN for message {id} already handled (state {state})\n"),
@@ -373,9 +451,7 @@ pub async fn async_mdn(ctx: Arc<Ctx>, req: Req) -> Resp {
     .await;
     let outcome = match checked {
         Ok(mdn) => super::send::judge_mdn(&mdn, &expected_mics(mics.as_deref())),
-        Err(e) => {
-            super::retry::Attempt::Final(format!("the receipt (MDN) could not be verified: {e}"))
-        }
+        Err(e) => super::send::unverifiable_mdn(&e),
     };
     let mdn_text = String::from_utf8_lossy(&req.body).into_owned();
     super::send::record_outcome(&ctx, id, 0, outcome, Some(mdn_text)).await;

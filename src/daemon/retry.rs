@@ -40,20 +40,48 @@ impl Backoff {
     }
 }
 
-/// Classifies an HTTP status of the partner's answer.
-pub fn classify_status(status: u16) -> Option<Attempt> {
+/// Classifies an HTTP status of the partner's answer; `said` is the partner's explanation
+/// (see [`explanation`]), quoted in the reason when not empty.
+pub fn classify_status(status: u16, said: &str) -> Option<Attempt> {
+    let said = if said.is_empty() {
+        String::new()
+    } else {
+        format!(" (\"{said}\")")
+    };
     match status {
         200..=299 => None,
-        408 | 429 => Some(Attempt::Transient(format!(
-            "the partner answered HTTP {status}"
+        408 | 429 | 500..=599 => Some(Attempt::Transient(format!(
+            "the partner answered HTTP {status}{said}"
         ))),
-        500..=599 => Some(Attempt::Transient(format!(
-            "the partner answered HTTP {status}"
-        ))),
+        // A sentence of its own: it becomes the failed/ reason as it is.
         _ => Some(Attempt::Final(format!(
-            "the partner refused the message with HTTP {status}"
+            "The partner refused the message with HTTP {status}{said}."
         ))),
     }
+}
+
+/// The partner's explanation in an error answer: a `text/plain` body on one line, without a
+/// final full stop, at most 200 characters. HTML error pages and other types give nothing.
+pub fn explanation(content_type: Option<&str>, body: &[u8]) -> String {
+    let plain = content_type
+        .and_then(|c| c.split(';').next())
+        .is_some_and(|c| c.trim().eq_ignore_ascii_case("text/plain"));
+    if !plain {
+        return String::new();
+    }
+    let text = String::from_utf8_lossy(body);
+    let mut line: String = text
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(200)
+        .collect();
+    while line.ends_with('.') {
+        line.pop();
+    }
+    line
 }
 
 #[cfg(test)]
@@ -75,9 +103,38 @@ mod tests {
 
     #[test]
     fn statuses() {
-        assert_eq!(classify_status(200), None);
-        assert!(matches!(classify_status(503), Some(Attempt::Transient(_))));
-        assert!(matches!(classify_status(429), Some(Attempt::Transient(_))));
-        assert!(matches!(classify_status(403), Some(Attempt::Final(_))));
+        assert_eq!(classify_status(200, ""), None);
+        assert!(matches!(
+            classify_status(503, ""),
+            Some(Attempt::Transient(_))
+        ));
+        assert!(matches!(
+            classify_status(429, ""),
+            Some(Attempt::Transient(_))
+        ));
+        assert_eq!(
+            classify_status(403, "not a partner"),
+            Some(Attempt::Final(
+                "The partner refused the message with HTTP 403 (\"not a partner\").".into()
+            ))
+        );
+        assert_eq!(
+            classify_status(404, ""),
+            Some(Attempt::Final(
+                "The partner refused the message with HTTP 404.".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn explanations_are_one_line_of_plain_text() {
+        let body = b"unknown AS2-To \"X\":\n no such station.\n";
+        assert_eq!(
+            explanation(Some("text/plain; charset=utf-8"), body),
+            "unknown AS2-To \"X\": no such station"
+        );
+        assert_eq!(explanation(Some("text/html"), b"<html>"), "");
+        assert_eq!(explanation(None, b"x"), "");
+        assert_eq!(explanation(Some("text/plain"), &[b'a'; 500]).len(), 200);
     }
 }

@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::metrics::inc;
-use super::retry::{classify_status, Attempt, Backoff};
+use super::retry::{classify_status, explanation, Attempt, Backoff};
 use super::{blocking, Ctx};
 use crate::as2::algorithms::{DigestAlgorithm, EncryptionAlgorithm};
 use crate::as2::certs::ValidityPolicy;
@@ -136,13 +136,32 @@ fn profile(ctx: &Ctx, station: &Station, partner: &Partner) -> Result<SendProfil
     Ok(profile)
 }
 
+/// The outcome for a receipt (sync or async) that does not parse or verify: failed, with a
+/// one-sentence reason (OpenSSL's error queue, with its source paths, stays in the log).
+pub fn unverifiable_mdn(e: &crate::as2::error::As2Error) -> Attempt {
+    let full = e.to_string();
+    warn!(error = %full, "the partner's receipt (MDN) could not be verified");
+    let short = full
+        .split(": error:")
+        .next()
+        .unwrap_or(&full)
+        .trim_end_matches('.');
+    Attempt::Final(format!(
+        "The partner's receipt (MDN) could not be verified: {short}."
+    ))
+}
+
 /// Judges a parsed MDN against the MICs we accept.
 pub fn judge_mdn(mdn: &ReceivedMdn, expected: &[Mic]) -> Attempt {
     if !mdn.disposition.is_processed() {
+        // The reason is one sentence quoting the disposition; the partner's free text (often
+        // several sentences) goes to the log and stays in the stored MDN.
+        let field = mdn.disposition.to_field();
+        let status = field.rsplit(';').next().unwrap_or(&field).trim().to_owned();
+        let text = mdn.text.split_whitespace().collect::<Vec<_>>().join(" ");
+        warn!(original_message_id = %mdn.original_message_id, disposition = %status, partner_text = %text, "negative receipt (MDN)");
         return Attempt::Final(format!(
-            "The partner's receipt (MDN) reports an error: {}. {}",
-            mdn.disposition.to_field(),
-            mdn.text.lines().next().unwrap_or("")
+            "The partner refused the message: its receipt (MDN) reports \"{status}\"."
         ));
     }
     let signed = match (&mdn.signature, mdn.signed) {
@@ -303,11 +322,14 @@ async fn attempt(ctx: &Arc<Ctx>, c: Claimed) -> (Attempt, Option<String>) {
     let headers_text = String::from_utf8_lossy(&msg.headers.to_bytes()).into_owned();
     let (store, mid) = (ctx.store.clone(), msg.message_id.clone());
     let mics_text = mics.join("\n");
-    if let Err(e) =
-        blocking(move || store.message_prepared(c.id, &mid, Some(&mics_text), &headers_text)).await
-    {
-        return (Attempt::Transient(format!("store error: {e}")), None);
-    }
+    // What a resend may be answered with includes the MICs of earlier attempts.
+    let expected =
+        match blocking(move || store.message_prepared(c.id, &mid, Some(&mics_text), &headers_text))
+            .await
+        {
+            Ok(all) => super::receive::expected_mics(all.as_deref()),
+            Err(e) => return (Attempt::Transient(format!("store error: {e}")), None),
+        };
     let trust = match &partner.profile.trust_path {
         Some(p) => ctx.keys.certs(p).ok().and_then(|c| c.first().cloned()),
         None => None,
@@ -320,13 +342,14 @@ async fn attempt(ctx: &Arc<Ctx>, c: Claimed) -> (Attempt, Option<String>) {
             .observe(Duration::from_millis(since_queued_ms as u64));
     }
     info!(message = c.id, attempt = c.attempts, %url, message_id = %msg.message_id, bytes, since_queued_ms, "sending");
-    let expected = msg.acceptable_mics();
     let resp = match super::http::post(&url, &msg.headers, msg.body, trust.as_ref(), timeout).await
     {
         Ok(r) => r,
         Err(e) => return (Attempt::Transient(e.0), None),
     };
-    if let Some(a) = classify_status(resp.status) {
+    super::failpoint::hit("send-after-post");
+    let said = explanation(resp.headers.get("content-type"), &resp.body);
+    if let Some(a) = classify_status(resp.status, &said) {
         return (a, None);
     }
     ctx.metrics
@@ -361,12 +384,7 @@ async fn attempt(ctx: &Arc<Ctx>, c: Claimed) -> (Attempt, Option<String>) {
             .await;
             match parsed {
                 Ok(mdn) => (judge_mdn(&mdn, &expected), Some(mdn_text)),
-                Err(e) => (
-                    Attempt::Final(format!(
-                        "The partner's receipt (MDN) could not be verified: {e}."
-                    )),
-                    Some(mdn_text),
-                ),
+                Err(e) => (unverifiable_mdn(&e), Some(mdn_text)),
             }
         }
     }
@@ -426,7 +444,13 @@ pub async fn record_outcome(
         }
     })
     .await;
-    if let Err(e) = result {
-        warn!(message = id, error = %e, "cannot record the outcome of a send");
+    match result {
+        Ok(true) => {}
+        // E.g. the async MDN arrived before the POST's answer was recorded: it stands.
+        Ok(false) => info!(
+            message = id,
+            "outcome not recorded: the message was settled meanwhile"
+        ),
+        Err(e) => warn!(message = id, error = %e, "cannot record the outcome of a send"),
     }
 }

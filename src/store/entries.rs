@@ -619,6 +619,8 @@ impl Store {
 
     /// Delivers a received message into an inbox: every file's blob must already be stored.
     /// `files` pairs each file's name in the inbox with its content. Returns the message id.
+    /// With an `origin` whose Message-ID this partner's messages already have, nothing is
+    /// stored and the answer is [`StoreError::AlreadyReceived`].
     pub fn deliver(
         &self,
         user_id: i64,
@@ -630,6 +632,21 @@ impl Store {
     ) -> Result<i64> {
         let _guard = self.blobs().guard();
         self.write(|tx| {
+            if let Some(o) = origin {
+                // Checked again inside the write transaction (SQLite has one writer): two
+                // copies of one message arriving at once both pass the daemon's earlier
+                // lookup, and only one may be delivered.
+                let earlier: Option<i64> = tx
+                    .query_row(
+                        "SELECT id FROM messages WHERE direction = 'in' AND partner_id = ?1 AND as2_message_id = ?2 ORDER BY id LIMIT 1",
+                        params![inbox.partner_id, o.as2_message_id],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(message_id) = earlier {
+                    return Err(StoreError::AlreadyReceived { message_id });
+                }
+            }
             let list: Vec<PickupFile> = files.iter().map(|(_, f)| f.clone()).collect();
             let m = insert_message(tx, user_id, inbox, message_name, NewMessage::Received, &list)?;
             if let Some(o) = origin {

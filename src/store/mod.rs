@@ -53,6 +53,13 @@ pub enum StoreError {
     /// The request does not apply to this thing (e.g. resending a received message).
     #[error("{0}")]
     NotApplicable(String),
+    /// A received message with this sender's Message-ID is stored already (a resend that
+    /// raced the first delivery); nothing new was stored.
+    #[error("message {message_id} has the same Message-ID and was delivered already")]
+    AlreadyReceived {
+        /// The earlier message.
+        message_id: i64,
+    },
     /// The database was written by a newer as2box.
     #[error("the database has schema version {0}, newer than this as2box understands ({1}); upgrade as2box")]
     TooNew(i64, i64),

@@ -98,6 +98,22 @@ fn set_state(tx: &Transaction<'_>, id: i64, state: &str, detail: Option<&str>) -
     Ok(())
 }
 
+/// Whether an outcome may still be recorded for message `id`: its state is one of `from`.
+/// Outcomes race: a partner's async MDN can arrive before the sender recorded that its POST
+/// was answered, and a timeout can fire as the MDN arrives; the first outcome stands.
+fn state_is(tx: &Transaction<'_>, id: i64, from: &[&str]) -> Result<bool> {
+    let state: String = tx
+        .query_row("SELECT state FROM messages WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound(format!("message {id}")))?;
+    Ok(from.contains(&state.as_str()))
+}
+
+/// States from which a message may still end as delivered or failed.
+const UNSETTLED: &[&str] = &["queued", "sending", "awaiting-mdn"];
+
 fn files_of(tx: &rusqlite::Connection, id: i64) -> Result<Vec<MessageFile>> {
     let mut st = tx.prepare_cached(
         "SELECT name, size, blob FROM message_files WHERE message_id = ?1 ORDER BY seq",
@@ -179,60 +195,91 @@ impl Store {
         })
     }
 
-    /// Puts messages left in `sending` by a daemon that died back in the queue. Their
-    /// partner never answered, so sending them again is right; the AS2 Message-ID is kept.
-    pub fn requeue_sending(&self) -> Result<usize> {
-        self.write(|tx| {
-            let ids: Vec<i64> = {
-                let mut st = tx.prepare("SELECT id FROM messages WHERE state = 'sending'")?;
-                let rows = st.query_map([], |r| r.get(0))?;
+    /// Puts messages left in `sending` by a daemon that died back in the queue. No answer
+    /// was recorded for them, so sending them again is right; the AS2 Message-ID is kept.
+    /// A message that already had `max_attempts` attempts is failed instead (files into
+    /// `failed/`): a message during which the daemon keeps dying must not be tried forever.
+    /// Returns how many were requeued.
+    pub fn requeue_sending(&self, max_attempts: u32) -> Result<usize> {
+        let (requeued, exhausted) = self.write(|tx| {
+            let rows: Vec<(i64, u32)> = {
+                let mut st =
+                    tx.prepare("SELECT id, attempts FROM messages WHERE state = 'sending'")?;
+                let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
                 rows.collect::<rusqlite::Result<_>>()?
             };
-            for id in &ids {
+            let mut requeued = 0;
+            let mut exhausted = Vec::new();
+            for (id, attempts) in rows {
+                if attempts >= max_attempts {
+                    exhausted.push((id, attempts));
+                    continue;
+                }
                 set_state(
                     tx,
-                    *id,
+                    id,
                     "queued",
                     Some("requeued: the sender stopped during this attempt"),
                 )?;
+                requeued += 1;
             }
-            Ok(ids.len())
-        })
+            Ok((requeued, exhausted))
+        })?;
+        for (id, attempts) in exhausted {
+            let reason = format!(
+                "Not delivered: the sender stopped during attempt {attempts}, the last one allowed, so the partner may or may not have received the message."
+            );
+            self.message_failed(id, &reason, None)?;
+        }
+        Ok(requeued)
     }
 
     /// Records the request about to be POSTed: its AS2 Message-ID (kept for resends, so the
     /// partner can recognise them), the MICs we accept back (one per line) and the headers.
+    ///
+    /// A resend under the same Message-ID keeps the MICs of the earlier attempts too, and
+    /// the answer is all of them (this attempt's first): a rebuilt message can have another
+    /// MIC (a new MIME boundary around several files), while a partner that recognises the
+    /// resend returns the MIC of the copy it took, which may be the earlier one.
     pub fn message_prepared(
         &self,
         id: i64,
         as2_message_id: &str,
         mics: Option<&str>,
         headers: &str,
-    ) -> Result<()> {
+    ) -> Result<Option<String>> {
         self.write(|tx| {
+            let (old_id, old_mics): (Option<String>, Option<String>) = tx.query_row(
+                "SELECT as2_message_id, mic FROM messages WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            let mut all: Vec<&str> = mics.map(|m| m.lines().collect()).unwrap_or_default();
+            if old_id.as_deref() == Some(as2_message_id) {
+                for m in old_mics.as_deref().unwrap_or("").lines() {
+                    if !all.contains(&m) {
+                        all.push(m);
+                    }
+                }
+            }
+            let all = (!all.is_empty()).then(|| all.join("\n"));
             tx.execute(
                 "UPDATE messages SET as2_message_id = ?2, mic = ?3, request_headers = ?4 WHERE id = ?1",
-                params![id, as2_message_id, mics, headers],
+                params![id, as2_message_id, all, headers],
             )?;
-            Ok(())
+            Ok(all)
         })
     }
 
-    /// The request was accepted; the MDN will come later (async). Only from `sending`: a
-    /// quick partner's MDN can arrive (and settle the message) before the sender has
-    /// processed the HTTP answer, and must not be undone.
-    pub fn message_awaiting_mdn(&self, id: i64) -> Result<()> {
+    /// The request was accepted; the MDN will come later (async). Only from `sending`: an
+    /// MDN that came first has settled the message already. Returns whether it was recorded.
+    pub fn message_awaiting_mdn(&self, id: i64) -> Result<bool> {
         self.write(|tx| {
-            let state: Option<String> = tx
-                .query_row("SELECT state FROM messages WHERE id = ?1", [id], |r| {
-                    r.get(0)
-                })
-                .optional()?;
-            match state.as_deref() {
-                Some("sending") => set_state(tx, id, "awaiting-mdn", None),
-                Some(_) => Ok(()),
-                None => Err(StoreError::NotFound(format!("message {id}"))),
+            if !state_is(tx, id, &["sending"])? {
+                return Ok(false);
             }
+            set_state(tx, id, "awaiting-mdn", None)?;
+            Ok(true)
         })
     }
 
@@ -314,35 +361,49 @@ impl Store {
         })
     }
 
-    /// Sends it again at `next_attempt_ms`, saying why the last attempt failed.
-    pub fn message_retry(&self, id: i64, detail: &str, next_attempt_ms: i64) -> Result<()> {
+    /// Sends it again at `next_attempt_ms`, saying why the last attempt failed. Only from
+    /// `sending`; returns whether it was recorded.
+    pub fn message_retry(&self, id: i64, detail: &str, next_attempt_ms: i64) -> Result<bool> {
         self.write(|tx| {
+            if !state_is(tx, id, &["sending"])? {
+                return Ok(false);
+            }
             tx.execute(
                 "UPDATE messages SET next_attempt_ms = ?2 WHERE id = ?1",
                 params![id, next_attempt_ms],
             )?;
-            set_state(tx, id, "queued", Some(detail))
+            set_state(tx, id, "queued", Some(detail))?;
+            Ok(true)
         })
     }
 
-    /// The partner confirmed receipt.
-    pub fn message_delivered(&self, id: i64, mdn: Option<&str>, detail: &str) -> Result<()> {
+    /// The partner confirmed receipt. Not once the message is delivered or failed; returns
+    /// whether it was recorded.
+    pub fn message_delivered(&self, id: i64, mdn: Option<&str>, detail: &str) -> Result<bool> {
         self.write(|tx| {
+            if !state_is(tx, id, UNSETTLED)? {
+                return Ok(false);
+            }
             tx.execute(
                 "UPDATE messages SET mdn = ?2 WHERE id = ?1",
                 params![id, mdn],
             )?;
-            set_state(tx, id, "delivered", Some(detail))
+            set_state(tx, id, "delivered", Some(detail))?;
+            Ok(true)
         })
     }
 
     /// The message will not be delivered: its files go to the partner's `failed/` (a folder
     /// of the message's name for several files) with `<name>.reason.txt` saying `reason`.
-    pub fn message_failed(&self, id: i64, reason: &str, mdn: Option<&str>) -> Result<()> {
+    /// Not once the message is delivered or failed; returns whether it was recorded.
+    pub fn message_failed(&self, id: i64, reason: &str, mdn: Option<&str>) -> Result<bool> {
         let reason_text = format!("{reason}\n");
         let reason_blob = self.blobs().put_bytes(reason_text.as_bytes())?;
         let _guard = self.blobs().guard();
         self.write(|tx| {
+            if !state_is(tx, id, UNSETTLED)? {
+                return Ok(false);
+            }
             let (user_id, station_id, partner_id, name): (i64, i64, i64, String) = tx.query_row(
                 "SELECT user_id, station_id, partner_id, name FROM messages WHERE id = ?1",
                 [id],
@@ -361,7 +422,7 @@ impl Store {
                 .unwrap_or(false);
             if !partner_exists {
                 // The partner was removed meanwhile: nowhere to put the files.
-                return Ok(());
+                return Ok(true);
             }
             let failed = BoxRef {
                 station_id,
@@ -377,7 +438,8 @@ impl Store {
                 &files,
                 id,
                 (&reason_blob, reason_text.len() as u64),
-            )
+            )?;
+            Ok(true)
         })
     }
 
@@ -528,17 +590,46 @@ mod tests {
     }
 
     #[test]
-    fn an_async_mdn_before_the_http_answer_is_not_undone() {
+    fn a_resend_under_the_same_message_id_keeps_the_earlier_mics() {
+        let (_d, store, id, _) = queued();
+        let first = store
+            .message_prepared(id, "m@x", Some("a, sha-256\nb, sha-256"), "")
+            .unwrap();
+        assert_eq!(first.as_deref(), Some("a, sha-256\nb, sha-256"));
+        let again = store
+            .message_prepared(id, "m@x", Some("c, sha-256\na, sha-256"), "")
+            .unwrap();
+        assert_eq!(again.as_deref(), Some("c, sha-256\na, sha-256\nb, sha-256"));
+        let other = store
+            .message_prepared(id, "n@x", Some("d, sha-256"), "")
+            .unwrap();
+        assert_eq!(
+            other.as_deref(),
+            Some("d, sha-256"),
+            "a new Message-ID starts over"
+        );
+        assert_eq!(
+            store
+                .outgoing_by_as2_id("n@x")
+                .unwrap()
+                .unwrap()
+                .mics
+                .as_deref(),
+            Some("d, sha-256")
+        );
+    }
+
+    #[test]
+    fn the_first_outcome_stands() {
         let (_d, store, id, _) = queued();
         store.claim_queued(now_ms()).unwrap().unwrap();
-        // The partner's MDN settles the message while the sender still waits for the
-        // HTTP answer; the answer then must not put it back to awaiting-mdn.
-        store
+        // The async MDN came before the sender recorded that its POST was answered.
+        assert!(store
             .message_delivered(id, Some("mdn"), "processed")
-            .unwrap();
-        store.message_awaiting_mdn(id).unwrap();
-        let m = &store.messages(None, 1).unwrap()[0];
-        assert_eq!(m.state, "delivered");
+            .unwrap());
+        assert!(!store.message_awaiting_mdn(id).unwrap());
+        assert!(!store.message_retry(id, "timeout", now_ms()).unwrap());
+        assert!(!store.message_failed(id, "No receipt.", None).unwrap());
         let states: Vec<String> = store
             .message_events(id)
             .unwrap()
@@ -546,15 +637,61 @@ mod tests {
             .map(|e| e.state)
             .collect();
         assert_eq!(states, ["queued", "sending", "delivered"]);
-        assert!(store.message_awaiting_mdn(id + 1000).is_err());
+        assert!(store.claim_queued(now_ms() + 1).unwrap().is_none());
     }
 
     #[test]
     fn a_stopped_sender_is_requeued() {
         let (_d, store, id, _) = queued();
         store.claim_queued(now_ms()).unwrap().unwrap();
-        assert_eq!(store.requeue_sending().unwrap(), 1);
+        assert_eq!(store.requeue_sending(5).unwrap(), 1);
         assert_eq!(store.claim_queued(now_ms()).unwrap().unwrap().id, id);
+    }
+
+    #[test]
+    fn a_second_delivery_with_the_same_message_id_stores_nothing() {
+        let (_d, store, user, outbox) = crate::store::test_store("u", "S", "P");
+        let inbox = BoxRef {
+            kind: BoxKind::Inbox,
+            ..outbox
+        };
+        let blob = store.blobs().put_bytes(b"x").unwrap();
+        let files = vec![(
+            "x.edi".to_string(),
+            crate::store::PickupFile {
+                name: "x.edi".into(),
+                blob,
+                size: 1,
+            },
+        )];
+        let origin = crate::store::InboundOrigin {
+            as2_message_id: "m@x".into(),
+            mic: None,
+        };
+        let top = crate::store::Placement::Top { replace: false };
+        let first = store
+            .deliver(user, inbox, "x.edi", top, &files, Some(&origin))
+            .unwrap();
+        match store.deliver(user, inbox, "x.edi", top, &files, Some(&origin)) {
+            Err(StoreError::AlreadyReceived { message_id }) => assert_eq!(message_id, first),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(store.messages(None, 10).unwrap().len(), 1);
+        assert_eq!(store.entries(inbox, 0).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_stop_during_the_last_allowed_attempt_fails_the_message() {
+        let (_d, store, id, _) = queued();
+        store.claim_queued(now_ms()).unwrap().unwrap();
+        assert_eq!(store.requeue_sending(1).unwrap(), 0);
+        let m = &store.messages(None, 1).unwrap()[0];
+        assert_eq!((m.id, m.state.as_str()), (id, "failed"));
+        assert!(m
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("attempt 1, the last one allowed"));
     }
 
     #[test]

@@ -36,6 +36,17 @@ It listens on 127.0.0.1 only and speaks line-delimited JSON:
   async MDNs of messages for AS2-To X before it answers their HTTP request
   (answered {"event": "mdn-first", "as2_to": X}).
     {"cmd": "quit"} ends the process (so does EOF on stdin).
+  Failure-path additions (tests/daemon_failures.rs):
+    "post": false in a send command builds and remembers the request without
+    POSTing it (answers {"event": "sent", ..., "posted": false}).
+    {"cmd": "resend", "id": "...", "times": N, "concurrent": bool} POSTs the
+    last request built by a send again, byte for byte (same Message-ID), N
+    times (at once when concurrent) and answers {"event": "resent", "id": ...,
+    "results": [{"http_status", "mdn_status", "mdn_detail", "disposition",
+    "mic", "error"}, ...]}.
+    --negative-mdn MODIFIER answers every message with a negative MDN
+    (processed/Error: MODIFIER) whatever pyas2lib made of it.
+    --no-async-mdn accepts messages asking for an async MDN and never sends it.
 
 Keys: --key (PEM with private key and certificate, or PKCS#12) and
 --key-pass for this peer; --partner-cert (PEM) for the other side.
@@ -49,6 +60,7 @@ import json
 import sys
 import threading
 import traceback
+import urllib.error
 import urllib.request
 
 from asn1crypto import cms as asn1_cms
@@ -61,6 +73,7 @@ HOLD_LOCK = threading.Lock()
 HOLD = set()  # AS2-To values whose async MDNs are held
 HELD = {}  # AS2-To -> [Mdn]
 MDN_FIRST = set()  # AS2-To values whose async MDNs go out before the HTTP answer
+LAST_REQUEST = {}  # "request" -> the last request a send built (for resend)
 
 
 def emit(obj):
@@ -107,6 +120,8 @@ class Peer:
         )
         self.partner_cert = open(args.partner_cert, "rb").read()
         self.partner_name = args.partner_name
+        self.negative_mdn = args.negative_mdn
+        self.no_async_mdn = args.no_async_mdn
 
     def partner(self, **kw):
         return Partner(
@@ -175,6 +190,7 @@ def make_handler(peer):
                 "cms_type": cms_type,
                 "cipher": cipher,
             })
+            mdn = adjust_mdn(peer, msg, mdn)
             if mdn is None:
                 self.reply(200, {}, b"")
             elif mdn.mdn_mode == "SYNC":
@@ -205,6 +221,75 @@ def make_handler(peer):
             self.wfile.write(body)
 
     return AS2Handler
+
+
+def adjust_mdn(peer, msg, mdn):
+    """Applies --negative-mdn and --no-async-mdn to the MDN pyas2lib built."""
+    if mdn is None:
+        return None
+    if peer.no_async_mdn and mdn.mdn_mode != "SYNC":
+        return None
+    if peer.negative_mdn:
+        neg = Mdn(mdn_mode=mdn.mdn_mode, mdn_url=mdn.mdn_url, digest_alg=mdn.digest_alg)
+        neg.build(message=msg, status="processed/Error", detailed_status=peer.negative_mdn)
+        return neg
+    return mdn
+
+
+def mdn_fields(raw):
+    """Disposition and Received-content-MIC of a raw MDN (signed or not), unverified."""
+    out = {"disposition": None, "mic": None}
+    for line in raw.replace(b"\r\n", b"\n").split(b"\n"):
+        low = line.lower()
+        if low.startswith(b"disposition:"):
+            out["disposition"] = line.split(b":", 1)[1].strip().decode("utf-8", "replace")
+        elif low.startswith(b"received-content-mic:"):
+            out["mic"] = line.split(b":", 1)[1].strip().decode("utf-8", "replace")
+    return out
+
+
+def post_raw(req):
+    """POSTs a remembered request; returns the HTTP status and the parsed MDN."""
+    out = {"http_status": None, "error": None}
+    r = urllib.request.Request(req["url"], data=req["body"], headers=req["headers"], method="POST")
+    try:
+        with urllib.request.urlopen(r, timeout=60) as resp:
+            body = resp.read()
+            out["http_status"] = resp.status
+            raw = raw_request(dict(resp.headers.items()), body)
+    except urllib.error.HTTPError as e:
+        out["http_status"] = e.code
+        out["error"] = e.read().decode("utf-8", "replace")
+        return out
+    except Exception as e:  # connection refused or reset: reported, not raised
+        out["error"] = repr(e)
+        return out
+    out.update(parse_mdn(raw))
+    out.update(mdn_fields(raw))
+    return out
+
+
+def resend(cmd):
+    req = LAST_REQUEST.get("request")
+    if req is None:
+        emit({"event": "resent", "id": cmd.get("id"), "error": "nothing was sent yet"})
+        return
+    times = int(cmd.get("times", 1))
+    results = [None] * times
+
+    def one(i):
+        results[i] = post_raw(req)
+
+    if cmd.get("concurrent"):
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(times)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    else:
+        for i in range(times):
+            one(i)
+    emit({"event": "resent", "id": cmd.get("id"), "message_id": req["message_id"], "results": results})
 
 
 def post_async_mdn(mdn):
@@ -296,6 +381,13 @@ def send(peer, cmd, mdn_port):
         waiter = (threading.Event(), {})
         ASYNC_WAIT[msg.message_id] = waiter
     headers = dict(msg.headers)
+    LAST_REQUEST["request"] = {
+        "url": cmd["url"], "headers": headers, "body": msg.content, "message_id": msg.message_id,
+    }
+    if cmd.get("post") is False:
+        emit({"event": "sent", "id": cmd.get("id"), "message_id": msg.message_id,
+              "mic": msg.mic.decode() if msg.mic else None, "posted": False})
+        return
     req = urllib.request.Request(cmd["url"], data=msg.content, headers=headers, method="POST")
     with urllib.request.urlopen(req, timeout=60) as r:
         resp_body = r.read()
@@ -325,6 +417,8 @@ def main():
     ap.add_argument("--name", default="pyas2peer")
     ap.add_argument("--partner-name", default="as2box")
     ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--negative-mdn", default=None, metavar="MODIFIER")
+    ap.add_argument("--no-async-mdn", action="store_true")
     args = ap.parse_args()
     peer = Peer(args)
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(peer))
@@ -358,6 +452,8 @@ def main():
                 send(peer, cmd, mdn_srv.server_address[1])
             except Exception as e:
                 emit({"event": "sent", "id": cmd.get("id"), "error": repr(e), "trace": traceback.format_exc()})
+        if cmd.get("cmd") == "resend":
+            resend(cmd)
     srv.shutdown()
     mdn_srv.shutdown()
 
