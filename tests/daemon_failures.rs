@@ -477,7 +477,13 @@ fn states(evs: &[Ev]) -> Vec<&str> {
 #[track_caller]
 fn assert_show_lists(fx: &Fixture, id: i64, evs: &[Ev]) {
     let text = fx.cli_ok(&["messages", "show", &id.to_string()]);
-    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("  ")).collect();
+    // The indented lines under "history:", up to the next section.
+    let lines: Vec<&str> = text
+        .lines()
+        .skip_while(|l| *l != "history:")
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .collect();
     assert_eq!(
         lines.len(),
         evs.len(),
