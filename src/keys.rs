@@ -168,7 +168,9 @@ fn write_private(path: &Path, data: &[u8]) -> Result<(), KeyError> {
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
+        // The AS2 daemon's service group reads station keys in the state folder (which
+        // keeps everyone else out); see store::share_state_dir.
+        .mode(0o640)
         .open(path)
         .map_err(io)?;
     f.write_all(data).map_err(io)?;

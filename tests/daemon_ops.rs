@@ -470,3 +470,100 @@ fn oversized_headers_slow_bodies_and_too_many_connections_get_clear_refusals() {
         .unwrap_or(0);
     assert!(refused >= 1, "{metrics}");
 }
+
+/// A system account for this test only (like the packaged `as2box` service account),
+/// removed when dropped.
+struct ServiceAccount {
+    name: String,
+    uid: u32,
+    gid: u32,
+}
+
+impl ServiceAccount {
+    fn create() -> ServiceAccount {
+        let name = format!("as2svc{}", random_hex(3));
+        let args: Vec<String> = [
+            "useradd",
+            "--system",
+            "--user-group",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            &name,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let out = run(&args, &[], None, Duration::from_secs(60));
+        assert!(
+            out.status.success(),
+            "useradd: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (uid, gid) = passwd_ids(&name).expect("the new account");
+        ServiceAccount { name, uid, gid }
+    }
+}
+
+impl Drop for ServiceAccount {
+    fn drop(&mut self) {
+        run_quiet(&["userdel", &self.name]);
+        run_quiet(&["groupdel", &self.name]);
+    }
+}
+
+#[test]
+fn the_daemon_runs_unprivileged_as_the_service_account_sharing_the_store_with_the_mount() {
+    use std::os::unix::fs::MetadataExt;
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
+    let svc = ServiceAccount::create();
+    let (a, b) = two(&fx);
+    // Stations (and their generated keys) exist before: init applies the permissions to
+    // what is there, and what is created later inherits the group.
+    let out = fx.cli_ok(&["init", "--service-user", &svc.name]);
+    assert!(out.contains("shared with the group"), "{out}");
+    let md = std::fs::metadata(&fx.state_dir).unwrap();
+    assert_eq!((md.mode() & 0o7777, md.gid()), (0o2770, svc.gid));
+    let daemon = start_daemon_as(&fx, svc.uid, svc.gid);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid())).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        uid_line
+            .split_whitespace()
+            .skip(1)
+            .all(|u| u == svc.uid.to_string()),
+        "{uid_line}"
+    );
+    let url = format!("http://127.0.0.1:{}/as2", daemon.port);
+    link(&fx, &a, &b, &url, &[]);
+    link(&fx, &b, &a, &url, &[]);
+    // The mount (root) queues; the daemon (unprivileged) reads the blob and the station
+    // key, sends, receives, stores the received blob and updates the database; the mount
+    // then serves what the daemon stored.
+    let data = random_bytes(70_000);
+    fx.as_user(&a.user, || {
+        ok(ops::put(&a.outbox().join("unpriv.edi"), &data), "put")
+    });
+    let inbox_b = b.inbox();
+    let got = wait_for("unpriv.edi in B's inbox", Duration::from_secs(30), || {
+        fx.as_user(&b.user, || {
+            files_in(&inbox_b)
+                .into_iter()
+                .find(|p| p.ends_with("unpriv.edi"))
+        })
+    });
+    assert_eq!(
+        fx.as_user(&b.user, || ok(ops::read(&got), "read")),
+        data,
+        "{}",
+        daemon.log()
+    );
+    wait_for_state(&fx, &a.user, None, "delivered");
+    assert!(
+        !daemon.log().contains("running as root"),
+        "{}",
+        daemon.log()
+    );
+}

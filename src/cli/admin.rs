@@ -46,18 +46,51 @@ pub struct GcArgs {
     json: bool,
 }
 
-pub fn init(g: &Global) -> anyhow::Result<()> {
-    Store::init(&g.state_dir).with_context(|| format!("initializing {}", g.state_dir.display()))?;
-    restrict_state_dir(&g.state_dir)?;
-    println!("as2box state folder ready: {}", g.state_dir.display());
-    Ok(())
+/// `as2box init`
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Example, as root, with the service account the AS2 daemon runs as:\n  useradd --system --user-group --no-create-home --shell /usr/sbin/nologin as2box\n  as2box init --service-user as2box\n\nThe state folder holds every user's files. Without a service account it is root's\nalone (0700) and `as2box serve` must run as root. With one, the folder and everything in\nit belong to the account's group (folders 2770, files 0640, the database 0660), so the\ndaemon runs unprivileged and the mount (root) and the daemon share the store. Running\ninit again on an existing folder migrates the database and applies the permissions."
+)]
+pub struct InitArgs {
+    /// The account `as2box serve` runs as (default: `as2box`, when that account exists).
+    #[arg(long, value_name = "USER")]
+    service_user: Option<String>,
 }
 
-/// The database and blobs hold every user's files: root only.
-fn restrict_state_dir(dir: &std::path::Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("restricting {}", dir.display()))
+pub fn init(g: &Global, a: InitArgs) -> anyhow::Result<()> {
+    let existed = g.state_dir.join("as2box.db").exists();
+    if existed {
+        Store::open(&g.state_dir)
+    } else {
+        Store::init(&g.state_dir)
+    }
+    .with_context(|| format!("initializing {}", g.state_dir.display()))?;
+    let service = match &a.service_user {
+        Some(u) => Some((
+            u.as_str(),
+            crate::sysaccount::lookup(u).with_context(|| {
+                format!("no account {u:?}: create it first, e.g. useradd --system --user-group --no-create-home --shell /usr/sbin/nologin {u}")
+            })?,
+        )),
+        None => crate::sysaccount::lookup("as2box").map(|acct| ("as2box", acct)),
+    };
+    let gid = service.as_ref().map(|(_, (_, gid, _))| *gid);
+    crate::store::share_state_dir(&g.state_dir, gid)
+        .with_context(|| format!("setting the permissions of {}", g.state_dir.display()))?;
+    println!(
+        "as2box state folder {}: {}",
+        if existed { "up to date" } else { "ready" },
+        g.state_dir.display()
+    );
+    match service {
+        Some((name, _)) => println!(
+            "shared with the group of {name:?}: run `as2box serve` as {name} (see packaging/systemd/as2box-serve.service)"
+        ),
+        None => println!(
+            "root only: `as2box serve` must run as root; for an unprivileged daemon create the as2box account and run `as2box init --service-user as2box`"
+        ),
+    }
+    Ok(())
 }
 
 pub fn deliver(g: &Global, a: DeliverArgs) -> anyhow::Result<()> {

@@ -69,8 +69,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Create the state folder and the database (safe to run again).
-    #[command(after_help = "Example:\n  as2box --state-dir /var/lib/as2box init")]
-    Init,
+    Init(admin::InitArgs),
     /// Mailbox users: each is a system account that logs in over SFTP.
     #[command(subcommand)]
     User(user::UserCommand),
@@ -131,7 +130,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
     match cli.command {
-        Command::Init => admin::init(g),
+        Command::Init(a) => admin::init(g, a),
         Command::User(c) => user::run(g, c),
         Command::Station(c) => station::run(g, c),
         Command::Partner(c) => partner::run(g, c),

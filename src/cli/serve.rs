@@ -20,6 +20,10 @@ pub fn run(g: &Global, a: ServeArgs) -> anyhow::Result<()> {
     if let Some(l) = a.listen {
         config.serve.http_listen = l;
     }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        tracing::warn!("running as root: the AS2 daemon reads network input and needs no privileges; run it as the service account (as2box init --service-user, packaging/systemd/as2box-serve.service)");
+    }
     let store = Arc::new(g.open_store()?);
     crate::daemon::serve(store, config, g.config.clone())?;
     Ok(())

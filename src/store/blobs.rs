@@ -59,14 +59,14 @@ impl BlobStore {
         let blobs = state_dir.join("blobs");
         let spool = state_dir.join("spool");
         for dir in [&blobs, &spool] {
-            std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
+            super::perms::create_shared_dir(dir)?;
         }
         let lock_path = blobs.join(".sweep.lock");
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .mode(0o600)
+            .mode(0o660)
             .open(&lock_path)
             .map_err(io_err(format!("open {}", lock_path.display())))?;
         Ok(BlobStore { blobs, spool, lock })
@@ -95,7 +95,8 @@ impl BlobStore {
             .read(true)
             .write(true)
             .create_new(true)
-            .mode(0o600)
+            // Readable by the service group once it is a blob (see `perms`).
+            .mode(0o640)
             .open(&path)
             .map_err(io_err(format!("create spool file {}", path.display())))?;
         Ok((path, file))
@@ -126,7 +127,7 @@ impl BlobStore {
         let target = self.path(sha256);
         let dir = target.parent().unwrap_or(&self.blobs).to_owned();
         if !dir.exists() {
-            std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+            super::perms::create_shared_dir(&dir)?;
             fsync_dir(&self.blobs).map_err(io_err("fsync blob folder"))?;
         }
         std::fs::rename(spool, &target).map_err(io_err(format!(

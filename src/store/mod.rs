@@ -11,6 +11,7 @@ mod blobs;
 mod entries;
 mod model;
 mod outgoing;
+mod perms;
 mod rows;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ pub use blobs::{fsync_dir, hex, sha256_hex, BlobGuard, BlobStore};
 pub use entries::{InboundOrigin, NewFile, PickupFile, Placement, RenamePickup, SweepReport};
 pub use model::*;
 pub use outgoing::{Claimed, Event, ReceivedRecord, SentRecord, Transmission};
+pub use perms::{create_shared_dir, share_state_dir};
 pub use rows::UserKey;
 
 /// Everything that can go wrong in the store.

@@ -29,6 +29,11 @@ impl Drop for Daemon {
 }
 
 impl Daemon {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// What it logged so far (stderr).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -80,6 +85,20 @@ pub fn start_daemon(fx: &Fixture) -> Daemon {
 /// [`start_daemon`] with an HTTPS listener (certificate and key files) and more `[serve]`
 /// settings (TOML lines).
 pub fn start_daemon_with(fx: &Fixture, https: Option<(&Path, &Path)>, extra: &str) -> Daemon {
+    spawn_daemon(fx, https, extra, None)
+}
+
+/// [`start_daemon`] as the account `uid`/`gid` (the unprivileged service account).
+pub fn start_daemon_as(fx: &Fixture, uid: u32, gid: u32) -> Daemon {
+    spawn_daemon(fx, None, "", Some((uid, gid)))
+}
+
+fn spawn_daemon(
+    fx: &Fixture,
+    https: Option<(&Path, &Path)>,
+    extra: &str,
+    ids: Option<(u32, u32)>,
+) -> Daemon {
     let port = free_port();
     let mut serve = format!(
         "\n[serve]\nhttp_listen = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\nretry_base_secs = 0.2\nmax_attempts = 3\n{extra}"
@@ -96,7 +115,21 @@ pub fn start_daemon_with(fx: &Fixture, https: Option<(&Path, &Path)>, extra: &st
     let config = std::fs::read_to_string(&fx.config).unwrap() + &serve;
     std::fs::write(&fx.config, config).unwrap();
     let log = fx.dir.join("serve.log");
-    let child = command(bin())
+    let mut cmd = match ids {
+        None => command(bin()),
+        Some((uid, gid)) => {
+            use std::os::unix::fs::PermissionsExt;
+            use std::os::unix::process::CommandExt;
+            // The build tree may be where the account cannot reach (e.g. under /root).
+            let copy = fx.dir.join("as2box-serve-bin");
+            std::fs::copy(bin(), &copy).unwrap();
+            std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let mut c = command(&copy);
+            c.uid(uid).gid(gid);
+            c
+        }
+    };
+    let child = cmd
         .arg("--state-dir")
         .arg(&fx.state_dir)
         .arg("--config")
