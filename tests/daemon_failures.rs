@@ -1200,6 +1200,48 @@ fn a_resent_message_is_delivered_once_and_answered_with_the_same_positive_mdn() 
     assert!(daemon.log().contains("duplicate"), "{}", daemon.log());
 }
 
+/// A Message-ID seen before with different content is a sender's bug, not a resend: it is
+/// refused with a negative MDN and nothing is delivered (a positive answer would confirm
+/// content we never stored).
+#[test]
+fn different_content_under_a_used_message_id_is_refused_and_not_delivered() {
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
+    let Some(py) = python() else { return };
+    let side = peer_side(&fx);
+    let port = free_port();
+    serve_config(&fx, port, "");
+    let _daemon = Daemon::start(&fx, port, None);
+    let mut peer = PyPeer::start(&py, &side, 0, &[]);
+    set_partner(&fx, &side.mb, peer.port, &side.peer_cert, &[]);
+    let url = format!("http://127.0.0.1:{port}/as2");
+    let mut send = |data: &[u8]| {
+        peer.send(json!({
+            "url": url, "data_b64": openssl::base64::encode_block(data), "filename": "po.edi",
+            "message_id": "reused-id-1", "sign": "sha256", "encrypt": "aes_256_cbc",
+            "mdn": "sync", "mdn_digest": "sha256",
+        }))
+    };
+    let first = send(b"ORDER 1");
+    assert_eq!(first["mdn_status"], "processed", "{first}");
+    let resend = send(b"ORDER 1");
+    assert_eq!(resend["mdn_status"], "processed", "a true resend: {resend}");
+    let other = send(b"ORDER 2, different");
+    assert_ne!(other["mdn_status"], "processed", "{other}");
+    assert!(
+        other["mdn_detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("unexpected-processing-error"),
+        "{other}"
+    );
+    assert_eq!(received(&fx, &side.mb.user).len(), 1);
+    let files = box_files(&fx, &side.mb.user, &side.mb.inbox());
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(files[0].1, b"ORDER 1");
+}
+
 // ---------------------------------------------------------------------------------------
 // Crash safety
 // ---------------------------------------------------------------------------------------

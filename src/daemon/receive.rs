@@ -14,6 +14,7 @@ use crate::as2::certs::ValidityPolicy;
 use crate::as2::mdn::{build_mdn, parse_mdn, Disposition, MdnParams};
 use crate::as2::message::{parse_body, ReceiveContext, RequestInfo};
 use crate::as2::mic::Mic;
+use crate::as2::DispositionModifier;
 use crate::as2::Headers;
 use crate::mailbox::{self, IncomingFile};
 use crate::store::{InboundOrigin, Partner, Station};
@@ -99,16 +100,6 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
     let key = ctx.keys.station_key(&station);
     let certs = ctx.keys.partner_certs(&partner).unwrap_or_default();
 
-    // A resend of something we already delivered: the same positive answer, no new files.
-    let (store, pid, mid) = (ctx.store.clone(), partner.id, info.message_id.clone());
-    if let Ok(Some(crate::store::ReceivedRecord { id, mic, .. })) =
-        blocking(move || store.inbound_by_as2_id(pid, &mid)).await
-    {
-        let mic = mic.and_then(|m| Mic::parse(&m).ok());
-        return answer_duplicate(&ctx, &info, &station, key.as_deref().ok(), id, mic.as_ref())
-            .await;
-    }
-
     let body = req.body.clone();
     let headers = req.headers.clone();
     let info2 = info.clone();
@@ -138,6 +129,19 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
             .await;
         }
     };
+    // A resend of something we already delivered (checked only now, after decryption and
+    // verification, so a Message-ID alone never earns a positive receipt): the same
+    // positive answer and no new files, if the content is the same.
+    let (store, pid, mid) = (ctx.store.clone(), partner.id, info.message_id.clone());
+    let earlier = blocking(move || {
+        let r = store.inbound_by_as2_id(pid, &mid).ok().flatten()?;
+        let files = store.message(r.id).ok().flatten()?.files;
+        Some((r.id, files))
+    })
+    .await;
+    if let Some((id, files)) = earlier {
+        return answer_resend(&ctx, &info, &station, key.as_deref().ok(), id, &files, &msg).await;
+    }
     let bytes: u64 = msg.attachments.iter().map(|a| a.data.len() as u64).sum();
     let files: Vec<IncomingFile> = msg
         .attachments
@@ -187,20 +191,21 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
         Err(mailbox::DeliverError::Store(crate::store::StoreError::AlreadyReceived {
             message_id,
         })) => {
-            let (store, pid, mid) = (ctx.store.clone(), partner.id, info.message_id.clone());
-            let stored = blocking(move || store.inbound_by_as2_id(pid, &mid))
+            let store = ctx.store.clone();
+            let files = blocking(move || store.message(message_id))
                 .await
                 .ok()
                 .flatten()
-                .and_then(|r| r.mic)
-                .and_then(|m| Mic::parse(&m).ok());
-            answer_duplicate(
+                .map(|m| m.files)
+                .unwrap_or_default();
+            answer_resend(
                 &ctx,
                 &info,
                 &station,
                 key.as_deref().ok(),
                 message_id,
-                Some(stored.as_ref().unwrap_or(&msg.mic)),
+                &files,
+                &msg,
             )
             .await
         }
@@ -267,6 +272,47 @@ fn refusal_text(e: &crate::as2::error::As2Error) -> String {
 
 /// Answers a resend of message `id` (same sender Message-ID) with the positive MDN again,
 /// with the MIC of the delivery, and delivers nothing.
+/// Answers a message whose Message-ID was delivered before (as `id`, with `files`): a
+/// resend after a lost MDN gets a positive MDN again and delivers nothing; different
+/// content under a used Message-ID is refused, since delivering it could hide a sender's
+/// bug and answering "processed" would confirm what we did not store.
+async fn answer_resend(
+    ctx: &Arc<Ctx>,
+    info: &RequestInfo,
+    station: &Station,
+    key: Option<&crate::as2::certs::KeyPair>,
+    id: i64,
+    files: &[crate::store::MessageFile],
+    msg: &crate::as2::message::ReceivedMessage,
+) -> Resp {
+    let mut ours: Vec<String> = files.iter().map(|f| f.sha256.clone()).collect();
+    let mut theirs: Vec<String> = msg
+        .attachments
+        .iter()
+        .map(|a| crate::store::sha256_hex(&a.data))
+        .collect();
+    ours.sort();
+    theirs.sort();
+    if ours != theirs {
+        inc(&ctx.metrics.received_failed);
+        warn!(message = id, message_id = %info.message_id, "refused: a different message with a Message-ID delivered before");
+        return answer(
+            ctx,
+            info,
+            station,
+            key,
+            Disposition::Error(DispositionModifier::UnexpectedProcessingError),
+            None,
+            "A different message with the same Message-ID was received before; nothing was stored. Send it with a new Message-ID.",
+            None,
+        )
+        .await;
+    }
+    // The MIC of this request: a resend of several attachments has new MIME boundaries,
+    // so its MIC differs from the first copy's, and the sender checks against this one.
+    answer_duplicate(ctx, info, station, key, id, Some(&msg.mic)).await
+}
+
 async fn answer_duplicate(
     ctx: &Arc<Ctx>,
     info: &RequestInfo,

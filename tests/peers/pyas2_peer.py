@@ -374,6 +374,8 @@ def send(peer, cmd, mdn_port):
         data,
         filename=cmd.get("filename"),
         content_type=cmd.get("content_type", "application/edi-consent"),
+        # "message_id": reuse a Message-ID (the part before "@"), as a buggy sender would.
+        message_id=cmd.get("message_id"),
     )
     SENT[msg.message_id] = msg
     waiter = None
