@@ -194,7 +194,8 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
             std::fs::metadata(&k).unwrap().permissions().mode() & 0o777,
-            0o600
+            0o640,
+            "the service group reads it; the state folder keeps others out"
         );
     }
 

@@ -21,6 +21,7 @@
 
 mod as2_common;
 mod common;
+mod daemon_common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -33,154 +34,10 @@ use std::time::{Duration, Instant};
 
 use as2box::as2::headers::Headers;
 use common::*;
+use daemon_common::*;
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(40);
-
-// ---------------------------------------------------------------------------------------
-// The daemon
-// ---------------------------------------------------------------------------------------
-
-/// A running `as2box serve` (spawned through the harness's helper), killed when dropped.
-struct Daemon {
-    pid: u32,
-    log: PathBuf,
-    exited: AtomicBool,
-}
-
-static DAEMON_COUNT: AtomicUsize = AtomicUsize::new(0);
-
-impl Daemon {
-    /// Starts the daemon of `fx` (its config has the `[serve]` section from
-    /// [`serve_config`]) with `failpoint` armed, and waits until it listens on `port`.
-    fn start(fx: &Fixture, port: u16, failpoint: Option<&str>) -> Daemon {
-        let n = DAEMON_COUNT.fetch_add(1, Ordering::SeqCst);
-        let log = fx.dir.join(format!("serve{n}.log"));
-        let args = vec![
-            bin().to_string(),
-            "--state-dir".into(),
-            fx.state_dir.to_string_lossy().into_owned(),
-            "--config".into(),
-            fx.config.to_string_lossy().into_owned(),
-            "serve".into(),
-        ];
-        let mut env = vec![("RUST_LOG".to_string(), "info".to_string())];
-        if let Some(f) = failpoint {
-            env.push(("AS2BOX_FAILPOINT".into(), f.into()));
-        }
-        let pid = spawner::call(spawner::Request::Spawn {
-            args,
-            env,
-            ids: None,
-            log: log.to_string_lossy().into_owned(),
-        })
-        .pid;
-        let d = Daemon {
-            pid,
-            log,
-            exited: AtomicBool::new(false),
-        };
-        wait_until("the daemon to listen", Duration::from_secs(20), || {
-            if let Some(status) = d.exit_status(Duration::ZERO) {
-                panic!("as2box serve exited ({status:?}) at start:\n{}", d.log());
-            }
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        d
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The exit status once the process ended within `timeout`.
-    fn exit_status(&self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        if self.exited.load(Ordering::SeqCst) {
-            return None;
-        }
-        let w = wait_pid(self.pid, timeout);
-        w.exited.then(|| {
-            self.exited.store(true, Ordering::SeqCst);
-            w.status()
-        })
-    }
-
-    /// `kill -9` and wait for the exit.
-    fn kill9(&self) {
-        assert!(
-            !self.exited.load(Ordering::SeqCst),
-            "the daemon already exited"
-        );
-        unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
-        let status = self
-            .exit_status(Duration::from_secs(20))
-            .expect("the daemon to exit after SIGKILL");
-        assert_eq!(signalled(&status), Some(libc::SIGKILL));
-    }
-
-    /// Sends `signal` and waits up to `timeout` for the exit.
-    fn stop(&self, signal: i32, timeout: Duration) -> std::process::ExitStatus {
-        unsafe { libc::kill(self.pid as i32, signal) };
-        self.exit_status(timeout).unwrap_or_else(|| {
-            panic!(
-                "the daemon did not exit within {timeout:?} of signal {signal}:\n{}",
-                self.log()
-            )
-        })
-    }
-
-    /// Waits for the daemon to kill itself at `failpoint`.
-    fn expect_failpoint(&self, failpoint: &str) {
-        let status = self
-            .exit_status(WAIT)
-            .unwrap_or_else(|| panic!("the daemon did not stop at {failpoint}:\n{}", self.log()));
-        assert_eq!(
-            signalled(&status),
-            Some(libc::SIGKILL),
-            "exit {status:?}:\n{}",
-            self.log()
-        );
-        assert!(
-            self.log()
-                .contains(&format!("failpoint {failpoint}: killing")),
-            "{}",
-            self.log()
-        );
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if !self.exited.load(Ordering::SeqCst) {
-            unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
-            wait_pid(self.pid, Duration::from_secs(20));
-        }
-        if std::thread::panicking() {
-            eprintln!("--- daemon log {}:\n{}", self.log.display(), self.log());
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Appends the `[serve]` section (listening on `port`, `extra` lines) to the fixture's
-/// config. Retries are fast in every test unless `extra` says otherwise.
-fn serve_config(fx: &Fixture, port: u16, extra: &str) {
-    let mut config = std::fs::read_to_string(&fx.config).unwrap();
-    config += &format!(
-        "\n[serve]\nhttp_listen = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n{extra}\n"
-    );
-    if !extra.contains("retry_base_secs") {
-        config += "retry_base_secs = 0.2\nretry_max_secs = 1.0\n";
-    }
-    std::fs::write(&fx.config, config).unwrap();
-}
 
 // ---------------------------------------------------------------------------------------
 // The pyas2lib peer
@@ -347,12 +204,6 @@ fn peer_side(fx: &Fixture) -> PeerSide {
     }
 }
 
-fn station_cert(fx: &Fixture, station: &str) -> PathBuf {
-    fx.state_dir
-        .join("keys")
-        .join(format!("{station}.cert.pem"))
-}
-
 /// `partner set` with the partner's URL on `port`, its certificate and `profile` flags
 /// (default: signed sha256, aes256-cbc, signed sync MDN).
 fn set_partner(fx: &Fixture, mb: &Mailbox, port: u16, cert: &Path, profile: &[&str]) {
@@ -373,38 +224,9 @@ fn set_partner(fx: &Fixture, mb: &Mailbox, port: u16, cert: &Path, profile: &[&s
     fx.cli_ok(&args);
 }
 
-/// Two users whose stations are each other's partners: (A's box towards B, B's towards A).
-fn pair(fx: &Fixture) -> (Mailbox, Mailbox) {
-    let (ua, ub) = (fx.add_user(None), fx.add_user(None));
-    let (sa, sb) = (fx.add_station(&ua, None), fx.add_station(&ub, None));
-    for s in [&sa, &sb] {
-        fx.cli_ok(&["station", "set", s, "--generate-cert"]);
-    }
-    fx.add_partner_id(&ua, &sb, false);
-    fx.add_partner_id(&ub, &sa, false);
-    (
-        fx.mailbox_of(&ua, &sa, &sb, false),
-        fx.mailbox_of(&ub, &sb, &sa, false),
-    )
-}
-
 // ---------------------------------------------------------------------------------------
 // Looking at the results
 // ---------------------------------------------------------------------------------------
-
-fn files_in(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files_in(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out.sort();
-    out
-}
 
 /// Files in a box, read as its user: (path relative to the box, content).
 fn box_files(fx: &Fixture, user: &User, dir: &Path) -> Vec<(String, Vec<u8>)> {
@@ -1269,7 +1091,7 @@ fn killed_after_delivery_before_the_answer_the_resend_is_delivered_once() {
         "sign": "sha256", "encrypt": "aes_256_cbc", "mdn": "sync", "mdn_digest": "sha256",
     }));
     assert!(!sent["error"].is_null(), "the sender got an answer: {sent}");
-    daemon.expect_failpoint("receive-before-answer");
+    daemon.expect_failpoint("receive-before-answer", WAIT);
     assert_eq!(
         received(&fx, &side.mb.user).len(),
         1,
@@ -1441,7 +1263,7 @@ fn killed_after_the_partner_answered_the_resend_is_recognised_and_delivered_once
         ok(ops::put(&dir.join("two.txt"), &d2), "put two");
         ok(ops::rename(&dir, &a.outbox().join("batch.ready")), "rename");
     });
-    daemon.expect_failpoint("send-after-post");
+    daemon.expect_failpoint("send-after-post", WAIT);
     assert_eq!(
         received(&fx, &b.user).len(),
         1,
@@ -1494,7 +1316,7 @@ fn killed_before_answering_an_async_mdn_request_the_resend_gets_the_mdn_and_one_
     fx.as_user(&a.user, || {
         ok(ops::put(&a.outbox().join("async.bin"), &data), "put")
     });
-    daemon.expect_failpoint("receive-before-answer");
+    daemon.expect_failpoint("receive-before-answer", WAIT);
     assert_eq!(
         received(&fx, &b.user).len(),
         1,

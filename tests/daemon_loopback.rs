@@ -43,7 +43,9 @@ fn an_outbox_file_reaches_the_partners_inbox_over_as2_with_a_signed_mdn() {
     let Some(fx) = fixture!(Settings::default()) else {
         return;
     };
-    let (a, b, cert_a, cert_b) = pair(&fx);
+    let (a, b) = pair(&fx);
+    let cert_a = station_cert(&fx, &a.station).display().to_string();
+    let cert_b = station_cert(&fx, &b.station).display().to_string();
     let daemon = start_daemon(&fx);
     set_partner(&fx, &a.user, &b.station, daemon.port, &cert_b);
     set_partner(&fx, &b.user, &a.station, daemon.port, &cert_a);
@@ -106,7 +108,9 @@ fn a_signature_the_receiver_cannot_verify_fails_the_message_into_failed_with_the
     let Some(fx) = fixture!(Settings::default()) else {
         return;
     };
-    let (a, b, cert_a, cert_b) = pair(&fx);
+    let (a, b) = pair(&fx);
+    let cert_a = station_cert(&fx, &a.station).display().to_string();
+    let cert_b = station_cert(&fx, &b.station).display().to_string();
     let daemon = start_daemon(&fx);
     set_partner(&fx, &a.user, &b.station, daemon.port, &cert_b);
     // B pins the wrong certificate for A: A's signature cannot verify.

@@ -49,20 +49,9 @@ fn tls_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
-/// Two stations that are each other's partners: (A's box towards B, B's box towards A).
-fn two(fx: &Fixture) -> (Mailbox, Mailbox) {
-    let (a, b, _, _) = pair(fx);
-    (a, b)
-}
-
 /// Points `from`'s partner entry at `to`'s station behind `url`.
 fn link(fx: &Fixture, from: &Mailbox, to: &Mailbox, url: &str, extra: &[&str]) {
-    let cert = fx
-        .state_dir
-        .join("keys")
-        .join(format!("{}.cert.pem", to.station))
-        .display()
-        .to_string();
+    let cert = station_cert(fx, &to.station).display().to_string();
     let mut args = vec![
         "partner",
         "set",
@@ -120,7 +109,7 @@ fn https_sends_verify_the_partner_server_against_the_pinned_ca_and_a_renewed_cer
         return;
     };
     let (tls_cert, tls_key) = tls_pair(&fx.dir, "tls1");
-    let (a, b) = two(&fx);
+    let (a, b) = pair(&fx);
     let daemon = start_daemon_with(&fx, Some((&tls_cert, &tls_key)), "");
     let https_url = format!("https://127.0.0.1:{}/as2", daemon.https_port.unwrap());
     let http_url = format!("http://127.0.0.1:{}/as2", daemon.port);
@@ -237,7 +226,7 @@ fn resend_sends_the_same_files_again_as_a_new_message_and_metrics_show_the_laten
     let Some(fx) = fixture!(Settings::default()) else {
         return;
     };
-    let (a, b) = two(&fx);
+    let (a, b) = pair(&fx);
     let daemon = start_daemon(&fx);
     let url = format!("http://127.0.0.1:{}/as2", daemon.port);
     link(&fx, &a, &b, &url, &[]);
@@ -308,7 +297,7 @@ fn a_partner_content_type_labels_the_files_and_text_types_travel_in_canonical_fo
     let Some(fx) = fixture!(Settings::default()) else {
         return;
     };
-    let (a, b) = two(&fx);
+    let (a, b) = pair(&fx);
     let daemon = start_daemon(&fx);
     let url = format!("http://127.0.0.1:{}/as2", daemon.port);
     link(
@@ -362,7 +351,7 @@ fn sends_in_flight_are_bounded_by_max_parallel_sends() {
     let Some(fx) = fixture!(Settings::default()) else {
         return;
     };
-    let (a, b) = two(&fx);
+    let (a, b) = pair(&fx);
     // A partner that accepts connections and never answers: every send stays in flight.
     let sink = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://127.0.0.1:{}/as2", sink.local_addr().unwrap().port());
@@ -519,7 +508,7 @@ fn the_daemon_runs_unprivileged_as_the_service_account_sharing_the_store_with_th
         return;
     };
     let svc = ServiceAccount::create();
-    let (a, b) = two(&fx);
+    let (a, b) = pair(&fx);
     // Stations (and their generated keys) exist before: init applies the permissions to
     // what is there, and what is created later inherits the group.
     let out = fx.cli_ok(&["init", "--service-user", &svc.name]);

@@ -212,6 +212,22 @@ async fn handle(
     budget: BodyBudget,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
+    // hyper's buffer limit bounds memory but not exactly the header block (it depends on
+    // how the bytes arrived): the limit partners see is checked here.
+    let header_bytes: usize = parts
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if header_bytes > limits.max_header_bytes {
+        return Ok(build_response(Resp::text(
+            431,
+            format!(
+                "request header fields too large: {header_bytes} bytes, the limit is {}\n",
+                limits.max_header_bytes
+            ),
+        )));
+    }
     let declared = parts
         .headers
         .get(hyper::header::CONTENT_LENGTH)

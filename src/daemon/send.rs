@@ -430,10 +430,12 @@ pub async fn record_outcome(
         Attempt::Transient(why) => match backoff.next_delay(attempts) {
             Some(delay) => {
                 warn!(message = id, attempt = attempts, %why, retry_in_secs = delay.as_secs_f64(), "send failed; will retry");
-                store.message_retry(id, &why, now_ms() + delay.as_millis() as i64)
+                let detail = format!("{why}; next attempt in {:.1} s", delay.as_secs_f64());
+                store.message_retry(id, &detail, now_ms() + delay.as_millis() as i64)
             }
             None => {
-                let reason = format!("Not delivered after {attempts} attempts; the last one failed: {why}.");
+                let plural = if attempts == 1 { "" } else { "s" };
+                let reason = format!("Not delivered after {attempts} attempt{plural}; the last one failed: {why}.");
                 warn!(message = id, %reason, "giving up");
                 store.message_failed(id, &reason, mdn.as_deref())
             }

@@ -1,37 +1,113 @@
 //! Shared helpers for the tests of `as2box serve` (`tests/daemon_*.rs`): a running daemon
-//! that is killed when dropped, a pair of stations that are each other's partners, and
-//! recursive listings. Test files include it after `mod common;`.
+//! (killed when dropped, restartable, with the test-only failpoints), its `[serve]`
+//! settings, a pair of stations that are each other's partners, and recursive listings.
+//! Test files include it after `mod common;`.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::common::*;
 
-/// A running `as2box serve`, killed when dropped.
+/// A running `as2box serve` (spawned through the harness's helper, which closes the
+/// descriptors of other tests), killed when dropped.
 pub struct Daemon {
-    child: Child,
+    pid: u32,
     /// Its HTTP port on 127.0.0.1.
     pub port: u16,
     /// Its HTTPS port on 127.0.0.1, when started with TLS.
     pub https_port: Option<u16>,
     log: PathBuf,
+    exited: AtomicBool,
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // Only the process this test started, by its handle.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+static DAEMON_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+/// How to start a daemon beyond the fixture's config.
+#[derive(Default, Clone, Copy)]
+pub struct Launch<'a> {
+    /// `AS2BOX_FAILPOINT`.
+    pub failpoint: Option<&'a str>,
+    /// Run as this uid/gid (the unprivileged service account).
+    pub ids: Option<(u32, u32)>,
+    /// Also wait for this HTTPS port.
+    pub https_port: Option<u16>,
 }
 
 impl Daemon {
+    /// Starts the daemon of `fx` (its config has the `[serve]` section from
+    /// [`serve_config`]) with `failpoint` armed, and waits until it listens on `port`.
+    pub fn start(fx: &Fixture, port: u16, failpoint: Option<&str>) -> Daemon {
+        Daemon::launch(
+            fx,
+            port,
+            Launch {
+                failpoint,
+                ..Launch::default()
+            },
+        )
+    }
+
+    /// [`Daemon::start`] with every option.
+    pub fn launch(fx: &Fixture, port: u16, how: Launch<'_>) -> Daemon {
+        let n = DAEMON_COUNT.fetch_add(1, Ordering::SeqCst);
+        let log = fx.dir.join(format!("serve{n}.log"));
+        let program = match how.ids {
+            None => bin().to_string(),
+            Some(_) => {
+                // The build tree may be where the account cannot reach (e.g. under /root).
+                use std::os::unix::fs::PermissionsExt;
+                let copy = fx.dir.join("as2box-serve-bin");
+                if !copy.exists() {
+                    std::fs::copy(bin(), &copy).unwrap();
+                    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))
+                        .unwrap();
+                }
+                copy.to_string_lossy().into_owned()
+            }
+        };
+        let args = vec![
+            program,
+            "--state-dir".into(),
+            fx.state_dir.to_string_lossy().into_owned(),
+            "--config".into(),
+            fx.config.to_string_lossy().into_owned(),
+            "serve".into(),
+        ];
+        let mut env = vec![("RUST_LOG".to_string(), "info".to_string())];
+        if let Some(f) = how.failpoint {
+            env.push(("AS2BOX_FAILPOINT".into(), f.into()));
+        }
+        let pid = spawner::call(spawner::Request::Spawn {
+            args,
+            env,
+            ids: how.ids,
+            log: log.to_string_lossy().into_owned(),
+        })
+        .pid;
+        let d = Daemon {
+            pid,
+            port,
+            https_port: how.https_port,
+            log,
+            exited: AtomicBool::new(false),
+        };
+        for p in std::iter::once(port).chain(how.https_port) {
+            wait_until("the daemon to listen", Duration::from_secs(20), || {
+                if let Some(status) = d.exit_status(Duration::ZERO) {
+                    panic!("as2box serve exited ({status:?}) at start:\n{}", d.log());
+                }
+                std::net::TcpStream::connect(("127.0.0.1", p)).is_ok()
+            });
+        }
+        d
+    }
+
     /// Its process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid
     }
 
     /// What it logged so far (stderr).
@@ -64,6 +140,76 @@ impl Daemon {
         let _ = s.read_to_end(&mut out);
         String::from_utf8_lossy(&out).into_owned()
     }
+
+    /// The exit status once the process ended within `timeout`.
+    pub fn exit_status(&self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        if self.exited.load(Ordering::SeqCst) {
+            return None;
+        }
+        let w = wait_pid(self.pid, timeout);
+        w.exited.then(|| {
+            self.exited.store(true, Ordering::SeqCst);
+            w.status()
+        })
+    }
+
+    /// `kill -9` and wait for the exit.
+    pub fn kill9(&self) {
+        assert!(
+            !self.exited.load(Ordering::SeqCst),
+            "the daemon already exited"
+        );
+        // SAFETY: a signal to the process this test started.
+        unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+        let status = self
+            .exit_status(Duration::from_secs(20))
+            .expect("the daemon to exit after SIGKILL");
+        assert_eq!(signalled(&status), Some(libc::SIGKILL));
+    }
+
+    /// Sends `signal` and waits up to `timeout` for the exit.
+    pub fn stop(&self, signal: i32, timeout: Duration) -> std::process::ExitStatus {
+        // SAFETY: a signal to the process this test started.
+        unsafe { libc::kill(self.pid as i32, signal) };
+        self.exit_status(timeout).unwrap_or_else(|| {
+            panic!(
+                "the daemon did not exit within {timeout:?} of signal {signal}:\n{}",
+                self.log()
+            )
+        })
+    }
+
+    /// Waits (up to `timeout`) for the daemon to kill itself at `failpoint`.
+    pub fn expect_failpoint(&self, failpoint: &str, timeout: Duration) {
+        let status = self
+            .exit_status(timeout)
+            .unwrap_or_else(|| panic!("the daemon did not stop at {failpoint}:\n{}", self.log()));
+        assert_eq!(
+            signalled(&status),
+            Some(libc::SIGKILL),
+            "exit {status:?}:\n{}",
+            self.log()
+        );
+        assert!(
+            self.log()
+                .contains(&format!("failpoint {failpoint}: killing")),
+            "{}",
+            self.log()
+        );
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if !self.exited.load(Ordering::SeqCst) {
+            // SAFETY: a signal to the process this test started.
+            unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+            wait_pid(self.pid, Duration::from_secs(20));
+        }
+        if std::thread::panicking() {
+            eprintln!("--- daemon log {}:\n{}", self.log.display(), self.log());
+        }
+    }
 }
 
 /// A port that was free a moment ago.
@@ -75,9 +221,21 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Appends a `[serve]` section for a free port on 127.0.0.1 (also the `public_url`) with
-/// quick retries to the fixture's config and starts `as2box serve`; returns once it
-/// accepts connections.
+/// Appends the `[serve]` section (listening on `port`, `extra` lines) to the fixture's
+/// config. Retries are fast unless `extra` says otherwise.
+pub fn serve_config(fx: &Fixture, port: u16, extra: &str) {
+    let mut config = std::fs::read_to_string(&fx.config).unwrap();
+    config += &format!(
+        "\n[serve]\nhttp_listen = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n{extra}\n"
+    );
+    if !extra.contains("retry_base_secs") {
+        config += "retry_base_secs = 0.2\nretry_max_secs = 1.0\n";
+    }
+    std::fs::write(&fx.config, config).unwrap();
+}
+
+/// Writes a `[serve]` section for a free port (quick retries, 3 attempts) and starts
+/// `as2box serve`; returns once it accepts connections.
 pub fn start_daemon(fx: &Fixture) -> Daemon {
     start_daemon_with(fx, None, "")
 }
@@ -85,24 +243,25 @@ pub fn start_daemon(fx: &Fixture) -> Daemon {
 /// [`start_daemon`] with an HTTPS listener (certificate and key files) and more `[serve]`
 /// settings (TOML lines).
 pub fn start_daemon_with(fx: &Fixture, https: Option<(&Path, &Path)>, extra: &str) -> Daemon {
-    spawn_daemon(fx, https, extra, None)
+    configure_and_launch(fx, https, extra, None)
 }
 
 /// [`start_daemon`] as the account `uid`/`gid` (the unprivileged service account).
 pub fn start_daemon_as(fx: &Fixture, uid: u32, gid: u32) -> Daemon {
-    spawn_daemon(fx, None, "", Some((uid, gid)))
+    configure_and_launch(fx, None, "", Some((uid, gid)))
 }
 
-fn spawn_daemon(
+fn configure_and_launch(
     fx: &Fixture,
     https: Option<(&Path, &Path)>,
     extra: &str,
     ids: Option<(u32, u32)>,
 ) -> Daemon {
     let port = free_port();
-    let mut serve = format!(
-        "\n[serve]\nhttp_listen = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\nretry_base_secs = 0.2\nmax_attempts = 3\n{extra}"
-    );
+    let mut serve = String::from(extra);
+    if !extra.contains("max_attempts") {
+        serve += "max_attempts = 3\n";
+    }
     let https_port = https.map(|(cert, key)| {
         let p = free_port();
         serve += &format!(
@@ -112,51 +271,28 @@ fn spawn_daemon(
         );
         p
     });
-    let config = std::fs::read_to_string(&fx.config).unwrap() + &serve;
-    std::fs::write(&fx.config, config).unwrap();
-    let log = fx.dir.join("serve.log");
-    let mut cmd = match ids {
-        None => command(bin()),
-        Some((uid, gid)) => {
-            use std::os::unix::fs::PermissionsExt;
-            use std::os::unix::process::CommandExt;
-            // The build tree may be where the account cannot reach (e.g. under /root).
-            let copy = fx.dir.join("as2box-serve-bin");
-            std::fs::copy(bin(), &copy).unwrap();
-            std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
-            let mut c = command(&copy);
-            c.uid(uid).gid(gid);
-            c
-        }
-    };
-    let child = cmd
-        .arg("--state-dir")
-        .arg(&fx.state_dir)
-        .arg("--config")
-        .arg(&fx.config)
-        .arg("serve")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start as2box serve");
-    let d = Daemon {
-        child,
+    serve_config(fx, port, &serve);
+    Daemon::launch(
+        fx,
         port,
-        https_port,
-        log,
-    };
-    for p in std::iter::once(port).chain(https_port) {
-        wait_until("the daemon to listen", Duration::from_secs(20), || {
-            std::net::TcpStream::connect(("127.0.0.1", p)).is_ok()
-        });
-    }
-    d
+        Launch {
+            failpoint: None,
+            ids,
+            https_port,
+        },
+    )
 }
 
-/// Two users whose stations are each other's partners; returns (A's box towards B, B's box
-/// towards A) and the stations' certificate files.
-pub fn pair(fx: &Fixture) -> (Mailbox, Mailbox, String, String) {
+/// A station's generated certificate file.
+pub fn station_cert(fx: &Fixture, station: &str) -> PathBuf {
+    fx.state_dir
+        .join("keys")
+        .join(format!("{station}.cert.pem"))
+}
+
+/// Two users whose stations (with generated keys) are each other's partners: (A's box
+/// towards B, B's box towards A). Certificates: [`station_cert`].
+pub fn pair(fx: &Fixture) -> (Mailbox, Mailbox) {
     let (ua, ub) = (fx.add_user(None), fx.add_user(None));
     let (sa, sb) = (fx.add_station(&ua, None), fx.add_station(&ub, None));
     for s in [&sa, &sb] {
@@ -164,22 +300,13 @@ pub fn pair(fx: &Fixture) -> (Mailbox, Mailbox, String, String) {
     }
     fx.add_partner_id(&ua, &sb, false);
     fx.add_partner_id(&ub, &sa, false);
-    let cert = |s: &str| {
-        fx.state_dir
-            .join("keys")
-            .join(format!("{s}.cert.pem"))
-            .display()
-            .to_string()
-    };
     (
         fx.mailbox_of(&ua, &sa, &sb, false),
         fx.mailbox_of(&ub, &sb, &sa, false),
-        cert(&sa),
-        cert(&sb),
     )
 }
 
-/// Every file under `dir`, recursively (as the caller's credentials allow).
+/// Every file under `dir`, recursively and sorted (as the caller's credentials allow).
 pub fn files_in(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -190,5 +317,6 @@ pub fn files_in(dir: &Path) -> Vec<PathBuf> {
             out.push(p);
         }
     }
+    out.sort();
     out
 }
