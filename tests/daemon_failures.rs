@@ -1239,6 +1239,31 @@ fn killed_during_the_last_allowed_attempt_the_message_fails_at_the_restart() {
     drop(daemon);
 }
 
+/// Both stations on one gateway: waits for the daemon to die at `failpoint` after B took
+/// A's message and before A recorded the outcome, restarts it and returns it with A's
+/// message, asserted delivered.
+fn restart_after_the_crash(
+    fx: &Fixture,
+    port: u16,
+    daemon: Daemon,
+    failpoint: &str,
+    a: &Mailbox,
+    b: &Mailbox,
+) -> (Daemon, Message) {
+    daemon.expect_failpoint(failpoint, WAIT);
+    assert_eq!(received(fx, &b.user).len(), 1, "B took it before the crash");
+    assert_eq!(fx.out_messages(&a.user)[0].state, "sending");
+    drop(daemon);
+    let daemon = Daemon::start(fx, port, None);
+    let m = wait_for("A's message to be delivered or failed", WAIT, || {
+        fx.out_messages(&a.user)
+            .into_iter()
+            .find(|m| m.state == "delivered" || m.state == "failed")
+    });
+    assert_eq!(m.state, "delivered", "{m:#?}");
+    (daemon, m)
+}
+
 /// The daemon dies (SIGKILL, failpoint) after the partner — station B of the same gateway —
 /// took a two-file message and answered, before A recorded the outcome. After the restart A
 /// sends it again with the same Message-ID; B recognises the resend and answers the same
@@ -1263,21 +1288,7 @@ fn killed_after_the_partner_answered_the_resend_is_recognised_and_delivered_once
         ok(ops::put(&dir.join("two.txt"), &d2), "put two");
         ok(ops::rename(&dir, &a.outbox().join("batch.ready")), "rename");
     });
-    daemon.expect_failpoint("send-after-post", WAIT);
-    assert_eq!(
-        received(&fx, &b.user).len(),
-        1,
-        "B took it before the crash"
-    );
-    assert_eq!(fx.out_messages(&a.user)[0].state, "sending");
-    drop(daemon);
-    let daemon = Daemon::start(&fx, port, None);
-    let m = wait_for("A's message to be delivered or failed", WAIT, || {
-        fx.out_messages(&a.user)
-            .into_iter()
-            .find(|m| m.state == "delivered" || m.state == "failed")
-    });
-    assert_eq!(m.state, "delivered", "{m:#?}");
+    let (daemon, m) = restart_after_the_crash(&fx, port, daemon, "send-after-post", &a, &b);
     let evs = events(&fx, m.id);
     assert_eq!(
         states(&evs),
@@ -1316,21 +1327,7 @@ fn killed_before_answering_an_async_mdn_request_the_resend_gets_the_mdn_and_one_
     fx.as_user(&a.user, || {
         ok(ops::put(&a.outbox().join("async.bin"), &data), "put")
     });
-    daemon.expect_failpoint("receive-before-answer", WAIT);
-    assert_eq!(
-        received(&fx, &b.user).len(),
-        1,
-        "B took it before the crash"
-    );
-    assert_eq!(fx.out_messages(&a.user)[0].state, "sending");
-    drop(daemon);
-    let daemon = Daemon::start(&fx, port, None);
-    let m = wait_for("A's message to be delivered or failed", WAIT, || {
-        fx.out_messages(&a.user)
-            .into_iter()
-            .find(|m| m.state == "delivered" || m.state == "failed")
-    });
-    assert_eq!(m.state, "delivered", "{m:#?}");
+    let (daemon, m) = restart_after_the_crash(&fx, port, daemon, "receive-before-answer", &a, &b);
     let evs = events(&fx, m.id);
     // B POSTs the MDN as it answers A's POST: it may arrive before A recorded the answer
     // (no `awaiting-mdn` then).

@@ -135,24 +135,12 @@ fn https_sends_verify_the_partner_server_against_the_pinned_ca_and_a_renewed_cer
         &["--trust-ca", tls_cert.to_str().unwrap()],
     );
     let data = random_bytes(50_000);
-    fx.as_user(&a.user, || {
-        ok(ops::put(&a.outbox().join("over-tls.edi"), &data), "put")
-    });
-    let inbox_b = b.inbox();
-    let got = wait_for("over-tls.edi in B's inbox", Duration::from_secs(30), || {
-        fx.as_user(&b.user, || {
-            files_in(&inbox_b)
-                .into_iter()
-                .find(|p| p.ends_with("over-tls.edi"))
-        })
-    });
     assert_eq!(
-        fx.as_user(&b.user, || ok(ops::read(&got), "read")),
+        send_through(&fx, &a, &b, "over-tls.edi", &data),
         data,
         "{}",
         daemon.log()
     );
-    wait_for_state(&fx, &a.user, None, "delivered");
 
     // Renewal: new files in place (by rename, as certbot and editors do) are served to the
     // next connection, without a restart.
@@ -324,26 +312,11 @@ fn a_partner_content_type_labels_the_files_and_text_types_travel_in_canonical_fo
     ]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not a MIME type"));
-    fx.as_user(&a.user, || {
-        ok(
-            ops::put(&a.outbox().join("x12.edi"), b"ISA*00\nGS*PO\n"),
-            "put",
-        )
-    });
-    let inbox_b = b.inbox();
-    let got = wait_for("x12.edi in B's inbox", Duration::from_secs(30), || {
-        fx.as_user(&b.user, || {
-            files_in(&inbox_b)
-                .into_iter()
-                .find(|p| p.ends_with("x12.edi"))
-        })
-    });
     assert_eq!(
-        fx.as_user(&b.user, || ok(ops::read(&got), "read")),
+        send_through(&fx, &a, &b, "x12.edi", b"ISA*00\nGS*PO\n"),
         b"ISA*00\r\nGS*PO\r\n",
         "an EDI text type is sent with CRLF line ends"
     );
-    wait_for_state(&fx, &a.user, None, "delivered");
 }
 
 #[test]
@@ -532,24 +505,12 @@ fn the_daemon_runs_unprivileged_as_the_service_account_sharing_the_store_with_th
     // key, sends, receives, stores the received blob and updates the database; the mount
     // then serves what the daemon stored.
     let data = random_bytes(70_000);
-    fx.as_user(&a.user, || {
-        ok(ops::put(&a.outbox().join("unpriv.edi"), &data), "put")
-    });
-    let inbox_b = b.inbox();
-    let got = wait_for("unpriv.edi in B's inbox", Duration::from_secs(30), || {
-        fx.as_user(&b.user, || {
-            files_in(&inbox_b)
-                .into_iter()
-                .find(|p| p.ends_with("unpriv.edi"))
-        })
-    });
     assert_eq!(
-        fx.as_user(&b.user, || ok(ops::read(&got), "read")),
+        send_through(&fx, &a, &b, "unpriv.edi", &data),
         data,
         "{}",
         daemon.log()
     );
-    wait_for_state(&fx, &a.user, None, "delivered");
     assert!(
         !daemon.log().contains("running as root"),
         "{}",

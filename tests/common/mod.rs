@@ -195,6 +195,7 @@ pub struct Message {
     pub station: String,
     pub partner: String,
     pub test: bool,
+    pub name: String,
     pub state: String,
     pub detail: Option<String>,
     pub files: Vec<MessageFile>,

@@ -320,3 +320,38 @@ pub fn files_in(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// Puts `data` as `name` into `from`'s outbox (as its user), waits for it in `to`'s inbox
+/// and for the sent message to be delivered; returns what arrived.
+pub fn send_through(
+    fx: &Fixture,
+    from: &Mailbox,
+    to: &Mailbox,
+    name: &str,
+    data: &[u8],
+) -> Vec<u8> {
+    fx.as_user(&from.user, || {
+        ok(ops::put(&from.outbox().join(name), data), "put")
+    });
+    let inbox = to.inbox();
+    let got = wait_for(
+        &format!("{name} in the partner's inbox"),
+        Duration::from_secs(30),
+        || {
+            fx.as_user(&to.user, || {
+                files_in(&inbox).into_iter().find(|p| p.ends_with(name))
+            })
+        },
+    );
+    let arrived = fx.as_user(&to.user, || ok(ops::read(&got), "read delivered"));
+    wait_for(
+        "the sent message to be delivered",
+        Duration::from_secs(30),
+        || {
+            fx.out_messages(&from.user)
+                .into_iter()
+                .find(|m| m.state == "delivered" && m.name == name)
+        },
+    );
+    arrived
+}
