@@ -7,7 +7,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use openssl::sha::Sha256;
@@ -220,7 +220,12 @@ pub struct MailboxFs {
     audit: crate::audit::AuditLog,
     /// Our mount's id in `/proc/<pid>/fdinfo` (set once mounted).
     mount_id: Mutex<Option<u64>>,
+    /// Tells the kernel to drop its cached attributes of an inode (set once mounted).
+    invalidate: OnceLock<Invalidator>,
 }
+
+/// Drops the kernel's cached attributes of an inode.
+pub type Invalidator = Box<dyn Fn(u64) + Send + Sync>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic in one FUSE thread must not take the whole mount down with poisoned locks.
@@ -246,6 +251,7 @@ impl MailboxFs {
             last_sweep: Mutex::new(None),
             audit: crate::audit::AuditLog::new(store_dir),
             mount_id: Mutex::new(None),
+            invalidate: OnceLock::new(),
         }
     }
 
@@ -1234,6 +1240,7 @@ impl MailboxFs {
         lock(&self.drafts).remove(&d.ino);
         lock(&self.inodes).rekey(d.ino, Key::Entry { user: d.user, id });
         lock(&self.usage).remove(&d.user);
+        self.invalidate(d.ino);
         match (outcome, message) {
             (_, Some(m)) => {
                 info!(user = d.user, name = %i.name, size = i.size, sha256 = %sha, message = m, "picked up")
@@ -1579,6 +1586,15 @@ impl MailboxFs {
                 info!(user = folder.user_id, name, message = m, %reason, "folder moved to failed/");
             }
         }
+        for f in &files {
+            let key = Key::Entry {
+                user: f.user_id,
+                id: f.id,
+            };
+            if let Some(ino) = lock(&self.inodes).find(&key) {
+                self.invalidate(ino);
+            }
+        }
         Ok(true)
     }
 
@@ -1735,7 +1751,12 @@ impl MailboxFs {
         new_name: &str,
         mode: RenameMode,
     ) -> Result<()> {
+        // The file's inode stays; its mode may change (a pickup makes it read-only).
+        let moved = self.lookup(c, parent, name).map(|a| a.ino);
         let r = self.rename_inner(c, parent, name, new_parent, new_name, mode);
+        if let (Ok(()), Ok(ino)) = (&r, moved) {
+            self.invalidate(ino);
+        }
         let target = self.path_in(new_parent, new_name);
         self.audit_at(
             c,
@@ -1781,10 +1802,21 @@ impl MailboxFs {
         r
     }
 
-    /// Whether reads of this handle must bypass the kernel's page cache: generated content
-    /// (`authorized_keys`) whose size can change between opens.
+    /// Whether this handle must bypass the kernel's page cache:
+    /// - generated content (`authorized_keys`), whose size can change between opens;
+    /// - uploads of a user with a quota: the kernel's write-back cache would accept writes
+    ///   past the quota and report the failure only at close, and a write past the quota
+    ///   must fail itself (SEMANTICS.md "Quota").
     pub fn direct_io(&self, fh: u64) -> bool {
-        matches!(lock(&self.handles).get(&fh), Some(Handle::Bytes(_)))
+        let user = match lock(&self.handles).get(&fh) {
+            Some(Handle::Bytes(_)) => return true,
+            Some(Handle::Draft {
+                draft, write: true, ..
+            }) => draft.user,
+            _ => return false,
+        };
+        // Unknown owner: the safe side (every write reaches us and is checked).
+        self.owner(user).map_or(true, |o| o.quota.is_some())
     }
 
     /// The path of `name` in folder `parent`, inside its user's tree.
@@ -1887,6 +1919,22 @@ impl MailboxFs {
                 None => format!("#{id}"),
             },
             Key::Draft { .. } => String::new(),
+        }
+    }
+
+    /// Sets how to drop the kernel's cached attributes of an inode, once mounted.
+    ///
+    /// With the write-back cache the kernel keeps a regular file's attributes until their
+    /// cache time ends even across a rename (it refreshes only the change time, which it
+    /// then keeps itself); a file whose mode changed here must be invalidated explicitly.
+    pub fn set_invalidator(&self, f: Invalidator) {
+        let _ = self.invalidate.set(f);
+    }
+
+    /// Drops the kernel's cached attributes of `ino` (its mode or state changed).
+    fn invalidate(&self, ino: u64) {
+        if let Some(f) = self.invalidate.get() {
+            f(ino);
         }
     }
 
