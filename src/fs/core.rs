@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use openssl::sha::Sha256;
+
+use super::running_hash::RunningHash;
 use tracing::{debug, info, warn};
 
 use super::closer;
@@ -157,9 +159,8 @@ struct DraftInner {
     file: Arc<File>,
     spool: PathBuf,
     size: u64,
-    /// Running hash of bytes `0..hashed`, valid while writes come in order.
-    hasher: Option<Sha256>,
-    hashed: u64,
+    /// The content's sha256 as far as the writes tell it.
+    hash: RunningHash,
     /// Bytes already handed to the kernel's writeback (`sync_file_range`).
     flushed: u64,
     mtime_ms: i64,
@@ -877,7 +878,7 @@ impl MailboxFs {
         };
         let (spool, file) = self.store.blobs().spool_file()?;
         let mut size = 0;
-        let mut hasher = Some(Sha256::new());
+        let mut hash = RunningHash::new();
         let mut mtime_ms = now_ms();
         if let (Some(e), false) = (replaces, truncate) {
             // Resuming or rewriting a held upload: start from its current content.
@@ -886,7 +887,7 @@ impl MailboxFs {
                 let mut dst = &file;
                 std::io::copy(&mut src, &mut dst).map_err(|_| Errno(libc::EIO))?;
                 size = e.size;
-                hasher = None;
+                hash = RunningHash::unknown();
             }
             mtime_ms = e.mtime_ms;
         }
@@ -900,8 +901,7 @@ impl MailboxFs {
                 file: Arc::new(file),
                 spool,
                 size,
-                hasher,
-                hashed: 0,
+                hash,
                 flushed: 0,
                 mtime_ms,
                 replaces: replaces.map(|e| e.id),
@@ -925,8 +925,7 @@ impl MailboxFs {
             if truncate {
                 i.file.set_len(0).map_err(|_| Errno(libc::EIO))?;
                 i.size = 0;
-                i.hasher = Some(Sha256::new());
-                i.hashed = 0;
+                i.hash = RunningHash::new();
             }
         }
         Ok(self.new_fh(Handle::Draft {
@@ -1079,15 +1078,7 @@ impl MailboxFs {
             i.error = Some(Errno(errno));
             return Err(Errno(errno));
         }
-        if i.hasher.is_some() && offset == i.hashed && offset == i.size {
-            if let Some(h) = i.hasher.as_mut() {
-                h.update(data);
-            }
-            i.hashed = end;
-        } else if offset < i.size || offset != i.hashed {
-            // Out of order or overwriting: hash the whole file at close instead.
-            i.hasher = None;
-        }
+        i.hash.write(offset, data);
         i.size = i.size.max(end);
         i.mtime_ms = now_ms();
         if i.size >= i.flushed + WRITEBACK_STEP {
@@ -1206,9 +1197,12 @@ impl MailboxFs {
     ) -> Result<(String, String)> {
         let io = |_| Errno(libc::EIO);
         i.file.sync_all().map_err(io)?;
-        let sha = match (i.hasher.take(), i.hashed == i.size) {
-            (Some(h), true) => hex(&h.finish()),
-            _ => hash_file(&i.file).map_err(io)?,
+        let sha = match std::mem::replace(&mut i.hash, RunningHash::unknown()).finish(i.size) {
+            Some(h) => hex(&h),
+            None => {
+                debug!(user = d.user, name = %i.name, size = i.size, "hashing at close");
+                hash_file(&i.file).map_err(io)?
+            }
         };
         let outcome = mailbox::on_close(&i.name, i.parent != 0, writer_exiting);
         self.store.blobs().commit_spool(&i.spool, &sha)?;
@@ -1327,12 +1321,7 @@ impl MailboxFs {
     fn truncate_draft(&self, d: &Draft, size: u64) -> Result<()> {
         let mut i = lock(&d.inner);
         i.file.set_len(size).map_err(|_| Errno(libc::EIO))?;
-        if size == 0 {
-            i.hasher = Some(Sha256::new());
-            i.hashed = 0;
-        } else if size < i.hashed || size > i.size {
-            i.hasher = None;
-        }
+        i.hash.truncate(size);
         i.size = size;
         i.mtime_ms = now_ms();
         Ok(())

@@ -7,6 +7,7 @@ mod fuse;
 mod inodes;
 #[cfg(test)]
 mod model_tests;
+mod running_hash;
 
 pub use self::core::{Attr, Caller, Errno, Kind, MailboxFs};
 
