@@ -1196,7 +1196,11 @@ impl MailboxFs {
         writer_exiting: bool,
     ) -> Result<(String, String)> {
         let io = |_| Errno(libc::EIO);
+        // Where the time of a close goes (debug log): the spool's fsync, the hash if it
+        // must be computed now, the blob's rename and folder fsync, the SQLite commit.
+        let started = Instant::now();
         i.file.sync_all().map_err(io)?;
+        let synced = started.elapsed();
         let sha = match std::mem::replace(&mut i.hash, RunningHash::unknown()).finish(i.size) {
             Some(h) => hex(&h),
             None => {
@@ -1205,7 +1209,9 @@ impl MailboxFs {
             }
         };
         let outcome = mailbox::on_close(&i.name, i.parent != 0, writer_exiting);
+        let hashed = started.elapsed();
         self.store.blobs().commit_spool(&i.spool, &sha)?;
+        let stored = started.elapsed();
         let mut pickup_until = None;
         let mut reason = None;
         if outcome == CloseOutcome::Pickup {
@@ -1230,6 +1236,15 @@ impl MailboxFs {
             replaces: i.replaces,
         };
         let (id, message) = self.store.commit_file(&new, pickup_until)?;
+        debug!(
+            name = %i.name,
+            size = i.size,
+            fsync_ms = synced.as_millis() as u64,
+            hash_ms = (hashed - synced).as_millis() as u64,
+            blob_ms = (stored - hashed).as_millis() as u64,
+            commit_ms = (started.elapsed() - stored).as_millis() as u64,
+            "upload committed"
+        );
         i.done = true;
         lock(&self.drafts).remove(&d.ino);
         lock(&self.inodes).rekey(d.ino, Key::Entry { user: d.user, id });
