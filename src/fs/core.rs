@@ -11,12 +11,11 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use openssl::sha::Sha256;
-
-use super::running_hash::RunningHash;
 use tracing::{debug, info, warn};
 
 use super::closer;
 use super::inodes::{Inodes, Key, ROOT_INO};
+use super::running_hash::RunningHash;
 use crate::config::Config;
 use crate::mailbox::{self, CloseOutcome, NodeClass};
 use crate::names;
@@ -1073,12 +1072,18 @@ impl MailboxFs {
         if i.done {
             return Err(Errno(libc::EBADF));
         }
+        // A write that repeats the end of what is hashed (the kernel writing a page again):
+        // keep the bytes it replaces, so that the hash can tell they did not change.
+        let before = i.hash.repeats(offset, data.len()).and_then(|(at, len)| {
+            let mut old = vec![0u8; len];
+            i.file.read_exact_at(&mut old, at).ok().map(|()| old)
+        });
         if let Err(e) = i.file.write_all_at(data, offset) {
             let errno = e.raw_os_error().unwrap_or(libc::EIO);
             i.error = Some(Errno(errno));
             return Err(Errno(errno));
         }
-        i.hash.write(offset, data);
+        i.hash.write(offset, data, before.as_deref());
         i.size = i.size.max(end);
         i.mtime_ms = now_ms();
         if i.size >= i.flushed + WRITEBACK_STEP {

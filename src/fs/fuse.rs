@@ -40,9 +40,8 @@ impl FuseAdapter {
     pub fn new(core: Arc<MailboxFs>) -> FuseAdapter {
         FuseAdapter { core }
     }
-}
 
-impl FuseAdapter {
+    /// How the kernel should treat an opened file: see `MailboxFs::direct_io`.
     fn open_flags(&self, fh: u64) -> FopenFlags {
         if self.core.direct_io(fh) {
             FopenFlags::FOPEN_DIRECT_IO
