@@ -7,7 +7,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use openssl::sha::Sha256;
@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 
 use super::closer;
 use super::inodes::{Inodes, Key, ROOT_INO};
+use super::running_hash::RunningHash;
 use crate::config::Config;
 use crate::mailbox::{self, CloseOutcome, NodeClass};
 use crate::names;
@@ -157,9 +158,8 @@ struct DraftInner {
     file: Arc<File>,
     spool: PathBuf,
     size: u64,
-    /// Running hash of bytes `0..hashed`, valid while writes come in order.
-    hasher: Option<Sha256>,
-    hashed: u64,
+    /// The content's sha256 as far as the writes tell it.
+    hash: RunningHash,
     /// Bytes already handed to the kernel's writeback (`sync_file_range`).
     flushed: u64,
     mtime_ms: i64,
@@ -220,7 +220,12 @@ pub struct MailboxFs {
     audit: crate::audit::AuditLog,
     /// Our mount's id in `/proc/<pid>/fdinfo` (set once mounted).
     mount_id: Mutex<Option<u64>>,
+    /// Tells the kernel to drop its cached attributes of an inode (set once mounted).
+    invalidate: OnceLock<Invalidator>,
 }
+
+/// Drops the kernel's cached attributes of an inode.
+pub type Invalidator = Box<dyn Fn(u64) + Send + Sync>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic in one FUSE thread must not take the whole mount down with poisoned locks.
@@ -246,6 +251,7 @@ impl MailboxFs {
             last_sweep: Mutex::new(None),
             audit: crate::audit::AuditLog::new(store_dir),
             mount_id: Mutex::new(None),
+            invalidate: OnceLock::new(),
         }
     }
 
@@ -871,7 +877,7 @@ impl MailboxFs {
         };
         let (spool, file) = self.store.blobs().spool_file()?;
         let mut size = 0;
-        let mut hasher = Some(Sha256::new());
+        let mut hash = RunningHash::new();
         let mut mtime_ms = now_ms();
         if let (Some(e), false) = (replaces, truncate) {
             // Resuming or rewriting a held upload: start from its current content.
@@ -880,7 +886,7 @@ impl MailboxFs {
                 let mut dst = &file;
                 std::io::copy(&mut src, &mut dst).map_err(|_| Errno(libc::EIO))?;
                 size = e.size;
-                hasher = None;
+                hash = RunningHash::unknown();
             }
             mtime_ms = e.mtime_ms;
         }
@@ -894,8 +900,7 @@ impl MailboxFs {
                 file: Arc::new(file),
                 spool,
                 size,
-                hasher,
-                hashed: 0,
+                hash,
                 flushed: 0,
                 mtime_ms,
                 replaces: replaces.map(|e| e.id),
@@ -919,8 +924,7 @@ impl MailboxFs {
             if truncate {
                 i.file.set_len(0).map_err(|_| Errno(libc::EIO))?;
                 i.size = 0;
-                i.hasher = Some(Sha256::new());
-                i.hashed = 0;
+                i.hash = RunningHash::new();
             }
         }
         Ok(self.new_fh(Handle::Draft {
@@ -1068,20 +1072,18 @@ impl MailboxFs {
         if i.done {
             return Err(Errno(libc::EBADF));
         }
+        // A write that repeats the end of what is hashed (the kernel writing a page again):
+        // keep the bytes it replaces, so that the hash can tell they did not change.
+        let before = i.hash.repeats(offset, data.len()).and_then(|(at, len)| {
+            let mut old = vec![0u8; len];
+            i.file.read_exact_at(&mut old, at).ok().map(|()| old)
+        });
         if let Err(e) = i.file.write_all_at(data, offset) {
             let errno = e.raw_os_error().unwrap_or(libc::EIO);
             i.error = Some(Errno(errno));
             return Err(Errno(errno));
         }
-        if i.hasher.is_some() && offset == i.hashed && offset == i.size {
-            if let Some(h) = i.hasher.as_mut() {
-                h.update(data);
-            }
-            i.hashed = end;
-        } else if offset < i.size || offset != i.hashed {
-            // Out of order or overwriting: hash the whole file at close instead.
-            i.hasher = None;
-        }
+        i.hash.write(offset, data, before.as_deref());
         i.size = i.size.max(end);
         i.mtime_ms = now_ms();
         if i.size >= i.flushed + WRITEBACK_STEP {
@@ -1199,13 +1201,22 @@ impl MailboxFs {
         writer_exiting: bool,
     ) -> Result<(String, String)> {
         let io = |_| Errno(libc::EIO);
+        // Where the time of a close goes (debug log): the spool's fsync, the hash if it
+        // must be computed now, the blob's rename and folder fsync, the SQLite commit.
+        let started = Instant::now();
         i.file.sync_all().map_err(io)?;
-        let sha = match (i.hasher.take(), i.hashed == i.size) {
-            (Some(h), true) => hex(&h.finish()),
-            _ => hash_file(&i.file).map_err(io)?,
+        let synced = started.elapsed();
+        let sha = match std::mem::replace(&mut i.hash, RunningHash::unknown()).finish(i.size) {
+            Some(h) => hex(&h),
+            None => {
+                debug!(user = d.user, name = %i.name, size = i.size, "hashing at close");
+                hash_file(&i.file).map_err(io)?
+            }
         };
         let outcome = mailbox::on_close(&i.name, i.parent != 0, writer_exiting);
+        let hashed = started.elapsed();
         self.store.blobs().commit_spool(&i.spool, &sha)?;
+        let stored = started.elapsed();
         let mut pickup_until = None;
         let mut reason = None;
         if outcome == CloseOutcome::Pickup {
@@ -1230,10 +1241,20 @@ impl MailboxFs {
             replaces: i.replaces,
         };
         let (id, message) = self.store.commit_file(&new, pickup_until)?;
+        debug!(
+            name = %i.name,
+            size = i.size,
+            fsync_ms = synced.as_millis() as u64,
+            hash_ms = (hashed - synced).as_millis() as u64,
+            blob_ms = (stored - hashed).as_millis() as u64,
+            commit_ms = (started.elapsed() - stored).as_millis() as u64,
+            "upload committed"
+        );
         i.done = true;
         lock(&self.drafts).remove(&d.ino);
         lock(&self.inodes).rekey(d.ino, Key::Entry { user: d.user, id });
         lock(&self.usage).remove(&d.user);
+        self.invalidate(d.ino);
         match (outcome, message) {
             (_, Some(m)) => {
                 info!(user = d.user, name = %i.name, size = i.size, sha256 = %sha, message = m, "picked up")
@@ -1320,12 +1341,7 @@ impl MailboxFs {
     fn truncate_draft(&self, d: &Draft, size: u64) -> Result<()> {
         let mut i = lock(&d.inner);
         i.file.set_len(size).map_err(|_| Errno(libc::EIO))?;
-        if size == 0 {
-            i.hasher = Some(Sha256::new());
-            i.hashed = 0;
-        } else if size < i.hashed || size > i.size {
-            i.hasher = None;
-        }
+        i.hash.truncate(size);
         i.size = size;
         i.mtime_ms = now_ms();
         Ok(())
@@ -1579,6 +1595,15 @@ impl MailboxFs {
                 info!(user = folder.user_id, name, message = m, %reason, "folder moved to failed/");
             }
         }
+        for f in &files {
+            let key = Key::Entry {
+                user: f.user_id,
+                id: f.id,
+            };
+            if let Some(ino) = lock(&self.inodes).find(&key) {
+                self.invalidate(ino);
+            }
+        }
         Ok(true)
     }
 
@@ -1735,7 +1760,12 @@ impl MailboxFs {
         new_name: &str,
         mode: RenameMode,
     ) -> Result<()> {
+        // The file's inode stays; its mode may change (a pickup makes it read-only).
+        let moved = self.lookup(c, parent, name).map(|a| a.ino);
         let r = self.rename_inner(c, parent, name, new_parent, new_name, mode);
+        if let (Ok(()), Ok(ino)) = (&r, moved) {
+            self.invalidate(ino);
+        }
         let target = self.path_in(new_parent, new_name);
         self.audit_at(
             c,
@@ -1781,10 +1811,21 @@ impl MailboxFs {
         r
     }
 
-    /// Whether reads of this handle must bypass the kernel's page cache: generated content
-    /// (`authorized_keys`) whose size can change between opens.
+    /// Whether this handle must bypass the kernel's page cache:
+    /// - generated content (`authorized_keys`), whose size can change between opens;
+    /// - uploads of a user with a quota: the kernel's write-back cache would accept writes
+    ///   past the quota and report the failure only at close, and a write past the quota
+    ///   must fail itself (SEMANTICS.md "Quota").
     pub fn direct_io(&self, fh: u64) -> bool {
-        matches!(lock(&self.handles).get(&fh), Some(Handle::Bytes(_)))
+        let user = match lock(&self.handles).get(&fh) {
+            Some(Handle::Bytes(_)) => return true,
+            Some(Handle::Draft {
+                draft, write: true, ..
+            }) => draft.user,
+            _ => return false,
+        };
+        // Unknown owner: the safe side (every write reaches us and is checked).
+        self.owner(user).map_or(true, |o| o.quota.is_some())
     }
 
     /// The path of `name` in folder `parent`, inside its user's tree.
@@ -1887,6 +1928,22 @@ impl MailboxFs {
                 None => format!("#{id}"),
             },
             Key::Draft { .. } => String::new(),
+        }
+    }
+
+    /// Sets how to drop the kernel's cached attributes of an inode, once mounted.
+    ///
+    /// With the write-back cache the kernel keeps a regular file's attributes until their
+    /// cache time ends even across a rename (it refreshes only the change time, which it
+    /// then keeps itself); a file whose mode changed here must be invalidated explicitly.
+    pub fn set_invalidator(&self, f: Invalidator) {
+        let _ = self.invalidate.set(f);
+    }
+
+    /// Drops the kernel's cached attributes of `ino` (its mode or state changed).
+    fn invalidate(&self, ino: u64) {
+        if let Some(f) = self.invalidate.get() {
+            f(ino);
         }
     }
 

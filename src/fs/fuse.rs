@@ -40,6 +40,15 @@ impl FuseAdapter {
     pub fn new(core: Arc<MailboxFs>) -> FuseAdapter {
         FuseAdapter { core }
     }
+
+    /// How the kernel should treat an opened file: see `MailboxFs::direct_io`.
+    fn open_flags(&self, fh: u64) -> FopenFlags {
+        if self.core.direct_io(fh) {
+            FopenFlags::FOPEN_DIRECT_IO
+        } else {
+            FopenFlags::empty()
+        }
+    }
 }
 
 fn caller(req: &Request) -> Caller {
@@ -94,10 +103,16 @@ impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Listing with attributes in one round trip makes `ls -l` of large inboxes cheap;
         // atomic O_TRUNC spares copying a held upload that is about to be overwritten.
+        // The write-back cache lets a writer's write() return once its data is in the page
+        // cache, like on a local disk, and sends it to us in large requests; the kernel
+        // writes every dirty page back before it sends the flush of a close, so the
+        // upload's commit (at flush) still sees all of it. Handles that need every write
+        // to reach us are opened with direct I/O (`MailboxFs::direct_io`).
         let wanted = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_ATOMIC_O_TRUNC
-            | InitFlags::FUSE_PARALLEL_DIROPS;
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_WRITEBACK_CACHE;
         let _ = config.add_capabilities(wanted & config.capabilities());
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
@@ -261,14 +276,7 @@ impl Filesystem for FuseAdapter {
         let write = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY);
         let truncate = flags.0 & libc::O_TRUNC != 0;
         match self.core.open(&caller(req), ino.0, write, truncate) {
-            Ok(fh) => {
-                let flags = if self.core.direct_io(fh) {
-                    FopenFlags::FOPEN_DIRECT_IO
-                } else {
-                    FopenFlags::empty()
-                };
-                reply.opened(FileHandle(fh), flags)
-            }
+            Ok(fh) => reply.opened(FileHandle(fh), self.open_flags(fh)),
             Err(e) => reply.error(err(e)),
         }
     }
@@ -509,11 +517,11 @@ impl Filesystem for FuseAdapter {
         });
         match r {
             Ok((a, fh)) => reply.created(
-                &TTL,
+                ttl(&a),
                 &file_attr(&a),
                 Generation(0),
                 FileHandle(fh),
-                FopenFlags::empty(),
+                self.open_flags(fh),
             ),
             Err(e) => reply.error(e),
         }

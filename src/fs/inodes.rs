@@ -120,6 +120,11 @@ impl Inodes {
         ino
     }
 
+    /// The inode of `key`, if it has one (the kernel can know only those).
+    pub fn find(&self, key: &Key) -> Option<u64> {
+        self.by_key.get(key).copied()
+    }
+
     /// The key of `ino`.
     pub fn key(&self, ino: u64) -> Option<Key> {
         self.by_ino.get(&ino).cloned()

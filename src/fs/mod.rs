@@ -7,6 +7,7 @@ mod fuse;
 mod inodes;
 #[cfg(test)]
 mod model_tests;
+mod running_hash;
 
 pub use self::core::{Attr, Caller, Errno, Kind, MailboxFs};
 
@@ -119,6 +120,12 @@ pub fn mount(store: Arc<Store>, config: Config, mountpoint: &Path) -> Result<(),
         })?;
     info!(path = %mountpoint.display(), "mounted");
     core.set_mount_id(closer::mount_id(mountpoint));
+    let notifier = session.notifier();
+    core.set_invalidator(Box::new(move |ino| {
+        // Offset -1: attributes only, no page-cache work (safe inside a request handler).
+        // ENOENT just means the kernel has forgotten the inode already.
+        let _ = notifier.inval_inode(fuser::INodeNo(ino), -1, 0);
+    }));
 
     let stop = Arc::new(AtomicBool::new(false));
     let ticker = {

@@ -141,6 +141,17 @@ pub struct User {
     pub key: PathBuf,
 }
 
+/// Python run before every paramiko script: `connect()` returns a connected SFTPClient
+/// for `USER` with `KEY` (and `PASS`) on `PORT`.
+const PARAMIKO_PRELUDE: &str = r#"
+import os, sys, time, paramiko
+def connect():
+    pk = paramiko.Ed25519Key.from_private_key_file(os.environ["KEY"], password=os.environ.get("PASS") or None)
+    t = paramiko.Transport(("127.0.0.1", int(os.environ["PORT"])))
+    t.connect(username=os.environ["USER"], pkey=pk)
+    return paramiko.SFTPClient.from_transport(t)
+"#;
+
 /// One test's world: state, mount, sshd, users.
 pub struct Env {
     pub dir: PathBuf,
@@ -263,6 +274,78 @@ impl Env {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Kills the mount with SIGKILL under a live session of `u` and restarts it in the same
+    /// sshd, checking on the way what clients see:
+    /// - the live session (paramiko, connected before the kill, with a file open for reading
+    ///   and an upload half written) gets an error for every operation, promptly (no
+    ///   hang), while the mount is dead, once its remains are detached, and after the
+    ///   restart: its root stays the dead mount, so nothing becomes reachable through it;
+    /// - new logins fail while the mount is dead and while the mount point is an empty
+    ///   folder (sshd finds no keys and no chroot);
+    /// - nothing of `hidden` (other users' names and data) shows in any of it;
+    /// - after the restart `u` logs in again and the half-written upload does not exist.
+    pub fn crash_and_restart_mount(&mut self, u: &User, hidden: &[&str]) {
+        let pd = partner_dir(&u.name);
+        self.deliver(
+            u,
+            false,
+            "before-crash.edi",
+            b"delivered before the crash\n",
+        );
+        let mut live = LiveSession::start(self, u);
+        self.kill_mount();
+        let dead = live.attempt("with the mount dead");
+        let login = |env: &Env, when: &str| {
+            let o = env.sftp(&u.name, &u.key, "ls -1a /\nls -1a /..\n");
+            let t = text(&o);
+            assert!(!o.status.success(), "login {when} must fail: {t}");
+            for h in hidden {
+                assert!(!t.contains(h), "{h} shows in a login {when}: {t}");
+            }
+        };
+        login(self, "with the mount dead");
+        // The first thing a restart does: detach the dead mount. Until the new one is up
+        // the mount point is an empty root-owned folder, with no chroot inside.
+        assert!(is_mounted(&self.mnt), "the dead mount is still attached");
+        detach(&self.mnt);
+        assert!(!is_mounted(&self.mnt));
+        let empty = std::fs::read_dir(&self.mnt).unwrap().count();
+        assert_eq!(empty, 0, "the folder under the mount point is empty");
+        login(self, "with the mount point empty");
+        let detached = live.attempt("with the dead mount detached");
+        self.start_mount();
+        wait_for(20.0, "logins after the restart", || {
+            self.sftp(&u.name, &u.key, "ls -1 /\n")
+                .status
+                .success()
+                .then_some(())
+        });
+        let restarted = live.attempt("after the restart");
+        live.finish();
+        for (when, out) in [
+            ("with the mount dead", &dead),
+            ("detached", &detached),
+            ("after the restart", &restarted),
+        ] {
+            for h in hidden {
+                assert!(
+                    !out.contains(h),
+                    "{h} shows in the live session {when}: {out}"
+                );
+            }
+        }
+        // The half-written upload died with the mount; the delivered file is intact.
+        let out = self.sftp_ok(u, &format!("ls -1a {pd}/outbox\nls -1 {pd}/inbox/*\n"));
+        assert!(!out.contains("half-written"), "{out}");
+        assert!(out.contains("before-crash.edi"), "{out}");
+        assert!(
+            self.messages(&u.name)
+                .iter()
+                .all(|m| m["direction"] != "out"),
+            "nothing was sent by the crashed session"
+        );
     }
 
     fn start_sshd(&mut self) {
@@ -444,17 +527,9 @@ impl Env {
     /// its environment, and the script gets a connected `sftp` (paramiko SFTPClient) when
     /// it calls `connect()` from the prelude.
     pub fn paramiko(&self, u: &User, key: &Path, pass: Option<&str>, script: &str) -> Output {
-        let prelude = r#"
-import os, sys, time, paramiko
-def connect():
-    pk = paramiko.Ed25519Key.from_private_key_file(os.environ["KEY"], password=os.environ.get("PASS") or None)
-    t = paramiko.Transport(("127.0.0.1", int(os.environ["PORT"])))
-    t.connect(username=os.environ["USER"], pkey=pk)
-    return paramiko.SFTPClient.from_transport(t)
-"#;
         Command::new(python())
             .arg("-c")
-            .arg(format!("{prelude}\n{script}"))
+            .arg(format!("{PARAMIKO_PRELUDE}\n{script}"))
             .env("PORT", self.port.to_string())
             .env("USER", &u.name)
             .env("KEY", key)
@@ -530,6 +605,187 @@ def connect():
     }
 }
 
+/// Detaches a mount (what `as2box mount` does first to a dead mount it finds).
+fn detach(path: &Path) {
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: plain syscall with a valid C string.
+    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+}
+
+/// A paramiko session that stays connected while the test kills and restarts the mount.
+/// Before the kill it has listed its inbox, opened a delivered file for reading and started
+/// an upload; on each [`LiveSession::attempt`] it tries a set of operations, each of which
+/// must fail with an error within a few seconds.
+struct LiveSession {
+    child: Child,
+    /// Closed by `finish` (EOF ends the script).
+    stdin: Option<std::process::ChildStdin>,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+/// Longest a single operation of the live session may take before it counts as hanging.
+const LIVE_OP_SECS: f64 = 5.0;
+
+impl LiveSession {
+    const SCRIPT: &'static str = r#"
+import io, json, socket
+s = connect()
+s.get_channel().settimeout(20)
+pd = os.environ["PD"]
+inbox = pd + "/inbox"
+msg = [m for m in s.listdir(inbox) if "before-crash.edi" in s.listdir(inbox + "/" + m)][0]
+reader = s.open(inbox + "/" + msg + "/before-crash.edi", "rb")
+assert reader.read(9) == b"delivered"
+writer = s.open(pd + "/outbox/half-written.edi", "wb")
+writer.write(b"first half\n")
+writer.flush()
+print("READY " + json.dumps(s.listdir("/")), flush=True)
+def attempt(name, f):
+    t0 = time.time()
+    try:
+        r = f()
+        res = ["ok", repr(r)[:300]]
+    except Exception as e:
+        res = ["error", type(e).__name__ + ": " + str(e)[:200]]
+    return [name] + res + [round(time.time() - t0, 2)]
+def chunk(f):
+    f.write(b"second half\n")
+    f.flush()
+for line in sys.stdin:
+    out = [
+        attempt("listdir /", lambda: s.listdir("/")),
+        attempt("listdir /..", lambda: s.listdir("/..")),
+        attempt("stat inbox", lambda: s.stat(inbox)),
+        attempt("read open file", lambda: (reader.seek(0), reader.read(100))),
+        attempt("open inbox file", lambda: s.open(inbox + "/" + msg + "/before-crash.edi").read()),
+        attempt("write open upload", lambda: chunk(writer)),
+        attempt("new upload", lambda: s.putfo(io.BytesIO(b"new\n"), pd + "/outbox/new.edi")),
+        attempt("mkdir", lambda: s.mkdir(pd + "/outbox/folder")),
+    ]
+    print(json.dumps(out), flush=True)
+"#;
+
+    fn start(env: &Env, u: &User) -> LiveSession {
+        let mut child = Command::new(python())
+            .arg("-c")
+            .arg(format!("{}\n{}", PARAMIKO_PRELUDE, Self::SCRIPT))
+            .env("PORT", env.port.to_string())
+            .env("USER", &u.name)
+            .env("KEY", &u.key)
+            .env("PASS", "")
+            .env("PD", partner_dir(&u.name))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut live = LiveSession {
+            child,
+            stdin: Some(stdin),
+            lines,
+        };
+        let ready = live.line("the live session to connect", 30.0);
+        assert!(ready.starts_with("READY "), "live session: {ready}");
+        live
+    }
+
+    fn line(&mut self, what: &str, secs: f64) -> String {
+        match self.lines.recv_timeout(Duration::from_secs_f64(secs)) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = self.child.kill();
+                panic!("no answer from {what} within {secs} s ({e})");
+            }
+        }
+    }
+
+    /// Runs the operations until all fail, and returns the last answers. Each round must
+    /// answer promptly (no hang). The kernel may answer from what it cached before the
+    /// kill, about the user's own tree only: attributes for up to the 1 s cache time (so
+    /// rounds repeat for a few seconds), and the pages of a file the session holds open
+    /// (that read may go on returning the file's own content).
+    fn attempt(&mut self, when: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (out, all_failed) = self.round(when);
+            if all_failed {
+                return out;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "operations of the live session still succeed {when}: {out}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// One round of operations: (the answers, whether all failed).
+    fn round(&mut self, when: &str) -> (String, bool) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "go").unwrap();
+        stdin.flush().unwrap();
+        let ops = 8.0;
+        let out = self.line(
+            &format!("the live session {when}"),
+            ops * LIVE_OP_SECS + 10.0,
+        );
+        let answers: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        assert_eq!(answers.len(), 8, "{out}");
+        let mut all_failed = true;
+        for a in &answers {
+            let secs = a[3].as_f64().unwrap();
+            assert!(secs < LIVE_OP_SECS, "{} took {secs} s {when}: {out}", a[0]);
+            if a[1] == "ok" {
+                if a[0] == "read open file" {
+                    let got = a[2].as_str().unwrap();
+                    assert!(got.contains("delivered before the crash"), "{when}: {out}");
+                } else {
+                    all_failed = false;
+                }
+            }
+        }
+        (out, all_failed)
+    }
+
+    fn finish(mut self) {
+        self.stdin = None;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for LiveSession {
+    fn drop(&mut self) {
+        // On a failed assertion: never leave the client behind.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// The uid of a system account.
 pub fn uid_of(name: &str) -> Option<u32> {
     let o = Command::new("id").args(["-u", name]).output().ok()?;
@@ -585,9 +841,7 @@ impl Drop for Env {
             let _ = c.wait();
         }
         if is_mounted(&self.mnt) {
-            let c = std::ffi::CString::new(self.mnt.to_str().unwrap()).unwrap();
-            // SAFETY: plain syscall with a valid C string.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            detach(&self.mnt);
         }
         // Never walk into a mount.
         if !is_mounted(&self.mnt) && std::env::var_os("AS2BOX_KEEP_TEST_DIR").is_none() {
