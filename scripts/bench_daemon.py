@@ -202,8 +202,8 @@ def bench_receive(s, payloads, clients):
     t_box, resp = timed_posts(s.port, "/as2", msgs, clients)
     bad_box = check_mdns(msgs, resp)
     # pyas2lib receiver (as PYRX, knowing PEER's certificate) on its own port.
-    args = argparse.Namespace(key=str(s.rx_pem), key_pass=None, partner_cert=str(s.peer_crt),
-                              name="PYRX", partner_name="PEER")
+    args = pyas2_peer.parser().parse_args(["--key", str(s.rx_pem), "--partner-cert", str(s.peer_crt),
+                                           "--name", "PYRX", "--partner-name", "PEER"])
     peer = pyas2_peer.Peer(args)
     srv = ThreadingHTTPServer(("127.0.0.1", 0), pyas2_peer.make_handler(peer))
     threading.Thread(target=srv.serve_forever, daemon=True).start()
@@ -313,9 +313,13 @@ def bench_latency(s, samples):
     outbox = s.box(USERS[0], "BOXA", "SINK") / "outbox"
     # One writer process for all samples: it writes a file, reports the time right after
     # close(), and waits for "next" so that samples do not overlap.
+    # A random pause before each file: otherwise each write would start right after the
+    # previous POST, in step with the daemon's queue polling, and every sample would see
+    # the same phase of it.
     writer = (
-        "import sys, time, os\n"
+        "import random, sys, time, os\n"
         f"for i in range({samples}):\n"
+        "    time.sleep(random.random() * 0.2)\n"
         f"    with open('{outbox}/lat%d.edi' % i, 'wb') as f:\n"
         "        f.write(os.urandom(4096))\n"
         "    print(time.time(), flush=True)\n"

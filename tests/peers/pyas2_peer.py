@@ -411,7 +411,8 @@ def send(peer, cmd, mdn_port):
     emit(out)
 
 
-def main():
+def parser():
+    """The command line (also used by scripts/bench_daemon.py to build a Peer)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--key", required=True)
     ap.add_argument("--key-pass", default=None)
@@ -421,7 +422,11 @@ def main():
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--negative-mdn", default=None, metavar="MODIFIER")
     ap.add_argument("--no-async-mdn", action="store_true")
-    args = ap.parse_args()
+    return ap
+
+
+def main():
+    args = parser().parse_args()
     peer = Peer(args)
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(peer))
     mdn_srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), make_mdn_handler(peer))
