@@ -191,11 +191,13 @@ async fn read_body(
         if buf.len() + data.len() > limits.max_body {
             return Err(too_big(limits.max_body));
         }
-        // Without a length, grow the share in 1 MiB steps as the bytes come.
+        // Without a length, grow the share in 1 MiB steps as the bytes come (with one,
+        // hyper stops at the declared length, which is reserved already).
         let need = (buf.len() + data.len()) as u64;
-        if !budget
-            .reserve(&mut held, need.next_multiple_of(1 << 20))
-            .await
+        if declared.is_none()
+            && !budget
+                .reserve(&mut held, need.next_multiple_of(1 << 20))
+                .await
         {
             return Err(busy());
         }

@@ -186,8 +186,8 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
             )
             .await
         }
-        // A copy of the same message that arrived at the same time was delivered first.
-        // Answered with the MIC of the copy that was delivered, like any resend.
+        // A copy of the same message that arrived at the same time was delivered first:
+        // answered like any resend.
         Err(mailbox::DeliverError::Store(crate::store::StoreError::AlreadyReceived {
             message_id,
         })) => {
