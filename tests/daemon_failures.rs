@@ -1351,6 +1351,86 @@ fn killed_before_answering_an_async_mdn_request_the_resend_gets_the_mdn_and_one_
     assert!(daemon.log().contains("duplicate"), "{}", daemon.log());
 }
 
+/// An async MDN we owe is kept in the store until the partner takes it: the partner's MDN
+/// endpoint is down, the daemon is killed (`kill -9`) after a failed attempt, and after the
+/// restart the MDN reaches the endpoint once it is up.
+#[test]
+fn an_owed_async_mdn_survives_a_killed_daemon_and_reaches_the_partner_when_it_is_up() {
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
+    let Some(py) = python() else { return };
+    let side = peer_side(&fx);
+    let port = free_port();
+    // Quick retries, but not so quick that they run out before the restart.
+    serve_config(
+        &fx,
+        port,
+        "retry_base_secs = 0.3\nretry_max_secs = 1.0\nmax_attempts = 100",
+    );
+    let daemon = Daemon::start(&fx, port, None);
+    let mut peer = PyPeer::start(&py, &side, 0, &[]);
+    set_partner(&fx, &side.mb, peer.port, &side.peer_cert, &[]);
+    let mdn_port = free_port();
+    let sent = peer.send(json!({
+        "url": format!("http://127.0.0.1:{port}/as2"), "data_b64": "T1dFRCBNRE4=",
+        "filename": "owed.edi", "sign": "sha256", "encrypt": "aes_256_cbc",
+        "mdn": "async", "mdn_digest": "sha256",
+        "mdn_url": format!("http://127.0.0.1:{mdn_port}/mdn"),
+    }));
+    let mid = sent["message_id"].as_str().unwrap().to_owned();
+    wait_until("a failed attempt at the async MDN", WAIT, || {
+        daemon.log().contains("async MDN not delivered")
+    });
+    daemon.kill9();
+    // The partner's MDN endpoint comes up; then the daemon restarts.
+    let (tx, rx) = channel::<String>();
+    let tx = Mutex::new(tx);
+    let _endpoint = Server::start(mdn_port, move |mut c, _| {
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 65536];
+        c.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        // Up to the end of the body (Content-Length) or a quiet connection.
+        while let Ok(n) = std::io::Read::read(&mut c, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            raw.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&raw).to_string();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse::<usize>().ok())?
+                    })
+                    .unwrap_or(0);
+                if body.len() >= len {
+                    break;
+                }
+            }
+        }
+        let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        let _ = tx
+            .lock()
+            .unwrap()
+            .send(String::from_utf8_lossy(&raw).into_owned());
+    });
+    let _daemon = Daemon::start(&fx, port, None);
+    let got = rx
+        .recv_timeout(WAIT)
+        .expect("the owed MDN after the restart");
+    assert!(got.starts_with("POST /mdn"), "{got}");
+    assert!(got.contains(mid.trim_matches(['<', '>'])), "{got}");
+    assert!(
+        got.to_ascii_lowercase()
+            .contains("disposition-notification"),
+        "{got}"
+    );
+    assert_eq!(received(&fx, &side.mb.user).len(), 1);
+}
+
 /// Messages queued while no daemon runs survive a `kill -9` of the mount. The daemon,
 /// started while the mount is still dead (it never needs the mount), sends each exactly
 /// once and receives a message meanwhile; after the mount's restart that message is in the

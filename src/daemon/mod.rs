@@ -209,6 +209,15 @@ async fn run(
             "requeued messages whose sending was interrupted by a stop"
         );
     }
+    let owed = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.release_owed_mdns(crate::timefmt::now_ms()))
+            .await
+            .map_err(|e| DaemonError::Runtime(std::io::Error::other(e)))??
+    };
+    if owed > 0 {
+        info!(mdns = owed, "async MDNs still owed to partners go out now");
+    }
     let tls = tls_acceptor(&config)?;
     let http_listener = bind(&config.serve.http_listen).await?;
     let https_listener = match &config.serve.https_listen {

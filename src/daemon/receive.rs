@@ -17,7 +17,8 @@ use crate::as2::mic::Mic;
 use crate::as2::DispositionModifier;
 use crate::as2::Headers;
 use crate::mailbox::{self, IncomingFile};
-use crate::store::{InboundOrigin, Partner, Station};
+use crate::store::{InboundOrigin, OwedMdn, Partner, Station};
+use crate::timefmt::now_ms;
 
 /// `Reporting-UA` of our MDNs.
 pub const REPORTING_UA: &str = concat!("as2box/", env!("CARGO_PKG_VERSION"));
@@ -397,8 +398,31 @@ async fn answer(
     }
     match mdn.async_url.clone() {
         Some(url) => {
-            let ctx = ctx.clone();
-            tokio::spawn(async move { post_async_mdn(ctx, url, mdn.headers, mdn.body).await });
+            // Owed until delivered: kept in the store (for a delivered message) so that
+            // neither a partner's outage nor our restart loses it.
+            let owed = OwedMdn {
+                id: record_for.unwrap_or(0),
+                url,
+                headers: mdn
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect(),
+                body: mdn.body,
+                attempts: 0,
+            };
+            if let Some(id) = record_for {
+                let (store, o) = (ctx.store.clone(), owed.clone());
+                let lease = now_ms() + lease_ms(ctx);
+                let kept =
+                    blocking(move || store.owe_async_mdn(id, &o.url, &o.headers, &o.body, lease))
+                        .await;
+                if let Err(e) = kept {
+                    warn!(message = id, error = %e, "cannot record the async MDN we owe; trying it now only");
+                }
+            }
+            let (ctx, keep) = (ctx.clone(), record_for.is_some());
+            tokio::spawn(async move { deliver_owed_mdn(ctx, owed, keep).await });
             Resp::text(200, "received; the MDN follows asynchronously\n")
         }
         None => Resp {
@@ -419,19 +443,76 @@ fn host_of(url: &str) -> Option<String> {
         .and_then(|u| u.host().map(str::to_owned))
 }
 
-async fn post_async_mdn(ctx: Arc<Ctx>, url: String, headers: Headers, body: Vec<u8>) {
-    let timeout = std::time::Duration::from_secs_f64(ctx.config().serve.send_timeout_secs);
-    for attempt in 1..=5u32 {
-        match super::http::post(&url, &headers, body.clone(), None, timeout).await {
-            Ok(r) if (200..300).contains(&r.status) => {
-                return info!(%url, "async MDN delivered");
-            }
-            Ok(r) => warn!(%url, status = r.status, attempt, "async MDN refused"),
-            Err(e) => warn!(%url, error = %e, attempt, "async MDN not delivered"),
-        }
-        tokio::time::sleep(std::time::Duration::from_secs(2u64.pow(attempt))).await;
+/// How long one attempt holds an owed MDN before another may take it: longer than a POST
+/// may take.
+fn lease_ms(ctx: &Ctx) -> i64 {
+    (ctx.config().serve.send_timeout_secs * 1000.0) as i64 + 30_000
+}
+
+/// One attempt to POST an owed async MDN; `kept` says whether the store holds it (then the
+/// outcome is recorded there: done, or retried with the send backoff, or given up).
+async fn deliver_owed_mdn(ctx: Arc<Ctx>, owed: OwedMdn, kept: bool) {
+    let config = ctx.config();
+    let timeout = std::time::Duration::from_secs_f64(config.serve.send_timeout_secs);
+    let mut headers = Headers::new();
+    for (k, v) in &owed.headers {
+        headers.push(k, v.clone());
     }
-    warn!(%url, "giving up on an async MDN after 5 attempts");
+    let url = owed.url.clone();
+    let outcome = match super::http::post(&url, &headers, owed.body.clone(), None, timeout).await {
+        Ok(r) if (200..300).contains(&r.status) => Ok(()),
+        Ok(r) => Err(format!("HTTP {}", r.status)),
+        Err(e) => Err(e.0),
+    };
+    let attempt = owed.attempts + 1;
+    let (store, id) = (ctx.store.clone(), owed.id);
+    let backoff = super::Backoff {
+        base: std::time::Duration::from_secs_f64(config.serve.retry_base_secs),
+        ceiling: std::time::Duration::from_secs_f64(config.serve.retry_max_secs),
+        max_attempts: config.serve.max_attempts,
+    };
+    let recorded = match outcome {
+        Ok(()) => {
+            info!(message = id, %url, attempt, "async MDN delivered");
+            if !kept {
+                return;
+            }
+            blocking(move || store.owed_mdn_done(id)).await
+        }
+        Err(why) if !kept => {
+            return warn!(%url, %why, "async MDN (for a resend) not delivered; the sender's next resend gets it again");
+        }
+        Err(why) => match backoff.next_delay(attempt) {
+            Some(delay) => {
+                warn!(message = id, %url, %why, attempt, retry_in_secs = delay.as_secs_f64(), "async MDN not delivered; will retry");
+                let next = now_ms() + delay.as_millis() as i64;
+                blocking(move || store.owed_mdn_retry(id, next)).await
+            }
+            None => {
+                warn!(message = id, %url, %why, attempt, "giving up on an async MDN; the partner can resend the message to get it again");
+                blocking(move || store.owed_mdn_done(id)).await
+            }
+        },
+    };
+    if let Err(e) = recorded {
+        warn!(message = id, error = %e, "cannot record the outcome of an async MDN");
+    }
+}
+
+/// Tries the owed async MDNs whose time has come (after a failed attempt, or left by a
+/// stopped daemon). Called periodically by the sender loop.
+pub async fn retry_owed_mdns(ctx: &Arc<Ctx>) {
+    let store = ctx.store.clone();
+    let now = now_ms();
+    let lease = now + lease_ms(ctx);
+    let owed = match blocking(move || store.claim_owed_mdns(now, lease, 16)).await {
+        Ok(o) => o,
+        Err(e) => return warn!(error = %e, "cannot read the async MDNs we owe"),
+    };
+    for o in owed {
+        let ctx = ctx.clone();
+        tokio::spawn(async move { deliver_owed_mdn(ctx, o, true).await });
+    }
 }
 
 /// An async MDN for a message we sent.

@@ -28,6 +28,10 @@ pub async fn run(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
     // under the one-second goal without a channel between the mount and the daemon.
     let poll = Duration::from_millis(50);
     let mut last_timeout_check = std::time::Instant::now();
+    // At start too: async MDNs a stopped daemon still owed go out at once.
+    let mut last_mdn_check = std::time::Instant::now()
+        .checked_sub(Duration::from_secs(2))
+        .unwrap_or_else(std::time::Instant::now);
     // Messages in flight at once: each holds its files in memory while it is built and
     // posted, so a queue of thousands must not become thousands of tasks.
     let slots = Arc::new(tokio::sync::Semaphore::new(
@@ -50,6 +54,10 @@ pub async fn run(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
                 Ok(None) => {}
                 Err(e) => warn!(error = %e, "cannot read the send queue"),
             }
+        }
+        if last_mdn_check.elapsed() > Duration::from_secs(1) {
+            last_mdn_check = std::time::Instant::now();
+            super::receive::retry_owed_mdns(&ctx).await;
         }
         if last_timeout_check.elapsed() > Duration::from_secs(5) {
             last_timeout_check = std::time::Instant::now();

@@ -22,7 +22,7 @@ use rusqlite::Connection;
 pub use blobs::{fsync_dir, hex, sha256_hex, BlobGuard, BlobStore};
 pub use entries::{InboundOrigin, NewFile, PickupFile, Placement, RenamePickup, SweepReport};
 pub use model::*;
-pub use outgoing::{Claimed, Event, ReceivedRecord, SentRecord, Transmission};
+pub use outgoing::{Claimed, Event, OwedMdn, ReceivedRecord, SentRecord, Transmission};
 pub use perms::{create_shared_dir, share_state_dir};
 pub use rows::UserKey;
 
@@ -80,7 +80,7 @@ impl StoreError {
 /// The result type of the store.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// Steps from each older schema version to the next: `MIGRATIONS[v - 1]` takes a version `v`
 /// database to `v + 1`. A fresh database gets `SCHEMA` and the current version directly.
@@ -104,6 +104,13 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX IF NOT EXISTS messages_by_as2_id ON messages (partner_id, as2_message_id);",
     // 2 -> 3: the content type our files are labelled with towards a partner.
     "ALTER TABLE partners ADD COLUMN content_type TEXT NOT NULL DEFAULT 'application/octet-stream';",
+    // 3 -> 4: async MDNs we owe partners, kept until delivered (a restart must not lose one).
+    "ALTER TABLE messages ADD COLUMN mdn_url TEXT;
+     ALTER TABLE messages ADD COLUMN mdn_headers TEXT;
+     ALTER TABLE messages ADD COLUMN mdn_body BLOB;
+     ALTER TABLE messages ADD COLUMN mdn_attempts INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE messages ADD COLUMN mdn_due_ms INTEGER;
+     CREATE INDEX IF NOT EXISTS messages_mdn_due ON messages (mdn_due_ms) WHERE mdn_due_ms IS NOT NULL;",
 ];
 
 /// Brings the database to [`SCHEMA_VERSION`], each step in its own transaction.
@@ -207,10 +214,16 @@ CREATE TABLE IF NOT EXISTS messages (
     next_attempt_ms INTEGER,
     request_headers TEXT,
     mdn TEXT,
+    mdn_url TEXT,
+    mdn_headers TEXT,
+    mdn_body BLOB,
+    mdn_attempts INTEGER NOT NULL DEFAULT 0,
+    mdn_due_ms INTEGER,
     created_ms INTEGER NOT NULL,
     updated_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_by_state ON messages (state);
+CREATE INDEX IF NOT EXISTS messages_mdn_due ON messages (mdn_due_ms) WHERE mdn_due_ms IS NOT NULL;
 CREATE INDEX IF NOT EXISTS messages_by_as2_id ON messages (partner_id, as2_message_id);
 CREATE TABLE IF NOT EXISTS message_files (
     message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,

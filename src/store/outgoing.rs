@@ -71,6 +71,21 @@ pub struct Transmission {
     pub mdn: Option<String>,
 }
 
+/// An async MDN we owe a partner for received message `id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwedMdn {
+    /// The received message.
+    pub id: i64,
+    /// The partner's Receipt-Delivery-Option URL.
+    pub url: String,
+    /// The MDN's HTTP header fields.
+    pub headers: Vec<(String, String)>,
+    /// The MDN's body.
+    pub body: Vec<u8>,
+    /// Attempts made so far.
+    pub attempts: u32,
+}
+
 /// One state change of a message.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
@@ -334,6 +349,106 @@ impl Store {
                 },
             )
             .optional()?)
+        })
+    }
+
+    /// Records that we owe the partner the async MDN of received message `id`, claimed
+    /// until `lease_until_ms` by the caller, who tries it at once; the MDN survives a
+    /// restart until [`Store::owed_mdn_delivered`].
+    pub fn owe_async_mdn(
+        &self,
+        id: i64,
+        url: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+        lease_until_ms: i64,
+    ) -> Result<()> {
+        let headers = serde_json::to_string(headers).unwrap_or_else(|_| "[]".into());
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE messages SET mdn_url = ?2, mdn_headers = ?3, mdn_body = ?4, mdn_attempts = 0, mdn_due_ms = ?5 WHERE id = ?1",
+                params![id, url, headers, body, lease_until_ms],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Owed MDNs whose time has come (at most `limit`), each claimed until
+    /// `lease_until_ms` so that no other attempt takes it meanwhile.
+    pub fn claim_owed_mdns(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<OwedMdn>> {
+        let due = self.read(|c| {
+            Ok(c.prepare_cached(
+                "SELECT 1 FROM messages WHERE mdn_due_ms IS NOT NULL AND mdn_due_ms <= ?1 LIMIT 1",
+            )?
+            .exists([now_ms])?)
+        })?;
+        if !due {
+            return Ok(Vec::new());
+        }
+        self.write(|tx| {
+            let owed: Vec<OwedMdn> = {
+                let mut st = tx.prepare(
+                    "SELECT id, mdn_url, mdn_headers, mdn_body, mdn_attempts FROM messages
+                     WHERE mdn_due_ms IS NOT NULL AND mdn_due_ms <= ?1 ORDER BY mdn_due_ms LIMIT ?2",
+                )?;
+                let rows = st.query_map(params![now_ms, limit as i64], |r| {
+                    let headers: String = r.get::<_, Option<String>>(2)?.unwrap_or_default();
+                    Ok(OwedMdn {
+                        id: r.get(0)?,
+                        url: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                        headers: serde_json::from_str(&headers).unwrap_or_default(),
+                        body: r.get::<_, Option<Vec<u8>>>(3)?.unwrap_or_default(),
+                        attempts: r.get(4)?,
+                    })
+                })?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            for o in &owed {
+                tx.execute(
+                    "UPDATE messages SET mdn_due_ms = ?2 WHERE id = ?1",
+                    params![o.id, lease_until_ms],
+                )?;
+            }
+            Ok(owed)
+        })
+    }
+
+    /// Makes every owed MDN due at `now_ms`: at the start of the daemon no attempt is in
+    /// flight, so leases held by a stopped one are void (and waiting out a backoff is no
+    /// use after a restart). Returns how many are owed.
+    pub fn release_owed_mdns(&self, now_ms: i64) -> Result<usize> {
+        self.write(|tx| {
+            Ok(tx.execute(
+                "UPDATE messages SET mdn_due_ms = ?1 WHERE mdn_due_ms IS NOT NULL",
+                [now_ms],
+            )?)
+        })
+    }
+
+    /// The owed MDN of message `id` was delivered (or given up): forget its copy.
+    pub fn owed_mdn_done(&self, id: i64) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE messages SET mdn_due_ms = NULL, mdn_body = NULL, mdn_headers = NULL WHERE id = ?1",
+                [id],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// An attempt to deliver the owed MDN of message `id` failed: try again at `next_ms`.
+    pub fn owed_mdn_retry(&self, id: i64, next_ms: i64) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE messages SET mdn_attempts = mdn_attempts + 1, mdn_due_ms = ?2 WHERE id = ?1",
+                params![id, next_ms],
+            )?;
+            Ok(())
         })
     }
 
@@ -638,6 +753,44 @@ mod tests {
             .collect();
         assert_eq!(states, ["queued", "sending", "delivered"]);
         assert!(store.claim_queued(now_ms() + 1).unwrap().is_none());
+    }
+
+    #[test]
+    fn an_owed_mdn_is_kept_claimed_once_retried_and_forgotten_when_done() {
+        let (_d, store, id, _) = queued();
+        let headers = vec![("AS2-To".to_string(), "P".to_string())];
+        store
+            .owe_async_mdn(id, "http://p/mdn", &headers, b"mdn", 1_000)
+            .unwrap();
+        assert!(
+            store.claim_owed_mdns(999, 2_000, 10).unwrap().is_empty(),
+            "claimed by the first attempt until its lease ends"
+        );
+        let owed = store.claim_owed_mdns(1_000, 61_000, 10).unwrap();
+        assert_eq!(
+            owed,
+            [OwedMdn {
+                id,
+                url: "http://p/mdn".into(),
+                headers: headers.clone(),
+                body: b"mdn".to_vec(),
+                attempts: 0,
+            }]
+        );
+        assert!(store.claim_owed_mdns(1_000, 61_000, 10).unwrap().is_empty());
+        store.owed_mdn_retry(id, 5_000).unwrap();
+        assert_eq!(
+            store.claim_owed_mdns(5_000, 9_000, 10).unwrap()[0].attempts,
+            1
+        );
+        // A restarted daemon voids the lease of the stopped one.
+        assert_eq!(store.release_owed_mdns(6_000).unwrap(), 1);
+        assert_eq!(store.claim_owed_mdns(6_000, 9_000, 10).unwrap().len(), 1);
+        store.owed_mdn_done(id).unwrap();
+        assert!(store
+            .claim_owed_mdns(i64::MAX, i64::MAX, 10)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

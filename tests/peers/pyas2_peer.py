@@ -368,7 +368,9 @@ def send(peer, cmd, mdn_port):
         # A shallow copy keeps the loaded keys (the constructor would reload them).
         sender = copy.copy(peer.org)
         sender.as2_name = cmd["as2_from"]
-    sender.mdn_url = f"http://127.0.0.1:{mdn_port}/mdn"
+    # "mdn_url": where the async MDN is to go instead of this peer (the test then watches
+    # for it itself, and the send does not wait for it).
+    sender.mdn_url = cmd.get("mdn_url") or f"http://127.0.0.1:{mdn_port}/mdn"
     msg = Message(sender=sender, receiver=partner)
     msg.build(
         data,
@@ -379,7 +381,7 @@ def send(peer, cmd, mdn_port):
     )
     SENT[msg.message_id] = msg
     waiter = None
-    if cmd.get("mdn") == "async":
+    if cmd.get("mdn") == "async" and not cmd.get("mdn_url"):
         waiter = (threading.Event(), {})
         ASYNC_WAIT[msg.message_id] = waiter
     headers = dict(msg.headers)
