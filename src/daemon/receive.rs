@@ -309,28 +309,17 @@ async fn answer_resend(
         )
         .await;
     }
-    // The MIC of this request: a resend of several attachments has new MIME boundaries,
-    // so its MIC differs from the first copy's, and the sender checks against this one.
-    answer_duplicate(ctx, info, station, key, id, Some(&msg.mic)).await
-}
-
-async fn answer_duplicate(
-    ctx: &Arc<Ctx>,
-    info: &RequestInfo,
-    station: &Station,
-    key: Option<&crate::as2::certs::KeyPair>,
-    id: i64,
-    mic: Option<&Mic>,
-) -> Resp {
     inc(&ctx.metrics.received_duplicate);
     info!(message = id, message_id = %info.message_id, "duplicate: answering the MDN again, not delivering twice");
+    // The MIC of this request: a resend of several attachments has new MIME boundaries,
+    // so its MIC differs from the first copy's, and the sender checks against this one.
     answer(
         ctx,
         info,
         station,
         key,
         Disposition::Processed,
-        mic,
+        Some(&msg.mic),
         "The message was received before and has been delivered.",
         None,
     )
