@@ -13,13 +13,25 @@ use std::time::Duration;
 use common::*;
 use daemon_common::*;
 
+/// Runs a command (through the harness's spawn helper) and asserts that it succeeded.
+fn run_ok(args: &[&str]) {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let out = run(&args, &[], None, Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        args[0],
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A self-signed TLS certificate for 127.0.0.1: (cert, key) under `dir` named `name`.
 fn tls_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     let (cert, key) = (
         dir.join(format!("{name}.crt")),
         dir.join(format!("{name}.key")),
     );
-    let args: Vec<String> = [
+    run_ok(&[
         "openssl",
         "req",
         "-x509",
@@ -36,16 +48,7 @@ fn tls_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
         key.to_str().unwrap(),
         "-out",
         cert.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let out = run(&args, &[], None, Duration::from_secs(60));
-    assert!(
-        out.status.success(),
-        "openssl req: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ]);
     (cert, key)
 }
 
@@ -444,7 +447,7 @@ struct ServiceAccount {
 impl ServiceAccount {
     fn create() -> ServiceAccount {
         let name = format!("as2svc{}", random_hex(3));
-        let args: Vec<String> = [
+        run_ok(&[
             "useradd",
             "--system",
             "--user-group",
@@ -452,16 +455,7 @@ impl ServiceAccount {
             "--shell",
             "/usr/sbin/nologin",
             &name,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let out = run(&args, &[], None, Duration::from_secs(60));
-        assert!(
-            out.status.success(),
-            "useradd: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ]);
         let (uid, gid) = passwd_ids(&name).expect("the new account");
         ServiceAccount { name, uid, gid }
     }

@@ -271,8 +271,6 @@ fn refusal_text(e: &crate::as2::error::As2Error) -> String {
     format!("The message could not be processed: {why}.")
 }
 
-/// Answers a resend of message `id` (same sender Message-ID) with the positive MDN again,
-/// with the MIC of the delivery, and delivers nothing.
 /// Answers a message whose Message-ID was delivered before (as `id`, with `files`): a
 /// resend after a lost MDN gets a positive MDN again and delivers nothing; different
 /// content under a used Message-ID is refused, since delivering it could hide a sender's
