@@ -315,6 +315,10 @@ fn insert_message(
     Ok(id)
 }
 
+/// The received messages that were stored (not refused): a refused request's Message-ID
+/// stays free, so that a forged copy sent first cannot make the genuine one a "duplicate".
+pub(super) const DELIVERED_INBOUND: &str = "direction = 'in' AND state <> 'refused'";
+
 impl Store {
     /// The entry with row id `id`.
     pub fn entry(&self, id: i64) -> Result<Option<Entry>> {
@@ -638,7 +642,7 @@ impl Store {
                 // lookup, and only one may be delivered.
                 let earlier: Option<i64> = tx
                     .query_row(
-                        "SELECT id FROM messages WHERE direction = 'in' AND partner_id = ?1 AND as2_message_id = ?2 ORDER BY id LIMIT 1",
+                        &format!("SELECT id FROM messages WHERE {DELIVERED_INBOUND} AND partner_id = ?1 AND as2_message_id = ?2 ORDER BY id LIMIT 1"),
                         params![inbox.partner_id, o.as2_message_id],
                         |r| r.get(0),
                     )
