@@ -238,7 +238,11 @@ mod tests {
         // 100,000 copies of one name: each gets the next counter, one candidate each.
         let mut v = vec!["a.txt".to_owned(); 100_000];
         let tried = dedupe_counting(&mut v);
-        assert!(tried <= 3 * v.len(), "{tried} candidates for {} names", v.len());
+        assert!(
+            tried <= 3 * v.len(),
+            "{tried} candidates for {} names",
+            v.len()
+        );
         assert_eq!(v[99_999], "a-100000.txt");
         let set: std::collections::HashSet<_> = v.iter().collect();
         assert_eq!(set.len(), v.len());
@@ -248,10 +252,17 @@ mod tests {
         let mut v: Vec<String> = (2..=k).map(|i| format!("b-{i}.edi")).collect();
         v.extend(std::iter::repeat("b.edi".to_owned()).take(k));
         let tried = dedupe_counting(&mut v);
-        assert!(tried <= 3 * v.len(), "{tried} candidates for {} names", v.len());
+        assert!(
+            tried <= 3 * v.len(),
+            "{tried} candidates for {} names",
+            v.len()
+        );
         let set: std::collections::HashSet<_> = v.iter().collect();
         assert_eq!(set.len(), v.len(), "all names unique");
-        assert_eq!(v.last().map(String::as_str), Some(format!("b-{}.edi", 2 * k - 1).as_str()));
+        assert_eq!(
+            v.last().map(String::as_str),
+            Some(format!("b-{}.edi", 2 * k - 1).as_str())
+        );
     }
 
     #[test]
@@ -265,7 +276,10 @@ mod tests {
             assert!(n.len() <= MAX_ATTACHMENT_NAME, "{}", n.len());
             assert!(n.ends_with(".edi"));
         }
-        assert!(v[1].ends_with("-2.edi") && v[2].ends_with("-3.edi"), "{v:?}");
+        assert!(
+            v[1].ends_with("-2.edi") && v[2].ends_with("-3.edi"),
+            "{v:?}"
+        );
         // A long extension is not kept apart from the stem.
         let odd = format!("a.{}", "y".repeat(300));
         let mut v = vec![odd.clone(), odd];

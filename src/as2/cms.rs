@@ -10,7 +10,6 @@
 //! signed attribute (RFC 5751 §2.5.2) and the CMSAlgorithmProtection attribute
 //! (RFC 6211).
 
-use std::io::Read;
 use std::ptr;
 
 use foreign_types::ForeignType;
@@ -651,7 +650,10 @@ mod tests {
         assert!(matches!(err, As2Error::DecompressionFailed(_)), "{err}");
         assert!(err.to_string().contains("larger than the limit"), "{err}");
         let asked = asked.load(Ordering::Relaxed);
-        assert!(asked <= limit + 1, "asked for {asked} bytes, the limit is {limit}");
+        assert!(
+            asked <= limit + 1,
+            "asked for {asked} bytes, the limit is {limit}"
+        );
     }
 
     #[test]
@@ -667,7 +669,9 @@ mod tests {
         // Steps are bounded, so the callback sees the growth, not one huge request.
         assert!(calls.load(Ordering::Relaxed) >= 3);
         assert_eq!(
-            decompress_within(&c, 4 << 20, &|t| t <= (4 << 20) + 1).unwrap().len(),
+            decompress_within(&c, 4 << 20, &|t| t <= (4 << 20) + 1)
+                .unwrap()
+                .len(),
             4 << 20
         );
     }

@@ -10,9 +10,9 @@
 //! * File names: RFC 2183 `Content-Disposition` plus RFC 2231 / RFC 2047.
 
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
-use bytes::Bytes;
 use base64::engine::DecodePaddingMode;
 use base64::Engine;
+use bytes::Bytes;
 
 use super::error::{As2Error, Result};
 use super::headers::{decode_rfc2047, find_header_end, Headers, ParamValue};
@@ -316,10 +316,7 @@ pub fn split_multipart<'a>(body: &'a [u8], boundary: &str) -> Result<Vec<&'a [u8
 }
 
 /// [`split_multipart`] as ranges of `body`.
-pub fn split_multipart_ranges(
-    body: &[u8],
-    boundary: &str,
-) -> Result<Vec<std::ops::Range<usize>>> {
+pub fn split_multipart_ranges(body: &[u8], boundary: &str) -> Result<Vec<std::ops::Range<usize>>> {
     if boundary.is_empty() || boundary.len() > 200 {
         return Err(As2Error::MalformedMime("invalid multipart boundary".into()));
     }

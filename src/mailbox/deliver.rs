@@ -119,7 +119,9 @@ pub fn deliver(
     for (f, name) in files.into_iter().zip(&names) {
         // Each file's bytes are freed as soon as they are in their blob.
         let (blob, size) = match f {
-            IncomingFile::Bytes { data, .. } => (store.blobs().put_bytes(&data)?, data.len() as u64),
+            IncomingFile::Bytes { data, .. } => {
+                (store.blobs().put_bytes(&data)?, data.len() as u64)
+            }
             IncomingFile::Path { path, .. } => store.blobs().put_file(&path)?,
         };
         stored.push(PickupFile {
