@@ -15,12 +15,12 @@ pub const MAX_FILES: usize = 1000;
 /// A received file: an untrusted name and where its bytes are.
 #[derive(Debug, Clone)]
 pub enum IncomingFile {
-    /// Bytes in memory.
+    /// Bytes in memory (shared, so that the caller can keep them without a copy).
     Bytes {
         /// Name as received.
         name: String,
         /// Content.
-        data: Vec<u8>,
+        data: bytes::Bytes,
     },
     /// A file on disk (copied into the blob store).
     Path {
