@@ -566,7 +566,7 @@ pub fn decompress_within(
         .ok_or_else(|| fail("compressed content absent".into()))?;
     let octets = der::children(explicit.content).map_err(|e| fail(e.to_string()))?;
     let octets = octets.first().ok_or_else(|| fail("empty content".into()))?;
-    let z = der::octet_string_bytes(octets).map_err(|e| fail(e.to_string()))?;
+    let z = der::octet_string(octets).map_err(|e| fail(e.to_string()))?;
     inflate_within(&z, max_len, grow).map_err(fail)
 }
 

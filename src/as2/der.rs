@@ -133,9 +133,18 @@ pub fn children(content: &[u8]) -> Result<Vec<Tlv<'_>>> {
 
 /// The bytes of an OCTET STRING, joining the segments of a constructed one.
 pub fn octet_string_bytes(t: &Tlv<'_>) -> Result<Vec<u8>> {
+    octet_string(t).map(std::borrow::Cow::into_owned)
+}
+
+/// [`octet_string_bytes`] without a copy for a primitive OCTET STRING (what DER
+/// senders write): only a constructed one's segments are joined into a new buffer.
+pub fn octet_string<'a>(t: &Tlv<'a>) -> Result<std::borrow::Cow<'a, [u8]>> {
+    if !t.constructed {
+        return Ok(std::borrow::Cow::Borrowed(t.content));
+    }
     let mut out = Vec::new();
     collect_octets(t, &mut out, 0)?;
-    Ok(out)
+    Ok(std::borrow::Cow::Owned(out))
 }
 
 fn collect_octets(t: &Tlv<'_>, out: &mut Vec<u8>, depth: usize) -> Result<()> {
