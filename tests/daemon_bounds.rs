@@ -31,7 +31,7 @@ const MAX_BODY: u64 = 8 * MIB;
 const BUDGET: u64 = 128 * MIB;
 /// What the daemon may take beyond its budget: code, thread stacks, allocator slack, the
 /// uncounted working copies of requests in flight (headers, the HTTP read buffers).
-const ALLOWANCE: u64 = 64 * MIB;
+const ALLOWANCE: u64 = 32 * MIB;
 
 fn serve_settings() -> String {
     format!("max_body_bytes = {MAX_BODY}\nmax_body_memory_bytes = {BUDGET}\n")
