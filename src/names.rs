@@ -250,7 +250,7 @@ mod tests {
         // Names chosen to be the candidates of later duplicates still cost one try each.
         let k = 20_000;
         let mut v: Vec<String> = (2..=k).map(|i| format!("b-{i}.edi")).collect();
-        v.extend(std::iter::repeat("b.edi".to_owned()).take(k));
+        v.extend(std::iter::repeat_n("b.edi".to_owned(), k));
         let tried = dedupe_counting(&mut v);
         assert!(
             tried <= 3 * v.len(),

@@ -1108,7 +1108,7 @@ mod tests {
                 DispositionModifier::UnexpectedProcessingError
             );
         }
-        assert!(MAX_ATTACHMENTS <= MAX_PARTS);
+        const { assert!(MAX_ATTACHMENTS <= MAX_PARTS) };
     }
 
     #[test]
