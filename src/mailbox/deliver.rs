@@ -180,6 +180,21 @@ mod tests {
     }
 
     #[test]
+    fn too_many_files_are_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::init(dir.path()).unwrap();
+        let files: Vec<IncomingFile> = (0..=MAX_FILES)
+            .map(|i| IncomingFile::Bytes {
+                name: format!("f{i}"),
+                data: bytes::Bytes::from_static(b"x"),
+            })
+            .collect();
+        let err = deliver(&store, "NOSTATION", "NOPARTNER", false, files, None).unwrap_err();
+        assert!(matches!(err, DeliverError::TooManyFiles(n) if n == MAX_FILES + 1), "{err}");
+        assert!(err.to_string().contains("at most 1000 files"), "{err}");
+    }
+
+    #[test]
     fn stamp_format() {
         let s = timefmt::unique_stamp(1_795_835_700_123);
         assert!(s.starts_with("20261128T031500.123Z-"), "{s}");
