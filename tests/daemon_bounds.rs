@@ -9,7 +9,7 @@
 //!   stays within its body-memory budget plus a fixed allowance;
 //! - a message of 100,000 MIME parts: refused, nothing stored, the daemon still answers;
 //! - a compressed message within the bounds is delivered (the bounds refuse bombs, not
-//!   compression).
+//!   compression), one over its bound (the 16 MiB floor) is refused.
 //!
 //! Needs root and /dev/fuse like the other system tests (see tests/common).
 
@@ -224,7 +224,7 @@ fn a_message_of_100000_parts_is_refused_and_the_daemon_still_answers() {
 }
 
 #[test]
-fn a_compressed_message_within_the_bounds_is_delivered() {
+fn a_compressed_message_within_the_bounds_is_delivered_and_one_over_them_refused() {
     let Some(fx) = fixture!(Settings::default()) else {
         return;
     };
@@ -252,4 +252,18 @@ fn a_compressed_message_within_the_bounds_is_delivered() {
     assert_eq!(msgs[0].files.len(), 1, "{msgs:#?}");
     assert_eq!(msgs[0].files[0].name, "po.x12");
     assert_eq!(msgs[0].files[0].sha256, sha256_hex(&payload));
+
+    // 20 MiB from some 20 KiB: over the 16 MiB floor (the ratio allows 100 × 20 KiB), and
+    // well within the budget, so refused for its own size.
+    let blobs = blob_count(&fx);
+    let over = zero_bomb(20 * MIB);
+    assert!((over.len() as u64) < 64 * 1024, "{}", over.len());
+    let (status, text) = post(&daemon, &as2_headers(&a, ct), &over);
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains("processed/error: decompression-failed"),
+        "{text}"
+    );
+    assert_eq!(fx.messages().len(), 1, "{:#?}", fx.messages());
+    assert_eq!(blob_count(&fx), blobs);
 }

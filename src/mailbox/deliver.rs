@@ -190,7 +190,10 @@ mod tests {
             })
             .collect();
         let err = deliver(&store, "NOSTATION", "NOPARTNER", false, files, None).unwrap_err();
-        assert!(matches!(err, DeliverError::TooManyFiles(n) if n == MAX_FILES + 1), "{err}");
+        assert!(
+            matches!(err, DeliverError::TooManyFiles(n) if n == MAX_FILES + 1),
+            "{err}"
+        );
         assert!(err.to_string().contains("at most 1000 files"), "{err}");
     }
 
