@@ -577,6 +577,87 @@ mod tests {
         assert!(store.claim_queued(0).unwrap().is_none());
     }
 
+    /// A state folder of an older as2box: every table in `as2box.db` at the top, the WAL
+    /// not checkpointed.
+    fn legacy_state(dir: &Path) -> Connection {
+        let conn = Connection::open(dir.join("as2box.db")).unwrap();
+        conn.execute_batch("PRAGMA journal_mode=WAL;").unwrap();
+        conn.execute_batch(CONFIG_SCHEMA).unwrap();
+        conn.execute_batch(&OPS_SCHEMA.replace(" ops.", " ")).unwrap();
+        conn.execute_batch(&format!(
+            "PRAGMA user_version={SCHEMA_VERSION};
+             INSERT INTO users VALUES (1, 'old', 5, 5, NULL, 0);
+             INSERT INTO user_keys VALUES (1, 1, 'ssh-ed25519 AAAAold', 0);
+             INSERT INTO stations (id, user_id, as2_id, inbox_layout, created_ms) VALUES (1, 1, 'ST', 'per-message', 0);
+             INSERT INTO partners (id, user_id, as2_id, test, created_ms) VALUES (1, 1, 'P', 0, 0);
+             INSERT INTO entries (user_id, station_id, partner_id, box, parent, name, is_dir, state, blob, size, mtime_ms, created_ms)
+                 VALUES (1, 1, 1, 1, 0, 'kept.edi', 0, 0, NULL, 0, 0, 0);
+             INSERT INTO messages (direction, user_id, station_id, partner_id, user_name, station, partner, test, name, state, created_ms, updated_ms)
+                 VALUES ('out', 1, 1, 1, 'old', 'ST', 'P', 0, 'kept.edi', 'delivered', 0, 0);"
+        ))
+        .unwrap();
+        conn
+    }
+
+    #[test]
+    fn an_older_single_database_is_split_without_losing_data() {
+        let dir = tempfile::tempdir().unwrap();
+        // Open while the upgrade runs, like a WAL another process has not checkpointed.
+        let legacy = legacy_state(dir.path());
+        std::fs::create_dir(dir.path().join("spool")).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        drop(legacy);
+        assert!(!dir.path().join("as2box.db").exists());
+        let u = store.user("old").unwrap().unwrap();
+        assert_eq!(store.public_keys(u.id).unwrap(), ["ssh-ed25519 AAAAold"]);
+        assert_eq!(store.station("ST").unwrap().unwrap().user_id, u.id);
+        assert!(store.partner(u.id, "P", false).unwrap().is_some());
+        assert_eq!(store.file_count(u.id).unwrap(), 1);
+        assert_eq!(store.messages(None, 10).unwrap().len(), 1);
+        let tables = |path: &Path| -> Vec<String> {
+            let c = Connection::open(path).unwrap();
+            let mut st = c
+                .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+                .unwrap();
+            let names = st.query_map([], |r| r.get(0)).unwrap();
+            names.collect::<rusqlite::Result<_>>().unwrap()
+        };
+        assert_eq!(
+            tables(&dir.path().join("config.db")),
+            ["partners", "stations", "user_keys", "users"]
+        );
+        assert_eq!(
+            tables(&dir.path().join("data/as2box.db")),
+            ["entries", "message_events", "message_files", "messages"]
+        );
+        // Again (the mount's next start): nothing changes.
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.file_count(u.id).unwrap(), 1);
+    }
+
+    #[test]
+    fn the_daemon_reads_the_configuration_but_cannot_write_it_nor_shadow_it() {
+        let (dir, admin, user, _) = setup();
+        let daemon = Store::open_service(dir.path()).unwrap();
+        assert_eq!(daemon.user("acme").unwrap().unwrap().id, user);
+        let err = daemon.add_public_key(user, "ssh-ed25519 AAAAevil").unwrap_err();
+        assert!(err.to_string().contains("readonly"), "{err}");
+        // A table of the same name in the daemon's file does not hide root's.
+        daemon
+            .write(|tx| {
+                tx.execute_batch(
+                    "CREATE TABLE main.user_keys (id INTEGER PRIMARY KEY, user_id INTEGER, public_key TEXT, created_ms INTEGER);
+                     INSERT INTO main.user_keys VALUES (7, 1, 'ssh-ed25519 AAAAevil', 0);",
+                )?;
+                Ok(())
+            })
+            .unwrap();
+        drop(admin);
+        let admin = Store::open(dir.path()).unwrap();
+        assert!(admin.public_keys(user).unwrap().is_empty());
+    }
+
     #[test]
     fn open_refuses_an_uninitialized_folder() {
         let dir = tempfile::tempdir().unwrap();
