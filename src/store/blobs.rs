@@ -211,9 +211,9 @@ impl BlobStore {
     pub fn commit_spool(&self, spool: &SpoolName, sha256: &str) -> Result<(), StoreError> {
         check_name(sha256)?;
         let prefix = &sha256[..2];
-        let (dir, created) = self
-            .blobs
-            .make_dir(prefix, 0o2770)
+        // A symlink (or file) the daemon's account put under the folder's name is removed,
+        // never followed: the rename below must land in the blob folder and nowhere else.
+        let (dir, created) = fresh_dir(&self.blobs, prefix, 0o2770)
             .map_err(io_err(format!("open blob folder {BLOBS}/{prefix}")))?;
         if created {
             // mkdir's mode went through the umask; the group must be able to write.
