@@ -174,7 +174,10 @@ fn write_new(path: &Path, data: &[u8]) -> Result<(), KeyError> {
         .unwrap_or_default();
     let tmp = path.with_file_name(format!(
         ".{name}.{}.tmp",
-        random.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        random
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
     ));
     let written = (|| {
         let mut f = std::fs::OpenOptions::new()

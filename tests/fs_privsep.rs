@@ -41,7 +41,10 @@ impl ServiceAccount {
         .collect();
         // useradd fails while another test holds the passwd lock: try again.
         for _ in 0..20 {
-            if run(&args, &[], None, Duration::from_secs(60)).status.success() {
+            if run(&args, &[], None, Duration::from_secs(60))
+                .status
+                .success()
+            {
                 break;
             }
             std::thread::sleep(Duration::from_millis(250));
@@ -151,7 +154,9 @@ fn a_spool_symlink_planted_by_the_daemon_account_makes_the_mount_delete_nothing(
     // And uploads still work (the spool is a real folder again).
     let mb = fx.mailbox();
     let data = random_bytes(10_000);
-    fx.as_user(&mb.user, || ok(ops::put(&mb.outbox().join("after.edi"), &data), "put"));
+    fx.as_user(&mb.user, || {
+        ok(ops::put(&mb.outbox().join("after.edi"), &data), "put")
+    });
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
 }
 
@@ -258,7 +263,8 @@ fn a_key_row_or_station_owner_written_by_the_daemon_account_grants_no_access() {
     let victim_box = fx.mailbox();
     let intruder = fx.add_user(None);
     let svc = ServiceAccount::share(&fx);
-    let evil_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBfQ+zdaemonPlantedThisKeyAAAAAAAAAAAAAAAAAAAA evil";
+    let evil_key =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBfQ+zdaemonPlantedThisKeyAAAAAAAAAAAAAAAAAAAA evil";
     let grant = format!(
         "INSERT INTO user_keys (user_id, public_key, created_ms)
              SELECT id, '{evil_key}', 0 FROM users WHERE name = '{}';

@@ -82,7 +82,10 @@ pub fn fsync_dir(path: &std::path::Path) -> io::Result<()> {
 
 /// True for a content hash as blobs are named: 64 lowercase hex digits.
 pub fn is_blob_name(name: &str) -> bool {
-    name.len() == 64 && name.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    name.len() == 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn check_name(sha256: &str) -> Result<(), StoreError> {
@@ -93,9 +96,9 @@ fn check_name(sha256: &str) -> Result<(), StoreError> {
     }
 }
 
-/// Opens (or makes) the sub-folder `name` of `parent`; a symlink, a file or anything else
-/// planted in its place is removed first (only in folders root alone can write, or for
-/// the folder's own spool).
+/// Opens (or makes) the sub-folder `name` of `parent`; a symlink or file planted in its
+/// place is removed by name first (`unlinkat` removes the link itself, whatever it points
+/// to), so that what is returned is a real folder inside `parent`.
 pub(crate) fn fresh_dir(parent: &Dir, name: &str, mode: u32) -> io::Result<(Dir, bool)> {
     match parent.make_dir(name, mode) {
         Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
@@ -223,7 +226,10 @@ impl BlobStore {
         }
         self.spool
             .rename(&spool.0, &dir, sha256)
-            .map_err(io_err(format!("move spool file {} to blob {sha256}", spool.0)))?;
+            .map_err(io_err(format!(
+                "move spool file {} to blob {sha256}",
+                spool.0
+            )))?;
         dir.sync().map_err(io_err("fsync blob folder"))?;
         Ok(())
     }

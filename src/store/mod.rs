@@ -145,7 +145,8 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     if version > SCHEMA_VERSION {
         return Err(StoreError::TooNew(version, SCHEMA_VERSION));
     }
-    let set_version = |v: i64| format!("PRAGMA main.user_version={v}; PRAGMA ops.user_version={v};");
+    let set_version =
+        |v: i64| format!("PRAGMA main.user_version={v}; PRAGMA ops.user_version={v};");
     if version == 0 {
         let tx = conn.transaction()?;
         tx.execute_batch(CONFIG_SCHEMA)?;
@@ -583,7 +584,8 @@ mod tests {
         let conn = Connection::open(dir.join("as2box.db")).unwrap();
         conn.execute_batch("PRAGMA journal_mode=WAL;").unwrap();
         conn.execute_batch(CONFIG_SCHEMA).unwrap();
-        conn.execute_batch(&OPS_SCHEMA.replace(" ops.", " ")).unwrap();
+        conn.execute_batch(&OPS_SCHEMA.replace(" ops.", " "))
+            .unwrap();
         conn.execute_batch(&format!(
             "PRAGMA user_version={SCHEMA_VERSION};
              INSERT INTO users VALUES (1, 'old', 5, 5, NULL, 0);
@@ -641,7 +643,9 @@ mod tests {
         let (dir, admin, user, _) = setup();
         let daemon = Store::open_service(dir.path()).unwrap();
         assert_eq!(daemon.user("acme").unwrap().unwrap().id, user);
-        let err = daemon.add_public_key(user, "ssh-ed25519 AAAAevil").unwrap_err();
+        let err = daemon
+            .add_public_key(user, "ssh-ed25519 AAAAevil")
+            .unwrap_err();
         assert!(err.to_string().contains("readonly"), "{err}");
         // A table of the same name in the daemon's file does not hide root's.
         daemon

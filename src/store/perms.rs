@@ -163,7 +163,13 @@ pub fn share_state_dir(dir: &Path, gid: Option<u32>) -> Result<()> {
         (KEYS, 0o2750, 0o640),
     ] {
         let d = state.dir(name).map_err(io(format!("open {name}/")))?;
-        fix_tree(&d, gid, mode_for(shared, dir_mode), mode_for(shared, file_mode), 0);
+        fix_tree(
+            &d,
+            gid,
+            mode_for(shared, dir_mode),
+            mode_for(shared, file_mode),
+            0,
+        );
     }
     if let Ok(blobs) = state.dir(BLOBS) {
         fix_file(&blobs, ".sweep.lock".as_ref(), gid, mode_for(shared, 0o660));
@@ -193,7 +199,11 @@ fn fix_tree(dir: &Dir, gid: u32, dir_mode: u32, file_mode: u32, depth: u32) {
             Ok(sub) if depth < 2 => fix_tree(&sub, gid, dir_mode, file_mode, depth + 1),
             Ok(_) => {}
             Err(_) => {
-                let mode = if name == ".sweep.lock" { file_mode | 0o020 } else { file_mode };
+                let mode = if name == ".sweep.lock" {
+                    file_mode | 0o020
+                } else {
+                    file_mode
+                };
                 fix_file(dir, &name, gid, mode)
             }
         }
@@ -228,7 +238,9 @@ mod tests {
         assert_eq!(mode("keys"), 0o2750);
         assert_eq!(mode("audit.log"), 0o600);
         assert_eq!(
-            std::fs::metadata(state.join("blobs/ab/abcd")).unwrap().gid(),
+            std::fs::metadata(state.join("blobs/ab/abcd"))
+                .unwrap()
+                .gid(),
             gid
         );
         share_state_dir(&state, None).unwrap();
@@ -246,7 +258,9 @@ mod tests {
         std::os::unix::fs::symlink(&victim, state.join("spool")).unwrap();
         let d = Dir::open(&state).unwrap();
         prepare(&d).unwrap();
-        assert!(std::fs::symlink_metadata(state.join("spool")).unwrap().is_dir());
+        assert!(std::fs::symlink_metadata(state.join("spool"))
+            .unwrap()
+            .is_dir());
         assert_eq!(std::fs::read(victim.join("precious")).unwrap(), b"keep");
     }
 }

@@ -60,7 +60,10 @@ pub fn check_regular(file: &File) -> io::Result<libc::stat> {
     if st.st_nlink != 1 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("the file has {} links (a hard link is refused)", st.st_nlink),
+            format!(
+                "the file has {} links (a hard link is refused)",
+                st.st_nlink
+            ),
         ));
     }
     Ok(st)
@@ -145,11 +148,7 @@ impl Dir {
 
     /// Creates the new file `name` (fails if anything has that name, a symlink included).
     pub fn create_new(&self, name: impl AsRef<OsStr>, mode: u32) -> io::Result<File> {
-        self.file(
-            name,
-            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
-            mode,
-        )
+        self.file(name, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, mode)
     }
 
     /// Removes the entry `name` (a symlink is removed itself, never its target).
@@ -169,11 +168,21 @@ impl Dir {
 
     /// Renames `name` to `to_name` in `to` (replacing what is there: a symlink there is
     /// replaced, not followed).
-    pub fn rename(&self, name: impl AsRef<OsStr>, to: &Dir, to_name: impl AsRef<OsStr>) -> io::Result<()> {
+    pub fn rename(
+        &self,
+        name: impl AsRef<OsStr>,
+        to: &Dir,
+        to_name: impl AsRef<OsStr>,
+    ) -> io::Result<()> {
         let (a, b) = (component(name.as_ref())?, component(to_name.as_ref())?);
         // SAFETY: renameat between descriptors we own.
         cvt(unsafe {
-            libc::renameat(self.fd.as_raw_fd(), a.as_ptr(), to.fd.as_raw_fd(), b.as_ptr())
+            libc::renameat(
+                self.fd.as_raw_fd(),
+                a.as_ptr(),
+                to.fd.as_raw_fd(),
+                b.as_ptr(),
+            )
         })
         .map(|_| ())
     }
@@ -247,7 +256,12 @@ impl Dir {
 }
 
 /// Sets owner (None keeps it) and mode of an open file or folder.
-pub fn set_owner_mode(fd: libc::c_int, uid: Option<u32>, gid: Option<u32>, mode: u32) -> io::Result<()> {
+pub fn set_owner_mode(
+    fd: libc::c_int,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    mode: u32,
+) -> io::Result<()> {
     if uid.is_some() || gid.is_some() {
         let (u, g) = (
             uid.map_or(u32::MAX, |u| u) as libc::uid_t,
@@ -282,7 +296,10 @@ mod tests {
         assert!(d.file("link", libc::O_RDONLY, 0).is_err());
         assert!(d.dir("dirlink").is_err());
         assert!(d.file("hard", libc::O_RDONLY, 0).is_err());
-        assert!(d.file("fifo", libc::O_RDONLY, 0).is_err(), "and did not block");
+        assert!(
+            d.file("fifo", libc::O_RDONLY, 0).is_err(),
+            "and did not block"
+        );
         assert!(d.file("../outside", libc::O_RDONLY, 0).is_err());
         assert!(d.file("..", libc::O_RDONLY, 0).is_err());
         assert!(d.create_new("link", 0o600).is_err());

@@ -133,7 +133,9 @@ fn keep_only(path: &Path, keep: Keep) -> Result<()> {
     )?;
     conn.execute_batch("PRAGMA foreign_keys=OFF;")?;
     let tables: Vec<String> = conn
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")?
+        .prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+        )?
         .query_map([], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     let has_sequence: bool = conn
