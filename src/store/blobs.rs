@@ -32,7 +32,8 @@ pub const ADMIN_SPOOL: &str = "spool";
 pub const SERVICE_SPOOL: &str = "serve-spool";
 /// The blob folder.
 pub const BLOBS: &str = "blobs";
-const LOCK: &str = ".sweep.lock";
+/// The lock file of the sweep (see [`BlobGuard`]), in [`BLOBS`].
+pub const LOCK: &str = ".sweep.lock";
 
 /// The blob folder and the spool of this process.
 #[derive(Debug)]
@@ -109,12 +110,17 @@ pub(crate) fn fresh_dir(parent: &Dir, name: &str, mode: u32) -> io::Result<(Dir,
     }
 }
 
-fn open_lock(blobs: &Dir) -> io::Result<File> {
+/// Opens (making it if needed) the sweep's lock file in the blob folder.
+pub(crate) fn open_lock(blobs: &Dir) -> io::Result<File> {
     let open = || blobs.file(LOCK, libc::O_RDWR | libc::O_CREAT, 0o660);
     match open() {
         Ok(f) => Ok(f),
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => open(),
-        // Something else took the lock file's name (a symlink, a hard link): replace it.
+        // flock needs no write permission: a lock file root made 0640 still serves.
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            blobs.file(LOCK, libc::O_RDONLY, 0)
+        }
+        // Something else took the lock file's name (a symlink, a hard link, a FIFO):
+        // remove that name (never its target) and make the file again.
         Err(_) => {
             let _ = blobs.unlink(LOCK);
             open()

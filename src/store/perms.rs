@@ -23,7 +23,7 @@
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
-use super::blobs::{fresh_dir, ADMIN_SPOOL, BLOBS, SERVICE_SPOOL};
+use super::blobs::{fresh_dir, open_lock, ADMIN_SPOOL, BLOBS, LOCK, SERVICE_SPOOL};
 use super::safefs::{set_owner_mode, Dir};
 use super::{Result, StoreError};
 
@@ -126,7 +126,12 @@ pub fn prepare(state: &Dir) -> Result<()> {
         layout_file(&data, name, gid, mode_for(shared, 0o660))?;
     }
     layout_file(state, CONFIG_DB, gid, mode_for(shared, 0o640))?;
-    layout_dir(state, BLOBS, gid, mode_for(shared, 0o2770))?;
+    let blobs = layout_dir(state, BLOBS, gid, mode_for(shared, 0o2770))?;
+    // Made here with its mode (the umask would take the group's write bit). blobs/ is the
+    // daemon's to write: whatever it put under the name is replaced, not refused.
+    let lock = open_lock(&blobs).map_err(io(format!("open {BLOBS}/{LOCK}")))?;
+    set_owner_mode(lock.as_raw_fd(), None, Some(gid), mode_for(shared, 0o660))
+        .map_err(io(format!("chmod {BLOBS}/{LOCK}")))?;
     layout_dir(state, SERVICE_SPOOL, gid, mode_for(shared, 0o2770))?;
     layout_dir(state, KEYS, gid, mode_for(shared, 0o2750))?;
     let (spool, _) = fresh_dir(state, ADMIN_SPOOL, 0o700).map_err(io("create spool/"))?;
@@ -171,9 +176,6 @@ pub fn share_state_dir(dir: &Path, gid: Option<u32>) -> Result<()> {
             0,
         );
     }
-    if let Ok(blobs) = state.dir(BLOBS) {
-        fix_file(&blobs, ".sweep.lock".as_ref(), gid, mode_for(shared, 0o660));
-    }
     for name in state.names().map_err(io("read the state folder"))? {
         if name.to_str().is_some_and(|n| n.starts_with("audit.log")) {
             fix_file(&state, &name, egid(), 0o600);
@@ -199,7 +201,7 @@ fn fix_tree(dir: &Dir, gid: u32, dir_mode: u32, file_mode: u32, depth: u32) {
             Ok(sub) if depth < 2 => fix_tree(&sub, gid, dir_mode, file_mode, depth + 1),
             Ok(_) => {}
             Err(_) => {
-                let mode = if name == ".sweep.lock" {
+                let mode = if name == LOCK {
                     file_mode | 0o020
                 } else {
                     file_mode
