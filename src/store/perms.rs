@@ -200,14 +200,9 @@ fn fix_tree(dir: &Dir, gid: u32, dir_mode: u32, file_mode: u32, depth: u32) {
         match dir.dir(&name) {
             Ok(sub) if depth < 2 => fix_tree(&sub, gid, dir_mode, file_mode, depth + 1),
             Ok(_) => {}
-            Err(_) => {
-                let mode = if name == LOCK {
-                    file_mode | 0o020
-                } else {
-                    file_mode
-                };
-                fix_file(dir, &name, gid, mode)
-            }
+            // The sweep's lock has its own mode, set by `prepare`.
+            Err(_) if name == LOCK => {}
+            Err(_) => fix_file(dir, &name, gid, file_mode),
         }
     }
 }
