@@ -343,3 +343,46 @@ pub fn hex(bytes: &[u8]) -> String {
 pub fn sha256_hex(data: &[u8]) -> String {
     hex(&openssl::sha::sha256(data))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_content_hashes_are_opened_and_only_as_regular_files() {
+        let (dir, store, _, _) = crate::store::test_store("u", "S", "P");
+        let blobs = store.blobs();
+        let sha = blobs.put_bytes(b"stored").unwrap();
+        assert!(blobs.has_blob(&sha));
+        assert!(blobs.open_blob(&sha).is_ok());
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, b"secret").unwrap();
+        for name in [
+            secret.to_str().unwrap(),
+            "../secret",
+            "../../secret",
+            &sha.to_uppercase(),
+            &sha[..63],
+            "",
+        ] {
+            assert!(
+                matches!(blobs.open_blob(name), Err(StoreError::BadBlobName(_))),
+                "{name:?}"
+            );
+            assert!(!blobs.has_blob(name));
+        }
+        // A hash whose file is a symlink (or whose folder is) is not opened.
+        let other = sha256_hex(b"other");
+        let prefix = dir.path().join(BLOBS).join(&other[..2]);
+        std::fs::create_dir_all(&prefix).unwrap();
+        std::os::unix::fs::symlink(&secret, prefix.join(&other)).unwrap();
+        assert!(blobs.open_blob(&other).is_err());
+        let third = sha256_hex(b"third");
+        std::os::unix::fs::symlink(dir.path(), dir.path().join(BLOBS).join(&third[..2])).unwrap();
+        assert!(blobs.open_blob(&third).is_err());
+        // Storing that content replaces the planted folder link instead of following it.
+        assert_eq!(blobs.put_bytes(b"third").unwrap(), third);
+        assert!(!dir.path().join(&third).exists());
+        assert!(blobs.open_blob(&third).is_ok());
+    }
+}

@@ -87,11 +87,16 @@ fn layout_dir(state: &Dir, name: &str, gid: u32, mode: u32) -> Result<Dir> {
 
 /// Makes (or opens) the layout file `name` in `dir` with group `gid` and `mode`.
 fn layout_file(dir: &Dir, name: &str, gid: u32, mode: u32) -> Result<()> {
-    let f = dir
-        .file(name, libc::O_RDWR | libc::O_CREAT, mode)
-        .map_err(|e| StoreError::Unsafe(format!(
-            "{name} in the state folder cannot be used ({e}); as2box accepts only plain files there: move it away and run `as2box init`"
-        )))?;
+    // Read-only when it exists: changing owner and mode needs no more.
+    let f = match dir.file(name, libc::O_RDONLY, 0) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+            dir.file(name, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, mode)
+        }
+        r => r,
+    }
+    .map_err(|e| StoreError::Unsafe(format!(
+        "{name} in the state folder cannot be used ({e}); as2box accepts only plain files there: move it away and run `as2box init`"
+    )))?;
     set_owner_mode(f.as_raw_fd(), None, Some(gid), mode).map_err(io(format!("chmod {name}")))
 }
 

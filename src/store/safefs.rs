@@ -255,13 +255,17 @@ impl Dir {
     }
 }
 
-/// Sets owner (None keeps it) and mode of an open file or folder.
+/// Sets owner (None keeps it) and mode of an open file or folder, changing only what
+/// differs (so an immutable or read-only folder that is already right is no error).
 pub fn set_owner_mode(
     fd: libc::c_int,
     uid: Option<u32>,
     gid: Option<u32>,
     mode: u32,
 ) -> io::Result<()> {
+    let st = fstat(fd)?;
+    let uid = uid.filter(|&u| u != st.st_uid);
+    let gid = gid.filter(|&g| g != st.st_gid);
     if uid.is_some() || gid.is_some() {
         let (u, g) = (
             uid.map_or(u32::MAX, |u| u) as libc::uid_t,
@@ -269,8 +273,10 @@ pub fn set_owner_mode(
         );
         // SAFETY: fchown on an open descriptor; -1 keeps that id.
         cvt(unsafe { libc::fchown(fd, u, g) })?;
+    } else if st.st_mode & 0o7777 == mode {
+        return Ok(());
     }
-    // After chown: chown clears the setgid bit.
+    // After chown, which clears the setgid bit.
     // SAFETY: fchmod on an open descriptor.
     cvt(unsafe { libc::fchmod(fd, mode as libc::mode_t) }).map(|_| ())
 }
