@@ -639,6 +639,26 @@ mod tests {
     }
 
     #[test]
+    fn an_older_folder_with_a_planted_link_is_not_upgraded_through_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        drop(legacy_state(&state));
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"root's file").unwrap();
+        std::fs::remove_file(state.join("as2box.db-shm")).ok();
+        std::os::unix::fs::symlink(&victim, state.join("as2box.db-shm")).unwrap();
+        let err = Store::open(&state).unwrap_err();
+        assert!(matches!(err, StoreError::Unsafe(_)), "{err}");
+        assert!(err.to_string().contains("as2box.db-shm"), "{err}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"root's file");
+        // Once the admin removed it, the upgrade goes through.
+        std::fs::remove_file(state.join("as2box.db-shm")).unwrap();
+        let store = Store::open(&state).unwrap();
+        assert!(store.user("old").unwrap().is_some());
+    }
+
+    #[test]
     fn the_daemon_reads_the_configuration_but_cannot_write_it_nor_shadow_it() {
         let (dir, admin, user, _) = setup();
         let daemon = Store::open_service(dir.path()).unwrap();
