@@ -32,13 +32,16 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
 /// One path component: no `/`, not `.` or `..`, not empty (so nothing can climb out).
 fn component(name: &OsStr) -> io::Result<CString> {
     let b = name.as_bytes();
-    if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') || b.contains(&0) {
-        return Err(io::Error::new(
+    let invalid = || {
+        io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("{name:?} is not a plain file name"),
-        ));
+        )
+    };
+    if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') {
+        return Err(invalid());
     }
-    Ok(CString::new(b).expect("no NUL, checked"))
+    CString::new(b).map_err(|_| invalid())
 }
 
 fn fstat(fd: libc::c_int) -> io::Result<libc::stat> {
