@@ -794,7 +794,7 @@ impl Drop for Immutable {
     }
 }
 
-/// Station B cannot store what it receives (the gateway's spool folder is made immutable):
+/// Station B cannot store what it receives (the daemon's spool folder is made immutable):
 /// it answers HTTP 503 so that the sender tries again later, not a negative MDN that would
 /// end the message; A retries, and once storage works again the message is delivered once.
 #[test]
@@ -815,7 +815,7 @@ fn a_receiver_that_cannot_store_answers_503_and_the_sender_retries() {
     fx.as_user(&a.user, || {
         ok(ops::put(&a.outbox().join("full.bin"), &data), "put")
     });
-    let spool = Immutable::new(&fx.state_dir.join("spool"));
+    let spool = Immutable::new(&fx.state_dir.join("serve-spool"));
     let daemon = Daemon::start(&fx, port, None);
     let m = fx.out_messages(&a.user).remove(0);
     wait_until("two refused attempts", WAIT, || {
