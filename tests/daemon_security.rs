@@ -584,3 +584,29 @@ fn forged_receipt_async_mdns_settle_only_what_they_prove() {
     assert_eq!(r.status(), 200, "{r:?}\n{}", daemon.log());
     wait_until("the message delivered", WAIT, || waiting() == "delivered");
 }
+
+/// A flood of forged requests: each is refused and counted, but at most 60 a minute per
+/// partner become rows in `messages` (so the flood cannot fill the disk).
+#[test]
+fn forged_sender_a_flood_is_counted_but_not_all_recorded() {
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
+    let gw = Gateway::secure(fx);
+    let n = 150;
+    for i in 0..n {
+        let forged = gw.forge(None, false, MdnMode::Sync, format!("{i}").as_bytes(), "text/plain");
+        let r = gw.post(&forged.headers, &forged.body);
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(
+        gw.metric("as2box_received_total{outcome=\"refused\"}"),
+        n as u64,
+        "{}",
+        gw.daemon.get("/metrics")
+    );
+    // 60 a minute; the run may straddle one minute's end.
+    let recorded = gw.refused().len();
+    assert!((60..=120).contains(&recorded), "{recorded} refusals recorded");
+    assert!(gw.stored_inbound().is_empty());
+}

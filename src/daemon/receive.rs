@@ -286,15 +286,21 @@ async fn refuse(
     inc(&ctx.metrics.received_refused);
     let text = refusal_text(e);
     warn!(peer = %req.peer, station = %station.as2_id, partner = %partner.as2_id, message_id = %info.message_id, error = %e, fix = %refusal_fix(e, partner), "refused: answering a negative MDN");
-    let (store, sid, pid, mid, reason) = (
-        ctx.store.clone(),
-        station.id,
-        partner.id,
-        info.message_id.clone(),
-        text.clone(),
-    );
-    if let Err(err) = blocking(move || store.record_refused_inbound(sid, pid, &mid, &reason)).await {
-        warn!(error = %err, "cannot record the refusal");
+    if may_record_refusal(ctx, partner.id) {
+        let (store, sid, pid, mid, reason) = (
+            ctx.store.clone(),
+            station.id,
+            partner.id,
+            info.message_id.clone(),
+            text.clone(),
+        );
+        if let Err(err) =
+            blocking(move || store.record_refused_inbound(sid, pid, &mid, &reason)).await
+        {
+            warn!(error = %err, "cannot record the refusal");
+        }
+    } else {
+        warn!(partner = %partner.as2_id, "more than {REFUSALS_RECORDED_PER_MINUTE} refusals for this partner this minute: this one is logged and counted, not recorded");
     }
     let by = Answerer {
         station,
@@ -303,6 +309,25 @@ async fn refuse(
         authenticated: false,
     };
     answer(ctx, info, by, Disposition::from_error(e), None, &text, None).await
+}
+
+/// Refusals recorded in `messages` per partner and minute at most; the rest are logged
+/// and counted only.
+const REFUSALS_RECORDED_PER_MINUTE: u32 = 60;
+
+/// Whether this refusal of `partner_id`'s may still be recorded this minute.
+fn may_record_refusal(ctx: &Ctx, partner_id: i64) -> bool {
+    let minute = now_ms() / 60_000;
+    let mut seen = ctx
+        .refusals_recorded
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let entry = seen.entry(partner_id).or_insert((minute, 0));
+    if entry.0 != minute {
+        *entry = (minute, 0);
+    }
+    entry.1 += 1;
+    entry.1 <= REFUSALS_RECORDED_PER_MINUTE
 }
 
 /// What the gateway's admin can do about a refusal, for the log line.
