@@ -231,6 +231,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The files of a pickup or failure as the store takes them.
+fn pickup_list(files: &[Entry]) -> Vec<(i64, PickupFile)> {
+    files
+        .iter()
+        .map(|f| {
+            (
+                f.id,
+                PickupFile {
+                    name: f.name.clone(),
+                    blob: f.blob.clone().unwrap_or_default(),
+                    size: f.size,
+                },
+            )
+        })
+        .collect()
+}
+
 impl MailboxFs {
     /// A core over `store` with `config`.
     pub fn new(store: Arc<Store>, config: Config) -> MailboxFs {
@@ -1561,19 +1578,7 @@ impl MailboxFs {
         ) {
             return Ok(false);
         }
-        let list: Vec<(i64, PickupFile)> = files
-            .iter()
-            .map(|f| {
-                (
-                    f.id,
-                    PickupFile {
-                        name: f.name.clone(),
-                        blob: f.blob.clone().unwrap_or_default(),
-                        size: f.size,
-                    },
-                )
-            })
-            .collect();
+        let list = pickup_list(&files);
         let sizes: Vec<u64> = files.iter().map(|f| f.size).collect();
         let name = mailbox::batch_name(&folder.name);
         match mailbox::check_limits(&sizes, &self.config) {
@@ -1594,7 +1599,13 @@ impl MailboxFs {
                 info!(user = folder.user_id, name, message = m, %reason, "folder moved to failed/");
             }
         }
-        for f in &files {
+        self.invalidate_entries(&files);
+        Ok(true)
+    }
+
+    /// Drops the kernel's cached attributes of entries whose state a pickup changed.
+    fn invalidate_entries(&self, files: &[Entry]) {
+        for f in files {
             let key = Key::Entry {
                 user: f.user_id,
                 id: f.id,
@@ -1603,7 +1614,6 @@ impl MailboxFs {
                 self.invalidate(ino);
             }
         }
-        Ok(true)
     }
 
     /// Periodic work: batch pickups (every call) and the retention sweep (every
@@ -1655,23 +1665,42 @@ impl MailboxFs {
                 // Being resumed right now.
                 continue;
             }
-            let reason = format!(
-                "Not sent: the upload of {:?} was interrupted (the connection dropped before it finished) and was not completed within {} seconds; upload the file again.",
-                e.name, self.config.outbox.incomplete_timeout_secs
-            );
-            let file = PickupFile {
-                name: e.name.clone(),
-                blob: e.blob.clone().unwrap_or_default(),
-                size: e.size,
+            // Part of a folder message: the folder fails whole (sending the rest would send
+            // the message with a file missing), once nothing in it is being written.
+            let folder = match e.parent {
+                0 => None,
+                id => self.store.entry(id).ok().flatten().filter(|f| f.is_dir),
             };
-            match self.store.fail_entries(&e, &[(e.id, file)], &reason) {
+            let timeout = self.config.outbox.incomplete_timeout_secs;
+            let reason = mailbox::interrupted_reason(
+                &e.name,
+                folder.as_ref().map(|f| f.name.as_str()),
+                timeout,
+            );
+            let (top, files) = match folder {
+                Some(f) => {
+                    if !self.drafts_in(f.boxref, f.id).is_empty() {
+                        continue;
+                    }
+                    match self.store.entries(f.boxref, f.id) {
+                        Ok(files) => (f, files),
+                        Err(err) => {
+                            warn!(folder = %f.name, error = %err, "cannot list a folder with an interrupted upload");
+                            continue;
+                        }
+                    }
+                }
+                None => (e.clone(), vec![e.clone()]),
+            };
+            match self.store.fail_entries(&top, &pickup_list(&files), &reason) {
                 Ok(m) => {
-                    info!(user = e.user_id, name = %e.name, message = m, "interrupted upload moved to failed/")
+                    info!(user = e.user_id, name = %top.name, interrupted = %e.name, message = m, "interrupted upload moved to failed/")
                 }
                 Err(err) => {
-                    warn!(name = %e.name, error = %err, "cannot move interrupted upload to failed/")
+                    warn!(name = %top.name, error = %err, "cannot move interrupted upload to failed/")
                 }
             }
+            self.invalidate_entries(&files);
         }
     }
 

@@ -70,6 +70,20 @@ pub fn batch_ready(
     explicit || quiet
 }
 
+/// The one-sentence reason an interrupted upload that nobody completed within
+/// `timeout_secs` is not sent; in a folder message, the whole folder fails with it.
+pub fn interrupted_reason(name: &str, folder: Option<&str>, timeout_secs: f64) -> String {
+    let why = "was interrupted (the connection dropped before it finished) and was not completed within";
+    match folder {
+        Some(f) => format!(
+            "Not sent: the folder {f:?} lacks {name:?}, whose upload {why} {timeout_secs} seconds; upload the folder again."
+        ),
+        None => format!(
+            "Not sent: the upload of {name:?} {why} {timeout_secs} seconds; upload the file again."
+        ),
+    }
+}
+
 /// Checks a message against the outbox limits; the error is the one-sentence reason that
 /// goes into `failed/<name>.reason.txt`.
 pub fn check_limits(sizes: &[u64], config: &Config) -> Result<(), String> {
