@@ -315,6 +315,40 @@ fn a_name_whose_linger_is_over_can_be_uploaded_again() {
     assert_eq!(msgs_named(&fx, &mb, "orders.edi").len(), 3);
 }
 
+/// SFTP has no "upload complete": a client that cancels a `put` closes the file normally.
+/// In the default `close` pickup mode that close sends what arrived (documented); in
+/// `rename` mode a plain close holds the file and only a rename from a temporary name
+/// sends.
+#[test]
+fn a_cancelled_upload_is_sent_in_close_mode_and_held_in_rename_mode() {
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
+    let mb = fx.mailbox();
+    let whole = vec![b'x'; 100_000];
+    let cut = &whole[..40_000];
+    fx.as_user(&mb.user, || ok(ops::put(&mb.outbox().join("a.edi"), cut), "put"));
+    assert_queued_single(&fx, &mb, "a.edi", cut);
+
+    fx.cli_ok(&["station", "set", &mb.station, "--pickup", "rename"]);
+    let shown = fx.cli_ok(&["station", "show", &mb.station]);
+    assert!(shown.contains("pickup:       on rename"), "{shown}");
+    let held = mb.outbox().join("b.edi");
+    fx.as_user(&mb.user, || {
+        ok(ops::put(&held, cut), "put");
+        let st = ok(ops::stat(&held), "stat");
+        assert_eq!(st.mode() & 0o777, 0o640, "held, still writable");
+        assert_eq!(st.size(), cut.len() as u64);
+    });
+    assert!(msgs_named(&fx, &mb, "b.edi").is_empty(), "a plain close sent it");
+    let tmp = mb.outbox().join("c.edi.part");
+    fx.as_user(&mb.user, || {
+        ok(ops::put(&tmp, &whole), "put temporary");
+        ok(ops::rename(&tmp, &mb.outbox().join("c.edi")), "rename");
+    });
+    assert_queued_single(&fx, &mb, "c.edi", &whole);
+}
+
 #[test]
 fn unlinking_a_lingering_file_hides_it_without_unsending_it() {
     let Some(fx) = fixture!(Settings::default()) else {

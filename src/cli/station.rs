@@ -44,7 +44,7 @@ pub enum StationCommand {
     },
     /// Change a station: inbox layout, or the key pair it signs and decrypts with.
     #[command(
-        after_help = "Examples:\n  as2box station set ACME-AS2 --inbox-layout plain\n  as2box station set ACME-AS2 --key /etc/as2box/acme.key.pem --cert /etc/as2box/acme.cert.pem\n  as2box station set ACME-AS2 --generate-cert      # prints the certificate to give to partners"
+        after_help = "Examples:\n  as2box station set ACME-AS2 --inbox-layout plain\n  as2box station set ACME-AS2 --pickup rename       # only a rename from x.part sends\n  as2box station set ACME-AS2 --key /etc/as2box/acme.key.pem --cert /etc/as2box/acme.cert.pem\n  as2box station set ACME-AS2 --generate-cert      # prints the certificate to give to partners"
     )]
     Set {
         /// The AS2 id.
@@ -61,6 +61,12 @@ pub enum StationCommand {
         /// Generate a self-signed RSA-2048 pair (3 years) in <state>/keys/ and print the certificate.
         #[arg(long)]
         generate_cert: bool,
+        /// What commits an upload in the station's outboxes: `close` (default: closing a
+        /// file with a normal name sends it; a cancelled `put` closes normally too, and is
+        /// sent truncated) or `rename` (only a rename from a temporary name such as
+        /// `x.part`, or of a `.ready` folder, sends; a plain close holds the file).
+        #[arg(long, value_enum)]
+        pickup: Option<crate::store::PickupMode>,
     },
     /// Remove a station and its mailboxes.
     #[command(after_help = "Example:\n  as2box station remove ACME-AS2 --force")]
@@ -164,6 +170,7 @@ pub fn run(g: &Global, c: StationCommand) -> anyhow::Result<()> {
             println!("station:      {}", v.station.as2_id);
             println!("user:         {}", v.user);
             println!("inbox layout: {}", v.station.inbox_layout.as_str());
+            println!("pickup:       on {}", v.station.pickup.as_str());
             let path = |p: &Option<std::path::PathBuf>| {
                 p.as_ref()
                     .map(|p| p.display().to_string())
@@ -182,12 +189,17 @@ pub fn run(g: &Global, c: StationCommand) -> anyhow::Result<()> {
             key,
             cert,
             generate_cert,
+            pickup,
         } => {
             let s = get(&store, &id)?;
-            if inbox_layout.is_none() && key.is_none() && !generate_cert {
+            if inbox_layout.is_none() && key.is_none() && !generate_cert && pickup.is_none() {
                 anyhow::bail!(
-                    "nothing to change: give --inbox-layout, --key and --cert, or --generate-cert"
+                    "nothing to change: give --inbox-layout, --pickup, --key and --cert, or --generate-cert"
                 );
+            }
+            if let Some(mode) = pickup {
+                store.set_station_pickup(s.id, mode)?;
+                println!("station {id}: uploads commit on {}", mode.as_str());
             }
             if let Some(layout) = inbox_layout {
                 store.set_station_layout(s.id, layout)?;

@@ -1229,7 +1229,8 @@ impl MailboxFs {
                 hash_file(&i.file).map_err(io)?
             }
         };
-        let outcome = mailbox::on_close(&i.name, i.parent != 0, writer_exiting);
+        let mode = self.station_of(d.user, i.b.station_id)?.pickup;
+        let outcome = mailbox::on_close(&i.name, i.parent != 0, writer_exiting, mode);
         let hashed = started.elapsed();
         self.store.blobs().commit_spool(&i.spool, &sha)?;
         let stored = started.elapsed();

@@ -24,11 +24,16 @@ pub enum CloseOutcome {
 
 /// Decides what a close means for a file called `name`, directly in an outbox (`in_folder`
 /// false) or in an outbox folder, closed by a process that is (`writer_exiting`) or is not
-/// exiting.
-pub fn on_close(name: &str, in_folder: bool, writer_exiting: bool) -> CloseOutcome {
+/// exiting, in a station whose uploads commit as `mode` says.
+pub fn on_close(
+    name: &str,
+    in_folder: bool,
+    writer_exiting: bool,
+    mode: crate::store::PickupMode,
+) -> CloseOutcome {
     if writer_exiting {
         CloseOutcome::Interrupted
-    } else if in_folder || is_temp_name(name) {
+    } else if in_folder || is_temp_name(name) || mode == crate::store::PickupMode::Rename {
         CloseOutcome::Hold
     } else {
         CloseOutcome::Pickup
@@ -207,11 +212,15 @@ mod tests {
 
     #[test]
     fn close_outcomes() {
-        assert_eq!(on_close("a.edi", false, false), CloseOutcome::Pickup);
-        assert_eq!(on_close("a.edi.filepart", false, false), CloseOutcome::Hold);
-        assert_eq!(on_close(".a", false, false), CloseOutcome::Hold);
-        assert_eq!(on_close("a.edi", true, false), CloseOutcome::Hold);
-        assert_eq!(on_close("a.edi", false, true), CloseOutcome::Interrupted);
+        use crate::store::PickupMode::{Close, Rename};
+        assert_eq!(on_close("a.edi", false, false, Close), CloseOutcome::Pickup);
+        assert_eq!(on_close("a.edi.filepart", false, false, Close), CloseOutcome::Hold);
+        assert_eq!(on_close(".a", false, false, Close), CloseOutcome::Hold);
+        assert_eq!(on_close("a.edi", true, false, Close), CloseOutcome::Hold);
+        assert_eq!(on_close("a.edi", false, true, Close), CloseOutcome::Interrupted);
+        // In rename mode a plain close never commits; an exiting writer is still told apart.
+        assert_eq!(on_close("a.edi", false, false, Rename), CloseOutcome::Hold);
+        assert_eq!(on_close("a.edi", false, true, Rename), CloseOutcome::Interrupted);
     }
 
     #[test]

@@ -101,7 +101,7 @@ impl StoreError {
 /// The result type of the store.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 /// Steps from each older schema version to the next: `MIGRATIONS[v - 1]` takes a version `v`
 /// database to `v + 1`. A fresh database gets the schemas and the current version directly.
@@ -145,6 +145,8 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE partners ADD COLUMN require_signature INTEGER NOT NULL DEFAULT 1;
      ALTER TABLE partners ADD COLUMN require_encryption INTEGER NOT NULL DEFAULT 1;
      ALTER TABLE partners ADD COLUMN mdn_url_allow TEXT NOT NULL DEFAULT '';",
+    // 5 -> 6: what commits an upload in a station's outboxes.
+    "ALTER TABLE stations ADD COLUMN pickup TEXT NOT NULL DEFAULT 'close';",
 ];
 
 /// Brings both databases to [`SCHEMA_VERSION`] on root's connection, each step in its own
@@ -197,6 +199,7 @@ CREATE TABLE IF NOT EXISTS stations (
     inbox_layout TEXT NOT NULL,
     key_path TEXT,
     cert_path TEXT,
+    pickup TEXT NOT NULL DEFAULT 'close',
     created_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS partners (

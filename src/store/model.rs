@@ -67,6 +67,8 @@ pub struct Station {
     pub key_path: Option<std::path::PathBuf>,
     /// Our certificate (PEM), given to partners.
     pub cert_path: Option<std::path::PathBuf>,
+    /// What commits an upload in the station's outboxes.
+    pub pickup: PickupMode,
     /// When added.
     pub created_ms: i64,
 }
@@ -178,6 +180,18 @@ macro_rules! setting_enum {
         }
     };
 }
+
+setting_enum!(
+    /// What commits an upload in an outbox (docs/SEMANTICS.md "Outbox"). SFTP carries no
+    /// "upload complete" signal: a client cancelling a `put` closes the file normally.
+    PickupMode {
+        /// A close with a normal name commits (a cancelled upload is sent truncated).
+        Close = "close",
+        /// Only a rename from a temporary name (or of a `.ready` folder) commits; a plain
+        /// close holds the file.
+        Rename = "rename",
+    }
+);
 
 setting_enum!(
     /// Signature digest.

@@ -5,7 +5,8 @@ use rusqlite::{params, OptionalExtension, Row};
 use std::path::{Path, PathBuf};
 
 use super::{
-    CompressOption, EncryptOption, InboxLayout, MdnOption, Partner, PartnerProfile, Result,
+    CompressOption, EncryptOption, InboxLayout, MdnOption, Partner, PartnerProfile, PickupMode,
+    Result,
     SignOption, Station, Store, StoreError, User,
 };
 use crate::timefmt::now_ms;
@@ -31,6 +32,7 @@ fn station_from_row(r: &Row<'_>) -> rusqlite::Result<Station> {
         created_ms: r.get(4)?,
         key_path: r.get::<_, Option<String>>(5)?.map(PathBuf::from),
         cert_path: r.get::<_, Option<String>>(6)?.map(PathBuf::from),
+        pickup: PickupMode::parse(&r.get::<_, String>(7)?).unwrap_or(PickupMode::Close),
     })
 }
 
@@ -71,7 +73,7 @@ fn partner_from_row(r: &Row<'_>) -> rusqlite::Result<Partner> {
 }
 
 const USER_COLS: &str = "id, name, uid, gid, quota, created_ms";
-const STATION_COLS: &str = "id, user_id, as2_id, inbox_layout, created_ms, key_path, cert_path";
+const STATION_COLS: &str = "id, user_id, as2_id, inbox_layout, created_ms, key_path, cert_path, pickup";
 const PARTNER_COLS: &str = "id, user_id, as2_id, test, url, created_ms, certs, trust_path, sign, encrypt, compress, mdn, mdn_signed, content_type, require_signature, require_encryption, mdn_url_allow";
 
 /// One stored public key of a user.
@@ -345,6 +347,17 @@ impl Store {
             ))?;
             let rows = st.query_map([user_id], station_from_row)?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
+    /// Changes a station's inbox layout.
+    pub fn set_station_pickup(&self, station_id: i64, mode: PickupMode) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE stations SET pickup = ?2 WHERE id = ?1",
+                params![station_id, mode.as_str()],
+            )?;
+            Ok(())
         })
     }
 
