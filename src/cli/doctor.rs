@@ -1151,7 +1151,8 @@ mod tests {
     #[test]
     fn name_shapes_group_blobs_and_numbered_names() {
         assert_eq!(name_shape(&"ab".repeat(32)), "<hex>");
-        assert_eq!(name_shape("as2box.db-wal"), "as2box.db-wal");
+        assert_eq!(name_shape("as2box.db-wal"), "as0box.db-wal");
+        assert_ne!(name_shape("as2box.db"), name_shape("audit.log"));
         assert_eq!(name_shape("spool-12"), "spool-00");
     }
 
