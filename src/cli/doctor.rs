@@ -97,7 +97,7 @@ struct Report<'a> {
 
 pub fn run(g: &Global, a: DoctorArgs) -> anyhow::Result<()> {
     let config = match g.load_config() {
-        Ok(c) => Some(c),
+        Ok(c) => c,
         Err(e) => {
             // Without settings most checks cannot know where to look: report and stop.
             let checks = vec![fail(
@@ -111,7 +111,6 @@ pub fn run(g: &Global, a: DoctorArgs) -> anyhow::Result<()> {
             return finish(&checks, a.json);
         }
     };
-    let config = config.expect("loaded");
     let checks = run_checks(g, &a, &config);
     finish(&checks, a.json)
 }
