@@ -117,6 +117,34 @@ pub fn expiry_warning(path: &Path) -> Option<String> {
     }
 }
 
+/// A warning for a partner's set of certificates: none configured, or the one that lasts
+/// longest expires within [`WARN_DAYS`] (during a rollover the old certificate running
+/// out is expected, as long as a newer one is there).
+pub fn partner_expiry_warning(paths: &[std::path::PathBuf]) -> Option<String> {
+    if paths.is_empty() {
+        return Some("no certificate: its signatures cannot be verified and nothing can be encrypted to it (`as2box partner cert add`)".into());
+    }
+    let longest = paths
+        .iter()
+        .filter_map(|p| read_cert(p).ok().map(|c| (p, c)))
+        .max_by(|(_, a), (_, b)| {
+            a.not_after()
+                .compare(b.not_after())
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
+    match longest {
+        Some((path, _)) => expiry_warning(path),
+        None => Some(format!(
+            "none of its certificates can be read ({})",
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
 /// Generates an RSA-2048 key and a self-signed SHA-256 certificate valid for three years
 /// with `common_name`; writes the key (mode 0600) and the certificate; returns the
 /// certificate PEM to hand to partners.

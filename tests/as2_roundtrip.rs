@@ -659,7 +659,8 @@ fn lf_only_peer_and_transfer_encodings() {
     .unwrap();
     let lf: Vec<u8> = m.body.iter().copied().filter(|&c| c != b'\r').collect();
     let r = parse_message(&m.headers, &lf, &ctx).unwrap();
-    assert_eq!(r.attachments[0].data, b"l1\nl2\n");
+    // What is delivered is what the signature covers: the canonical form.
+    assert_eq!(r.attachments[0].data, b"l1\r\nl2\r\n");
     assert!(
         m.mic.as_ref().unwrap().matches(&r.mic),
         "MIC over the canonical form"
@@ -684,6 +685,38 @@ fn lf_only_peer_and_transfer_encodings() {
         assert_eq!(r.attachments[0].filename.as_deref(), Some("order.x12"));
         assert_eq!(r.mic_rule, MicRule::PlainContent);
     }
+}
+
+/// SECURITY.md, "verified bytes are the delivered bytes": a man in the middle rewrites the
+/// CRLF line ends inside a signed binary payload to LF. Canonicalizing them back would
+/// verify, but would deliver bytes the signer did not send: refused.
+#[test]
+fn line_ends_rewritten_inside_a_signed_binary_payload_are_refused() {
+    let (ours, partner) = test_keys();
+    let keys = [partner.clone()];
+    let certs = [ours.cert.clone()];
+    let ctx = ReceiveContext::new(&keys, &certs, ValidityPolicy::at(NOW));
+    let mut p = SendProfile::new("A", "B");
+    p.sign = Some(DigestAlgorithm::Sha256);
+    let payload = b"\x00\x01binary\r\nrecord\r\n\xff";
+    let m = build_message(
+        &[att("f.bin", "application/octet-stream", payload)],
+        &p,
+        Some(ours),
+        None,
+        NOW,
+        None,
+    )
+    .unwrap();
+    let untouched = parse_message(&m.headers, &m.body, &ctx).unwrap();
+    assert_eq!(untouched.attachments[0].data, payload);
+    let rewritten: Vec<u8> = m.body.iter().copied().filter(|&c| c != b'\r').collect();
+    let e = parse_message(&m.headers, &rewritten, &ctx).unwrap_err();
+    assert_eq!(
+        e.disposition_modifier(),
+        as2box::as2::DispositionModifier::IntegrityCheckFailed,
+        "{e}"
+    );
 }
 
 #[test]

@@ -143,8 +143,15 @@ fn mendelson_signed_mdn() {
         DispositionModifier::AuthenticationFailed
     );
 
-    // Unverified parse (no certificates) still reads the report.
-    let mdn = parse_mdn(&h, &body, &[], ValidityPolicy::at(CAPTURE_TIME), true).unwrap();
+    // Where a signed MDN is required, no certificate is no verification: refused, never
+    // taken as verified (SECURITY.md, "Forged receipt").
+    let err = parse_mdn(&h, &body, &[], ValidityPolicy::at(CAPTURE_TIME), true).unwrap_err();
+    assert_eq!(
+        err.disposition_modifier(),
+        DispositionModifier::AuthenticationFailed
+    );
+    // Unverified parse (not required, no certificates) still reads the report.
+    let mdn = parse_mdn(&h, &body, &[], ValidityPolicy::at(CAPTURE_TIME), false).unwrap();
     assert!(mdn.signed && mdn.signature.is_none());
     let expected = Mic::parse("O4bvrm5t2YunRfwvZicNdEUmPaPZ9vUslX8loVLDck0=, sha256").unwrap();
     assert_eq!(

@@ -243,10 +243,19 @@ fn box_files(fx: &Fixture, user: &User, dir: &Path) -> Vec<(String, Vec<u8>)> {
 }
 
 /// Received messages of a user.
+/// The user's received messages that were stored (refused requests are recorded too).
 fn received(fx: &Fixture, user: &User) -> Vec<Message> {
     fx.messages()
         .into_iter()
-        .filter(|m| m.direction == "in" && m.user == user.name)
+        .filter(|m| m.direction == "in" && m.user == user.name && m.state != "refused")
+        .collect()
+}
+
+/// The user's refused inbound requests, as `messages list` shows them.
+fn refused(fx: &Fixture, user: &User) -> Vec<Message> {
+    fx.messages()
+        .into_iter()
+        .filter(|m| m.direction == "in" && m.user == user.name && m.state == "refused")
         .collect()
 }
 
@@ -473,6 +482,16 @@ fn a_signature_by_a_key_other_than_the_pinned_certificate_gets_a_negative_mdn_an
         "no log line for the refusal of {mid}:\n{log}"
     );
     assert!(received(&fx, &side.mb.user).is_empty());
+    let refusals = refused(&fx, &side.mb.user);
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    assert!(
+        refusals[0]
+            .detail
+            .as_deref()
+            .unwrap_or("")
+            .contains("signature does not verify"),
+        "{refusals:?}"
+    );
     assert!(box_files(&fx, &side.mb.user, &side.mb.inbox()).is_empty());
     assert_eq!(blob_count(&fx), blobs, "a blob was stored");
 }
@@ -528,7 +547,14 @@ fn a_payload_tampered_with_in_transit_is_refused_and_lands_in_the_senders_failed
             "yes",
         ],
     );
-    set_partner(&fx, &b, port, &station_cert(&fx, &a.station), &[]);
+    // B takes A's messages signed, not encrypted (so the proxy can reach the payload).
+    set_partner(
+        &fx,
+        &b,
+        port,
+        &station_cert(&fx, &a.station),
+        &["--require-encryption", "no"],
+    );
     let data = b"UNH+1+ORDERS TAMPER-ME: quantity 100\n".to_vec();
     fx.as_user(&a.user, || {
         ok(ops::put(&a.outbox().join("po.edi"), &data), "put")
@@ -907,9 +933,49 @@ fn a_sync_mdn_whose_signature_does_not_verify_fails_the_message() {
     unverifiable_mdn("sync");
 }
 
+/// SECURITY.md, "async MDNs settle only what they prove": the partner's async MDN does
+/// not verify with the certificate we have for it. It is answered with an HTTP error and
+/// settles nothing: the message keeps waiting and fails only when no valid MDN came in
+/// time.
 #[test]
-fn an_async_mdn_whose_signature_does_not_verify_fails_the_message() {
-    unverifiable_mdn("async");
+fn an_async_mdn_whose_signature_does_not_verify_changes_nothing_and_the_message_times_out() {
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
+    let Some(py) = python() else { return };
+    let side = peer_side(&fx);
+    let port = free_port();
+    serve_config(&fx, port, "async_mdn_timeout_secs = 4");
+    let daemon = Daemon::start(&fx, port, None);
+    let mut peer = PyPeer::start(&py, &side, 0, &[]);
+    let other = as2_common::make_keypair("not the peer");
+    let other_cert = fx.dir.join("other.cert.pem");
+    std::fs::write(&other_cert, other.cert.to_pem().unwrap()).unwrap();
+    set_partner(
+        &fx,
+        &side.mb,
+        peer.port,
+        &other_cert,
+        &["--encrypt", "none", "--mdn", "async"],
+    );
+    fx.as_user(&side.mb.user, || {
+        ok(ops::put(&side.mb.outbox().join("v.edi"), b"verify"), "put")
+    });
+    let got = peer.wait_event("the message at the peer", |v| v["event"] == "received");
+    assert_eq!(got["status"], "processed", "{got}");
+    wait_until("the rejected async MDN in the log", WAIT, || {
+        daemon.log().contains("async MDN rejected")
+    });
+    let reason = reason_of(&fx, &side.mb, "v.edi");
+    assert!(reason.contains("No receipt (MDN) arrived"), "{reason:?}");
+    assert_one_sentence(&reason);
+    let m = wait_out_state(&fx, &side.mb.user, "failed");
+    let evs = events(&fx, m.id);
+    assert_eq!(
+        states(&evs),
+        ["queued", "sending", "awaiting-mdn", "failed"],
+        "{evs:#?}"
+    );
 }
 
 /// The peer takes a message that asks for an async MDN and never sends one: after
@@ -1322,7 +1388,15 @@ fn killed_before_answering_an_async_mdn_request_the_resend_gets_the_mdn_and_one_
         &station_cert(&fx, &b.station),
         &["--mdn", "async"],
     );
-    set_partner(&fx, &b, port, &station_cert(&fx, &a.station), &[]);
+    // A's MDN URL is on loopback: B posts there only because it is listed.
+    let allow = format!("http://127.0.0.1:{port}/");
+    set_partner(
+        &fx,
+        &b,
+        port,
+        &station_cert(&fx, &a.station),
+        &["--mdn-url-allow", &allow],
+    );
     let data = random_bytes(12_000);
     fx.as_user(&a.user, || {
         ok(ops::put(&a.outbox().join("async.bin"), &data), "put")
@@ -1370,8 +1444,15 @@ fn an_owed_async_mdn_survives_a_killed_daemon_and_reaches_the_partner_when_it_is
     );
     let daemon = Daemon::start(&fx, port, None);
     let mut peer = PyPeer::start(&py, &side, 0, &[]);
-    set_partner(&fx, &side.mb, peer.port, &side.peer_cert, &[]);
     let mdn_port = free_port();
+    let allow = format!("http://127.0.0.1:{mdn_port}/");
+    set_partner(
+        &fx,
+        &side.mb,
+        peer.port,
+        &side.peer_cert,
+        &["--mdn-url-allow", &allow],
+    );
     let sent = peer.send(json!({
         "url": format!("http://127.0.0.1:{port}/as2"), "data_b64": "T1dFRCBNRE4=",
         "filename": "owed.edi", "sign": "sha256", "encrypt": "aes_256_cbc",

@@ -274,6 +274,47 @@ fn lingering_file_disappears_after_linger_secs_and_the_message_stays() {
     assert_queued_single(&fx, &mb, "bye.txt", b"bye");
 }
 
+/// A name that is free in the listing is free: once a picked-up file's linger is over
+/// (the row waits for the next sweep), the same name can be uploaded again (integrations
+/// upload `orders.edi` every few minutes), made a folder, or renamed onto; each upload is a
+/// message of its own.
+#[test]
+fn a_name_whose_linger_is_over_can_be_uploaded_again() {
+    let linger = 0.5;
+    let Some(fx) = fixture!(Settings {
+        linger_secs: linger,
+        ..Settings::default()
+    }) else {
+        return;
+    };
+    let mb = fx.mailbox();
+    let path = mb.outbox().join("orders.edi");
+    let gone = |p: &Path| {
+        fx.as_user(&mb.user, || {
+            wait_until(
+                "the lingering file to disappear",
+                Duration::from_secs(20),
+                || ops::stat(p).is_err(),
+            );
+        })
+    };
+    fx.as_user(&mb.user, || ok(ops::put(&path, b"first"), "put 1"));
+    gone(&path);
+    fx.as_user(&mb.user, || ok(ops::put(&path, b"second"), "put 2"));
+    let msgs = msgs_named(&fx, &mb, "orders.edi");
+    assert_eq!(msgs.len(), 2, "{msgs:#?}");
+    // A folder, and a rename from a temporary name, onto expired names.
+    gone(&path);
+    fx.as_user(&mb.user, || {
+        ok(ops::mkdir(&path), "mkdir onto an expired name");
+        ok(ops::rmdir(&path), "rmdir");
+        let tmp = mb.outbox().join("orders.edi.part");
+        ok(ops::put(&tmp, b"third"), "put temporary");
+        ok(ops::rename(&tmp, &path), "rename onto an expired name");
+    });
+    assert_eq!(msgs_named(&fx, &mb, "orders.edi").len(), 3);
+}
+
 #[test]
 fn unlinking_a_lingering_file_hides_it_without_unsending_it() {
     let Some(fx) = fixture!(Settings::default()) else {

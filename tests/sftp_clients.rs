@@ -144,5 +144,67 @@ fn openssh_client_uses_the_encrypted_generated_key_through_askpass() {
         .unwrap();
     let t = text(&o);
     assert!(o.status.success(), "{t}");
-    assert!(t.contains("Remote working directory: /as2gateway"), "{t}");
+    assert!(t.contains("Remote working directory: /\n"), "{t}");
+}
+
+/// A client uploading in parallel opens 20 sessions at once from one address: all 20 log
+/// in (the guide promises 20 concurrent connections per IP; a global `MaxStartups` below
+/// that dropped some at random before the handshake).
+#[test]
+fn twenty_simultaneous_logins_from_one_client_all_get_through() {
+    if !sshd::ready("twenty_simultaneous_logins_from_one_client_all_get_through") {
+        return;
+    }
+    let mut env = Env::start();
+    let u = env.user();
+    let children: Vec<_> = (0..20)
+        .map(|_| env.sftp_spawn(&u.name, &u.key, "ls -1\n"))
+        .collect();
+    let failed: Vec<String> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .filter(|o| !o.status.success())
+        .map(|o| text(&o))
+        .collect();
+    assert!(failed.is_empty(), "{} of 20 logins failed: {failed:?}\nsshd log:\n{}", failed.len(), env.sshd_log());
+}
+
+/// The per-source limit still holds: with 20 unauthenticated connections from one address
+/// open (each has had sshd's banner, so sshd counts it), the 21st is closed before the
+/// banner.
+#[test]
+fn the_21st_unauthenticated_connection_from_one_address_is_refused() {
+    if !sshd::ready("the_21st_unauthenticated_connection_from_one_address_is_refused") {
+        return;
+    }
+    use std::io::Read;
+    let env = Env::start();
+    let banner = |s: &mut std::net::TcpStream| -> Option<String> {
+        s.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+        let mut buf = [0u8; 256];
+        match s.read(&mut buf) {
+            Ok(n) if n > 0 => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            _ => None,
+        }
+    };
+    let mut held = Vec::new();
+    for i in 0..20 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", env.port)).unwrap();
+        let b = banner(&mut s);
+        assert!(
+            b.as_deref().is_some_and(|b| b.starts_with("SSH-2.0-")),
+            "connection {} got no banner: {b:?}\n{}",
+            i + 1,
+            env.sshd_log()
+        );
+        held.push(s);
+    }
+    let mut s21 = std::net::TcpStream::connect(("127.0.0.1", env.port)).unwrap();
+    // sshd says "Exceeded MaxStartups" (or just closes) instead of its banner.
+    let b = banner(&mut s21);
+    assert!(
+        !b.as_deref().is_some_and(|b| b.starts_with("SSH-2.0-")),
+        "the 21st connection was served: {b:?}"
+    );
+    drop(held);
 }

@@ -14,13 +14,13 @@ fn inbox_get_rm_cd_up_rmdir_as_documented() {
     let u = env.user();
     env.deliver(&u, false, "invoice.edi", b"UNA:+.? 'UNB+UNOC:3'\n");
     let pd = partner_dir(&u.name);
-    // Sessions start in /as2gateway: a relative cd works as the hosted service documents.
+    // Sessions start at the top of the chroot, as the hosted service documents.
     let out = env.sftp_ok(&u, "pwd\nls -1\n");
     assert!(
-        out.contains("Remote working directory: /as2gateway"),
+        out.contains("Remote working directory: /\n"),
         "{out}"
     );
-    assert!(out.contains(&sshd::station(&u.name)), "{out}");
+    assert!(out.contains("as2gateway"), "{out}");
     let out = env.sftp_ok(&u, &format!("cd {pd}/inbox\nls -1\n"));
     let folders: Vec<&str> = out
         .lines()
@@ -249,4 +249,58 @@ fn sftp_operations_are_in_the_audit_log() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
     assert!(entries.iter().all(|e| e.contains(&u.name)), "{entries:?}");
+}
+
+/// The hosted service's guide, verbatim: after login the user sees `.ssh` and
+/// `as2gateway`, and its commands are relative to the top: `put <file>
+/// as2gateway/<station ID>/<partner ID>/outbox/` and `cd
+/// as2gateway/<station>/<partner>/inbox/<timestamp>-<random number>/`. The WinSCP-style
+/// absolute path keeps working.
+#[test]
+fn the_guides_relative_commands_work_as_written() {
+    if !sshd::ready("the_guides_relative_commands_work_as_written") {
+        return;
+    }
+    let mut env = Env::start();
+    let u = env.user();
+    let (st, pa) = (sshd::station(&u.name), sshd::partner(&u.name));
+    let out = env.sftp_ok(&u, "pwd\nls -1a\n");
+    assert!(out.contains("Remote working directory: /\n"), "{out}");
+    let top: Vec<&str> = out
+        .lines()
+        .filter(|l| !l.starts_with("sftp>") && !l.starts_with("Remote"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && *l != "." && *l != "..")
+        .collect();
+    assert_eq!(top, [".ssh", "as2gateway"], "{out}");
+
+    let f = env.local("order.edi", b"ORDERS 1\n");
+    env.sftp_ok(
+        &u,
+        &format!("put {} as2gateway/{st}/{pa}/outbox/\n", f.display()),
+    );
+    let msgs = env.messages(&u.name);
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    assert_eq!(msgs[0]["name"], "order.edi");
+
+    env.deliver(&u, false, "invoice.edi", b"INVOIC\n");
+    let out = env.sftp_ok(&u, &format!("ls -1 as2gateway/{st}/{pa}/inbox/\n"));
+    let folder = out
+        .lines()
+        .filter(|l| !l.starts_with("sftp>"))
+        .map(|l| l.trim().rsplit('/').next().unwrap().to_owned())
+        .find(|l| !l.is_empty())
+        .unwrap_or_else(|| panic!("no message folder: {out}"));
+    let got = env.dir.join("invoice.got");
+    env.sftp_ok(
+        &u,
+        &format!(
+            "cd as2gateway/{st}/{pa}/inbox/{folder}/\nget invoice.edi {}\n",
+            got.display()
+        ),
+    );
+    assert_eq!(std::fs::read(&got).unwrap(), b"INVOIC\n");
+    // WinSCP-style absolute paths.
+    let out = env.sftp_ok(&u, &format!("cd {}/inbox/{folder}\nls -1\n", partner_dir(&u.name)));
+    assert!(out.contains("invoice.edi"), "{out}");
 }

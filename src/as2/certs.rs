@@ -180,6 +180,19 @@ pub fn check_validity(cert: &X509, policy: ValidityPolicy) -> Result<bool> {
     )))
 }
 
+/// The certificate to encrypt to among a partner's: the one valid at `at_unix` that became
+/// valid last (during a rollover the partner's new key), or `None` when none is valid.
+pub fn newest_valid(certs: &[X509], at_unix: i64) -> Option<&X509> {
+    certs
+        .iter()
+        .filter(|c| matches!(check_validity(c, ValidityPolicy::at(at_unix)), Ok(true)))
+        .max_by(|a, b| {
+            a.not_before()
+                .compare(b.not_before())
+                .unwrap_or(std::cmp::Ordering::Equal)
+        })
+}
+
 /// A one-line subject of a certificate (`CN=..., O=...`).
 pub fn subject_of(cert: &X509) -> String {
     cert.subject_name()

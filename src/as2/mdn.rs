@@ -315,6 +315,13 @@ pub fn parse_mdn(
                 ))
             }
         };
+        // Without a certificate a required signature cannot be checked: refused, never
+        // taken as verified.
+        if require_signed && partner_certs.is_empty() {
+            return Err(As2Error::AuthenticationFailed(
+                "a signed MDN is required but no certificate of the partner is configured to verify it".into(),
+            ));
+        }
         if !partner_certs.is_empty() {
             let der = sig.decoded_body()?;
             let r = cms::verify_detached(&der, content, partner_certs, validity);

@@ -684,6 +684,13 @@ pub fn parse_body(
 
     for _depth in 0..8 {
         let media = entity.media_type();
+        // Checked before any work on the layer (decompression, splitting): a partner that
+        // must encrypt gets nothing of ours spent on what it sent in clear.
+        if ctx.require_encryption && encryption.is_none() && !is_pkcs7_mime(&media) {
+            return Err(As2Error::InsufficientSecurity(
+                "message is not encrypted".into(),
+            ));
+        }
         if is_pkcs7_mime(&media) {
             let mut der = entity.decoded_body()?;
             // Some peers send base64 without saying so (no transfer encoding).
@@ -709,6 +716,14 @@ pub fn parse_body(
                     _ => e,
                 }
             })?;
+            if ctx.require_encryption
+                && encryption.is_none()
+                && !matches!(kind, CmsKind::Enveloped { .. })
+            {
+                return Err(As2Error::InsufficientSecurity(
+                    "message is not encrypted".into(),
+                ));
+            }
             match kind {
                 CmsKind::Enveloped { .. } => {
                     let (plain, cipher, _) = cms::decrypt(&der, ctx.station_keys)?;
@@ -775,12 +790,13 @@ pub fn parse_body(
                 ct.param("micalg")
                     .and_then(|m| DigestAlgorithm::parse(m).ok())
             });
+            // What is delivered is what verified, never the bytes around it.
+            entity = Entity::parse(&verified)?;
             if signature.is_none() {
                 sig_micalg = micalg;
                 signature = Some(info_sig);
                 signed_content = Some(verified);
             }
-            entity = Entity::parse(content)?;
             continue;
         }
         // Leaf or multipart of attachments.
@@ -893,8 +909,11 @@ fn parse_inner_or_raw(plain: &[u8]) -> Entity {
 }
 
 /// Verifies a detached signature over the content as received; if that
-/// fails on content grounds, over the CRLF-canonicalized content (peers that
-/// send bare LF but signed canonical text). Returns the bytes that verified.
+/// fails on content grounds, over canonical forms of it (peers that send
+/// bare LF but signed canonical text). Returns the bytes that verified, which
+/// are what the caller must deliver. Line ends in the body are canonicalized
+/// only for a text part: in a binary payload they are data, and a payload
+/// whose line ends were rewritten in transit is refused.
 fn verify_with_fallbacks(
     sig_der: &[u8],
     content: &[u8],
@@ -903,7 +922,14 @@ fn verify_with_fallbacks(
     match cms::verify_detached(sig_der, content, ctx.partner_certs, ctx.validity) {
         Ok(i) => Ok((i, content.to_vec())),
         Err(As2Error::IntegrityCheckFailed(first)) if has_bare_lf(content) => {
-            for candidate in [canonicalize_headers(content), canonicalize_crlf(content)] {
+            let text_body = Entity::parse(content)
+                .map(|e| is_text_type(&e.media_type()))
+                .unwrap_or(false);
+            let mut candidates = vec![canonicalize_headers(content)];
+            if text_body {
+                candidates.push(canonicalize_crlf(content));
+            }
+            for candidate in candidates {
                 match cms::verify_detached(sig_der, &candidate, ctx.partner_certs, ctx.validity) {
                     Ok(i) => return Ok((i, candidate)),
                     Err(As2Error::IntegrityCheckFailed(_)) => {}

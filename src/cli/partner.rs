@@ -30,6 +30,14 @@ fn parse_content_type(s: &str) -> Result<String, String> {
     }
 }
 
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
 fn print_profile(p: &Partner) {
     let path = |p: &Option<std::path::PathBuf>| {
         p.as_ref()
@@ -42,7 +50,12 @@ fn print_profile(p: &Partner) {
         if p.test { " (test)" } else { "" }
     );
     println!("url:         {}", p.url.as_deref().unwrap_or("-"));
-    println!("certificate: {}", path(&p.profile.cert_path));
+    if p.profile.cert_paths.is_empty() {
+        println!("certificates: none");
+    }
+    for c in &p.profile.cert_paths {
+        println!("certificate: {}  {}", c.display(), cert_summary(c));
+    }
     println!("trust:       {}", path(&p.profile.trust_path));
     println!(
         "sign {}, encrypt {}, compress {}, mdn {} ({})",
@@ -57,14 +70,98 @@ fn print_profile(p: &Partner) {
         }
     );
     println!("content type: {}", p.profile.content_type);
-    if let Some(w) = p
-        .profile
-        .cert_path
-        .as_deref()
-        .and_then(keys::expiry_warning)
-    {
+    let inbound = p.profile.inbound;
+    println!(
+        "inbound:     signature required: {}, encryption required: {}",
+        yes_no(inbound.require_signature),
+        yes_no(inbound.require_encryption)
+    );
+    if !inbound.require_signature || !inbound.require_encryption {
+        println!("WARNING:     inbound security turned off for this partner: anyone who knows the two AS2 ids can send what it does not require");
+    }
+    if !p.profile.mdn_url_allow.is_empty() {
+        println!("async MDNs also to: {}", p.profile.mdn_url_allow.join(", "));
+    }
+    if let Some(w) = keys::partner_expiry_warning(&p.profile.cert_paths) {
         println!("WARNING:     {w}");
     }
+}
+
+/// `valid 2026-01-01 .. 2029-01-01 (CN=...)`, or why the file cannot be read.
+fn cert_summary(path: &std::path::Path) -> String {
+    match keys::read_cert(path) {
+        Ok(c) => format!(
+            "valid {} .. {}  {}",
+            c.not_before(),
+            c.not_after(),
+            crate::as2::certs::subject_of(&c)
+        ),
+        Err(e) => format!("UNREADABLE: {e}"),
+    }
+}
+
+/// `--mdn-url-allow`: an http(s) URL prefix, or `none`.
+fn parse_mdn_url(s: &str) -> Result<String, String> {
+    if s == "none" {
+        return Ok(s.into());
+    }
+    let ok = (s.starts_with("http://") || s.starts_with("https://"))
+        && s.parse::<hyper::Uri>().map(|u| u.host().is_some()).unwrap_or(false);
+    if ok {
+        Ok(s.into())
+    } else {
+        Err(format!(
+            "{s:?} is not an http:// or https:// URL with a host (or `none` to clear the list)"
+        ))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Add a certificate of the partner (for a rollover: the old one stays until removed).
+    #[command(
+        after_help = "Example:\n  as2box partner cert add --user acme BIGCORP bigcorp-2027.pem\n\nThe partner's signatures verify against any of its certificates that is valid now;\nwhat we send is encrypted to the newest valid one."
+    )]
+    Add {
+        /// Owner.
+        #[arg(long)]
+        user: String,
+        /// The partner's AS2 id.
+        id: String,
+        /// The test partner.
+        #[arg(long)]
+        test: bool,
+        /// The certificate file (PEM or DER).
+        file: std::path::PathBuf,
+    },
+    /// List the partner's certificates with their validity.
+    #[command(after_help = "Example:\n  as2box partner cert list --user acme BIGCORP")]
+    List {
+        /// Owner.
+        #[arg(long)]
+        user: String,
+        /// The partner's AS2 id.
+        id: String,
+        /// The test partner.
+        #[arg(long)]
+        test: bool,
+    },
+    /// Remove one of the partner's certificates (by file, as listed).
+    #[command(
+        after_help = "Example:\n  as2box partner cert remove --user acme BIGCORP /etc/as2box/bigcorp-2024.pem"
+    )]
+    Remove {
+        /// Owner.
+        #[arg(long)]
+        user: String,
+        /// The partner's AS2 id.
+        id: String,
+        /// The test partner.
+        #[arg(long)]
+        test: bool,
+        /// The certificate file, as `partner cert list` shows it.
+        file: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,7 +210,7 @@ pub enum PartnerCommand {
     },
     /// Change a partner: URL, certificate and how messages are exchanged.
     #[command(
-        after_help = "Example:\n  as2box partner set --user acme BIGCORP --url https://as2.bigcorp.example/as2 \\\n      --cert bigcorp.pem --sign sha256 --encrypt aes256-cbc --mdn sync --mdn-signed yes\n\nDefaults for a new partner: --sign sha256 --encrypt aes256-cbc --compress none --mdn sync --mdn-signed yes."
+        after_help = "Example:\n  as2box partner set --user acme BIGCORP --url https://as2.bigcorp.example/as2 \\\n      --cert bigcorp.pem --sign sha256 --encrypt aes256-cbc --mdn sync --mdn-signed yes\n\nDefaults for a new partner: --sign sha256 --encrypt aes256-cbc --compress none --mdn sync --mdn-signed yes\n--require-signature yes --require-encryption yes."
     )]
     Set {
         /// Owner.
@@ -127,9 +224,24 @@ pub enum PartnerCommand {
         /// The partner's AS2 URL (http:// or https://).
         #[arg(long)]
         url: Option<String>,
-        /// The partner's certificate (PEM or DER).
+        /// The partner's certificate (PEM or DER); replaces the ones it has (see `partner
+        /// cert` to keep several during a rollover).
         #[arg(long)]
         cert: Option<std::path::PathBuf>,
+        /// Refuse messages from the partner that are not signed with one of its
+        /// certificates (default yes; `no` only for a partner that trades unsigned AS2).
+        #[arg(long, value_parser = parse_yes_no)]
+        require_signature: Option<bool>,
+        /// Refuse messages from the partner that are not encrypted to our station
+        /// (default yes; `no` only for a partner that trades unencrypted AS2).
+        #[arg(long, value_parser = parse_yes_no)]
+        require_encryption: Option<bool>,
+        /// Where else (a URL prefix) the async MDNs we owe the partner may be POSTed,
+        /// besides the scheme and host of its own URL; repeat for several; replaces the
+        /// list (`none` clears it). Loopback and private addresses are reached only
+        /// through an entry here.
+        #[arg(long, value_parser = parse_mdn_url)]
+        mdn_url_allow: Vec<String>,
         /// A CA or certificate to trust for the partner's HTTPS server (besides the system's).
         #[arg(long)]
         trust_ca: Option<std::path::PathBuf>,
@@ -155,6 +267,9 @@ pub enum PartnerCommand {
         #[arg(long, value_parser = parse_content_type)]
         content_type: Option<String>,
     },
+    /// The partner's certificates: add, list, remove (several during a rollover).
+    #[command(subcommand)]
+    Cert(CertCommand),
     /// Remove a partner and its mailboxes.
     #[command(after_help = "Example:\n  as2box partner remove --user acme BIGCORP --force")]
     Remove {
@@ -219,11 +334,7 @@ pub fn run(g: &Global, c: PartnerCommand) -> anyhow::Result<()> {
                     .user_by_id(p.user_id)?
                     .map(|u| u.name)
                     .unwrap_or_default();
-                let warning = p
-                    .profile
-                    .cert_path
-                    .as_deref()
-                    .and_then(keys::expiry_warning);
+                let warning = keys::partner_expiry_warning(&p.profile.cert_paths);
                 if let Some(w) = &warning {
                     tracing::warn!(partner = %p.as2_id, "{w}");
                 }
@@ -260,11 +371,7 @@ pub fn run(g: &Global, c: PartnerCommand) -> anyhow::Result<()> {
         } => {
             let p = get(&store, &user, &id, test)?;
             if json {
-                let warning = p
-                    .profile
-                    .cert_path
-                    .as_deref()
-                    .and_then(keys::expiry_warning);
+                let warning = keys::partner_expiry_warning(&p.profile.cert_paths);
                 return print_json(&PartnerView {
                     partner: p,
                     user,
@@ -288,6 +395,9 @@ pub fn run(g: &Global, c: PartnerCommand) -> anyhow::Result<()> {
             mdn,
             mdn_signed,
             content_type,
+            require_signature,
+            require_encryption,
+            mdn_url_allow,
         } => {
             let p = get(&store, &user, &id, test)?;
             if let Some(url) = &url {
@@ -299,12 +409,7 @@ pub fn run(g: &Global, c: PartnerCommand) -> anyhow::Result<()> {
             }
             let mut profile = p.profile.clone();
             if let Some(cert) = cert {
-                let cert = std::path::absolute(cert)?;
-                keys::read_cert(&cert)?;
-                if let Some(w) = keys::expiry_warning(&cert) {
-                    eprintln!("warning: {w}");
-                }
-                profile.cert_path = Some(cert);
+                profile.cert_paths = vec![checked_cert(&cert)?];
             }
             if let Some(ca) = trust_ca {
                 let ca = std::path::absolute(ca)?;
@@ -319,13 +424,24 @@ pub fn run(g: &Global, c: PartnerCommand) -> anyhow::Result<()> {
             if let Some(t) = content_type {
                 profile.content_type = t;
             }
-            if profile.cert_path.is_none() && profile.encrypt != EncryptOption::None {
+            profile.inbound.require_signature =
+                require_signature.unwrap_or(profile.inbound.require_signature);
+            profile.inbound.require_encryption =
+                require_encryption.unwrap_or(profile.inbound.require_encryption);
+            if !mdn_url_allow.is_empty() {
+                profile.mdn_url_allow = mdn_url_allow.into_iter().filter(|u| u != "none").collect();
+            }
+            if profile.cert_paths.is_empty() && profile.encrypt != EncryptOption::None {
                 eprintln!("note: encrypting to the partner needs its certificate: add --cert FILE");
+            }
+            if profile.cert_paths.is_empty() && profile.inbound.require_signature {
+                eprintln!("note: until the partner has a certificate, every message it sends is refused (its signature cannot be checked): add --cert FILE");
             }
             store.set_partner_profile(p.id, &profile)?;
             print_profile(&get(&store, &user, &id, test)?);
             Ok(())
         }
+        PartnerCommand::Cert(c) => run_cert(&store, c),
         PartnerCommand::Remove {
             user,
             id,
@@ -335,6 +451,74 @@ pub fn run(g: &Global, c: PartnerCommand) -> anyhow::Result<()> {
             let p = get(&store, &user, &id, test)?;
             store.remove_partner(p.id, force)?;
             println!("removed {}partner {id}", if test { "test " } else { "" });
+            Ok(())
+        }
+    }
+}
+
+/// A certificate file given on the command line: absolute, readable, warned about when it
+/// expires soon.
+fn checked_cert(file: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    let cert = std::path::absolute(file)?;
+    keys::read_cert(&cert)?;
+    if let Some(w) = keys::expiry_warning(&cert) {
+        eprintln!("warning: {w}");
+    }
+    Ok(cert)
+}
+
+fn run_cert(store: &Store, c: CertCommand) -> anyhow::Result<()> {
+    match c {
+        CertCommand::Add {
+            user,
+            id,
+            test,
+            file,
+        } => {
+            let p = get(store, &user, &id, test)?;
+            let cert = checked_cert(&file)?;
+            let mut profile = p.profile.clone();
+            anyhow::ensure!(
+                !profile.cert_paths.contains(&cert),
+                "{} is already a certificate of partner {id}",
+                cert.display()
+            );
+            profile.cert_paths.push(cert.clone());
+            store.set_partner_profile(p.id, &profile)?;
+            println!("added certificate {} to partner {id}: {}", cert.display(), cert_summary(&cert));
+            Ok(())
+        }
+        CertCommand::List { user, id, test } => {
+            let p = get(store, &user, &id, test)?;
+            if p.profile.cert_paths.is_empty() {
+                println!("partner {id} has no certificate (add one with `as2box partner cert add`)");
+            }
+            for c in &p.profile.cert_paths {
+                println!("{}  {}", c.display(), cert_summary(c));
+            }
+            Ok(())
+        }
+        CertCommand::Remove {
+            user,
+            id,
+            test,
+            file,
+        } => {
+            let p = get(store, &user, &id, test)?;
+            let target = std::path::absolute(&file)?;
+            let mut profile = p.profile.clone();
+            let before = profile.cert_paths.len();
+            profile.cert_paths.retain(|c| c != &target && c != &file);
+            anyhow::ensure!(
+                profile.cert_paths.len() < before,
+                "{} is not a certificate of partner {id} (see `as2box partner cert list --user {user} {id}`)",
+                file.display()
+            );
+            store.set_partner_profile(p.id, &profile)?;
+            println!("removed certificate {} from partner {id}", file.display());
+            if profile.cert_paths.is_empty() && profile.inbound.require_signature {
+                eprintln!("note: partner {id} has no certificate left: every message it sends is refused until one is added");
+            }
             Ok(())
         }
     }

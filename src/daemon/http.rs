@@ -377,8 +377,9 @@ pub async fn post(
     body: Vec<u8>,
     trust: Option<&X509>,
     timeout: Duration,
+    target: PostTarget,
 ) -> Result<ClientResponse, TransportError> {
-    tokio::time::timeout(timeout, post_inner(url, headers, body, trust))
+    tokio::time::timeout(timeout, post_inner(url, headers, body, trust, target))
         .await
         .map_err(|_| {
             TransportError(format!(
@@ -388,11 +389,67 @@ pub async fn post(
         })?
 }
 
+/// Where a POST may connect and how much of the answer it reads.
+#[derive(Debug, Clone, Copy)]
+pub struct PostTarget {
+    /// Which addresses the URL's host may resolve to.
+    pub destinations: super::mdn_target::Destinations,
+    /// The largest answer body read; a longer one is an error.
+    pub max_answer_bytes: usize,
+}
+
+impl PostTarget {
+    /// A partner's configured URL: any address, an answer up to `max_answer_bytes` (a
+    /// sync MDN).
+    pub fn partner(max_answer_bytes: usize) -> Self {
+        PostTarget {
+            destinations: super::mdn_target::Destinations::Any,
+            max_answer_bytes,
+        }
+    }
+}
+
+/// Resolves `host` and connects, to an address `destinations` allows (checked on the
+/// resolved addresses, so a name that resolves to an internal address is refused).
+async fn connect(
+    host: &str,
+    port: u16,
+    destinations: super::mdn_target::Destinations,
+) -> Result<TcpStream, TransportError> {
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| TransportError(format!("cannot resolve {host}: {e}")))?
+        .collect();
+    if destinations == super::mdn_target::Destinations::PublicOnly {
+        if let Some(a) = addrs
+            .iter()
+            .find(|a| super::mdn_target::is_internal(a.ip()))
+        {
+            return Err(TransportError(format!(
+                "{host} resolves to {}, an internal address, which this URL may not reach",
+                a.ip()
+            )));
+        }
+    }
+    let mut last = None;
+    for a in &addrs {
+        match TcpStream::connect(a).await {
+            Ok(t) => return Ok(t),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(TransportError(match last {
+        Some(e) => format!("cannot connect to {host}:{port}: {e}"),
+        None => format!("{host} has no address"),
+    }))
+}
+
 async fn post_inner(
     url: &str,
     headers: &Headers,
     body: Vec<u8>,
     trust: Option<&X509>,
+    target: PostTarget,
 ) -> Result<ClientResponse, TransportError> {
     let uri: hyper::Uri = url
         .parse()
@@ -419,9 +476,7 @@ async fn post_inner(
         Some(p) => format!("{host}:{p}"),
         None => host.clone(),
     };
-    let tcp = TcpStream::connect((host.trim_matches(['[', ']']), port))
-        .await
-        .map_err(|e| TransportError(format!("cannot connect to {host}:{port}: {e}")))?;
+    let tcp = connect(host.trim_matches(['[', ']']), port, target.destinations).await?;
     let _ = tcp.set_nodelay(true);
     let mut req = Request::builder()
         .method("POST")
@@ -463,7 +518,7 @@ async fn post_inner(
     };
     let status = resp.status().as_u16();
     let headers = to_headers(resp.headers());
-    let body = Limited::new(resp.into_body(), 64 << 20)
+    let body = Limited::new(resp.into_body(), target.max_answer_bytes)
         .collect()
         .await
         .map_err(|e| TransportError(format!("reading the answer failed: {e}")))?

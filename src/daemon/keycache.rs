@@ -73,15 +73,39 @@ impl KeyCache {
         }
     }
 
-    /// The partner's certificate(s), or why there are none.
+    /// Every configured certificate of the partner (all its files; expired ones included,
+    /// so that verification can say "expired" rather than "unknown signer"), or why there
+    /// is none. The one place a partner certificate is looked up: receiving, sync and async
+    /// MDNs, and sending (which encrypts to `as2::certs::newest_valid` of these).
+    /// An unreadable file is skipped with a warning (that can only refuse more, never
+    /// accept more); none readable is an error.
     pub fn partner_certs(&self, p: &Partner) -> Result<Arc<Vec<X509>>, String> {
-        let Some(path) = &p.profile.cert_path else {
+        let fix = format!(
+            "add one with `as2box partner cert add --user <user> {} FILE`",
+            p.as2_id
+        );
+        if p.profile.cert_paths.is_empty() {
+            return Err(format!("partner {} has no certificate: {fix}", p.as2_id));
+        }
+        let mut all = Vec::new();
+        let mut errors = Vec::new();
+        for path in &p.profile.cert_paths {
+            match self.certs(path) {
+                Ok(c) => all.extend(c.iter().cloned()),
+                Err(e) => {
+                    tracing::warn!(partner = %p.as2_id, error = %e, "a certificate of the partner cannot be read; it is left out");
+                    errors.push(e);
+                }
+            }
+        }
+        if all.is_empty() {
             return Err(format!(
-                "partner {} has no certificate: run `as2box partner set --user ... {} --cert FILE`",
-                p.as2_id, p.as2_id
+                "no certificate of partner {} can be read ({}): {fix}",
+                p.as2_id,
+                errors.join("; ")
             ));
-        };
-        self.certs(path)
+        }
+        Ok(Arc::new(all))
     }
 
     /// Certificates from a file (PEM or DER, possibly several).

@@ -12,6 +12,15 @@ pub struct Metrics {
     pub received_failed: AtomicU64,
     /// Duplicates answered without delivering again.
     pub received_duplicate: AtomicU64,
+    /// Requests from a known partner refused before anything was stored: not signed or
+    /// encrypted as its profile requires, or a signature or decryption that failed.
+    pub received_refused: AtomicU64,
+    /// Async MDNs posted to us that did not settle anything: unknown message, from
+    /// another partner, unsigned or not verifying where a signed one was asked for.
+    pub mdn_rejected: AtomicU64,
+    /// Async MDNs we owe that were not posted: the URL the sender named is not allowed
+    /// by its profile.
+    pub mdn_url_refused: AtomicU64,
     /// Payload bytes delivered into inboxes.
     pub bytes_in: AtomicU64,
     /// Payload bytes sent.
@@ -68,6 +77,18 @@ impl Metrics {
             (
                 "as2box_received_total{outcome=\"duplicate\"}",
                 get(&self.received_duplicate),
+            ),
+            (
+                "as2box_received_total{outcome=\"refused\"}",
+                get(&self.received_refused),
+            ),
+            (
+                "as2box_mdn_received_total{outcome=\"rejected\"}",
+                get(&self.mdn_rejected),
+            ),
+            (
+                "as2box_async_mdn_url_refused_total",
+                get(&self.mdn_url_refused),
             ),
             (
                 "as2box_sent_total{outcome=\"delivered\"}",

@@ -12,6 +12,7 @@ mod failpoint;
 mod http;
 mod keycache;
 mod live;
+mod mdn_target;
 mod metrics;
 mod receive;
 mod retry;
@@ -61,7 +62,13 @@ pub struct Ctx {
     pub metrics: metrics::Metrics,
     /// Keys and certificates.
     pub keys: keycache::KeyCache,
+    /// Owed async MDN deliveries in flight at most (each holds a connection and its MDN):
+    /// the rest wait in the store for the retry loop.
+    pub owed_mdn_slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// How many async MDNs we owe are POSTed at once.
+pub const OWED_MDNS_IN_FLIGHT: usize = 32;
 
 impl Ctx {
     /// The settings in force now. Take them once per unit of work, so one message or
@@ -135,12 +142,7 @@ fn keys_expiring(store: &Store) -> Vec<String> {
         }
     }
     for p in store.partners(None).unwrap_or_default() {
-        if let Some(w) = p
-            .profile
-            .cert_path
-            .as_deref()
-            .and_then(crate::keys::expiry_warning)
-        {
+        if let Some(w) = crate::keys::partner_expiry_warning(&p.profile.cert_paths) {
             out.push(format!("partner {}: {w}", p.as2_id));
         }
     }
@@ -232,6 +234,7 @@ async fn run(
         store,
         metrics: metrics::Metrics::default(),
         keys: keycache::KeyCache::default(),
+        owed_mdn_slots: Arc::new(tokio::sync::Semaphore::new(OWED_MDNS_IN_FLIGHT)),
         live: Arc::new(live::LiveConfig::new(config_path, config, tls)),
     });
     let refused = ctx.metrics.connections_refused.clone();

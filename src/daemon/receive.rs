@@ -9,12 +9,13 @@ use tracing::{info, warn};
 
 use super::http::{Req, Resp};
 use super::metrics::inc;
-use super::{blocking, Ctx};
+use super::{blocking, mdn_target, Ctx};
 use crate::as2::certs::ValidityPolicy;
 use crate::as2::mdn::{build_mdn, parse_mdn, Disposition, MdnParams};
 use crate::as2::message::{parse_body, ReceiveContext, RequestInfo};
 use crate::as2::mic::Mic;
 use crate::as2::DispositionModifier;
+use crate::as2::headers::unquote_as2_name;
 use crate::as2::Headers;
 use crate::mailbox::{self, IncomingFile};
 use crate::store::{InboundOrigin, OwedMdn, Partner, Station};
@@ -99,7 +100,18 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
         }
     };
     let key = ctx.keys.station_key(&station);
-    let certs = ctx.keys.partner_certs(&partner).unwrap_or_default();
+    let policy = partner.profile.inbound;
+    let certs = match ctx.keys.partner_certs(&partner) {
+        Ok(c) => c,
+        // Fail closed: a signature we must check and nothing to check it with.
+        Err(why) if policy.require_signature => {
+            let e = crate::as2::error::As2Error::AuthenticationFailed(format!(
+                "no certificate to verify the partner's signature with: {why}"
+            ));
+            return refuse(&ctx, &req, &info, &station, &partner, key.as_deref().ok(), &e).await;
+        }
+        Err(_) => Arc::new(Vec::new()),
+    };
 
     let body = req.body.clone();
     let headers = req.headers.clone();
@@ -107,27 +119,16 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
     let key2 = key.clone().ok();
     let parsed = blocking(move || {
         let keys = key2.as_deref().map(std::slice::from_ref).unwrap_or(&[]);
-        let rctx = ReceiveContext::new(keys, &certs, ValidityPolicy::at(now_unix()));
+        let mut rctx = ReceiveContext::new(keys, &certs, ValidityPolicy::at(now_unix()));
+        rctx.require_signature = policy.require_signature;
+        rctx.require_encryption = policy.require_encryption;
         parse_body(info2, &headers, &body, &rctx)
     })
     .await;
     let msg = match parsed {
         Ok(m) => m,
         Err(e) => {
-            inc(&ctx.metrics.received_failed);
-            warn!(station = %station.as2_id, partner = %partner.as2_id, message_id = %info.message_id, error = %e, "refused: answering a negative MDN");
-            let text = refusal_text(&e);
-            return answer(
-                &ctx,
-                &info,
-                &station,
-                key.as_deref().ok(),
-                Disposition::from_error(&e),
-                None,
-                &text,
-                None,
-            )
-            .await;
+            return refuse(&ctx, &req, &info, &station, &partner, key.as_deref().ok(), &e).await;
         }
     };
     // A resend of something we already delivered (checked only now, after decryption and
@@ -141,7 +142,8 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
     })
     .await;
     if let Some((id, files)) = earlier {
-        return answer_resend(&ctx, &info, &station, key.as_deref().ok(), id, &files, &msg).await;
+        let by = Answerer::authenticated(&station, &partner, key.as_deref().ok());
+        return answer_resend(&ctx, &info, by, id, &files, &msg).await;
     }
     let bytes: u64 = msg.attachments.iter().map(|a| a.data.len() as u64).sum();
     let files: Vec<IncomingFile> = msg
@@ -178,8 +180,7 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
             answer(
                 &ctx,
                 &info,
-                &station,
-                key.as_deref().ok(),
+                Answerer::authenticated(&station, &partner, key.as_deref().ok()),
                 Disposition::Processed,
                 Some(&msg.mic),
                 "The message was received and stored.",
@@ -202,8 +203,7 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
             answer_resend(
                 &ctx,
                 &info,
-                &station,
-                key.as_deref().ok(),
+                Answerer::authenticated(&station, &partner, key.as_deref().ok()),
                 message_id,
                 &files,
                 &msg,
@@ -232,18 +232,61 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
                 crate::as2::error::DispositionModifier::UnexpectedProcessingError,
             );
             let text = format!("The message could not be delivered: {e}.");
-            answer(
-                &ctx,
-                &info,
-                &station,
-                key.as_deref().ok(),
-                d,
-                None,
-                &text,
-                None,
-            )
-            .await
+            let by = Answerer::authenticated(&station, &partner, key.as_deref().ok());
+            answer(&ctx, &info, by, d, None, &text, None).await
         }
+    }
+}
+
+/// Refuses a request from a known partner that did not prove what its profile requires,
+/// or whose proof failed: nothing is stored but the refusal itself (`messages list`,
+/// `/metrics`), and the negative MDN goes back in the HTTP response: a request that did
+/// not authenticate never makes us open a connection anywhere.
+async fn refuse(
+    ctx: &Arc<Ctx>,
+    req: &Req,
+    info: &RequestInfo,
+    station: &Station,
+    partner: &Partner,
+    key: Option<&crate::as2::certs::KeyPair>,
+    e: &crate::as2::error::As2Error,
+) -> Resp {
+    inc(&ctx.metrics.received_failed);
+    inc(&ctx.metrics.received_refused);
+    let text = refusal_text(e);
+    warn!(peer = %req.peer, station = %station.as2_id, partner = %partner.as2_id, message_id = %info.message_id, error = %e, fix = %refusal_fix(e, partner), "refused: answering a negative MDN");
+    let (store, sid, pid, mid, reason) = (
+        ctx.store.clone(),
+        station.id,
+        partner.id,
+        info.message_id.clone(),
+        text.clone(),
+    );
+    if let Err(err) = blocking(move || store.record_refused_inbound(sid, pid, &mid, &reason)).await {
+        warn!(error = %err, "cannot record the refusal");
+    }
+    let by = Answerer {
+        station,
+        partner,
+        key,
+        authenticated: false,
+    };
+    answer(ctx, info, by, Disposition::from_error(e), None, &text, None).await
+}
+
+/// What the gateway's admin can do about a refusal, for the log line.
+fn refusal_fix(e: &crate::as2::error::As2Error, partner: &Partner) -> String {
+    use crate::as2::error::DispositionModifier as M;
+    let id = &partner.as2_id;
+    match e.disposition_modifier() {
+        M::InsufficientMessageSecurity => format!(
+            "if partner {id} really trades without signing or encrypting, say so with `as2box partner set --user <user> {id} --require-signature no` (or --require-encryption no)"
+        ),
+        M::AuthenticationFailed => format!(
+            "check the partner's certificates (`as2box partner cert list --user <user> {id}`); add its current one with `as2box partner cert add`"
+        ),
+        M::DecryptionFailed => "the partner must encrypt to the station's current certificate (`as2box station show`)".into(),
+        _ => "the partner's operator sees the reason in the negative MDN".into(),
     }
 }
 
@@ -278,8 +321,7 @@ fn refusal_text(e: &crate::as2::error::As2Error) -> String {
 async fn answer_resend(
     ctx: &Arc<Ctx>,
     info: &RequestInfo,
-    station: &Station,
-    key: Option<&crate::as2::certs::KeyPair>,
+    by: Answerer<'_>,
     id: i64,
     files: &[crate::store::MessageFile],
     msg: &crate::as2::message::ReceivedMessage,
@@ -298,8 +340,7 @@ async fn answer_resend(
         return answer(
             ctx,
             info,
-            station,
-            key,
+            by,
             Disposition::Error(DispositionModifier::UnexpectedProcessingError),
             None,
             "A different message with the same Message-ID was received before; nothing was stored. Send it with a new Message-ID.",
@@ -314,8 +355,7 @@ async fn answer_resend(
     answer(
         ctx,
         info,
-        station,
-        key,
+        by,
         Disposition::Processed,
         Some(&msg.mic),
         "The message was received before and has been delivered.",
@@ -324,13 +364,40 @@ async fn answer_resend(
     .await
 }
 
+/// Who answers a request, and whether the request proved who sent it.
+#[derive(Clone, Copy)]
+struct Answerer<'a> {
+    station: &'a Station,
+    partner: &'a Partner,
+    /// The station's key pair, to sign the MDN with.
+    key: Option<&'a crate::as2::certs::KeyPair>,
+    /// The request passed the partner's inbound policy: only then may its MDN be POSTed
+    /// to the URL it names (and only where [`mdn_target::check`] allows).
+    authenticated: bool,
+}
+
+impl<'a> Answerer<'a> {
+    fn authenticated(
+        station: &'a Station,
+        partner: &'a Partner,
+        key: Option<&'a crate::as2::certs::KeyPair>,
+    ) -> Self {
+        Answerer {
+            station,
+            partner,
+            key,
+            authenticated: true,
+        }
+    }
+}
+
 /// Builds the MDN the sender asked for and answers with it (sync) or POSTs it (async).
-#[allow(clippy::too_many_arguments)]
+/// An async MDN that may not be POSTed (the request did not authenticate, or the URL is
+/// not allowed for the partner) is given in the response instead.
 async fn answer(
     ctx: &Arc<Ctx>,
     info: &RequestInfo,
-    station: &Station,
-    key: Option<&crate::as2::certs::KeyPair>,
+    by: Answerer<'_>,
     disposition: Disposition,
     mic: Option<&Mic>,
     text: &str,
@@ -343,10 +410,27 @@ async fn answer(
             Resp::text(400, format!("{text}\n"))
         };
     };
+    let mut info = info.clone();
+    let mut destinations = None;
+    if let Some(url) = &request.async_url {
+        match mdn_target::check(url, by.partner) {
+            Ok(d) if by.authenticated => destinations = Some(d),
+            Ok(_) => {}
+            Err(e) => {
+                inc(&ctx.metrics.mdn_url_refused);
+                warn!(station = %by.station.as2_id, message_id = %info.message_id, "{e}; the MDN goes back in the HTTP response instead");
+            }
+        }
+        if destinations.is_none() {
+            if let Some(m) = info.mdn.as_mut() {
+                m.async_url = None;
+            }
+        }
+    }
     let wants_signed = request.options.wants_signed();
-    let signer = if wants_signed { key } else { None };
+    let signer = if wants_signed { by.key } else { None };
     if wants_signed && signer.is_none() {
-        warn!(station = %station.as2_id, "a signed MDN was requested but the station has no key pair; answering unsigned");
+        warn!(station = %by.station.as2_id, "a signed MDN was requested but the station has no key pair; answering unsigned");
     }
     let domain = ctx
         .config()
@@ -356,7 +440,7 @@ async fn answer(
         .and_then(host_of)
         .unwrap_or_else(|| "as2box.local".into());
     let params = MdnParams {
-        request: info,
+        request: &info,
         disposition,
         mic,
         reporting_ua: REPORTING_UA,
@@ -383,12 +467,13 @@ async fn answer(
         let store = ctx.store.clone();
         let _ = blocking(move || store.set_inbound_mdn(id, &text)).await;
     }
-    match mdn.async_url.clone() {
-        Some(url) => {
+    match (mdn.async_url.clone(), destinations) {
+        (Some(url), Some(destinations)) => {
             // Owed until delivered: kept in the store (for a delivered message) so that
             // neither a partner's outage nor our restart loses it.
             let owed = OwedMdn {
                 id: record_for.unwrap_or(0),
+                partner_id: by.partner.id,
                 url,
                 headers: mdn
                     .headers
@@ -408,11 +493,10 @@ async fn answer(
                     warn!(message = id, error = %e, "cannot record the async MDN we owe; trying it now only");
                 }
             }
-            let (ctx, keep) = (ctx.clone(), record_for.is_some());
-            tokio::spawn(async move { deliver_owed_mdn(ctx, owed, keep).await });
+            spawn_owed_mdn(ctx, owed, record_for.is_some(), destinations);
             Resp::text(200, "received; the MDN follows asynchronously\n")
         }
-        None => Resp {
+        _ => Resp {
             status: 200,
             headers: mdn
                 .headers
@@ -422,6 +506,20 @@ async fn answer(
             body: mdn.body,
         },
     }
+}
+
+/// Starts one delivery attempt of an owed MDN if a slot is free ([`Ctx::owed_mdn_slots`]);
+/// otherwise a kept MDN waits in the store for the retry loop, and one for a resend is
+/// dropped (the sender's next resend gets it again).
+fn spawn_owed_mdn(ctx: &Arc<Ctx>, owed: OwedMdn, kept: bool, destinations: mdn_target::Destinations) {
+    let Ok(slot) = ctx.owed_mdn_slots.clone().try_acquire_owned() else {
+        return warn!(message = owed.id, "too many async MDNs in flight; this one waits for the retry loop");
+    };
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        deliver_owed_mdn(ctx, owed, kept, destinations).await;
+        drop(slot);
+    });
 }
 
 fn host_of(url: &str) -> Option<String> {
@@ -438,7 +536,12 @@ fn lease_ms(ctx: &Ctx) -> i64 {
 
 /// One attempt to POST an owed async MDN; `kept` says whether the store holds it (then the
 /// outcome is recorded there: done, or retried with the send backoff, or given up).
-async fn deliver_owed_mdn(ctx: Arc<Ctx>, owed: OwedMdn, kept: bool) {
+async fn deliver_owed_mdn(
+    ctx: Arc<Ctx>,
+    owed: OwedMdn,
+    kept: bool,
+    destinations: mdn_target::Destinations,
+) {
     let config = ctx.config();
     let timeout = std::time::Duration::from_secs_f64(config.serve.send_timeout_secs);
     let mut headers = Headers::new();
@@ -446,7 +549,14 @@ async fn deliver_owed_mdn(ctx: Arc<Ctx>, owed: OwedMdn, kept: bool) {
         headers.push(k, v.clone());
     }
     let url = owed.url.clone();
-    let outcome = match super::http::post(&url, &headers, owed.body.clone(), None, timeout).await {
+    // The partner's answer to an MDN is an acknowledgment: nothing of it is used.
+    let target = super::http::PostTarget {
+        destinations,
+        max_answer_bytes: 64 << 10,
+    };
+    let outcome = match super::http::post(&url, &headers, owed.body.clone(), None, timeout, target)
+        .await
+    {
         Ok(r) if (200..300).contains(&r.status) => Ok(()),
         Ok(r) => Err(format!("HTTP {}", r.status)),
         Err(e) => Err(e.0),
@@ -497,13 +607,41 @@ pub async fn retry_owed_mdns(ctx: &Arc<Ctx>) {
         Err(e) => return warn!(error = %e, "cannot read the async MDNs we owe"),
     };
     for o in owed {
-        let ctx = ctx.clone();
-        tokio::spawn(async move { deliver_owed_mdn(ctx, o, true).await });
+        let (store, pid) = (ctx.store.clone(), o.partner_id);
+        let partner = blocking(move || store.partner_by_id(pid)).await;
+        let allowed = match &partner {
+            Ok(Some(p)) => mdn_target::check(&o.url, p).map_err(|e| e.to_string()),
+            Ok(None) => Err("the partner was removed".into()),
+            Err(e) => {
+                warn!(error = %e, "cannot read the partner of an owed MDN");
+                continue;
+            }
+        };
+        match allowed {
+            Ok(d) => spawn_owed_mdn(ctx, o, true, d),
+            Err(why) => {
+                inc(&ctx.metrics.mdn_url_refused);
+                warn!(message = o.id, "giving up on an owed async MDN: {why}");
+                let (store, id) = (ctx.store.clone(), o.id);
+                if let Err(e) = blocking(move || store.owed_mdn_done(id)).await {
+                    warn!(message = id, error = %e, "cannot record the outcome of an async MDN");
+                }
+            }
+        }
     }
 }
 
-/// An async MDN for a message we sent.
+/// An async MDN for a message we sent. It settles the message only when it comes from the
+/// partner the message went to (AS2-From), for the station that sent it (AS2-To), and,
+/// where the partner's profile asks for signed receipts, carries a signature that
+/// verifies against the partner's certificates. Anything else is answered with an HTTP
+/// error and changes nothing: the message keeps waiting (or times out).
 pub async fn async_mdn(ctx: Arc<Ctx>, req: Req) -> Resp {
+    let reject = |status: u16, why: String| {
+        inc(&ctx.metrics.mdn_rejected);
+        warn!(peer = %req.peer, "async MDN rejected: {why}");
+        Resp::text(status, format!("{why}\n"))
+    };
     let (headers, body) = (req.headers.clone(), req.body.to_vec());
     let first = {
         let (h, b) = (headers.clone(), body.clone());
@@ -511,48 +649,71 @@ pub async fn async_mdn(ctx: Arc<Ctx>, req: Req) -> Resp {
     };
     let unverified = match first {
         Ok(m) => m,
-        Err(e) => return Resp::text(400, format!("not a readable MDN: {e}\n")),
+        Err(e) => return reject(400, format!("not a readable MDN: {e}")),
     };
     let store = ctx.store.clone();
     let omid = unverified.original_message_id.clone();
     let found = blocking(move || {
-        let found = store.outgoing_by_as2_id(&omid)?;
-        let partner = match &found {
-            Some(f) => store.partner_by_id(f.partner_id)?,
-            None => None,
+        let Some(sent) = store.outgoing_by_as2_id(&omid)? else {
+            return Ok(None);
         };
-        Ok::<_, crate::store::StoreError>((found, partner))
+        let partner = store.partner_by_id(sent.partner_id)?;
+        let station = store.station_by_id(sent.station_id)?;
+        Ok::<_, crate::store::StoreError>(match (partner, station) {
+            (Some(p), Some(s)) => Some((sent, p, s)),
+            _ => None,
+        })
     })
     .await;
-    let (
-        crate::store::SentRecord {
-            id, state, mics, ..
-        },
-        partner,
-    ) = match found {
-        Ok((Some(f), Some(p))) => (f, p),
-        Ok(_) => {
-            return Resp::text(
+    let (sent, partner, station) = match found {
+        Ok(Some(f)) => f,
+        Ok(None) => {
+            return reject(
                 404,
                 format!(
-                    "no message {:?} was sent from here\n",
+                    "no message {:?} was sent from here",
                     unverified.original_message_id
                 ),
             )
         }
         Err(e) => return Resp::text(500, format!("store error: {e}\n")),
     };
+    let from = req.headers.get("as2-from").map(unquote_as2_name);
+    let to = req.headers.get("as2-to").map(unquote_as2_name);
+    if from.as_deref() != Some(partner.as2_id.as_str())
+        || to.as_deref() != Some(station.as2_id.as_str())
+    {
+        return reject(
+            403,
+            format!(
+                "MDN for message {} comes as AS2-From {from:?} AS2-To {to:?}, but that message went from {} to {}",
+                sent.id, station.as2_id, partner.as2_id
+            ),
+        );
+    }
     // Not only `awaiting-mdn`: a quick partner's MDN can arrive before the sender recorded
     // that its POST was answered (`sending`), or for an earlier attempt of a message now
     // waiting to be retried (`queued`); either way the partner has it.
-    if !matches!(state.as_str(), "awaiting-mdn" | "sending" | "queued") {
+    if !matches!(sent.state.as_str(), "awaiting-mdn" | "sending" | "queued") {
         return Resp::text(
             200,
-            format!("MDN for message {id} already handled (state {state})\n"),
+            format!(
+                "MDN for message {} already handled (state {})\n",
+                sent.id, sent.state
+            ),
         );
     }
-    let certs = ctx.keys.partner_certs(&partner).unwrap_or_default();
     let require_signed = partner.profile.mdn_signed;
+    let certs = match ctx.keys.partner_certs(&partner) {
+        Ok(c) => c,
+        Err(why) if require_signed => {
+            return reject(
+                403,
+                format!("a signed MDN was asked for but it cannot be verified: {why}"),
+            )
+        }
+        Err(_) => Arc::new(Vec::new()),
+    };
     let checked = blocking(move || {
         parse_mdn(
             &headers,
@@ -564,11 +725,19 @@ pub async fn async_mdn(ctx: Arc<Ctx>, req: Req) -> Resp {
     })
     .await;
     let outcome = match checked {
-        Ok(mdn) => super::send::judge_mdn(&mdn, &expected_mics(mics.as_deref())),
-        Err(e) => super::send::unverifiable_mdn(&e),
+        Ok(mdn) => super::send::judge_mdn(&mdn, &expected_mics(sent.mics.as_deref())),
+        Err(e) => {
+            return reject(
+                403,
+                format!(
+                    "MDN for message {} from {} does not verify: {e}",
+                    sent.id, partner.as2_id
+                ),
+            )
+        }
     };
     let mdn_text = String::from_utf8_lossy(&req.body).into_owned();
-    super::send::record_outcome(&ctx, id, 0, outcome, Some(mdn_text)).await;
+    super::send::record_outcome(&ctx, sent.id, 0, outcome, Some(mdn_text)).await;
     Resp::text(200, "MDN received\n")
 }
 

@@ -144,6 +144,9 @@ fn profile(ctx: &Ctx, station: &Station, partner: &Partner) -> Result<SendProfil
     Ok(profile)
 }
 
+/// The largest answer to a POST of ours that is read (a sync MDN, or an error page).
+const SYNC_ANSWER_MAX_BYTES: usize = 4 << 20;
+
 /// The outcome for a receipt (sync or async) that does not parse or verify: failed, with a
 /// one-sentence reason (OpenSSL's error queue, with its source paths, stays in the log).
 pub fn unverifiable_mdn(e: &crate::as2::error::As2Error) -> Attempt {
@@ -296,10 +299,21 @@ async fn attempt(ctx: &Arc<Ctx>, c: Claimed) -> (Attempt, Option<String>) {
         }
     };
     let bytes: u64 = attachments.iter().map(|a| a.data.len() as u64).sum();
+    // During a rollover the partner's new certificate: the newest one that is valid now.
+    let recipient = crate::as2::certs::newest_valid(&certs, now_ms() / 1000).cloned();
+    if profile.encrypt.is_some() && recipient.is_none() {
+        return (
+            Attempt::Final(format!(
+                "Not sent: no certificate of partner {} is valid now (expired or not yet valid); add the partner's current one with `as2box partner cert add`.",
+                partner.as2_id
+            )),
+            None,
+        );
+    }
     let (p2, s2, r2, mid) = (
         profile.clone(),
         signer.clone(),
-        certs.first().cloned(),
+        recipient,
         c.as2_message_id.clone(),
     );
     let built = blocking(move || {
@@ -350,7 +364,10 @@ async fn attempt(ctx: &Arc<Ctx>, c: Claimed) -> (Attempt, Option<String>) {
             .observe(Duration::from_millis(since_queued_ms as u64));
     }
     info!(message = c.id, attempt = c.attempts, %url, message_id = %msg.message_id, bytes, since_queued_ms, "sending");
-    let resp = match super::http::post(&url, &msg.headers, msg.body, trust.as_ref(), timeout).await
+    // A sync MDN is a few KiB; the bound is for a partner that answers with a stream.
+    let target = super::http::PostTarget::partner(SYNC_ANSWER_MAX_BYTES);
+    let resp = match super::http::post(&url, &msg.headers, msg.body, trust.as_ref(), timeout, target)
+        .await
     {
         Ok(r) => r,
         Err(e) => return (Attempt::Transient(e.0), None),

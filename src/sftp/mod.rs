@@ -67,8 +67,10 @@ pub const DEFAULT_HOST_KEYS: &[&str] = &[
 /// The pid file of the dedicated instance by default.
 pub const DEFAULT_PID_FILE: &str = "/run/as2box-sshd.pid";
 
-/// The folder every SFTP session starts in (inside the chroot).
-pub const START_DIR: &str = "/as2gateway";
+/// The folder every SFTP session starts in: the top of the chroot, where the user sees
+/// `.ssh` and `as2gateway`, so that the guide's relative paths
+/// (`put FILE as2gateway/<station>/<partner>/outbox/`) work as written.
+pub const START_DIR: &str = "/";
 
 impl SshdParams {
     /// Defaults for a mount point and group.
@@ -138,7 +140,8 @@ pub fn render_match_block(mount: &Path, group: &str) -> Result<String, SftpError
         s,
         "\t# No -l: internal-sftp cannot log inside a chroot without /dev/log (as2box audits instead)."
     );
-    let _ = writeln!(s, "\tForceCommand internal-sftp -d {START_DIR}");
+    // No -d: a session starts at the top of the chroot (START_DIR).
+    let _ = writeln!(s, "\tForceCommand internal-sftp");
     let _ = writeln!(s, "\tPermitTTY no");
     let _ = writeln!(s, "\tDisableForwarding yes");
     let _ = writeln!(s, "\tAllowTcpForwarding no");
@@ -223,7 +226,10 @@ pub fn render_sshd_config(p: &SshdParams) -> Result<String, SftpError> {
          LoginGraceTime 30\n\
          MaxAuthTries 3\n\
          MaxSessions 4\n\
-         MaxStartups 10:30:100\n",
+         # Per source, PerSourceMaxStartups refuses the connection over its limit; the global\n\
+         # limit must not drop below it (a client opening 20 sessions at once gets them all),\n\
+         # so random early drop starts only at 5 sources' worth.\n\
+         MaxStartups 100:30:300\n",
     );
     let _ = writeln!(s, "PerSourceMaxStartups {}", p.per_source_max_startups);
     s.push_str(

@@ -160,7 +160,28 @@ impl<'a> NewRow<'a> {
     }
 }
 
+/// Frees `name` in a folder from a picked-up entry whose linger is over: hidden from
+/// listings (`mailbox::visible`), its row waits for the next sweep, and a name free in the
+/// listing must be free for files, folders and renames. A lingering folder goes with the
+/// lingering entries inside it (a folder message lingers whole).
+fn release_expired_name(tx: &Transaction<'_>, b: BoxRef, parent: i64, name: &str) -> Result<()> {
+    let lingering = EntryState::Lingering.code();
+    tx.execute(
+        "WITH RECURSIVE gone(id) AS (
+             SELECT id FROM entries
+             WHERE station_id = ?1 AND partner_id = ?2 AND box = ?3 AND parent = ?4 AND name = ?5
+               AND state = ?6 AND until_ms <= ?7
+             UNION ALL
+             SELECT e.id FROM entries e JOIN gone g ON e.parent = g.id WHERE e.state = ?6
+         )
+         DELETE FROM entries WHERE id IN (SELECT id FROM gone)",
+        params![b.station_id, b.partner_id, b.kind.code(), parent, name, lingering, now_ms()],
+    )?;
+    Ok(())
+}
+
 fn insert_entry(tx: &Transaction<'_>, r: &NewRow<'_>) -> Result<i64> {
+    release_expired_name(tx, r.b, r.parent, r.name)?;
     tx.execute(
         "INSERT INTO entries (user_id, station_id, partner_id, box, parent, name, is_dir, state, blob, size, mtime_ms, created_ms, until_ms, message_id)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
@@ -315,6 +336,10 @@ fn insert_message(
     Ok(id)
 }
 
+/// The received messages that were stored (not refused): a refused request's Message-ID
+/// stays free, so that a forged copy sent first cannot make the genuine one a "duplicate".
+pub(super) const DELIVERED_INBOUND: &str = "direction = 'in' AND state <> 'refused'";
+
 impl Store {
     /// The entry with row id `id`.
     pub fn entry(&self, id: i64) -> Result<Option<Entry>> {
@@ -457,6 +482,7 @@ impl Store {
             if let Some(r) = replaces {
                 tx.execute("DELETE FROM entries WHERE id = ?1", [r])?;
             }
+            release_expired_name(tx, old.boxref, new_parent, new_name)?;
             tx.execute(
                 "UPDATE entries SET parent = ?2, name = ?3 WHERE id = ?1",
                 params![id, new_parent, new_name],
@@ -638,7 +664,7 @@ impl Store {
                 // lookup, and only one may be delivered.
                 let earlier: Option<i64> = tx
                     .query_row(
-                        "SELECT id FROM messages WHERE direction = 'in' AND partner_id = ?1 AND as2_message_id = ?2 ORDER BY id LIMIT 1",
+                        &format!("SELECT id FROM messages WHERE {DELIVERED_INBOUND} AND partner_id = ?1 AND as2_message_id = ?2 ORDER BY id LIMIT 1"),
                         params![inbox.partner_id, o.as2_message_id],
                         |r| r.get(0),
                     )

@@ -80,7 +80,7 @@ impl StoreError {
 /// The result type of the store.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// Steps from each older schema version to the next: `MIGRATIONS[v - 1]` takes a version `v`
 /// database to `v + 1`. A fresh database gets `SCHEMA` and the current version directly.
@@ -111,6 +111,15 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE messages ADD COLUMN mdn_attempts INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE messages ADD COLUMN mdn_due_ms INTEGER;
      CREATE INDEX IF NOT EXISTS messages_mdn_due ON messages (mdn_due_ms) WHERE mdn_due_ms IS NOT NULL;",
+    // 4 -> 5: several certificates per partner; what a partner must prove inbound (secure
+    // by default: signature and encryption required, also for partners added before);
+    // where the async MDNs we owe it may go.
+    "ALTER TABLE partners ADD COLUMN certs TEXT NOT NULL DEFAULT '';
+     UPDATE partners SET certs = COALESCE(cert_path, '');
+     ALTER TABLE partners DROP COLUMN cert_path;
+     ALTER TABLE partners ADD COLUMN require_signature INTEGER NOT NULL DEFAULT 1;
+     ALTER TABLE partners ADD COLUMN require_encryption INTEGER NOT NULL DEFAULT 1;
+     ALTER TABLE partners ADD COLUMN mdn_url_allow TEXT NOT NULL DEFAULT '';",
 ];
 
 /// Brings the database to [`SCHEMA_VERSION`], each step in its own transaction.
@@ -164,7 +173,7 @@ CREATE TABLE IF NOT EXISTS partners (
     as2_id TEXT NOT NULL,
     test INTEGER NOT NULL,
     url TEXT,
-    cert_path TEXT,
+    certs TEXT NOT NULL DEFAULT '',
     trust_path TEXT,
     sign TEXT NOT NULL DEFAULT 'sha256',
     encrypt TEXT NOT NULL DEFAULT 'aes256-cbc',
@@ -172,6 +181,9 @@ CREATE TABLE IF NOT EXISTS partners (
     mdn TEXT NOT NULL DEFAULT 'sync',
     mdn_signed INTEGER NOT NULL DEFAULT 1,
     content_type TEXT NOT NULL DEFAULT 'application/octet-stream',
+    require_signature INTEGER NOT NULL DEFAULT 1,
+    require_encryption INTEGER NOT NULL DEFAULT 1,
+    mdn_url_allow TEXT NOT NULL DEFAULT '',
     created_ms INTEGER NOT NULL,
     UNIQUE (user_id, as2_id, test)
 );

@@ -93,8 +93,10 @@ pub struct Partner {
 /// The AS2 settings of a partner: what we send and what we expect back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PartnerProfile {
-    /// The partner's certificate (PEM or DER): verifies its signatures, encrypts to it.
-    pub cert_path: Option<std::path::PathBuf>,
+    /// The partner's certificates (PEM or DER files), oldest first: several during a
+    /// rollover. Its signatures verify against any of them that is valid; we encrypt to the
+    /// newest valid one (`as2::certs::newest_valid`).
+    pub cert_paths: Vec<std::path::PathBuf>,
     /// A CA or certificate to trust for the partner's HTTPS server.
     pub trust_path: Option<std::path::PathBuf>,
     /// Signature digest for what we send.
@@ -110,12 +112,37 @@ pub struct PartnerProfile {
     /// The MIME type our files are sent as (e.g. `application/edi-x12`); text types are
     /// sent in canonical form (CRLF line ends).
     pub content_type: String,
+    /// What the partner must prove on what it sends us. Secure by default: both required.
+    pub inbound: InboundPolicy,
+    /// Where, besides the scheme and host of the partner's own URL, the async MDNs we owe
+    /// the partner may be POSTed: URL prefixes. Loopback, link-local and private addresses
+    /// are reached only through an entry listed here.
+    pub mdn_url_allow: Vec<String>,
+}
+
+/// What a partner must prove on each message it sends us (checked before anything is
+/// stored; a message short of it gets a negative MDN, `insufficient-message-security`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct InboundPolicy {
+    /// A signature that verifies against one of the partner's configured certificates.
+    pub require_signature: bool,
+    /// Encryption to our station's key.
+    pub require_encryption: bool,
+}
+
+impl Default for InboundPolicy {
+    fn default() -> Self {
+        InboundPolicy {
+            require_signature: true,
+            require_encryption: true,
+        }
+    }
 }
 
 impl Default for PartnerProfile {
     fn default() -> Self {
         PartnerProfile {
-            cert_path: None,
+            cert_paths: Vec::new(),
             trust_path: None,
             sign: SignOption::Sha256,
             encrypt: EncryptOption::Aes256Cbc,
@@ -123,6 +150,8 @@ impl Default for PartnerProfile {
             mdn: MdnOption::Sync,
             mdn_signed: true,
             content_type: "application/octet-stream".into(),
+            inbound: InboundPolicy::default(),
+            mdn_url_allow: Vec::new(),
         }
     }
 }

@@ -40,6 +40,8 @@ pub struct SentRecord {
     pub id: i64,
     /// The partner it went to.
     pub partner_id: i64,
+    /// The station it was sent from.
+    pub station_id: i64,
     /// Its state.
     pub state: String,
     /// The MICs we accept back, one per line.
@@ -76,6 +78,8 @@ pub struct Transmission {
 pub struct OwedMdn {
     /// The received message.
     pub id: i64,
+    /// The partner it came from (whose profile says where its MDNs may go).
+    pub partner_id: i64,
     /// The partner's Receipt-Delivery-Option URL.
     pub url: String,
     /// The MDN's HTTP header fields.
@@ -303,12 +307,13 @@ impl Store {
     pub fn outgoing_by_as2_id(&self, as2_message_id: &str) -> Result<Option<SentRecord>> {
         self.read(|c| {
             Ok(c.query_row(
-                "SELECT id, partner_id, state, mic FROM messages WHERE direction = 'out' AND as2_message_id = ?1 ORDER BY id DESC LIMIT 1",
+                "SELECT id, partner_id, state, mic, station_id FROM messages WHERE direction = 'out' AND as2_message_id = ?1 ORDER BY id DESC LIMIT 1",
                 [as2_message_id],
                 |r| {
                     Ok(SentRecord {
                         id: r.get(0)?,
                         partner_id: r.get(1)?,
+                        station_id: r.get(4)?,
                         state: r.get(2)?,
                         mics: r.get(3)?,
                     })
@@ -329,6 +334,37 @@ impl Store {
         })
     }
 
+    /// Records an inbound request from a known partner that was refused (not signed or
+    /// encrypted as its profile requires, a signature that does not verify, ...): visible in
+    /// `messages list` with `reason`; nothing of its content is stored.
+    pub fn record_refused_inbound(
+        &self,
+        station_id: i64,
+        partner_id: i64,
+        as2_message_id: &str,
+        reason: &str,
+    ) -> Result<i64> {
+        let now = now_ms();
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO messages (direction, user_id, station_id, partner_id, user_name, station, partner, test, name, state, detail, as2_message_id, created_ms, updated_ms)
+                 SELECT 'in', u.id, s.id, p.id, u.name, s.as2_id, p.as2_id, p.test, ?3, 'refused', ?4, ?3, ?5, ?5
+                 FROM stations s JOIN partners p ON p.user_id = s.user_id JOIN users u ON u.id = s.user_id
+                 WHERE s.id = ?1 AND p.id = ?2",
+                params![station_id, partner_id, as2_message_id, reason, now],
+            )?;
+            if tx.changes() == 0 {
+                return Err(StoreError::NotFound("the station or partner (removed meanwhile?)".into()));
+            }
+            let id = tx.last_insert_rowid();
+            tx.execute(
+                "INSERT INTO message_events (message_id, at_ms, state, detail) VALUES (?1, ?2, 'refused', ?3)",
+                params![id, now, reason],
+            )?;
+            Ok(id)
+        })
+    }
+
     /// A received message from `partner_id` with AS2 Message-ID `as2_message_id`: its id,
     /// the MIC we computed and the MDN we answered, if any (for duplicates).
     pub fn inbound_by_as2_id(
@@ -338,7 +374,7 @@ impl Store {
     ) -> Result<Option<ReceivedRecord>> {
         self.read(|c| {
             Ok(c.query_row(
-                "SELECT id, mic, mdn FROM messages WHERE direction = 'in' AND partner_id = ?1 AND as2_message_id = ?2 ORDER BY id LIMIT 1",
+                &format!("SELECT id, mic, mdn FROM messages WHERE {} AND partner_id = ?1 AND as2_message_id = ?2 ORDER BY id LIMIT 1", super::entries::DELIVERED_INBOUND),
                 params![partner_id, as2_message_id],
                 |r| {
                     Ok(ReceivedRecord {
@@ -393,7 +429,7 @@ impl Store {
         self.write(|tx| {
             let owed: Vec<OwedMdn> = {
                 let mut st = tx.prepare(
-                    "SELECT id, mdn_url, mdn_headers, mdn_body, mdn_attempts FROM messages
+                    "SELECT id, mdn_url, mdn_headers, mdn_body, mdn_attempts, partner_id FROM messages
                      WHERE mdn_due_ms IS NOT NULL AND mdn_due_ms <= ?1 ORDER BY mdn_due_ms LIMIT ?2",
                 )?;
                 let rows = st.query_map(params![now_ms, limit as i64], |r| {
@@ -404,6 +440,7 @@ impl Store {
                         headers: serde_json::from_str(&headers).unwrap_or_default(),
                         body: r.get::<_, Option<Vec<u8>>>(3)?.unwrap_or_default(),
                         attempts: r.get(4)?,
+                        partner_id: r.get(5)?,
                     })
                 })?;
                 rows.collect::<rusqlite::Result<_>>()?
@@ -767,10 +804,12 @@ mod tests {
             "claimed by the first attempt until its lease ends"
         );
         let owed = store.claim_owed_mdns(1_000, 61_000, 10).unwrap();
+        let partner_id = owed[0].partner_id;
         assert_eq!(
             owed,
             [OwedMdn {
                 id,
+                partner_id,
                 url: "http://p/mdn".into(),
                 headers: headers.clone(),
                 body: b"mdn".to_vec(),

@@ -34,6 +34,14 @@ fn station_from_row(r: &Row<'_>) -> rusqlite::Result<Station> {
     })
 }
 
+/// A list column: one item a line (paths and URLs hold no line breaks: checked on input).
+fn lines(text: String) -> Vec<String> {
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 fn partner_from_row(r: &Row<'_>) -> rusqlite::Result<Partner> {
     Ok(Partner {
         id: r.get(0)?,
@@ -43,7 +51,7 @@ fn partner_from_row(r: &Row<'_>) -> rusqlite::Result<Partner> {
         url: r.get(4)?,
         created_ms: r.get(5)?,
         profile: PartnerProfile {
-            cert_path: r.get::<_, Option<String>>(6)?.map(PathBuf::from),
+            cert_paths: lines(r.get(6)?).into_iter().map(PathBuf::from).collect(),
             trust_path: r.get::<_, Option<String>>(7)?.map(PathBuf::from),
             sign: SignOption::parse(&r.get::<_, String>(8)?).unwrap_or(SignOption::Sha256),
             encrypt: EncryptOption::parse(&r.get::<_, String>(9)?)
@@ -53,13 +61,18 @@ fn partner_from_row(r: &Row<'_>) -> rusqlite::Result<Partner> {
             mdn: MdnOption::parse(&r.get::<_, String>(11)?).unwrap_or(MdnOption::Sync),
             mdn_signed: r.get(12)?,
             content_type: r.get(13)?,
+            inbound: crate::store::InboundPolicy {
+                require_signature: r.get(14)?,
+                require_encryption: r.get(15)?,
+            },
+            mdn_url_allow: lines(r.get(16)?),
         },
     })
 }
 
 const USER_COLS: &str = "id, name, uid, gid, quota, created_ms";
 const STATION_COLS: &str = "id, user_id, as2_id, inbox_layout, created_ms, key_path, cert_path";
-const PARTNER_COLS: &str = "id, user_id, as2_id, test, url, created_ms, cert_path, trust_path, sign, encrypt, compress, mdn, mdn_signed, content_type";
+const PARTNER_COLS: &str = "id, user_id, as2_id, test, url, created_ms, certs, trust_path, sign, encrypt, compress, mdn, mdn_signed, content_type, require_signature, require_encryption, mdn_url_allow";
 
 /// One stored public key of a user.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -456,19 +469,37 @@ impl Store {
     /// Replaces a partner's AS2 settings.
     pub fn set_partner_profile(&self, partner_id: i64, p: &PartnerProfile) -> Result<()> {
         let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.to_string_lossy().into_owned());
+        let joined = |items: Vec<String>| -> Result<String> {
+            if let Some(bad) = items.iter().find(|i| i.contains(['\n', '\r'])) {
+                return Err(StoreError::NotApplicable(format!(
+                    "{bad:?} contains a line break: give a path or URL without one"
+                )));
+            }
+            Ok(items.join("\n"))
+        };
+        let certs = joined(
+            p.cert_paths
+                .iter()
+                .map(|c| c.to_string_lossy().into_owned())
+                .collect(),
+        )?;
+        let allow = joined(p.mdn_url_allow.clone())?;
         self.write(|tx| {
             tx.execute(
-                "UPDATE partners SET cert_path = ?2, trust_path = ?3, sign = ?4, encrypt = ?5, compress = ?6, mdn = ?7, mdn_signed = ?8, content_type = ?9 WHERE id = ?1",
+                "UPDATE partners SET certs = ?2, trust_path = ?3, sign = ?4, encrypt = ?5, compress = ?6, mdn = ?7, mdn_signed = ?8, content_type = ?9, require_signature = ?10, require_encryption = ?11, mdn_url_allow = ?12 WHERE id = ?1",
                 params![
                     partner_id,
-                    path(&p.cert_path),
+                    certs,
                     path(&p.trust_path),
                     p.sign.as_str(),
                     p.encrypt.as_str(),
                     p.compress.as_str(),
                     p.mdn.as_str(),
                     p.mdn_signed,
-                    p.content_type
+                    p.content_type,
+                    p.inbound.require_signature,
+                    p.inbound.require_encryption,
+                    allow
                 ],
             )?;
             Ok(())

@@ -263,6 +263,8 @@ pub struct Peer {
     backlog: Vec<serde_json::Value>,
     /// Port receiving AS2 messages.
     pub port: u16,
+    /// Port receiving the async MDNs for what the peer sends.
+    pub mdn_port: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -315,10 +317,12 @@ impl Peer {
             events: rx,
             backlog: Vec::new(),
             port: 0,
+            mdn_port: 0,
             _dir: dir,
         };
         let ev = p.wait_event(|v| v["event"] == "listening");
         p.port = ev["port"].as_u64().unwrap() as u16;
+        p.mdn_port = ev["mdn_port"].as_u64().unwrap_or(0) as u16;
         p
     }
 

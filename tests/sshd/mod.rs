@@ -480,9 +480,14 @@ impl Env {
     /// Runs the OpenSSH `sftp` client in batch mode with `commands` (one per line). With
     /// batch mode, a failing command (not prefixed with `-`) ends the batch with status 1.
     pub fn sftp(&self, user: &str, key: &Path, commands: &str) -> Output {
+        self.sftp_spawn(user, key, commands).wait_with_output().unwrap()
+    }
+
+    /// [`Env::sftp`] started, not waited for (output piped).
+    pub fn sftp_spawn(&self, user: &str, key: &Path, commands: &str) -> std::process::Child {
         let batch = self.dir.join(unique("batch-"));
         std::fs::write(&batch, commands).unwrap();
-        let out = Command::new("sftp")
+        Command::new("sftp")
             .args(self.ssh_opts(key))
             .arg("-P")
             .arg(self.port.to_string())
@@ -491,10 +496,10 @@ impl Env {
             .arg(format!("{user}@127.0.0.1"))
             .current_dir(&self.dir)
             .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        let _ = std::fs::remove_file(&batch);
-        out
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
     }
 
     /// `sftp` batch that must succeed; returns stdout.
