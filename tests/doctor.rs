@@ -1,6 +1,7 @@
 //! `as2box doctor`: each failure it reports, provoked on a real mount and daemon: the mount
 //! process killed (dead FUSE connection), a group-writable folder above the mount point, an
-//! expired (and a soon expiring) partner certificate, `as2box serve` stopped. Each failing
+//! expired (and a soon expiring) partner certificate (but not an expired one beside a
+//! valid one, a rollover), `as2box serve` stopped. Each failing
 //! check must say how to fix it, and doctor must exit 1.
 //!
 //! Needs root and /dev/fuse like the other system tests (see tests/common).
@@ -176,7 +177,7 @@ fn an_expired_certificate_fails_and_one_expiring_soon_warns() {
     assert!(c["detail"].as_str().unwrap().contains("EXPIRED"), "{c}");
     assert!(
         c["fix"].as_str().unwrap().contains(&format!(
-            "as2box partner set --user {} {old} --cert",
+            "as2box partner cert add --user {} {old} ",
             user.name
         )),
         "{c}"
@@ -185,6 +186,21 @@ fn an_expired_certificate_fails_and_one_expiring_soon_warns() {
     assert_eq!(status(c), "warn", "{c}");
     assert!(c["detail"].as_str().unwrap().contains("expires in"), "{c}");
     let c = find(&checks, "certificates", &format!("station {station}"));
+    assert_eq!(status(c), "ok", "{c}");
+
+    // A rollover: the expired certificate stays beside a new one; the new one counts.
+    let valid = certificate(&src, "valid", -1, 365);
+    fx.cli_ok(&[
+        "partner",
+        "cert",
+        "add",
+        "--user",
+        &user.name,
+        &old,
+        &valid.to_string_lossy(),
+    ]);
+    let (_, checks) = doctor(&fx);
+    let c = find(&checks, "certificates", &format!("partner {old} "));
     assert_eq!(status(c), "ok", "{c}");
 }
 

@@ -605,8 +605,8 @@ fn check_accounts(service_user: &str, service_exists: bool, sftp_group: &str) ->
 struct StoreFacts {
     /// (station AS2 id, key file, certificate file)
     stations: Vec<(String, Option<PathBuf>, Option<PathBuf>)>,
-    /// (user name, partner AS2 id, test, certificate file)
-    partners: Vec<(String, String, bool, Option<PathBuf>)>,
+    /// (user name, partner AS2 id, test, certificate files)
+    partners: Vec<(String, String, bool, Vec<PathBuf>)>,
 }
 
 struct StoreResult {
@@ -644,16 +644,32 @@ fn read_store(db: &Path) -> Result<(String, BTreeSet<String>, StoreFacts), rusql
             ))
         })?
         .collect::<Result<_, _>>()?;
+    // Schema 5 keeps several certificates per partner (`certs`, one path a line); a
+    // database not migrated yet has one (`cert_path`).
+    let columns: BTreeSet<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('partners')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let certs = if columns.contains("certs") {
+        "p.certs"
+    } else {
+        "p.cert_path"
+    };
     let partners = conn
-        .prepare(
-            "SELECT u.name, p.as2_id, p.test, p.cert_path FROM partners p JOIN users u ON u.id = p.user_id ORDER BY u.name, p.as2_id, p.test",
-        )?
+        .prepare(&format!(
+            "SELECT u.name, p.as2_id, p.test, {certs} FROM partners p JOIN users u ON u.id = p.user_id ORDER BY u.name, p.as2_id, p.test"
+        ))?
         .query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
                 r.get::<_, bool>(2)?,
-                r.get::<_, Option<String>>(3)?.map(PathBuf::from),
+                r.get::<_, Option<String>>(3)?
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| !l.is_empty())
+                    .map(PathBuf::from)
+                    .collect(),
             ))
         })?
         .collect::<Result<_, _>>()?;
@@ -1039,17 +1055,31 @@ fn check_certificates(facts: &StoreFacts, service: Option<(u32, u32)>) -> Vec<Ch
             }
         }
     }
-    for (user, partner, test, cert) in &facts.partners {
-        let Some(cert) = cert else { continue };
+    for (user, partner, test, certs) in &facts.partners {
         let what = format!(
             "partner {partner}{} of {user}",
             if *test { " (test)" } else { "" }
         );
         let fix = format!(
-            "ask {partner} for its new certificate, then: as2box partner set --user {user} {partner}{} --cert NEW.pem",
+            "ask {partner} for its new certificate, then: as2box partner cert add --user {user} {partner}{} NEW.pem",
             if *test { " --test" } else { "" }
         );
-        checks.push(check_cert("certificates", &what, cert, &fix));
+        // During a rollover the old certificate running out is expected: judge the one
+        // that lasts longest (an unreadable one only when none can be read).
+        let longest = certs
+            .iter()
+            .filter_map(|c| {
+                crate::keys::read_cert(c)
+                    .and_then(|x| crate::keys::days_left(&x))
+                    .ok()
+                    .map(|d| (d, c))
+            })
+            .max_by_key(|(d, _)| *d)
+            .map(|(_, c)| c)
+            .or(certs.first());
+        if let Some(cert) = longest {
+            checks.push(check_cert("certificates", &what, cert, &fix));
+        }
     }
     if checks.is_empty() {
         checks.push(ok(
