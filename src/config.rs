@@ -157,6 +157,14 @@ pub struct ServeConfig {
     pub max_body_memory_bytes: usize,
     /// Messages being sent at once (each holds its files in memory while in flight).
     pub max_parallel_sends: usize,
+    /// A received message may decompress to this many times its body size (all
+    /// compression layers together), but see `min_decompressed_bytes`. Inflating stops as
+    /// soon as the limit is passed and the message is refused (`decompression-failed`).
+    /// Decompressed bytes also count, twice (the inflated buffer and the attachments made
+    /// from it), against `max_body_memory_bytes`.
+    pub max_decompression_ratio: usize,
+    /// The decompression limit of small messages: never less than this many bytes.
+    pub min_decompressed_bytes: usize,
 }
 
 impl Default for ServeConfig {
@@ -177,6 +185,8 @@ impl Default for ServeConfig {
             max_connections: 256,
             max_body_memory_bytes: 512 << 20,
             max_parallel_sends: 16,
+            max_decompression_ratio: 100,
+            min_decompressed_bytes: 16 << 20,
         }
     }
 }
@@ -280,6 +290,12 @@ impl Config {
                 "must be at least serve.max_body_bytes (one largest request must fit)",
             ));
         }
+        if self.serve.max_decompression_ratio == 0 {
+            return Err(invalid(
+                "serve.max_decompression_ratio",
+                "must be at least 1",
+            ));
+        }
         if self.mount.threads == 0 || self.mount.threads > 64 {
             return Err(invalid("mount.threads", "must be between 1 and 64"));
         }
@@ -308,6 +324,21 @@ mod tests {
         assert_eq!(c.retention.files_hours, 48.0);
         assert_eq!(c.retention.messages_days, 60.0);
         assert_eq!(c.mount.path, PathBuf::from("/srv/as2box/mnt"));
+    }
+
+    #[test]
+    fn decompression_limits_default_and_are_checked() {
+        let c = Config::default();
+        assert_eq!(c.serve.max_decompression_ratio, 100);
+        assert_eq!(c.serve.min_decompressed_bytes, 16 << 20);
+        let c = parse("[serve]\nmax_decompression_ratio = 20\nmin_decompressed_bytes = 1048576\n")
+            .unwrap();
+        assert_eq!(c.serve.max_decompression_ratio, 20);
+        assert_eq!(c.serve.min_decompressed_bytes, 1 << 20);
+        let err = parse("[serve]\nmax_decompression_ratio = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("serve.max_decompression_ratio"), "{err}");
     }
 
     #[test]

@@ -177,32 +177,55 @@ pub fn generate_self_signed(
     b.sign(&key, MessageDigest::sha256())?;
     let cert = b.build();
     let cert_pem = String::from_utf8_lossy(&cert.to_pem()?).into_owned();
-    write_private(key_out, &key.private_key_to_pem_pkcs8()?)?;
-    std::fs::write(cert_out, &cert_pem).map_err(|source| KeyError::Io {
-        path: cert_out.display().to_string(),
-        source,
-    })?;
+    write_new(key_out, &key.private_key_to_pem_pkcs8()?)?;
+    write_new(cert_out, cert_pem.as_bytes())?;
     Ok(cert_pem)
 }
 
-fn write_private(path: &Path, data: &[u8]) -> Result<(), KeyError> {
+/// Writes `data` as `path`, replacing what is there. The content goes into a new file
+/// created with `O_EXCL|O_NOFOLLOW` next to it (a symlink or file planted under that name
+/// makes the write fail instead of redirecting it), then renamed over `path` (a rename
+/// replaces a symlink, never follows it). Mode 0640: the AS2 daemon's service group reads
+/// station keys in the state folder, which keeps everyone else out (`store::perms`).
+fn write_new(path: &Path, data: &[u8]) -> Result<(), KeyError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let io = |source| KeyError::Io {
         path: path.display().to_string(),
         source,
     };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        // The AS2 daemon's service group reads station keys in the state folder (which
-        // keeps everyone else out); see store::share_state_dir.
-        .mode(0o640)
-        .open(path)
-        .map_err(io)?;
-    f.write_all(data).map_err(io)?;
-    f.sync_all().map_err(io)
+    let mut random = [0u8; 8];
+    openssl::rand::rand_bytes(&mut random)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(
+        ".{name}.{}.tmp",
+        random
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    ));
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o640)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(io)?;
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -233,6 +256,15 @@ mod tests {
         let p = |n: &str| dir.path().join(n);
         generate_self_signed("A", &p("k1"), &p("c1")).unwrap();
         generate_self_signed("B", &p("k2"), &p("c2")).unwrap();
+        // A symlink planted under the key's name is replaced, its target untouched.
+        std::fs::write(p("target"), b"root's file").unwrap();
+        std::os::unix::fs::symlink(p("target"), p("k1")).unwrap_or_else(|_| {
+            std::fs::remove_file(p("k1")).unwrap();
+            std::os::unix::fs::symlink(p("target"), p("k1")).unwrap();
+        });
+        generate_self_signed("A", &p("k1"), &p("c1")).unwrap();
+        assert_eq!(std::fs::read(p("target")).unwrap(), b"root's file");
+        assert!(!std::fs::symlink_metadata(p("k1")).unwrap().is_symlink());
         assert!(matches!(
             check_pair(&p("k1"), &p("c2")),
             Err(KeyError::Mismatch { .. })

@@ -118,26 +118,57 @@ pub fn shorten(name: &str, max: usize) -> String {
 }
 
 /// Makes names unique within one message: the second `a.txt` becomes `a-2.txt`.
+///
+/// Linear in the number of names (the names come from the network): each base name keeps
+/// the next counter to try, so the k-th copy of a name does not try k-1 taken names first.
 pub fn dedupe(names: &mut [String]) {
-    let mut seen = std::collections::HashSet::new();
+    dedupe_counting(names);
+}
+
+/// [`dedupe`], returning how many names it tried, the names as given included: at most three
+/// per name (the name itself; a candidate that is taken; a candidate refused because a name
+/// as given already is that exact string, and no string is the candidate of two bases or
+/// of one base twice).
+fn dedupe_counting(names: &mut [String]) -> usize {
+    use std::collections::{HashMap, HashSet};
+    // Room for `-` and any counter a slice can need, so that shortening a long name never
+    // cuts the counter off (which made every candidate equal to the name itself).
+    const COUNTER_ROOM: usize = 1 + 20;
+    let mut used: HashSet<String> = HashSet::with_capacity(names.len());
+    let mut next: HashMap<(String, String), usize> = HashMap::new();
+    let mut tried = 0;
     for name in names.iter_mut() {
-        if seen.insert(name.clone()) {
+        tried += 1;
+        if used.insert(name.clone()) {
             continue;
         }
         let (stem, ext) = match name.rfind('.') {
-            Some(i) if i > 0 => (name[..i].to_owned(), name[i..].to_owned()),
-            _ => (name.clone(), String::new()),
+            Some(i) if i > 0 && name.len() - i <= 16 => (&name[..i], &name[i..]),
+            _ => (name.as_str(), ""),
         };
-        let mut n = 2;
+        let room = MAX_ATTACHMENT_NAME.saturating_sub(ext.len() + COUNTER_ROOM);
+        let stem = if stem.len() > room {
+            let mut cut = room;
+            while !stem.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            &stem[..cut]
+        } else {
+            stem
+        };
+        let key = (stem.to_owned(), ext.to_owned());
+        let n = next.entry(key).or_insert(2);
         loop {
-            let candidate = shorten(&format!("{stem}-{n}{ext}"), MAX_ATTACHMENT_NAME);
-            if seen.insert(candidate.clone()) {
+            let candidate = format!("{}-{}{}", stem, *n, ext);
+            *n += 1;
+            tried += 1;
+            if used.insert(candidate.clone()) {
                 *name = candidate;
                 break;
             }
-            n += 1;
         }
     }
+    tried
 }
 
 #[cfg(test)]
@@ -200,6 +231,80 @@ mod tests {
         ];
         dedupe(&mut v);
         assert_eq!(v, ["a.txt", "a-2.txt", "a-3.txt", "b", "b-2"]);
+    }
+
+    #[test]
+    fn dedupe_is_linear_in_the_number_of_names() {
+        // 100,000 copies of one name: each gets the next counter, one candidate each.
+        let mut v = vec!["a.txt".to_owned(); 100_000];
+        let tried = dedupe_counting(&mut v);
+        assert!(
+            tried <= 3 * v.len(),
+            "{tried} candidates for {} names",
+            v.len()
+        );
+        assert_eq!(v[99_999], "a-100000.txt");
+        let set: std::collections::HashSet<_> = v.iter().collect();
+        assert_eq!(set.len(), v.len());
+
+        // Names chosen to be the candidates of later duplicates still cost one try each.
+        let k = 20_000;
+        let mut v: Vec<String> = (2..=k).map(|i| format!("b-{i}.edi")).collect();
+        v.extend(std::iter::repeat_n("b.edi".to_owned(), k));
+        let tried = dedupe_counting(&mut v);
+        assert!(
+            tried <= 3 * v.len(),
+            "{tried} candidates for {} names",
+            v.len()
+        );
+        let set: std::collections::HashSet<_> = v.iter().collect();
+        assert_eq!(set.len(), v.len(), "all names unique");
+        assert_eq!(
+            v.last().map(String::as_str),
+            Some(format!("b-{}.edi", 2 * k - 1).as_str())
+        );
+    }
+
+    #[test]
+    fn dedupe_of_names_at_the_length_limit_terminates_and_keeps_the_counter() {
+        let long = format!("{}.edi", "x".repeat(MAX_ATTACHMENT_NAME - 4));
+        assert_eq!(long.len(), MAX_ATTACHMENT_NAME);
+        let mut v = vec![long.clone(); 3];
+        dedupe(&mut v);
+        assert_eq!(v[0], long);
+        for n in &v[1..] {
+            assert!(n.len() <= MAX_ATTACHMENT_NAME, "{}", n.len());
+            assert!(n.ends_with(".edi"));
+        }
+        assert!(
+            v[1].ends_with("-2.edi") && v[2].ends_with("-3.edi"),
+            "{v:?}"
+        );
+        // A long extension is not kept apart from the stem.
+        let odd = format!("a.{}", "y".repeat(300));
+        let mut v = vec![odd.clone(), odd];
+        dedupe(&mut v);
+        assert_ne!(v[0], v[1]);
+    }
+
+    proptest! {
+        #[test]
+        fn deduped_names_are_unique_and_first_copies_keep_their_name(
+            picks in proptest::collection::vec(0usize..6, 0..60)
+        ) {
+            let pool = ["a.txt", "a-2.txt", "a", "a-2", "a-3.txt", ".x"];
+            let mut v: Vec<String> = picks.iter().map(|&i| pool[i].to_owned()).collect();
+            let orig = v.clone();
+            let tried = dedupe_counting(&mut v);
+            prop_assert!(tried <= 3 * v.len());
+            let set: std::collections::HashSet<_> = v.iter().collect();
+            prop_assert_eq!(set.len(), v.len());
+            for (i, n) in orig.iter().enumerate() {
+                if orig[..i].iter().all(|p| p != n) && !v[..i].contains(n) {
+                    prop_assert_eq!(&v[i], n);
+                }
+            }
+        }
     }
 
     proptest! {

@@ -794,7 +794,7 @@ impl Drop for Immutable {
     }
 }
 
-/// Station B cannot store what it receives (the gateway's spool folder is made immutable):
+/// Station B cannot store what it receives (the daemon's spool folder is made immutable):
 /// it answers HTTP 503 so that the sender tries again later, not a negative MDN that would
 /// end the message; A retries, and once storage works again the message is delivered once.
 #[test]
@@ -815,7 +815,7 @@ fn a_receiver_that_cannot_store_answers_503_and_the_sender_retries() {
     fx.as_user(&a.user, || {
         ok(ops::put(&a.outbox().join("full.bin"), &data), "put")
     });
-    let spool = Immutable::new(&fx.state_dir.join("spool"));
+    let spool = Immutable::new(&fx.state_dir.join("serve-spool"));
     let daemon = Daemon::start(&fx, port, None);
     let m = fx.out_messages(&a.user).remove(0);
     wait_until("two refused attempts", WAIT, || {
@@ -888,57 +888,11 @@ fn an_http_refusal_puts_the_file_in_failed_with_the_partners_explanation() {
 
 /// The partner's signed MDN (sync or async) does not verify with the certificate we have
 /// for it (we pinned another one and send unencrypted, so the partner can still read the
-/// message): the message is failed with a one-sentence reason, not called delivered.
-fn unverifiable_mdn(mdn: &str) {
-    let Some(fx) = fixture!(Settings::default()) else {
-        return;
-    };
-    let Some(py) = python() else { return };
-    let side = peer_side(&fx);
-    let port = free_port();
-    serve_config(&fx, port, "");
-    let _daemon = Daemon::start(&fx, port, None);
-    let mut peer = PyPeer::start(&py, &side, 0, &[]);
-    let other = as2_common::make_keypair("not the peer");
-    let other_cert = fx.dir.join("other.cert.pem");
-    std::fs::write(&other_cert, other.cert.to_pem().unwrap()).unwrap();
-    set_partner(
-        &fx,
-        &side.mb,
-        peer.port,
-        &other_cert,
-        &["--encrypt", "none", "--mdn", mdn],
-    );
-    fx.as_user(&side.mb.user, || {
-        ok(ops::put(&side.mb.outbox().join("v.edi"), b"verify"), "put")
-    });
-    let got = peer.wait_event("the message at the peer", |v| v["event"] == "received");
-    assert_eq!(got["status"], "processed", "{got}");
-    let reason = reason_of(&fx, &side.mb, "v.edi");
-    assert!(reason.contains("could not be verified"), "{reason:?}");
-    assert_one_sentence(&reason);
-    let m = wait_out_state(&fx, &side.mb.user, "failed");
-    let evs = events(&fx, m.id);
-    let want: &[&str] = if mdn == "async" {
-        &["queued", "sending", "awaiting-mdn", "failed"]
-    } else {
-        &["queued", "sending", "failed"]
-    };
-    assert_eq!(states(&evs), want, "{evs:#?}");
-    assert_show_lists(&fx, m.id, &evs);
-}
-
-#[test]
-fn a_sync_mdn_whose_signature_does_not_verify_fails_the_message() {
-    unverifiable_mdn("sync");
-}
-
-/// SECURITY.md, "async MDNs settle only what they prove": the partner's async MDN does
-/// not verify with the certificate we have for it. It is answered with an HTTP error and
-/// settles nothing: the message keeps waiting and fails only when no valid MDN came in
+/// message). Sync: the message is failed with a one-sentence reason, not called delivered.
+/// Async (SECURITY.md, "Forged receipt"): the MDN is answered with an HTTP error and
+/// settles nothing; the message keeps waiting and fails only when no valid MDN came in
 /// time.
-#[test]
-fn an_async_mdn_whose_signature_does_not_verify_changes_nothing_and_the_message_times_out() {
+fn unverifiable_mdn(mdn: &str) {
     let Some(fx) = fixture!(Settings::default()) else {
         return;
     };
@@ -956,26 +910,41 @@ fn an_async_mdn_whose_signature_does_not_verify_changes_nothing_and_the_message_
         &side.mb,
         peer.port,
         &other_cert,
-        &["--encrypt", "none", "--mdn", "async"],
+        &["--encrypt", "none", "--mdn", mdn],
     );
     fx.as_user(&side.mb.user, || {
         ok(ops::put(&side.mb.outbox().join("v.edi"), b"verify"), "put")
     });
     let got = peer.wait_event("the message at the peer", |v| v["event"] == "received");
     assert_eq!(got["status"], "processed", "{got}");
-    wait_until("the rejected async MDN in the log", WAIT, || {
-        daemon.log().contains("async MDN rejected")
-    });
+    let (want_reason, want_states): (&str, &[&str]) = if mdn == "async" {
+        wait_until("the rejected async MDN in the log", WAIT, || {
+            daemon.log().contains("async MDN rejected")
+        });
+        (
+            "No receipt (MDN) arrived",
+            &["queued", "sending", "awaiting-mdn", "failed"],
+        )
+    } else {
+        ("could not be verified", &["queued", "sending", "failed"])
+    };
     let reason = reason_of(&fx, &side.mb, "v.edi");
-    assert!(reason.contains("No receipt (MDN) arrived"), "{reason:?}");
+    assert!(reason.contains(want_reason), "{reason:?}");
     assert_one_sentence(&reason);
     let m = wait_out_state(&fx, &side.mb.user, "failed");
     let evs = events(&fx, m.id);
-    assert_eq!(
-        states(&evs),
-        ["queued", "sending", "awaiting-mdn", "failed"],
-        "{evs:#?}"
-    );
+    assert_eq!(states(&evs), want_states, "{evs:#?}");
+    assert_show_lists(&fx, m.id, &evs);
+}
+
+#[test]
+fn a_sync_mdn_whose_signature_does_not_verify_fails_the_message() {
+    unverifiable_mdn("sync");
+}
+
+#[test]
+fn an_async_mdn_whose_signature_does_not_verify_changes_nothing_and_the_message_times_out() {
+    unverifiable_mdn("async");
 }
 
 /// The peer takes a message that asks for an async MDN and never sends one: after

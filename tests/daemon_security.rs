@@ -48,34 +48,6 @@ fn station_key(fx: &Fixture, station: &str) -> KeyPair {
     .unwrap()
 }
 
-/// A key pair whose certificate is valid from `not_before` to `not_after` (unix seconds).
-fn keypair_valid(cn: &str, not_before: i64, not_after: i64) -> KeyPair {
-    use openssl::asn1::Asn1Time;
-    use openssl::hash::MessageDigest;
-    use openssl::pkey::PKey;
-    use openssl::rsa::Rsa;
-    use openssl::x509::{X509Builder, X509NameBuilder};
-    let key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
-    let mut name = X509NameBuilder::new().unwrap();
-    name.append_entry_by_text("CN", cn).unwrap();
-    let name = name.build();
-    let mut b = X509Builder::new().unwrap();
-    b.set_version(2).unwrap();
-    b.set_subject_name(&name).unwrap();
-    b.set_issuer_name(&name).unwrap();
-    b.set_pubkey(&key).unwrap();
-    b.set_not_before(&Asn1Time::from_unix(not_before).unwrap())
-        .unwrap();
-    b.set_not_after(&Asn1Time::from_unix(not_after).unwrap())
-        .unwrap();
-    b.sign(&key, MessageDigest::sha256()).unwrap();
-    KeyPair {
-        key,
-        cert: b.build(),
-        chain: Vec::new(),
-    }
-}
-
 fn write_cert(fx: &Fixture, name: &str, kp: &KeyPair) -> PathBuf {
     let p = fx.dir.join(format!("{name}.cert.pem"));
     std::fs::write(&p, kp.cert.to_pem().unwrap()).unwrap();
@@ -372,7 +344,7 @@ fn forged_sender_with_an_expired_certificate_is_refused_and_a_rollover_is_accept
     let Some(fx) = fixture!(Settings::default()) else {
         return;
     };
-    let expired = keypair_valid("A 2020", 1_577_836_800, now() - 86_400);
+    let expired = as2_common::make_keypair_valid("A 2020", 1_577_836_800, now() - 86_400);
     let expired_cert = write_cert(&fx, "expired", &expired);
     let gw = Gateway::new(fx, PartnerCert::File(expired_cert), &[]);
     let old = gw.forge(
@@ -384,7 +356,7 @@ fn forged_sender_with_an_expired_certificate_is_refused_and_a_rollover_is_accept
     );
     gw.assert_refused(&old, DispositionModifier::AuthenticationFailed);
 
-    let current = keypair_valid("A 2026", now() - 3600, now() + 365 * 86_400);
+    let current = as2_common::make_keypair_valid("A 2026", now() - 3600, now() + 365 * 86_400);
     let current_cert = write_cert(&gw.fx, "current", &current);
     gw.fx.cli_ok(&[
         "partner",

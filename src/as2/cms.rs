@@ -10,7 +10,6 @@
 //! signed attribute (RFC 5751 §2.5.2) and the CMSAlgorithmProtection attribute
 //! (RFC 6211).
 
-use std::io::Read;
 use std::ptr;
 
 use foreign_types::ForeignType;
@@ -529,6 +528,22 @@ pub fn compress(data: &[u8]) -> Result<Vec<u8>> {
 /// Undoes RFC 3274 CompressedData; output larger than `max_len` is refused
 /// (decompression bombs).
 pub fn decompress(der_bytes: &[u8], max_len: usize) -> Result<Vec<u8>> {
+    decompress_within(der_bytes, max_len, &|_| true)
+}
+
+/// The output buffer of [`decompress_within`] grows by at most this much at a time, so
+/// that the memory asked for is never far ahead of what was inflated.
+pub const DECOMPRESS_STEP: usize = 1 << 20;
+
+/// [`decompress`], asking `grow(total)` before its output buffer may hold `total` bytes
+/// (growing in steps of at most [`DECOMPRESS_STEP`]); `false` stops it with
+/// [`As2Error::DecompressionFailed`]. Inflating stops as soon as the output passes
+/// `max_len`: a bomb costs at most `max_len` + one step, never its inflated size.
+pub fn decompress_within(
+    der_bytes: &[u8],
+    max_len: usize,
+    grow: &dyn Fn(usize) -> bool,
+) -> Result<Vec<u8>> {
     let fail = |m: String| As2Error::DecompressionFailed(m);
     let (oid, inner) = der::content_info(der_bytes).map_err(|e| fail(e.to_string()))?;
     if oid != OID_COMPRESSED_DATA {
@@ -551,15 +566,140 @@ pub fn decompress(der_bytes: &[u8], max_len: usize) -> Result<Vec<u8>> {
         .ok_or_else(|| fail("compressed content absent".into()))?;
     let octets = der::children(explicit.content).map_err(|e| fail(e.to_string()))?;
     let octets = octets.first().ok_or_else(|| fail("empty content".into()))?;
-    let z = der::octet_string_bytes(octets).map_err(|e| fail(e.to_string()))?;
-    let mut out = Vec::new();
-    let limit = u64::try_from(max_len).unwrap_or(u64::MAX).saturating_add(1);
-    flate2::read::ZlibDecoder::new(z.as_slice())
-        .take(limit)
-        .read_to_end(&mut out)
-        .map_err(|e| fail(format!("zlib: {e}")))?;
-    if out.len() > max_len {
-        return Err(fail(format!("decompressed size exceeds {max_len} bytes")));
+    let z = der::octet_string(octets).map_err(|e| fail(e.to_string()))?;
+    inflate_within(&z, max_len, grow).map_err(fail)
+}
+
+/// Inflates a zlib stream into a buffer that never holds more than `max_len` + 1 bytes.
+fn inflate_within(
+    z: &[u8],
+    max_len: usize,
+    grow: &dyn Fn(usize) -> bool,
+) -> std::result::Result<Vec<u8>, String> {
+    use flate2::{Decompress, FlushDecompress, Status};
+    let too_big = || {
+        format!(
+            "the decompressed content is larger than the limit of {max_len} bytes for this \
+             message (a compression bomb, or a message to send in smaller pieces)"
+        )
+    };
+    let ceiling = max_len.saturating_add(1);
+    let mut d = Decompress::new(true);
+    let mut out: Vec<u8> = Vec::new();
+    loop {
+        if out.len() == out.capacity() {
+            if out.len() >= ceiling {
+                return Err(too_big());
+            }
+            let step = out.len().clamp(64 << 10, DECOMPRESS_STEP);
+            let want = out.len().saturating_add(step).min(ceiling);
+            if !grow(want) {
+                return Err(format!(
+                    "no memory left for {want} decompressed bytes; try again later"
+                ));
+            }
+            out.reserve_exact(want - out.len());
+        }
+        let consumed = usize::try_from(d.total_in()).unwrap_or(usize::MAX);
+        let input = z.get(consumed..).unwrap_or(&[]);
+        let before = (d.total_in(), out.len());
+        let status = d
+            .decompress_vec(input, &mut out, FlushDecompress::None)
+            .map_err(|e| format!("zlib: {e}"))?;
+        if out.len() > max_len {
+            return Err(too_big());
+        }
+        match status {
+            Status::StreamEnd => return Ok(out),
+            Status::Ok | Status::BufError => {
+                // Neither input taken nor output made, with room to spare: the stream
+                // ends before its end marker.
+                if (d.total_in(), out.len()) == before && out.len() < out.capacity() {
+                    return Err("zlib: the compressed data is truncated".into());
+                }
+            }
+        }
     }
-    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn round_trip_and_empty() {
+        for data in [&b""[..], b"hello", &vec![7u8; 3 << 20]] {
+            let c = compress(data).unwrap();
+            assert_eq!(decompress(&c, data.len()).unwrap(), data);
+        }
+    }
+
+    #[test]
+    fn a_bomb_stops_at_the_bound_and_never_asks_for_more() {
+        // 256 MiB of zeros in about 256 KiB.
+        let bomb = compress(&vec![0u8; 256 << 20]).unwrap();
+        assert!(bomb.len() < 1 << 20, "{}", bomb.len());
+        let asked = AtomicUsize::new(0);
+        let limit = 5 << 20;
+        let err = decompress_within(&bomb, limit, &|total| {
+            asked.fetch_max(total, Ordering::Relaxed);
+            true
+        })
+        .unwrap_err();
+        assert!(matches!(err, As2Error::DecompressionFailed(_)), "{err}");
+        assert!(err.to_string().contains("larger than the limit"), "{err}");
+        let asked = asked.load(Ordering::Relaxed);
+        assert!(
+            asked <= limit + 1,
+            "asked for {asked} bytes, the limit is {limit}"
+        );
+    }
+
+    #[test]
+    fn the_memory_callback_can_stop_it() {
+        let c = compress(&vec![1u8; 4 << 20]).unwrap();
+        let calls = AtomicUsize::new(0);
+        let err = decompress_within(&c, 100 << 20, &|total| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            total <= 2 << 20
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("no memory left"), "{err}");
+        // Steps are bounded, so the callback sees the growth, not one huge request.
+        assert!(calls.load(Ordering::Relaxed) >= 3);
+        assert_eq!(
+            decompress_within(&c, 4 << 20, &|t| t <= (4 << 20) + 1)
+                .unwrap()
+                .len(),
+            4 << 20
+        );
+    }
+
+    #[test]
+    fn truncated_or_corrupt_streams_are_errors() {
+        let c = compress(&random_ish(200_000)).unwrap();
+        // Cut inside the zlib stream: rebuild the envelope around a truncated stream.
+        let (_, inner) = der::content_info(&c).unwrap();
+        let kids = der::children(inner.content).unwrap();
+        let encap = der::children(kids[2].content).unwrap();
+        let oct = der::children(encap[1].content).unwrap();
+        let z = der::octet_string_bytes(&oct[0]).unwrap();
+        assert!(inflate_within(&z[..z.len() / 2], 1 << 30, &|_| true).is_err());
+        let mut bad = z.clone();
+        bad[10] ^= 0xff;
+        bad[11] ^= 0xff;
+        assert!(inflate_within(&bad, 1 << 30, &|_| true).is_err());
+        assert!(decompress(&c[..c.len() - 10], 1 << 30).is_err());
+    }
+
+    fn random_ish(n: usize) -> Vec<u8> {
+        let mut x: u32 = 12345;
+        (0..n)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                (x >> 16) as u8
+            })
+            .collect()
+    }
 }

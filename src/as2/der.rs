@@ -119,11 +119,19 @@ fn read_tlv_depth(data: &[u8], depth: usize) -> Result<(Tlv<'_>, usize)> {
     ))
 }
 
-/// The children of a constructed element.
+/// Most children [`children`] lists. CMS structures have a handful (the segments of a
+/// constructed OCTET STRING, which can be many, are read without listing them); the bound
+/// keeps a body of two-byte elements from becoming a list 24 times its size.
+pub const MAX_CHILDREN: usize = 4096;
+
+/// The children of a constructed element (at most [`MAX_CHILDREN`]).
 pub fn children(content: &[u8]) -> Result<Vec<Tlv<'_>>> {
     let mut out = Vec::new();
     let mut rest = content;
     while !rest.is_empty() {
+        if out.len() == MAX_CHILDREN {
+            return Err(bad("more than 4096 elements in one structure"));
+        }
         let (t, used) = read_tlv(rest)?;
         out.push(t);
         rest = rest.get(used..).unwrap_or(&[]);
@@ -133,9 +141,18 @@ pub fn children(content: &[u8]) -> Result<Vec<Tlv<'_>>> {
 
 /// The bytes of an OCTET STRING, joining the segments of a constructed one.
 pub fn octet_string_bytes(t: &Tlv<'_>) -> Result<Vec<u8>> {
+    octet_string(t).map(std::borrow::Cow::into_owned)
+}
+
+/// [`octet_string_bytes`] without a copy for a primitive OCTET STRING (what DER
+/// senders write): only a constructed one's segments are joined into a new buffer.
+pub fn octet_string<'a>(t: &Tlv<'a>) -> Result<std::borrow::Cow<'a, [u8]>> {
+    if !t.constructed {
+        return Ok(std::borrow::Cow::Borrowed(t.content));
+    }
     let mut out = Vec::new();
     collect_octets(t, &mut out, 0)?;
-    Ok(out)
+    Ok(std::borrow::Cow::Owned(out))
 }
 
 fn collect_octets(t: &Tlv<'_>, out: &mut Vec<u8>, depth: usize) -> Result<()> {
@@ -143,8 +160,12 @@ fn collect_octets(t: &Tlv<'_>, out: &mut Vec<u8>, depth: usize) -> Result<()> {
         return Err(bad("nesting too deep"));
     }
     if t.constructed {
-        for c in children(t.content)? {
+        // Segment by segment, without listing them: streamed BER has many.
+        let mut rest = t.content;
+        while !rest.is_empty() {
+            let (c, used) = read_tlv(rest)?;
             collect_octets(&c, out, depth + 1)?;
+            rest = rest.get(used..).unwrap_or(&[]);
         }
     } else {
         out.extend_from_slice(t.content);
@@ -301,5 +322,33 @@ mod tests {
         }
         assert!(read_tlv(&deep).is_err());
         assert!(content_info(b"\x30\x00").is_err());
+    }
+
+    #[test]
+    fn many_elements_are_bounded_but_many_segments_are_fine() {
+        // A SEQUENCE of 5,000 empty OCTET STRINGs: not listed.
+        let many = encode_tlv(0x30, &[0x04, 0x00].repeat(MAX_CHILDREN + 1));
+        let (t, _) = read_tlv(&many).unwrap();
+        assert!(children(t.content).is_err());
+        let ok = encode_tlv(0x30, &[0x04, 0x00].repeat(MAX_CHILDREN));
+        let (t, _) = read_tlv(&ok).unwrap();
+        assert_eq!(children(t.content).unwrap().len(), MAX_CHILDREN);
+        // A constructed OCTET STRING of 100,000 one-byte segments is joined.
+        let mut seg = Vec::new();
+        for _ in 0..100_000 {
+            seg.extend_from_slice(&[0x04, 0x01, b'x']);
+        }
+        let mut ber = vec![0x24, 0x80];
+        ber.extend_from_slice(&seg);
+        ber.extend_from_slice(&[0, 0]);
+        let (t, _) = read_tlv(&ber).unwrap();
+        assert_eq!(octet_string_bytes(&t).unwrap().len(), 100_000);
+        // A primitive one is borrowed.
+        let prim = encode_tlv(0x04, b"abc");
+        let (t, _) = read_tlv(&prim).unwrap();
+        assert!(matches!(
+            octet_string(&t).unwrap(),
+            std::borrow::Cow::Borrowed(b"abc")
+        ));
     }
 }

@@ -18,6 +18,7 @@
 //! pyas2lib, Mendelson and Sterling do), otherwise the first supported
 //! `signed-receipt-micalg` the sender asked for, else SHA-1 (RFC 4130 §7.3.1).
 
+use bytes::Bytes;
 use openssl::x509::X509;
 
 use super::algorithms::{DigestAlgorithm, EncryptionAlgorithm};
@@ -25,13 +26,13 @@ use super::certs::{KeyPair, ValidityPolicy};
 use super::cms::{self, CmsKind, SignOptions, SignatureInfo};
 use super::error::{As2Error, Result};
 use super::headers::{
-    format_date, normalize_message_id, quote_as2_name, unquote_as2_name, Headers,
+    find_header_end, format_date, normalize_message_id, quote_as2_name, unquote_as2_name, Headers,
     NotificationOptions,
 };
 use super::mic::Mic;
 use super::mime::{
     base64_encode_lines, canonicalize_crlf, canonicalize_headers, has_bare_lf, hex_string,
-    is_text_type, make_boundary, split_multipart, Entity,
+    is_text_type, make_boundary, Entity,
 };
 
 /// The AS2-Version we speak (RFC 4130 §6.1: 1.2 adds compression, RFC 5402).
@@ -557,6 +558,39 @@ impl RequestInfo {
     }
 }
 
+/// How deep MIME and CMS layers may nest in a message (encryption, signature,
+/// compression, each possibly twice, and the payload); deeper is refused.
+pub const MAX_NESTING: usize = 8;
+
+/// Most attachments in one message (the parts of its payload multipart). Each becomes a
+/// file with its own blob; see also [`super::mime::MAX_PARTS`].
+pub const MAX_ATTACHMENTS: usize = 1000;
+
+/// The default [`ReceiveContext::max_decompressed_size`] when no body size is known: the
+/// daemon sets it per request from its `[serve]` settings (see
+/// [`decompressed_size_limit`]).
+pub const DEFAULT_MAX_DECOMPRESSED: usize = 1 << 30;
+
+/// The decompressed bytes a message of `body_len` bytes may inflate to, all
+/// layers together: `ratio` times the body, and never less than `floor` (small messages
+/// compress well too).
+pub fn decompressed_size_limit(body_len: usize, ratio: usize, floor: usize) -> usize {
+    body_len.saturating_mul(ratio).max(floor)
+}
+
+/// Asked before the parser holds more decompressed bytes of one message: the argument is
+/// the total it would then hold, all layers together; `false` refuses (the message then
+/// fails with `decompression-failed`). Lets a server count that memory against a budget
+/// shared by all requests.
+#[derive(Clone, Copy)]
+pub struct MemoryGrant<'a>(pub &'a (dyn Fn(usize) -> bool + Sync));
+
+impl std::fmt::Debug for MemoryGrant<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MemoryGrant")
+    }
+}
+
 /// Keys, certificates and policy for receiving.
 #[derive(Debug, Clone)]
 pub struct ReceiveContext<'a> {
@@ -570,8 +604,12 @@ pub struct ReceiveContext<'a> {
     pub require_signature: bool,
     /// Reject unencrypted messages (`insufficient-message-security`).
     pub require_encryption: bool,
-    /// Largest decompressed size accepted.
+    /// Largest decompressed size accepted, all compression layers together; inflating
+    /// stops as soon as it is passed.
     pub max_decompressed_size: usize,
+    /// Asked before decompressed output grows (see [`MemoryGrant`]); `None`: only
+    /// `max_decompressed_size` applies.
+    pub memory: Option<MemoryGrant<'a>>,
 }
 
 impl<'a> ReceiveContext<'a> {
@@ -587,7 +625,8 @@ impl<'a> ReceiveContext<'a> {
             validity,
             require_signature: false,
             require_encryption: false,
-            max_decompressed_size: 1 << 30,
+            max_decompressed_size: DEFAULT_MAX_DECOMPRESSED,
+            memory: None,
         }
     }
 }
@@ -661,28 +700,49 @@ pub fn parse_message(
     parse_body(info, headers, body, ctx)
 }
 
-/// Like [`parse_message`] with an already parsed [`RequestInfo`].
+/// Like [`parse_message`] with an already parsed [`RequestInfo`]. Copies `body` once;
+/// [`parse_body_shared`] does not.
 pub fn parse_body(
     info: RequestInfo,
     headers: &Headers,
     body: &[u8],
     ctx: &ReceiveContext<'_>,
 ) -> Result<ReceivedMessage> {
+    parse_body_shared(info, headers, Bytes::copy_from_slice(body), ctx)
+}
+
+/// [`parse_body`] of a body the caller already holds as [`Bytes`]. Work and memory are
+/// bounded whatever the sender does: layers ([`MAX_NESTING`]), parts and header blocks
+/// ([`super::mime::MAX_PARTS`], [`super::mime::MAX_HEADER_BYTES`]), attachments
+/// ([`MAX_ATTACHMENTS`]) and decompressed bytes (`ctx.max_decompressed_size`,
+/// `ctx.memory`). The payload is not copied on the way to the attachments when it was
+/// encrypted or compressed (the decrypted or inflated buffer becomes the attachment), and
+/// copied once otherwise.
+pub fn parse_body_shared(
+    info: RequestInfo,
+    headers: &Headers,
+    body: Bytes,
+    ctx: &ReceiveContext<'_>,
+) -> Result<ReceivedMessage> {
     if headers.get("content-type").is_none() {
         return Err(As2Error::MissingHeader("Content-Type"));
     }
-    let mut entity = Entity::from_parts(headers.clone(), body);
+    let requested = info.mdn.as_ref().and_then(MdnRequest::preferred_micalg);
+    let unsigned_alg = requested.unwrap_or(DigestAlgorithm::Sha1);
+    let mut entity = Entity::from_parts_shared(headers.clone(), body);
     let mut encryption = None;
     let mut signature: Option<SignatureInfo> = None;
     let mut compressed = false;
     let mut compressed_before_signing = false;
-    let mut signed_content: Option<Vec<u8>> = None;
-    let mut decrypted_entity: Option<Vec<u8>> = None;
-    let mut uncompressed_entity: Option<Vec<u8>> = None;
-    let mut outer_content: Option<Vec<u8>> = None;
-    let mut sig_micalg: Option<DigestAlgorithm> = None;
+    // Each MIC is computed as soon as its bytes are at hand, so that no copy of them is
+    // kept until the end.
+    let mut signed_mic: Option<Mic> = None;
+    let mut decrypted_mic: Option<Mic> = None;
+    let mut uncompressed_mic: Option<Mic> = None;
+    let mut outer_content_mic: Option<Mic> = None;
+    let mut decompressed_total = 0usize;
 
-    for _depth in 0..8 {
+    for _depth in 0..MAX_NESTING {
         let media = entity.media_type();
         // Checked before any work on the layer (decompression, splitting): a partner that
         // must encrypt gets nothing of ours spent on what it sent in clear.
@@ -692,18 +752,16 @@ pub fn parse_body(
             ));
         }
         if is_pkcs7_mime(&media) {
-            let mut der = entity.decoded_body()?;
+            let mut der = entity.decoded_shared()?;
             // Some peers send base64 without saying so (no transfer encoding).
             if der.first() != Some(&0x30) {
                 if let Ok(d) = super::mime::base64_decode(&der) {
                     if d.first() == Some(&0x30) {
-                        der = d;
+                        der = Bytes::from(d);
                     }
                 }
             }
-            if outer_content.is_none() && encryption.is_none() && signature.is_none() {
-                outer_content = Some(der.clone());
-            }
+            let first_layer = encryption.is_none() && signature.is_none() && !compressed;
             let kind = cms::inspect(&der).map_err(|e| {
                 match entity
                     .content_type()
@@ -728,33 +786,48 @@ pub fn parse_body(
                 CmsKind::Enveloped { .. } => {
                     let (plain, cipher, _) = cms::decrypt(&der, ctx.station_keys)?;
                     encryption = Some(cipher);
-                    if decrypted_entity.is_none() && signature.is_none() {
-                        decrypted_entity = Some(canonicalize_headers(&plain));
+                    if decrypted_mic.is_none() && signature.is_none() {
+                        decrypted_mic = Some(mic_with_crlf_headers(&plain, unsigned_alg)?);
                     }
-                    entity = parse_inner_or_raw(&plain);
+                    entity = parse_inner_or_raw(plain);
                 }
                 CmsKind::Compressed => {
-                    let plain = cms::decompress(&der, ctx.max_decompressed_size)?;
+                    if first_layer {
+                        outer_content_mic = Some(Mic::compute(&der, unsigned_alg)?);
+                    }
+                    let limit = ctx.max_decompressed_size.saturating_sub(decompressed_total);
+                    let plain = match ctx.memory {
+                        Some(MemoryGrant(grow)) => {
+                            let before = decompressed_total;
+                            cms::decompress_within(&der, limit, &|t| {
+                                grow(before.saturating_add(t))
+                            })?
+                        }
+                        None => cms::decompress(&der, limit)?,
+                    };
+                    decompressed_total = decompressed_total.saturating_add(plain.len());
                     compressed = true;
                     if signature.is_some() {
                         // Compression inside the signature happens before signing.
                         compressed_before_signing = true;
                     }
-                    if uncompressed_entity.is_none() && signature.is_none() {
-                        uncompressed_entity = Some(plain.clone());
+                    if uncompressed_mic.is_none() && signature.is_none() {
+                        uncompressed_mic = Some(Mic::compute(&plain, unsigned_alg)?);
                     }
-                    entity = Entity::parse(&plain)
+                    drop(der);
+                    entity = Entity::parse_shared(Bytes::from(plain))
                         .map_err(|e| As2Error::DecompressionFailed(format!("not MIME: {e}")))?;
                 }
                 CmsKind::Signed { .. } => {
                     let (sig, content) =
                         cms::verify_attached(&der, ctx.partner_certs, ctx.validity)?;
                     if signature.is_none() {
-                        signed_content = Some(content.clone());
-                        sig_micalg = sig.digest;
+                        let alg = sig.digest.or(requested).unwrap_or(DigestAlgorithm::Sha1);
+                        signed_mic = Some(Mic::compute(&content, alg)?);
                         signature = Some(sig);
                     }
-                    entity = Entity::parse(&content)?;
+                    drop(der);
+                    entity = Entity::parse_shared(Bytes::from(content))?;
                 }
                 CmsKind::Other(oid) => {
                     return Err(As2Error::UnsupportedAlgorithm(format!(
@@ -770,14 +843,15 @@ pub fn parse_body(
                 .param("boundary")
                 .ok_or_else(|| As2Error::MalformedMime("multipart/signed without boundary".into()))?
                 .to_string();
-            let parts = split_multipart(entity.body(), &boundary)?;
+            let mut parts = entity.parts(&boundary)?;
             if parts.len() != 2 {
                 return Err(As2Error::MalformedMime(format!(
                     "multipart/signed with {} parts",
                     parts.len()
                 )));
             }
-            let (content, sig_part) = (parts[0], Entity::parse(parts[1])?);
+            let sig_part = Entity::parse_shared(parts.pop().unwrap_or_default())?;
+            let content = parts.pop().unwrap_or_default();
             if !is_pkcs7_signature(&sig_part.media_type()) {
                 return Err(As2Error::MalformedMime(format!(
                     "second part of multipart/signed is {}",
@@ -785,30 +859,65 @@ pub fn parse_body(
                 )));
             }
             let sig_der = sig_part.decoded_body()?;
-            let (info_sig, verified) = verify_with_fallbacks(&sig_der, content, ctx)?;
+            let (info_sig, canonical) = verify_with_fallbacks(&sig_der, &content, ctx)?;
+            // What is delivered is what verified, never the bytes around it: the content as
+            // received (no copy), or the canonical form that verified instead.
+            let verified = match canonical {
+                Some(c) => bytes::Bytes::from(c),
+                None => content,
+            };
             let micalg = info_sig.digest.or_else(|| {
                 ct.param("micalg")
                     .and_then(|m| DigestAlgorithm::parse(m).ok())
             });
-            // What is delivered is what verified, never the bytes around it.
-            entity = Entity::parse(&verified)?;
             if signature.is_none() {
-                sig_micalg = micalg;
+                let alg = micalg.or(requested).unwrap_or(DigestAlgorithm::Sha1);
+                signed_mic = Some(Mic::compute(&verified, alg)?);
                 signature = Some(info_sig);
-                signed_content = Some(verified);
             }
+            entity = Entity::parse_shared(verified)?;
             continue;
         }
-        // Leaf or multipart of attachments.
-        let attachments = if media.starts_with("multipart/") {
+        // Leaf or multipart of attachments. The MIC first: the attachments then take the
+        // entity's bytes over.
+        let is_multipart = media.starts_with("multipart/");
+        let (mic, mic_rule, alternatives) = if let Some(m) = signed_mic {
+            (m, MicRule::Signed, Vec::new())
+        } else {
+            let rfc4130 = match decrypted_mic {
+                Some(m) => (MicRule::EncryptedEntity, m),
+                None => {
+                    let m = match outer_content_mic {
+                        Some(m) => m,
+                        None if is_multipart => Mic::compute(entity.body(), unsigned_alg)?,
+                        None => Mic::compute(&entity.decoded_shared()?, unsigned_alg)?,
+                    };
+                    (MicRule::PlainContent, m)
+                }
+            };
+            match uncompressed_mic {
+                Some(u) => (u, MicRule::CompressedEntity, vec![rfc4130]),
+                None => (rfc4130.1, rfc4130.0, Vec::new()),
+            }
+        };
+        let attachments = if is_multipart {
             let boundary = entity
                 .content_type()
                 .param("boundary")
                 .ok_or_else(|| As2Error::MalformedMime(format!("{media} without boundary")))?
                 .to_string();
-            let mut out = Vec::new();
-            for p in split_multipart(entity.body(), &boundary)? {
-                let e = Entity::parse(p)?;
+            let parts = entity.parts(&boundary)?;
+            if parts.len() > MAX_ATTACHMENTS {
+                return Err(As2Error::MalformedMime(format!(
+                    "the message has {} attachments, more than the limit of \
+                     {MAX_ATTACHMENTS}; send them in several messages",
+                    parts.len()
+                )));
+            }
+            drop(entity);
+            let mut out = Vec::with_capacity(parts.len());
+            for p in parts {
+                let e = Entity::parse_shared(p)?;
                 out.push(ReceivedAttachment {
                     filename: e.filename(),
                     content_type: e
@@ -816,7 +925,7 @@ pub fn parse_body(
                         .get("content-type")
                         .unwrap_or("text/plain")
                         .to_string(),
-                    data: e.decoded_body()?,
+                    data: e.into_decoded_body()?,
                 });
             }
             out
@@ -828,7 +937,7 @@ pub fn parse_body(
                     .get("content-type")
                     .unwrap_or("text/plain")
                     .to_string(),
-                data: entity.decoded_body()?,
+                data: entity.into_decoded_body()?,
             }]
         };
         if ctx.require_signature && signature.is_none() {
@@ -841,36 +950,6 @@ pub fn parse_body(
                 "message is not encrypted".into(),
             ));
         }
-        let requested = info.mdn.as_ref().and_then(MdnRequest::preferred_micalg);
-        let (mic, mic_rule, alternatives) = if let Some(sc) = &signed_content {
-            let alg = sig_micalg.or(requested).unwrap_or(DigestAlgorithm::Sha1);
-            (Mic::compute(sc, alg)?, MicRule::Signed, Vec::new())
-        } else {
-            let alg = requested.unwrap_or(DigestAlgorithm::Sha1);
-            let rfc4130 = match &decrypted_entity {
-                Some(d) => (MicRule::EncryptedEntity, Mic::compute(d, alg)?),
-                None => {
-                    let content = match &outer_content {
-                        Some(c) => c.clone(),
-                        None => entity.decoded_body()?,
-                    };
-                    let content = if media.starts_with("multipart/") && outer_content.is_none() {
-                        entity.body().to_vec()
-                    } else {
-                        content
-                    };
-                    (MicRule::PlainContent, Mic::compute(&content, alg)?)
-                }
-            };
-            match &uncompressed_entity {
-                Some(u) => (
-                    Mic::compute(u, alg)?,
-                    MicRule::CompressedEntity,
-                    vec![rfc4130],
-                ),
-                None => (rfc4130.1, rfc4130.0, Vec::new()),
-            }
-        };
         if let Some((rule, alt)) = alternatives.first() {
             tracing::debug!(
                 message_id = %info.message_id,
@@ -892,16 +971,62 @@ pub fn parse_body(
             mic_alternatives: alternatives,
         });
     }
-    Err(As2Error::MalformedMime("MIME nesting too deep".into()))
+    Err(As2Error::MalformedMime(format!(
+        "MIME nesting deeper than {MAX_NESTING} layers"
+    )))
+}
+
+/// The MIC of an entity with its header lines in canonical (CRLF) form and its body as it
+/// is (RFC 4130 §7.3.1, encrypted unsigned), without making the canonical copy: the same
+/// digest as over [`canonicalize_headers`]`(raw)`.
+fn mic_with_crlf_headers(raw: &[u8], alg: DigestAlgorithm) -> Result<Mic> {
+    use openssl::hash::Hasher;
+    let err = |e: openssl::error::ErrorStack| As2Error::Crypto(format!("digest: {e}"));
+    let (hlen, body_start) = find_header_end(raw);
+    let mut h = Hasher::new(alg.message_digest()).map_err(err)?;
+    let head = raw.get(..hlen).unwrap_or(&[]);
+    let mut start = 0;
+    let mut i = 0;
+    while i < head.len() {
+        match head[i] {
+            b'\r' => {
+                h.update(&head[start..i]).map_err(err)?;
+                h.update(b"\r\n").map_err(err)?;
+                if head.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+                start = i + 1;
+            }
+            b'\n' => {
+                h.update(&head[start..i]).map_err(err)?;
+                h.update(b"\r\n").map_err(err)?;
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    h.update(head.get(start..).unwrap_or(&[])).map_err(err)?;
+    if body_start > hlen || hlen == 0 {
+        h.update(b"\r\n").map_err(err)?;
+    }
+    h.update(raw.get(body_start..).unwrap_or(&[]))
+        .map_err(err)?;
+    let d = h.finish().map_err(err)?;
+    Ok(Mic {
+        digest_b64: super::mime::base64_encode(&d),
+        algorithm: alg,
+    })
 }
 
 /// Parses decrypted content as a MIME entity; some peers (Mendelson) encrypt
 /// the bare payload without MIME headers, which is then taken as one
 /// attachment of unknown type.
-fn parse_inner_or_raw(plain: &[u8]) -> Entity {
-    match Entity::parse(plain) {
+fn parse_inner_or_raw(plain: Vec<u8>) -> Entity {
+    let plain = Bytes::from(plain);
+    match Entity::parse_shared(plain.clone()) {
         Ok(e) if e.headers.get("content-type").is_some() => e,
-        _ => Entity::from_parts(
+        _ => Entity::from_parts_shared(
             Headers::from_pairs([("Content-Type", "application/octet-stream")]),
             plain,
         ),
@@ -910,17 +1035,18 @@ fn parse_inner_or_raw(plain: &[u8]) -> Entity {
 
 /// Verifies a detached signature over the content as received; if that
 /// fails on content grounds, over canonical forms of it (peers that send
-/// bare LF but signed canonical text). Returns the bytes that verified, which
-/// are what the caller must deliver. Line ends in the body are canonicalized
-/// only for a text part: in a binary payload they are data, and a payload
-/// whose line ends were rewritten in transit is refused.
+/// bare LF but signed canonical text). Returns the canonical form when that
+/// is what verified (`None`: the content as received did), which is what the
+/// caller must deliver. Line ends in the body are canonicalized only for a
+/// text part: in a binary payload they are data, and a payload whose line
+/// ends were rewritten in transit is refused.
 fn verify_with_fallbacks(
     sig_der: &[u8],
     content: &[u8],
     ctx: &ReceiveContext<'_>,
-) -> Result<(SignatureInfo, Vec<u8>)> {
+) -> Result<(SignatureInfo, Option<Vec<u8>>)> {
     match cms::verify_detached(sig_der, content, ctx.partner_certs, ctx.validity) {
-        Ok(i) => Ok((i, content.to_vec())),
+        Ok(i) => Ok((i, None)),
         Err(As2Error::IntegrityCheckFailed(first)) if has_bare_lf(content) => {
             let text_body = Entity::parse(content)
                 .map(|e| is_text_type(&e.media_type()))
@@ -931,7 +1057,7 @@ fn verify_with_fallbacks(
             }
             for candidate in candidates {
                 match cms::verify_detached(sig_der, &candidate, ctx.partner_certs, ctx.validity) {
-                    Ok(i) => return Ok((i, candidate)),
+                    Ok(i) => return Ok((i, Some(candidate))),
                     Err(As2Error::IntegrityCheckFailed(_)) => {}
                     // The signature matches this form, but something else is wrong (an
                     // expired certificate): that is the error, not the first form's
@@ -942,5 +1068,144 @@ fn verify_with_fallbacks(
             Err(As2Error::IntegrityCheckFailed(first))
         }
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::as2::error::DispositionModifier;
+    use crate::as2::mime::MAX_PARTS;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn info() -> RequestInfo {
+        RequestInfo::from_headers(&Headers::from_pairs([
+            ("AS2-From", "a"),
+            ("AS2-To", "b"),
+            ("Message-ID", "<m@x>"),
+        ]))
+        .unwrap()
+    }
+
+    fn parse(content_type: &str, body: &[u8], ctx: &ReceiveContext<'_>) -> Result<ReceivedMessage> {
+        let h = Headers::from_pairs([("Content-Type", content_type)]);
+        parse_body_shared(info(), &h, Bytes::copy_from_slice(body), ctx)
+    }
+
+    const P7Z: &str = "application/pkcs7-mime; smime-type=compressed-data";
+
+    #[test]
+    fn nesting_is_capped() {
+        let mut entity = b"Content-Type: text/plain\r\n\r\nhi".to_vec();
+        for _ in 0..MAX_NESTING {
+            let der = cms::compress(&entity).unwrap();
+            entity = entity_bytes(&[("Content-Type", P7Z.into())], &der);
+        }
+        let ctx = ReceiveContext::new(&[], &[], ValidityPolicy::at(0));
+        // MAX_NESTING layers of compression around the payload: one too many.
+        let top = Entity::parse(&entity).unwrap();
+        let err = parse(P7Z, top.body(), &ctx).unwrap_err();
+        assert!(err.to_string().contains("nesting deeper than 8"), "{err}");
+        // One layer fewer is fine.
+        let inner = cms::decompress(top.body(), 1 << 20).unwrap();
+        let inner = Entity::parse(&inner).unwrap();
+        let m = parse(P7Z, inner.body(), &ctx).unwrap();
+        assert_eq!(m.attachments[0].data, b"hi");
+    }
+
+    #[test]
+    fn parts_and_attachments_are_capped() {
+        let body = |n: usize| {
+            let mut b = Vec::new();
+            for i in 0..n {
+                b.extend_from_slice(
+                    format!("--B\r\nContent-Type: text/plain\r\n\r\n{i}\r\n").as_bytes(),
+                );
+            }
+            b.extend_from_slice(b"--B--\r\n");
+            b
+        };
+        let ctx = ReceiveContext::new(&[], &[], ValidityPolicy::at(0));
+        let ct = "multipart/related; boundary=B";
+        assert_eq!(
+            parse(ct, &body(MAX_PARTS), &ctx).unwrap().attachments.len(),
+            MAX_PARTS
+        );
+        for n in [MAX_PARTS + 1, 100_000] {
+            let err = parse(ct, &body(n), &ctx).unwrap_err();
+            assert!(err.to_string().contains("more than 1000 parts"), "{err}");
+            assert_eq!(
+                err.disposition_modifier(),
+                DispositionModifier::UnexpectedProcessingError
+            );
+        }
+        const { assert!(MAX_ATTACHMENTS <= MAX_PARTS) };
+    }
+
+    #[test]
+    fn decompression_is_bounded_by_the_context_and_asks_for_memory() {
+        let mut entity = b"Content-Type: application/octet-stream\r\n\r\n".to_vec();
+        entity.resize(entity.len() + (3 << 20), b'z');
+        let der = cms::compress(&entity).unwrap();
+        let mut ctx = ReceiveContext::new(&[], &[], ValidityPolicy::at(0));
+        ctx.max_decompressed_size = 2 << 20;
+        let err = parse(P7Z, &der, &ctx).unwrap_err();
+        assert_eq!(
+            err.disposition_modifier(),
+            DispositionModifier::DecompressionFailed
+        );
+        assert!(
+            err.to_string().contains("larger than the limit of 2097152"),
+            "{err}"
+        );
+
+        // The grant sees the growth and can stop it before the size limit does.
+        let asked = AtomicUsize::new(0);
+        let grant = |total: usize| {
+            asked.fetch_max(total, Ordering::Relaxed);
+            total <= 1 << 20
+        };
+        ctx.max_decompressed_size = 100 << 20;
+        ctx.memory = Some(MemoryGrant(&grant));
+        let err = parse(P7Z, &der, &ctx).unwrap_err();
+        assert_eq!(
+            err.disposition_modifier(),
+            DispositionModifier::DecompressionFailed
+        );
+        let asked = asked.load(Ordering::Relaxed);
+        assert!(
+            asked > 1 << 20 && asked <= (1 << 20) + cms::DECOMPRESS_STEP,
+            "{asked}"
+        );
+
+        // Within both: the inflated buffer is the attachment.
+        let ok = |t: usize| t <= 4 << 20;
+        ctx.memory = Some(MemoryGrant(&ok));
+        let m = parse(P7Z, &der, &ctx).unwrap();
+        assert_eq!(m.attachments[0].data.len(), 3 << 20);
+        assert!(m.compressed);
+        assert_eq!(decompressed_size_limit(1 << 20, 100, 16 << 20), 100 << 20);
+        assert_eq!(decompressed_size_limit(1 << 10, 100, 16 << 20), 16 << 20);
+        assert_eq!(decompressed_size_limit(usize::MAX, 100, 0), usize::MAX);
+    }
+
+    #[test]
+    fn the_encrypted_entity_mic_is_the_canonical_headers_mic() {
+        for raw in [
+            &b"Content-Type: text/plain\nX: y\n\nbody\nwith LF"[..],
+            b"Content-Type: text/plain\r\n\r\nbody\r\n",
+            b"A: b\rC: d\r\n\nx",
+            b"no blank line at all\n",
+            b"",
+            b"\r\nonly body",
+        ] {
+            for alg in [DigestAlgorithm::Sha1, DigestAlgorithm::Sha256] {
+                assert_eq!(
+                    mic_with_crlf_headers(raw, alg).unwrap(),
+                    Mic::compute(&canonicalize_headers(raw), alg).unwrap(),
+                    "{raw:?}"
+                );
+            }
+        }
     }
 }

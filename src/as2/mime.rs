@@ -12,6 +12,7 @@
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::Engine;
+use bytes::Bytes;
 
 use super::error::{As2Error, Result};
 use super::headers::{decode_rfc2047, find_header_end, Headers, ParamValue};
@@ -23,43 +24,96 @@ const B64_LENIENT: GeneralPurpose = GeneralPurpose::new(
         .with_decode_allow_trailing_bits(true),
 );
 
+/// Most bytes in the header block of one MIME entity (a body part, or a decrypted or
+/// decompressed entity). Real header blocks are a few hundred bytes; the bound keeps a
+/// hostile part from making us parse megabytes of header lines.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Most body parts in one multipart body. AS2 messages have one to a few (RFC 6362
+/// multiple attachments); every part becomes a file with its own blob.
+pub const MAX_PARTS: usize = 1000;
+
 /// A MIME entity: its parsed header fields and the raw bytes it came from.
+///
+/// The bytes are shared (`Bytes`): an entity made from a part of another, or from a
+/// decrypted or decompressed buffer handed over whole, copies nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entity {
     /// Parsed header fields.
     pub headers: Headers,
     /// The entity exactly as received: header block, blank line, body.
-    pub raw: Vec<u8>,
+    raw: Bytes,
     /// Offset of the body in `raw`.
-    pub body_start: usize,
+    body_start: usize,
 }
 
 impl Entity {
     /// Parses an entity (header block, blank line, body). CRLF and bare LF
-    /// are both accepted.
+    /// are both accepted. Copies `raw`; [`Entity::parse_shared`] does not.
     pub fn parse(raw: &[u8]) -> Result<Self> {
-        let (hlen, body_start) = find_header_end(raw);
+        Self::parse_shared(Bytes::copy_from_slice(raw))
+    }
+
+    /// [`Entity::parse`] of bytes already owned (a decrypted or decompressed buffer, a
+    /// part of a shared body): nothing is copied. A header block over
+    /// [`MAX_HEADER_BYTES`] is an error.
+    pub fn parse_shared(raw: Bytes) -> Result<Self> {
+        let (hlen, body_start) = find_header_end(&raw);
+        if hlen > MAX_HEADER_BYTES {
+            return Err(As2Error::MalformedMime(format!(
+                "a MIME header block is longer than the limit of {MAX_HEADER_BYTES} bytes \
+                 (or the blank line after the header fields is missing)"
+            )));
+        }
         let headers = Headers::parse_block(raw.get(..hlen).unwrap_or(&[]))?;
         Ok(Self {
             headers,
-            raw: raw.to_vec(),
+            raw,
             body_start,
         })
     }
 
     /// An entity from separately transported headers (HTTP) and body; `raw`
-    /// is then the body alone (`body_start == 0`).
+    /// is then the body alone (`body_start == 0`). Copies `body`;
+    /// [`Entity::from_parts_shared`] does not.
     pub fn from_parts(headers: Headers, body: &[u8]) -> Self {
+        Self::from_parts_shared(headers, Bytes::copy_from_slice(body))
+    }
+
+    /// [`Entity::from_parts`] without a copy.
+    pub fn from_parts_shared(headers: Headers, body: Bytes) -> Self {
         Self {
             headers,
-            raw: body.to_vec(),
+            raw: body,
             body_start: 0,
         }
+    }
+
+    /// The entity's bytes: header block, blank line, body (only the body for
+    /// [`Entity::from_parts`]).
+    pub fn raw(&self) -> &[u8] {
+        &self.raw
     }
 
     /// The body bytes, still transfer-encoded.
     pub fn body(&self) -> &[u8] {
         self.raw.get(self.body_start..).unwrap_or(&[])
+    }
+
+    /// The body bytes, still transfer-encoded, sharing the entity's buffer.
+    pub fn body_shared(&self) -> Bytes {
+        self.raw.slice(self.body_start.min(self.raw.len())..)
+    }
+
+    /// The body parts of a multipart entity split at `boundary` (see
+    /// [`split_multipart`]), each sharing this entity's buffer. At most
+    /// [`MAX_PARTS`].
+    pub fn parts(&self, boundary: &str) -> Result<Vec<Bytes>> {
+        let body = self.body_shared();
+        Ok(split_multipart_ranges(&body, boundary)?
+            .into_iter()
+            .map(|r| body.slice(r))
+            .collect())
     }
 
     /// The `Content-Type` (RFC 2045 §5.2 default `text/plain`).
@@ -86,6 +140,31 @@ impl Entity {
     /// The body with the transfer encoding undone.
     pub fn decoded_body(&self) -> Result<Vec<u8>> {
         decode_transfer(self.body(), &self.transfer_encoding())
+    }
+
+    /// The body with the transfer encoding undone, without a copy when there is
+    /// nothing to undo (`binary`, `7bit`, `8bit`).
+    pub fn decoded_shared(&self) -> Result<Bytes> {
+        match self.transfer_encoding().as_str() {
+            "7bit" | "8bit" | "binary" | "" => Ok(self.body_shared()),
+            other => decode_transfer(self.body(), other).map(Bytes::from),
+        }
+    }
+
+    /// The decoded body as an owned buffer, consuming the entity: when the
+    /// entity holds the only reference to its buffer and there is no transfer
+    /// encoding, the buffer itself is returned (its header bytes moved out of
+    /// the way), not a copy.
+    pub fn into_decoded_body(self) -> Result<Vec<u8>> {
+        let cte = self.transfer_encoding();
+        match cte.as_str() {
+            "7bit" | "8bit" | "binary" | "" => {
+                let body = self.body_shared();
+                drop(self);
+                Ok(Vec::from(body))
+            }
+            other => decode_transfer(self.body(), other),
+        }
     }
 
     /// The attachment file name: `Content-Disposition` `filename` (quoted,
@@ -227,9 +306,17 @@ pub fn canonicalize_headers(raw: &[u8]) -> Vec<u8> {
 /// Splits a multipart body at `boundary` (RFC 2046 §5.1.1). Returns the raw
 /// bytes of each body part (headers + body), without the line break that
 /// precedes each delimiter. Preamble and epilogue are dropped. A body without
-/// a closing delimiter is accepted only if at least one part was found before
-/// the data ends *and* `allow_unclosed` is set.
+/// a closing delimiter is an error, and so is one with more than [`MAX_PARTS`]
+/// parts (found before the rest is looked at).
 pub fn split_multipart<'a>(body: &'a [u8], boundary: &str) -> Result<Vec<&'a [u8]>> {
+    Ok(split_multipart_ranges(body, boundary)?
+        .into_iter()
+        .map(|r| body.get(r).unwrap_or(&[]))
+        .collect())
+}
+
+/// [`split_multipart`] as ranges of `body`.
+pub fn split_multipart_ranges(body: &[u8], boundary: &str) -> Result<Vec<std::ops::Range<usize>>> {
     if boundary.is_empty() || boundary.len() > 200 {
         return Err(As2Error::MalformedMime("invalid multipart boundary".into()));
     }
@@ -257,6 +344,13 @@ pub fn split_multipart<'a>(body: &'a [u8], boundary: &str) -> Result<Vec<&'a [u8
                 if is_close {
                     break;
                 }
+                // n + 1 delimiters open n + 1 parts: one too many already.
+                if delims.len() > MAX_PARTS {
+                    return Err(As2Error::MalformedMime(format!(
+                        "multipart body has more than {MAX_PARTS} parts; send fewer \
+                         attachments per message"
+                    )));
+                }
             }
         }
         match body
@@ -278,7 +372,7 @@ pub fn split_multipart<'a>(body: &'a [u8], boundary: &str) -> Result<Vec<&'a [u8
             "multipart body has no closing delimiter (truncated?)".into(),
         ));
     }
-    let mut parts = Vec::new();
+    let mut parts = Vec::with_capacity(delims.len() - 1);
     for w in delims.windows(2) {
         let (start, end) = (w[0].1, w[1].0);
         let mut e = end;
@@ -289,7 +383,7 @@ pub fn split_multipart<'a>(body: &'a [u8], boundary: &str) -> Result<Vec<&'a [u8
                 e -= 1;
             }
         }
-        parts.push(body.get(start..e.max(start)).unwrap_or(&[]));
+        parts.push(start..e.max(start));
     }
     if parts.is_empty() {
         return Err(As2Error::MalformedMime(
@@ -390,6 +484,72 @@ mod tests {
         assert!(split_multipart(b"--XX\r\nA: 1\r\n\r\none", "XX").is_err());
         assert!(split_multipart(b"nothing here", "XX").is_err());
         assert!(split_multipart(b"x", "").is_err());
+    }
+
+    #[test]
+    fn parts_are_capped_before_the_rest_is_read() {
+        let mut body = Vec::new();
+        for _ in 0..MAX_PARTS {
+            body.extend_from_slice(b"--B\r\n\r\nx\r\n");
+        }
+        let mut ok = body.clone();
+        ok.extend_from_slice(b"--B--\r\n");
+        assert_eq!(split_multipart(&ok, "B").unwrap().len(), MAX_PARTS);
+        // One more part, and then 100,000 more: refused, whatever follows.
+        body.extend_from_slice(b"--B\r\n\r\nx\r\n");
+        for _ in 0..100_000 {
+            body.extend_from_slice(b"--B\r\n\r\nx\r\n");
+        }
+        body.extend_from_slice(b"--B--\r\n");
+        let err = split_multipart(&body, "B").unwrap_err();
+        assert!(err.to_string().contains("more than 1000 parts"), "{err}");
+        assert_eq!(
+            err.disposition_modifier(),
+            crate::as2::error::DispositionModifier::UnexpectedProcessingError
+        );
+    }
+
+    #[test]
+    fn header_blocks_are_capped() {
+        let mut raw = b"Content-Type: text/plain\r\n".to_vec();
+        while raw.len() <= MAX_HEADER_BYTES {
+            raw.extend_from_slice(b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+        }
+        raw.extend_from_slice(b"\r\nbody");
+        let err = Entity::parse(&raw).unwrap_err();
+        assert!(err.to_string().contains("header block is longer"), "{err}");
+        // No blank line at all: the whole entity would be headers.
+        let err = Entity::parse(&vec![b'a'; MAX_HEADER_BYTES + 1]).unwrap_err();
+        assert!(matches!(err, As2Error::MalformedMime(_)), "{err}");
+        // Just under the limit is fine.
+        let mut raw = b"A: ".to_vec();
+        raw.resize(MAX_HEADER_BYTES - 2, b'c');
+        raw.extend_from_slice(b"\r\n\r\nbody");
+        assert_eq!(Entity::parse(&raw).unwrap().body(), b"body");
+    }
+
+    #[test]
+    fn shared_entities_copy_nothing() {
+        let buf = Bytes::from_static(b"--B\r\nContent-Type: a/b\r\n\r\none\r\n--B--\r\n");
+        let e = Entity::from_parts_shared(
+            Headers::from_pairs([("Content-Type", "multipart/mixed; boundary=B")]),
+            buf.clone(),
+        );
+        let parts = e.parts("B").unwrap();
+        assert_eq!(parts.len(), 1);
+        let part = Entity::parse_shared(parts[0].clone()).unwrap();
+        assert_eq!(part.body(), b"one");
+        // The part's body points into the original buffer.
+        let inside = buf.as_ptr_range();
+        assert!(inside.contains(&part.body().as_ptr()));
+        assert_eq!(part.decoded_shared().unwrap(), &b"one"[..]);
+        // An entity over an owned buffer gives the buffer back as its body.
+        let owned = b"A: b\r\n\r\npayload".to_vec();
+        let at = owned.as_ptr();
+        let e = Entity::parse_shared(Bytes::from(owned)).unwrap();
+        let body = e.into_decoded_body().unwrap();
+        assert_eq!(body, b"payload");
+        assert_eq!(body.as_ptr(), at, "the same allocation, not a copy");
     }
 
     #[test]

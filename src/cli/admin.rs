@@ -49,7 +49,7 @@ pub struct GcArgs {
 /// `as2box init`
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Example, as root, with the service account the AS2 daemon runs as:\n  useradd --system --user-group --no-create-home --shell /usr/sbin/nologin as2box\n  as2box init --service-user as2box\n\nThe state folder holds every user's files. Without a service account it is root's\nalone (0700) and `as2box serve` must run as root. With one, the folder and everything in\nit belong to the account's group (folders 2770, files 0640, the database 0660), so the\ndaemon runs unprivileged and the mount (root) and the daemon share the store. Running\ninit again on an existing folder migrates the database and applies the permissions."
+    after_help = "Example, as root, with the service account the AS2 daemon runs as:\n  useradd --system --user-group --no-create-home --shell /usr/sbin/nologin as2box\n  as2box init --service-user as2box\n\nThe state folder holds every user's files. Without a service account it is root's\nalone (0700) and `as2box serve` must run as root. With one, the account's group reads the\nstate folder (2750) and the configuration (config.db: users, keys, stations, partners,\n0640) and writes only what the daemon must: data/as2box.db (messages, mailbox entries),\nblobs/ and its own spool serve-spool/. It can neither grant a login nor make root follow\na link (see docs/SECURITY.md). Running init again on an existing folder upgrades it (an\nolder single as2box.db is split) and applies the permissions."
 )]
 pub struct InitArgs {
     /// The account `as2box serve` runs as (default: `as2box`, when that account exists).
@@ -58,7 +58,7 @@ pub struct InitArgs {
 }
 
 pub fn init(g: &Global, a: InitArgs) -> anyhow::Result<()> {
-    let existed = g.state_dir.join("as2box.db").exists();
+    let existed = g.state_dir.join("config.db").exists() || g.state_dir.join("as2box.db").exists();
     if existed {
         Store::open(&g.state_dir)
     } else {

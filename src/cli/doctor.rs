@@ -617,18 +617,35 @@ struct StoreResult {
 /// The database, read-only. `Store::open` migrates an old schema (a change), so doctor
 /// opens its own read-only connection; this is the only SQL outside `store/`, and it only
 /// reads (integrity check, referenced blobs, key and certificate paths).
-fn read_store(db: &Path) -> Result<(String, BTreeSet<String>, StoreFacts), rusqlite::Error> {
+fn read_store(
+    config_db: &Path,
+    ops_db: &Path,
+) -> Result<(String, BTreeSet<String>, StoreFacts), rusqlite::Error> {
     use rusqlite::{Connection, OpenFlags};
-    let conn = Connection::open_with_flags(
-        db,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(Duration::from_secs(10))?;
-    let quick: Vec<String> = conn
-        .prepare("PRAGMA quick_check")?
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    let blobs: BTreeSet<String> = conn
+    let open = |db: &Path| -> Result<Connection, rusqlite::Error> {
+        let conn = Connection::open_with_flags(
+            db,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        Ok(conn)
+    };
+    let ops = open(ops_db)?;
+    let conn = open(config_db)?;
+    let mut quick = Vec::new();
+    for (db, c) in [(config_db, &conn), (ops_db, &ops)] {
+        let r: Vec<String> = c
+            .prepare("PRAGMA quick_check")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        if r != ["ok"] {
+            quick.push(format!("{}: {}", db.display(), r.join("; ")));
+        }
+        if config_db == ops_db {
+            break;
+        }
+    }
+    let blobs: BTreeSet<String> = ops
         .prepare(
             "SELECT blob FROM entries WHERE blob IS NOT NULL UNION SELECT blob FROM message_files",
         )?
@@ -673,13 +690,29 @@ fn read_store(db: &Path) -> Result<(String, BTreeSet<String>, StoreFacts), rusql
             ))
         })?
         .collect::<Result<_, _>>()?;
-    Ok((quick.join("; "), blobs, StoreFacts { stations, partners }))
+    let quick = if quick.is_empty() {
+        "ok".to_string()
+    } else {
+        quick.join("; ")
+    };
+    Ok((quick, blobs, StoreFacts { stations, partners }))
 }
 
 fn check_store(state_dir: &Path) -> StoreResult {
     let shown = state_dir.display();
-    let db = state_dir.join("as2box.db");
-    if !db.exists() {
+    // The layout of store::perms: config.db (users, stations, partners) and data/as2box.db
+    // (entries, messages); a folder an older as2box made has one as2box.db, until the
+    // mount or the daemon migrates it.
+    let (config_db, ops_db) = if state_dir.join("config.db").exists() {
+        (
+            state_dir.join("config.db"),
+            state_dir.join("data/as2box.db"),
+        )
+    } else {
+        (state_dir.join("as2box.db"), state_dir.join("as2box.db"))
+    };
+    let db = config_db.clone();
+    if !db.exists() || !ops_db.exists() {
         return StoreResult {
             checks: vec![fail(
                 "store",
@@ -689,7 +722,7 @@ fn check_store(state_dir: &Path) -> StoreResult {
             facts: None,
         };
     }
-    let (quick, blobs, facts) = match read_store(&db) {
+    let (quick, blobs, facts) = match read_store(&config_db, &ops_db) {
         Ok(r) => r,
         Err(e) => {
             return StoreResult {
@@ -704,23 +737,21 @@ fn check_store(state_dir: &Path) -> StoreResult {
     };
     let mut checks = Vec::new();
     checks.push(if quick == "ok" {
-        ok("store", format!("{}: PRAGMA quick_check ok", db.display()))
+        ok(
+            "store",
+            format!("{}: PRAGMA quick_check ok", state_dir.display()),
+        )
     } else {
         fail(
             "store",
-            format!("{}: PRAGMA quick_check: {quick}", db.display()),
+            format!("PRAGMA quick_check: {quick}"),
             "stop as2box-mount and as2box-serve, then restore the state folder from backup (or sqlite3 .recover)",
         )
     });
-    // The blob folder is opened only when it is there: opening it creates what is missing.
-    let missing: Vec<&String> = if state_dir.join("blobs").is_dir() {
-        match crate::store::BlobStore::open(state_dir) {
-            Ok(store) => blobs.iter().filter(|b| !store.path(b).is_file()).collect(),
-            Err(_) => blobs.iter().collect(),
-        }
-    } else {
-        blobs.iter().collect()
-    };
+    // Blob files are named by their hash: every referenced name must be a file under blobs/.
+    let mut present = BTreeSet::new();
+    collect_file_names(&state_dir.join("blobs"), &mut present);
+    let missing: Vec<&String> = blobs.iter().filter(|b| !present.contains(*b)).collect();
     checks.push(if missing.is_empty() {
         ok("blobs", format!("all {} referenced blob(s) present", blobs.len()))
     } else {
@@ -738,6 +769,21 @@ fn check_store(state_dir: &Path) -> StoreResult {
     StoreResult {
         checks,
         facts: Some(facts),
+    }
+}
+
+fn collect_file_names(dir: &Path, names: &mut BTreeSet<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        match entry.file_type() {
+            Ok(t) if t.is_dir() => collect_file_names(&entry.path(), names),
+            Ok(t) if t.is_file() => {
+                names.insert(entry.file_name().to_string_lossy().into_owned());
+            }
+            _ => {}
+        }
     }
 }
 

@@ -118,6 +118,19 @@ fn parse_mdn_url(s: &str) -> Result<String, String> {
     }
 }
 
+/// Which partner: its owner, AS2 id and whether it is the test partner.
+#[derive(Debug, clap::Args)]
+pub struct PartnerRef {
+    /// Owner.
+    #[arg(long)]
+    user: String,
+    /// The partner's AS2 id.
+    id: String,
+    /// The test partner.
+    #[arg(long)]
+    test: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum CertCommand {
     /// Add a certificate of the partner (for a rollover: the old one stays until removed).
@@ -125,42 +138,24 @@ pub enum CertCommand {
         after_help = "Example:\n  as2box partner cert add --user acme BIGCORP bigcorp-2027.pem\n\nThe partner's signatures verify against any of its certificates that is valid now;\nwhat we send is encrypted to the newest valid one."
     )]
     Add {
-        /// Owner.
-        #[arg(long)]
-        user: String,
-        /// The partner's AS2 id.
-        id: String,
-        /// The test partner.
-        #[arg(long)]
-        test: bool,
+        #[command(flatten)]
+        partner: PartnerRef,
         /// The certificate file (PEM or DER).
         file: std::path::PathBuf,
     },
     /// List the partner's certificates with their validity.
     #[command(after_help = "Example:\n  as2box partner cert list --user acme BIGCORP")]
     List {
-        /// Owner.
-        #[arg(long)]
-        user: String,
-        /// The partner's AS2 id.
-        id: String,
-        /// The test partner.
-        #[arg(long)]
-        test: bool,
+        #[command(flatten)]
+        partner: PartnerRef,
     },
     /// Remove one of the partner's certificates (by file, as listed).
     #[command(
         after_help = "Example:\n  as2box partner cert remove --user acme BIGCORP /etc/as2box/bigcorp-2024.pem"
     )]
     Remove {
-        /// Owner.
-        #[arg(long)]
-        user: String,
-        /// The partner's AS2 id.
-        id: String,
-        /// The test partner.
-        #[arg(long)]
-        test: bool,
+        #[command(flatten)]
+        partner: PartnerRef,
         /// The certificate file, as `partner cert list` shows it.
         file: std::path::PathBuf,
     },
@@ -472,9 +467,7 @@ fn checked_cert(file: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
 fn run_cert(store: &Store, c: CertCommand) -> anyhow::Result<()> {
     match c {
         CertCommand::Add {
-            user,
-            id,
-            test,
+            partner: PartnerRef { user, id, test },
             file,
         } => {
             let p = get(store, &user, &id, test)?;
@@ -494,7 +487,9 @@ fn run_cert(store: &Store, c: CertCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        CertCommand::List { user, id, test } => {
+        CertCommand::List {
+            partner: PartnerRef { user, id, test },
+        } => {
             let p = get(store, &user, &id, test)?;
             if p.profile.cert_paths.is_empty() {
                 println!(
@@ -507,9 +502,7 @@ fn run_cert(store: &Store, c: CertCommand) -> anyhow::Result<()> {
             Ok(())
         }
         CertCommand::Remove {
-            user,
-            id,
-            test,
+            partner: PartnerRef { user, id, test },
             file,
         } => {
             let p = get(store, &user, &id, test)?;

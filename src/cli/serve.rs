@@ -24,7 +24,7 @@ pub fn run(g: &Global, a: ServeArgs) -> anyhow::Result<()> {
     if unsafe { libc::geteuid() } == 0 {
         tracing::warn!("running as root: the AS2 daemon reads network input and needs no privileges; run it as the service account (as2box init --service-user, packaging/systemd/as2box-serve.service)");
     }
-    let store = Arc::new(g.open_store()?);
+    let store = Arc::new(crate::store::Store::open_service(&g.state_dir)?);
     crate::daemon::serve(store, config, g.config.clone())?;
     Ok(())
 }

@@ -13,7 +13,9 @@ use super::{blocking, mdn_target, Ctx};
 use crate::as2::certs::ValidityPolicy;
 use crate::as2::headers::unquote_as2_name;
 use crate::as2::mdn::{build_mdn, parse_mdn, Disposition, MdnParams};
-use crate::as2::message::{parse_body, ReceiveContext, RequestInfo};
+use crate::as2::message::{
+    decompressed_size_limit, parse_body_shared, MemoryGrant, ReceiveContext, RequestInfo,
+};
 use crate::as2::mic::Mic;
 use crate::as2::DispositionModifier;
 use crate::as2::Headers;
@@ -126,17 +128,34 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
     let headers = req.headers.clone();
     let info2 = info.clone();
     let key2 = key.clone().ok();
+    let (max_decompressed, memory) = decompression_bounds(&ctx, &req);
     let parsed = blocking(move || {
         let keys = key2.as_deref().map(std::slice::from_ref).unwrap_or(&[]);
         let mut rctx = ReceiveContext::new(keys, &certs, ValidityPolicy::at(now_unix()));
         rctx.require_signature = policy.require_signature;
         rctx.require_encryption = policy.require_encryption;
-        parse_body(info2, &headers, &body, &rctx)
+        rctx.max_decompressed_size = max_decompressed;
+        let grant = |total: usize| memory.grant(total);
+        rctx.memory = Some(MemoryGrant(&grant));
+        let parsed = parse_body_shared(info2, &headers, body, &rctx);
+        (parsed, memory.busy())
     })
     .await;
     let msg = match parsed {
-        Ok(m) => m,
-        Err(e) => {
+        (Ok(m), _) => m,
+        // Our memory budget was taken by other requests: a passing condition, like a full
+        // disk, so the sender is asked to retry rather than told the message is bad.
+        (Err(e), true) => {
+            inc(&ctx.metrics.received_failed);
+            warn!(station = %station.as2_id, partner = %partner.as2_id, message_id = %info.message_id, error = %e, "no memory left to decompress a message now; answering 503 so that the sender retries");
+            let mut resp = Resp::text(
+                503,
+                "The gateway is receiving too much at once; please resend the message later.\n",
+            );
+            resp.headers.push(("Retry-After".into(), "30".into()));
+            return resp;
+        }
+        (Err(e), false) => {
             return refuse(
                 &ctx,
                 &req,
@@ -164,16 +183,25 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
         return answer_resend(&ctx, &info, by, id, &files, &msg).await;
     }
     let bytes: u64 = msg.attachments.iter().map(|a| a.data.len() as u64).sum();
+    // The attachments' bytes move into shared buffers (no copy): the delivery writes them,
+    // and a copy delivered first at the same time is compared with them below.
+    let mut msg = msg;
+    let shared: Vec<bytes::Bytes> = msg
+        .attachments
+        .iter_mut()
+        .map(|a| std::mem::take(&mut a.data).into())
+        .collect();
     let files: Vec<IncomingFile> = msg
         .attachments
         .iter()
+        .zip(&shared)
         .enumerate()
-        .map(|(i, a)| IncomingFile::Bytes {
+        .map(|(i, (a, data))| IncomingFile::Bytes {
             name: a
                 .filename
                 .clone()
                 .unwrap_or_else(|| format!("attachment-{}", i + 1)),
-            data: a.data.clone(),
+            data: data.clone(),
         })
         .collect();
     let origin = InboundOrigin {
@@ -211,6 +239,9 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
         Err(mailbox::DeliverError::Store(crate::store::StoreError::AlreadyReceived {
             message_id,
         })) => {
+            for (a, data) in msg.attachments.iter_mut().zip(shared) {
+                a.data = data.into();
+            }
             let store = ctx.store.clone();
             let files = blocking(move || store.message(message_id))
                 .await
@@ -306,6 +337,48 @@ fn refusal_fix(e: &crate::as2::error::As2Error, partner: &Partner) -> String {
         ),
         M::DecryptionFailed => "the partner must encrypt to the station's current certificate (`as2box station show`)".into(),
         _ => "the partner's operator sees the reason in the negative MDN".into(),
+    }
+}
+
+/// The decompression limit of this request (`[serve]` `max_decompression_ratio` times its
+/// body, at least `min_decompressed_bytes`), and the charge of what it inflates against
+/// the daemon's body budget: twice the decompressed bytes, the inflated buffer and the
+/// attachments made from it.
+fn decompression_bounds(ctx: &Ctx, req: &Req) -> (usize, DecompressionCharge) {
+    let config = ctx.config();
+    let limit = decompressed_size_limit(
+        req.body.len(),
+        config.serve.max_decompression_ratio,
+        config.serve.min_decompressed_bytes,
+    );
+    let charge = DecompressionCharge {
+        share: req.memory.clone(),
+        busy: std::sync::atomic::AtomicBool::new(false),
+    };
+    (limit, charge)
+}
+
+/// Counts a message's decompressed bytes against the body budget (see
+/// [`decompression_bounds`]) and remembers whether a refusal was only for now.
+struct DecompressionCharge {
+    share: super::http::MemoryShare,
+    busy: std::sync::atomic::AtomicBool,
+}
+
+impl DecompressionCharge {
+    fn grant(&self, total: usize) -> bool {
+        match self.share.try_grow((total as u64).saturating_mul(2)) {
+            super::http::Grow::Granted => true,
+            super::http::Grow::Busy => {
+                self.busy.store(true, std::sync::atomic::Ordering::Relaxed);
+                false
+            }
+            super::http::Grow::TooLarge => false,
+        }
+    }
+
+    fn busy(&self) -> bool {
+        self.busy.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

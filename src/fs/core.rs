@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -156,7 +155,7 @@ struct DraftInner {
     parent: i64,
     name: String,
     file: Arc<File>,
-    spool: PathBuf,
+    spool: crate::store::SpoolName,
     size: u64,
     /// The content's sha256 as far as the writes tell it.
     hash: RunningHash,
@@ -1148,7 +1147,7 @@ impl MailboxFs {
 
     fn discard_draft(&self, d: &Draft, i: &mut DraftInner) {
         i.done = true;
-        let _ = std::fs::remove_file(&i.spool);
+        self.store.blobs().discard_spool(&i.spool);
         lock(&self.drafts).remove(&d.ino);
         if i.replaces.is_none() {
             let key = lock(&self.inodes).key(d.ino);

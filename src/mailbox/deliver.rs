@@ -7,15 +7,20 @@ use crate::store::{
 };
 use crate::timefmt;
 
+/// Most files delivered as one message. The AS2 core refuses more attachments before they
+/// get here (`as2::message::MAX_ATTACHMENTS`); this bounds the other callers too, since every
+/// file costs a blob write with two fsyncs and a row in one transaction.
+pub const MAX_FILES: usize = 1000;
+
 /// A received file: an untrusted name and where its bytes are.
 #[derive(Debug, Clone)]
 pub enum IncomingFile {
-    /// Bytes in memory.
+    /// Bytes in memory (shared, so that the caller can keep them without a copy).
     Bytes {
         /// Name as received.
         name: String,
         /// Content.
-        data: Vec<u8>,
+        data: bytes::Bytes,
     },
     /// A file on disk (copied into the blob store).
     Path {
@@ -35,6 +40,9 @@ pub enum DeliverError {
     /// A message without files.
     #[error("a message needs at least one file")]
     Empty,
+    /// More files than [`MAX_FILES`].
+    #[error("a message may have at most {MAX_FILES} files, this one has {0}; send them in several messages")]
+    TooManyFiles(usize),
     /// Storing failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -82,6 +90,9 @@ pub fn deliver(
     if files.is_empty() {
         return Err(DeliverError::Empty);
     }
+    if files.len() > MAX_FILES {
+        return Err(DeliverError::TooManyFiles(files.len()));
+    }
     let station = store
         .station(station_as2_id)?
         .ok_or_else(|| DeliverError::Route(format!("no station {station_as2_id:?}")))?;
@@ -105,10 +116,13 @@ pub fn deliver(
         .collect();
     dedupe(&mut names);
     let mut stored = Vec::with_capacity(files.len());
-    for (f, name) in files.iter().zip(&names) {
+    for (f, name) in files.into_iter().zip(&names) {
+        // Each file's bytes are freed as soon as they are in their blob.
         let (blob, size) = match f {
-            IncomingFile::Bytes { data, .. } => (store.blobs().put_bytes(data)?, data.len() as u64),
-            IncomingFile::Path { path, .. } => store.blobs().put_file(path)?,
+            IncomingFile::Bytes { data, .. } => {
+                (store.blobs().put_bytes(&data)?, data.len() as u64)
+            }
+            IncomingFile::Path { path, .. } => store.blobs().put_file(&path)?,
         };
         stored.push(PickupFile {
             name: name.clone(),
@@ -163,6 +177,24 @@ mod tests {
         assert_eq!(n, ["S-a.edi", "S-b.edi"]);
         let (f, n) = inbox_names(InboxLayout::Plain, "S", &names);
         assert_eq!((f, n), (None, names));
+    }
+
+    #[test]
+    fn too_many_files_are_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::init(dir.path()).unwrap();
+        let files: Vec<IncomingFile> = (0..=MAX_FILES)
+            .map(|i| IncomingFile::Bytes {
+                name: format!("f{i}"),
+                data: bytes::Bytes::from_static(b"x"),
+            })
+            .collect();
+        let err = deliver(&store, "NOSTATION", "NOPARTNER", false, files, None).unwrap_err();
+        assert!(
+            matches!(err, DeliverError::TooManyFiles(n) if n == MAX_FILES + 1),
+            "{err}"
+        );
+        assert!(err.to_string().contains("at most 1000 files"), "{err}");
     }
 
     #[test]

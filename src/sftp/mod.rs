@@ -292,7 +292,8 @@ pub fn end_sessions(uid: u32) -> usize {
     n
 }
 
-/// Writes `text` to a new file readable by its owner only; refuses to overwrite.
+/// Writes `text` to a new file readable by its owner only; refuses to overwrite, and
+/// refuses a symlink under that name (`O_EXCL|O_NOFOLLOW`) rather than writing through it.
 pub fn write_secret_file(path: &Path, text: &str) -> Result<(), SftpError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -303,6 +304,7 @@ pub fn write_secret_file(path: &Path, text: &str) -> Result<(), SftpError> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .mode(0o600)
         .open(path)
         .map_err(io)?;

@@ -1,23 +1,51 @@
 //! Content-addressed blob files: `blobs/<first two hex digits>/<sha256 hex>`. New content is
-//! streamed into `spool/`, fsync'd, then renamed into place, so a blob file is always
+//! streamed into a spool folder, fsync'd, then renamed into place, so a blob file is always
 //! complete. Blobs are immutable; the sweep deletes those no row references.
+//!
+//! `blobs/` is writable by the AS2 daemon's service account (it stores what it receives),
+//! so every access goes through [`safefs`](super::safefs): beneath a folder descriptor,
+//! never through a symlink, regular single-link files only, and a blob name from the
+//! database is used only when it is a content hash. Each process has its own spool: root's
+//! (`spool/`, the mount and the CLI) is root's alone; the daemon's is `serve-spool/`.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
 
 use openssl::sha::Sha256;
 
+use super::safefs::Dir;
 use super::StoreError;
 
-/// The blob folder and its spool.
+/// Who opens the store; decides the spool and how the databases are opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Root: the mount and the CLI. Writes the configuration; its spool is root's alone.
+    Admin,
+    /// The AS2 daemon (`as2box serve`), normally the unprivileged service account: reads
+    /// the configuration, writes the operational database and blobs, has its own spool.
+    Service,
+}
+
+/// Root's spool: uploads in progress of the mount, files the CLI stores.
+pub const ADMIN_SPOOL: &str = "spool";
+/// The daemon's spool.
+pub const SERVICE_SPOOL: &str = "serve-spool";
+/// The blob folder.
+pub const BLOBS: &str = "blobs";
+/// The lock file of the sweep (see [`BlobGuard`]), in [`BLOBS`].
+pub const LOCK: &str = ".sweep.lock";
+
+/// The blob folder and the spool of this process.
 #[derive(Debug)]
 pub struct BlobStore {
-    blobs: PathBuf,
-    spool: PathBuf,
+    blobs: Dir,
+    spool: Dir,
     lock: File,
 }
+
+/// A file being written in the spool; [`BlobStore::commit_spool`] turns it into a blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolName(String);
 
 /// A lock that keeps the sweep from deleting blobs while a writer links a new or existing
 /// blob to a row: held (shared) from the rename into place until the row is committed.
@@ -49,65 +77,131 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
 }
 
 /// fsyncs a folder so that a rename or create inside it is durable.
-pub fn fsync_dir(path: &Path) -> io::Result<()> {
+pub fn fsync_dir(path: &std::path::Path) -> io::Result<()> {
     File::open(path)?.sync_all()
 }
 
-impl BlobStore {
-    /// Opens (creating if needed) the blob store under `state_dir`.
-    pub fn open(state_dir: &Path) -> Result<BlobStore, StoreError> {
-        let blobs = state_dir.join("blobs");
-        let spool = state_dir.join("spool");
-        for dir in [&blobs, &spool] {
-            super::perms::create_shared_dir(dir)?;
+/// True for a content hash as blobs are named: 64 lowercase hex digits.
+pub fn is_blob_name(name: &str) -> bool {
+    name.len() == 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn check_name(sha256: &str) -> Result<(), StoreError> {
+    if is_blob_name(sha256) {
+        Ok(())
+    } else {
+        Err(StoreError::BadBlobName(sha256.chars().take(100).collect()))
+    }
+}
+
+/// Opens (or makes) the sub-folder `name` of `parent`; a symlink or file planted in its
+/// place is removed by name first (`unlinkat` removes the link itself, whatever it points
+/// to), so that what is returned is a real folder inside `parent`.
+pub(crate) fn fresh_dir(parent: &Dir, name: &str, mode: u32) -> io::Result<(Dir, bool)> {
+    match parent.make_dir(name, mode) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
+            parent.unlink(name)?;
+            parent.make_dir(name, mode)
         }
-        let lock_path = blobs.join(".sweep.lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o660)
-            .open(&lock_path)
-            .map_err(io_err(format!("open {}", lock_path.display())))?;
+        r => r,
+    }
+}
+
+/// Opens (making it if needed) the sweep's lock file in the blob folder.
+pub(crate) fn open_lock(blobs: &Dir) -> io::Result<File> {
+    let open = || blobs.file(LOCK, libc::O_RDWR | libc::O_CREAT, 0o660);
+    match open() {
+        Ok(f) => Ok(f),
+        // flock needs no write permission: a lock file root made 0640 still serves.
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            blobs.file(LOCK, libc::O_RDONLY, 0)
+        }
+        // Something else took the lock file's name (a symlink, a hard link, a FIFO):
+        // remove that name (never its target) and make the file again.
+        Err(_) => {
+            let _ = blobs.unlink(LOCK);
+            open()
+        }
+    }
+}
+
+impl BlobStore {
+    /// Opens the blob store of the state folder `state` for `role`. The folders exist
+    /// (made by [`super::perms::prepare`] for the admin, by `as2box init` for the daemon).
+    pub fn open(state: &Dir, role: Role) -> Result<BlobStore, StoreError> {
+        let blobs = state.dir(BLOBS).map_err(io_err(format!(
+            "open the blob folder {BLOBS}/ of the state folder (run `as2box init` as root)"
+        )))?;
+        let spool_name = match role {
+            Role::Admin => ADMIN_SPOOL,
+            Role::Service => SERVICE_SPOOL,
+        };
+        let spool = state.dir(spool_name).map_err(io_err(format!(
+            "open the spool {spool_name}/ of the state folder (run `as2box init` as root)"
+        )))?;
+        let lock = open_lock(&blobs).map_err(io_err(format!("open {BLOBS}/{LOCK}")))?;
         Ok(BlobStore { blobs, spool, lock })
     }
 
-    /// The file that holds the blob `sha256`.
-    pub fn path(&self, sha256: &str) -> PathBuf {
-        let prefix = sha256.get(..2).unwrap_or("xx");
-        self.blobs.join(prefix).join(sha256)
+    /// Opens a blob for reading. `sha256` comes from the database, which the daemon's
+    /// account can write: anything but a content hash is refused, and so is anything in
+    /// the blob folder that is not a regular file with one link.
+    pub fn open_blob(&self, sha256: &str) -> Result<File, StoreError> {
+        check_name(sha256)?;
+        self.blobs
+            .dir(&sha256[..2])
+            .and_then(|d| d.file(sha256, libc::O_RDONLY, 0))
+            .map_err(io_err(format!("open blob {sha256}")))
     }
 
-    /// Opens a blob for reading.
-    pub fn open_blob(&self, sha256: &str) -> Result<File, StoreError> {
-        File::open(self.path(sha256)).map_err(io_err(format!("open blob {sha256}")))
+    /// Whether the blob `sha256` is stored (as a regular file).
+    pub fn has_blob(&self, sha256: &str) -> bool {
+        is_blob_name(sha256)
+            && self
+                .blobs
+                .dir(&sha256[..2])
+                .and_then(|d| d.stat_at(sha256))
+                .ok()
+                .flatten()
+                .is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
     }
 
     /// Creates a new, empty spool file for streaming content into.
-    pub fn spool_file(&self) -> Result<(PathBuf, File), StoreError> {
+    pub fn spool_file(&self) -> Result<(SpoolName, File), StoreError> {
         let mut random = [0u8; 12];
         openssl::rand::rand_bytes(&mut random).map_err(|e| StoreError::Io {
             context: "random spool name".into(),
             source: io::Error::other(e),
         })?;
-        let path = self.spool.join(hex(&random));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            // Readable by the service group once it is a blob (see `perms`).
-            .mode(0o640)
-            .open(&path)
-            .map_err(io_err(format!("create spool file {}", path.display())))?;
-        Ok((path, file))
+        let name = hex(&random);
+        let file = self
+            .spool
+            .create_new(&name, 0o640)
+            .map_err(io_err(format!("create spool file {name}")))?;
+        // The daemon reads what the mount stores (to send it): the file takes the blob
+        // folder's group, which root's own spool (root's group) would not give it.
+        let gid = self.blobs.stat().map(|s| s.st_gid).ok();
+        if let Some(gid) = gid {
+            use std::os::fd::AsRawFd;
+            let _ = super::safefs::set_owner_mode(file.as_raw_fd(), None, Some(gid), 0o640);
+        }
+        Ok((SpoolName(name), file))
     }
 
-    /// Removes every spool file: they belong to writes that never completed.
+    /// Removes a spool file that will not become a blob.
+    pub fn discard_spool(&self, name: &SpoolName) {
+        let _ = self.spool.unlink(&name.0);
+    }
+
+    /// Removes every file in this process's spool: they belong to writes that never
+    /// completed. Only names are removed (`unlinkat`): nothing is followed.
     pub fn clear_spool(&self) -> Result<usize, StoreError> {
         let mut n = 0;
-        for entry in std::fs::read_dir(&self.spool).map_err(io_err("read spool"))? {
-            let entry = entry.map_err(io_err("read spool"))?;
-            if std::fs::remove_file(entry.path()).is_ok() {
+        for name in self.spool.names().map_err(io_err("read the spool"))? {
+            if self.spool.unlink(&name).is_ok() {
                 n += 1;
             }
         }
@@ -123,44 +217,51 @@ impl BlobStore {
 
     /// Moves a complete, already fsync'd spool file into place as blob `sha256` and makes the
     /// rename durable. If the blob exists, the spool file replaces it (same content).
-    pub fn commit_spool(&self, spool: &Path, sha256: &str) -> Result<(), StoreError> {
-        let target = self.path(sha256);
-        let dir = target.parent().unwrap_or(&self.blobs).to_owned();
-        if !dir.exists() {
-            super::perms::create_shared_dir(&dir)?;
-            fsync_dir(&self.blobs).map_err(io_err("fsync blob folder"))?;
+    pub fn commit_spool(&self, spool: &SpoolName, sha256: &str) -> Result<(), StoreError> {
+        check_name(sha256)?;
+        let prefix = &sha256[..2];
+        // A symlink (or file) the daemon's account put under the folder's name is removed,
+        // never followed: the rename below must land in the blob folder and nowhere else.
+        let (dir, created) = fresh_dir(&self.blobs, prefix, 0o2770)
+            .map_err(io_err(format!("open blob folder {BLOBS}/{prefix}")))?;
+        if created {
+            // mkdir's mode went through the umask; the group must be able to write.
+            dir.set_owner_mode(None, None, 0o2770)
+                .map_err(io_err(format!("chmod blob folder {BLOBS}/{prefix}")))?;
+            self.blobs.sync().map_err(io_err("fsync blob folder"))?;
         }
-        std::fs::rename(spool, &target).map_err(io_err(format!(
-            "move {} to {}",
-            spool.display(),
-            target.display()
-        )))?;
-        fsync_dir(&dir).map_err(io_err("fsync blob folder"))?;
+        self.spool
+            .rename(&spool.0, &dir, sha256)
+            .map_err(io_err(format!(
+                "move spool file {} to blob {sha256}",
+                spool.0
+            )))?;
+        dir.sync().map_err(io_err("fsync blob folder"))?;
         Ok(())
     }
 
     /// Stores `data` as a blob (spool, fsync, rename) and returns its sha256.
     pub fn put_bytes(&self, data: &[u8]) -> Result<String, StoreError> {
         use std::io::Write;
-        let (path, mut file) = self.spool_file()?;
+        let (name, mut file) = self.spool_file()?;
         let result = (|| {
             file.write_all(data).map_err(io_err("write spool file"))?;
             file.sync_all().map_err(io_err("fsync spool file"))?;
             let sha = sha256_hex(data);
-            self.commit_spool(&path, &sha)?;
+            self.commit_spool(&name, &sha)?;
             Ok(sha)
         })();
         if result.is_err() {
-            let _ = std::fs::remove_file(&path);
+            self.discard_spool(&name);
         }
         result
     }
 
     /// Copies a file into the blob store; returns (sha256, size).
-    pub fn put_file(&self, source: &Path) -> Result<(String, u64), StoreError> {
+    pub fn put_file(&self, source: &std::path::Path) -> Result<(String, u64), StoreError> {
         use std::io::{Read, Write};
         let mut src = File::open(source).map_err(io_err(format!("open {}", source.display())))?;
-        let (path, mut file) = self.spool_file()?;
+        let (name, mut file) = self.spool_file()?;
         let result = (|| {
             let mut hasher = Sha256::new();
             let mut buf = vec![0u8; 1 << 20];
@@ -179,17 +280,18 @@ impl BlobStore {
             }
             file.sync_all().map_err(io_err("fsync spool file"))?;
             let sha = hex(&hasher.finish());
-            self.commit_spool(&path, &sha)?;
+            self.commit_spool(&name, &sha)?;
             Ok((sha, size))
         })();
         if result.is_err() {
-            let _ = std::fs::remove_file(&path);
+            self.discard_spool(&name);
         }
         result
     }
 
     /// Deletes blob files that no row references (`load_referenced`, called under the lock)
-    /// and that are older than `min_age`. Returns how many.
+    /// and that are older than `min_age`. Returns how many. Entries are removed by name
+    /// beneath their folder's descriptor: a symlink planted here is removed, never followed.
     pub fn sweep(
         &self,
         min_age: std::time::Duration,
@@ -198,27 +300,27 @@ impl BlobStore {
         flock(&self.lock, libc::LOCK_EX);
         let _unlock = BlobGuard { file: &self.lock };
         let referenced = load_referenced()?;
-        let now = std::time::SystemTime::now();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
         let mut removed = 0;
-        for prefix in std::fs::read_dir(&self.blobs).map_err(io_err("read blobs"))? {
-            let prefix = prefix.map_err(io_err("read blobs"))?;
-            if !prefix.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+        for prefix in self.blobs.names().map_err(io_err("read blobs"))? {
+            let Ok(dir) = self.blobs.dir(&prefix) else {
                 continue;
-            }
-            for blob in std::fs::read_dir(prefix.path()).map_err(io_err("read blobs"))? {
-                let blob = blob.map_err(io_err("read blobs"))?;
-                let name = blob.file_name();
-                let Some(name) = name.to_str() else { continue };
-                if referenced.contains(name) {
+            };
+            for name in dir.names().map_err(io_err("read blobs"))? {
+                if name.to_str().is_some_and(|n| referenced.contains(n)) {
                     continue;
                 }
-                let old = blob
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|m| now.duration_since(m).ok())
-                    .is_some_and(|age| age >= min_age);
-                if old && std::fs::remove_file(blob.path()).is_ok() {
+                let Ok(Some(st)) = dir.stat_at(&name) else {
+                    continue;
+                };
+                if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                    continue;
+                }
+                let old = now.saturating_sub(st.st_mtime) >= min_age.as_secs() as i64;
+                if old && dir.unlink(&name).is_ok() {
                     removed += 1;
                 }
             }
@@ -240,4 +342,47 @@ pub fn hex(bytes: &[u8]) -> String {
 /// sha256 of `data` as lowercase hex.
 pub fn sha256_hex(data: &[u8]) -> String {
     hex(&openssl::sha::sha256(data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_content_hashes_are_opened_and_only_as_regular_files() {
+        let (dir, store, _, _) = crate::store::test_store("u", "S", "P");
+        let blobs = store.blobs();
+        let sha = blobs.put_bytes(b"stored").unwrap();
+        assert!(blobs.has_blob(&sha));
+        assert!(blobs.open_blob(&sha).is_ok());
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, b"secret").unwrap();
+        for name in [
+            secret.to_str().unwrap(),
+            "../secret",
+            "../../secret",
+            &sha.to_uppercase(),
+            &sha[..63],
+            "",
+        ] {
+            assert!(
+                matches!(blobs.open_blob(name), Err(StoreError::BadBlobName(_))),
+                "{name:?}"
+            );
+            assert!(!blobs.has_blob(name));
+        }
+        // A hash whose file is a symlink (or whose folder is) is not opened.
+        let other = sha256_hex(b"other");
+        let prefix = dir.path().join(BLOBS).join(&other[..2]);
+        std::fs::create_dir_all(&prefix).unwrap();
+        std::os::unix::fs::symlink(&secret, prefix.join(&other)).unwrap();
+        assert!(blobs.open_blob(&other).is_err());
+        let third = sha256_hex(b"third");
+        std::os::unix::fs::symlink(dir.path(), dir.path().join(BLOBS).join(&third[..2])).unwrap();
+        assert!(blobs.open_blob(&third).is_err());
+        // Storing that content replaces the planted folder link instead of following it.
+        assert_eq!(blobs.put_bytes(b"third").unwrap(), third);
+        assert!(!dir.path().join(&third).exists());
+        assert!(blobs.open_blob(&third).is_ok());
+    }
 }

@@ -753,7 +753,7 @@ impl Store {
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             drop(st);
-            if files.is_empty() || files.iter().any(|f| !self.blobs().path(&f.blob).exists()) {
+            if files.is_empty() || files.iter().any(|f| !self.blobs().has_blob(&f.blob)) {
                 return Err(StoreError::NotFound(format!(
                     "the files of message {id} (no longer kept)"
                 )));

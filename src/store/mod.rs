@@ -6,6 +6,14 @@
 //! Two processes use it at once (the mount and the AS2 daemon): every change is one
 //! transaction, readers never block writers (WAL), and writers wait for each other
 //! (`busy_timeout`).
+//!
+//! Two database files, so that the daemon's account cannot grant itself a login (see
+//! `perms` and docs/SECURITY.md): `config.db` (users, user_keys, stations, partners) is
+//! written by root alone and only read by the daemon; `data/as2box.db` (entries, messages
+//! and their files and events) is written by both. Each connection sees both: root's has
+//! `config.db` as `main` and attaches the other as `ops`, so an unqualified name resolves
+//! to root's file first and a table the daemon creates in its file cannot shadow it; the
+//! daemon's has `data/as2box.db` as `main` and attaches `config.db` read-only as `config`.
 
 mod blobs;
 mod entries;
@@ -13,17 +21,19 @@ mod model;
 mod outgoing;
 mod perms;
 mod rows;
+mod safefs;
+mod split;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OpenFlags};
 
-pub use blobs::{fsync_dir, hex, sha256_hex, BlobGuard, BlobStore};
+pub use blobs::{fsync_dir, hex, is_blob_name, sha256_hex, BlobGuard, BlobStore, Role, SpoolName};
 pub use entries::{InboundOrigin, NewFile, PickupFile, Placement, RenamePickup, SweepReport};
 pub use model::*;
 pub use outgoing::{Claimed, Event, OwedMdn, ReceivedRecord, SentRecord, Transmission};
-pub use perms::{create_shared_dir, share_state_dir};
+pub use perms::share_state_dir;
 pub use rows::UserKey;
 
 /// Everything that can go wrong in the store.
@@ -65,6 +75,17 @@ pub enum StoreError {
     /// The database was written by a newer as2box.
     #[error("the database has schema version {0}, newer than this as2box understands ({1}); upgrade as2box")]
     TooNew(i64, i64),
+    /// The daemon found a database root has not upgraded yet (it cannot do it itself).
+    #[error("the database has schema version {0}, older than this as2box ({1}): run `as2box init` as root (or start the mount) to upgrade it, then start `as2box serve` again")]
+    NeedsUpgrade(i64, i64),
+    /// The database names a blob that is not a content hash (the daemon's account can
+    /// write that table; root never opens such a name).
+    #[error("the database names the blob {0:?}, which is not a content hash (64 lowercase hex digits); refused (was the database tampered with?)")]
+    BadBlobName(String),
+    /// Something in the state folder is not what as2box made there (a symlink, a hard
+    /// link, a foreign owner); root does not use it.
+    #[error("unsafe state folder: {0}")]
+    Unsafe(String),
 }
 
 impl StoreError {
@@ -83,7 +104,11 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 const SCHEMA_VERSION: i64 = 5;
 
 /// Steps from each older schema version to the next: `MIGRATIONS[v - 1]` takes a version `v`
-/// database to `v + 1`. A fresh database gets `SCHEMA` and the current version directly.
+/// database to `v + 1`. A fresh database gets the schemas and the current version directly.
+///
+/// Migrations run on root's connection (see the module comment): a configuration table in
+/// `main`, an operational table in `ops`. ALTER TABLE finds either; a CREATE names its
+/// schema (`CREATE INDEX ops.name ON messages (...)`).
 const MIGRATIONS: &[&str] = &[
     // 1 -> 2: AS2 settings of stations and partners; the sender's bookkeeping.
     "ALTER TABLE stations ADD COLUMN key_path TEXT;
@@ -101,7 +126,7 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE messages ADD COLUMN next_attempt_ms INTEGER;
      ALTER TABLE messages ADD COLUMN request_headers TEXT;
      ALTER TABLE messages ADD COLUMN mdn TEXT;
-     CREATE INDEX IF NOT EXISTS messages_by_as2_id ON messages (partner_id, as2_message_id);",
+     CREATE INDEX IF NOT EXISTS ops.messages_by_as2_id ON messages (partner_id, as2_message_id);",
     // 2 -> 3: the content type our files are labelled with towards a partner.
     "ALTER TABLE partners ADD COLUMN content_type TEXT NOT NULL DEFAULT 'application/octet-stream';",
     // 3 -> 4: async MDNs we owe partners, kept until delivered (a restart must not lose one).
@@ -110,7 +135,7 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE messages ADD COLUMN mdn_body BLOB;
      ALTER TABLE messages ADD COLUMN mdn_attempts INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE messages ADD COLUMN mdn_due_ms INTEGER;
-     CREATE INDEX IF NOT EXISTS messages_mdn_due ON messages (mdn_due_ms) WHERE mdn_due_ms IS NOT NULL;",
+     CREATE INDEX IF NOT EXISTS ops.messages_mdn_due ON messages (mdn_due_ms) WHERE mdn_due_ms IS NOT NULL;",
     // 4 -> 5: several certificates per partner; what a partner must prove inbound (secure
     // by default: signature and encryption required, also for partners added before);
     // where the async MDNs we owe it may go.
@@ -122,28 +147,35 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE partners ADD COLUMN mdn_url_allow TEXT NOT NULL DEFAULT '';",
 ];
 
-/// Brings the database to [`SCHEMA_VERSION`], each step in its own transaction.
+/// Brings both databases to [`SCHEMA_VERSION`] on root's connection, each step in its own
+/// transaction; then makes any table an old version lacked.
 fn migrate(conn: &mut Connection) -> Result<()> {
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let version: i64 = conn.query_row("PRAGMA main.user_version", [], |r| r.get(0))?;
     if version > SCHEMA_VERSION {
         return Err(StoreError::TooNew(version, SCHEMA_VERSION));
     }
+    let set_version =
+        |v: i64| format!("PRAGMA main.user_version={v}; PRAGMA ops.user_version={v};");
     if version == 0 {
         let tx = conn.transaction()?;
-        tx.execute_batch(SCHEMA)?;
-        tx.execute_batch(&format!("PRAGMA user_version={SCHEMA_VERSION}"))?;
+        tx.execute_batch(CONFIG_SCHEMA)?;
+        tx.execute_batch(OPS_SCHEMA)?;
+        tx.execute_batch(&set_version(SCHEMA_VERSION))?;
         return Ok(tx.commit()?);
     }
     for v in version..SCHEMA_VERSION {
         let tx = conn.transaction()?;
         tx.execute_batch(MIGRATIONS[(v - 1) as usize])?;
-        tx.execute_batch(&format!("PRAGMA user_version={}", v + 1))?;
+        tx.execute_batch(&set_version(v + 1))?;
         tx.commit()?;
     }
+    conn.execute_batch(CONFIG_SCHEMA)?;
+    conn.execute_batch(OPS_SCHEMA)?;
     Ok(())
 }
 
-const SCHEMA: &str = r#"
+/// The configuration tables (`config.db`, written by root alone).
+const CONFIG_SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS users (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     name TEXT NOT NULL UNIQUE,
@@ -187,7 +219,11 @@ CREATE TABLE IF NOT EXISTS partners (
     created_ms INTEGER NOT NULL,
     UNIQUE (user_id, as2_id, test)
 );
-CREATE TABLE IF NOT EXISTS entries (
+"#;
+
+/// The operational tables (`data/as2box.db`, `ops` on root's connection).
+const OPS_SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS ops.entries (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     user_id INTEGER NOT NULL,
     station_id INTEGER NOT NULL,
@@ -204,10 +240,10 @@ CREATE TABLE IF NOT EXISTS entries (
     until_ms INTEGER,
     message_id INTEGER
 );
-CREATE UNIQUE INDEX IF NOT EXISTS entries_by_name ON entries (station_id, partner_id, box, parent, name);
-CREATE INDEX IF NOT EXISTS entries_by_user ON entries (user_id);
-CREATE INDEX IF NOT EXISTS entries_by_blob ON entries (blob);
-CREATE TABLE IF NOT EXISTS messages (
+CREATE UNIQUE INDEX IF NOT EXISTS ops.entries_by_name ON entries (station_id, partner_id, box, parent, name);
+CREATE INDEX IF NOT EXISTS ops.entries_by_user ON entries (user_id);
+CREATE INDEX IF NOT EXISTS ops.entries_by_blob ON entries (blob);
+CREATE TABLE IF NOT EXISTS ops.messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     direction TEXT NOT NULL,
     user_id INTEGER NOT NULL,
@@ -234,10 +270,10 @@ CREATE TABLE IF NOT EXISTS messages (
     created_ms INTEGER NOT NULL,
     updated_ms INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS messages_by_state ON messages (state);
-CREATE INDEX IF NOT EXISTS messages_mdn_due ON messages (mdn_due_ms) WHERE mdn_due_ms IS NOT NULL;
-CREATE INDEX IF NOT EXISTS messages_by_as2_id ON messages (partner_id, as2_message_id);
-CREATE TABLE IF NOT EXISTS message_files (
+CREATE INDEX IF NOT EXISTS ops.messages_by_state ON messages (state);
+CREATE INDEX IF NOT EXISTS ops.messages_mdn_due ON messages (mdn_due_ms) WHERE mdn_due_ms IS NOT NULL;
+CREATE INDEX IF NOT EXISTS ops.messages_by_as2_id ON messages (partner_id, as2_message_id);
+CREATE TABLE IF NOT EXISTS ops.message_files (
     message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
     seq INTEGER NOT NULL,
     name TEXT NOT NULL,
@@ -245,21 +281,22 @@ CREATE TABLE IF NOT EXISTS message_files (
     blob TEXT NOT NULL,
     PRIMARY KEY (message_id, seq)
 );
-CREATE INDEX IF NOT EXISTS message_files_by_blob ON message_files (blob);
-CREATE TABLE IF NOT EXISTS message_events (
+CREATE INDEX IF NOT EXISTS ops.message_files_by_blob ON message_files (blob);
+CREATE TABLE IF NOT EXISTS ops.message_events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
     at_ms INTEGER NOT NULL,
     state TEXT NOT NULL,
     detail TEXT
 );
-CREATE INDEX IF NOT EXISTS message_events_by_message ON message_events (message_id);
+CREATE INDEX IF NOT EXISTS ops.message_events_by_message ON message_events (message_id);
 "#;
 
 /// The store of one state folder.
 #[derive(Debug)]
 pub struct Store {
-    db_path: PathBuf,
+    state_dir: PathBuf,
+    role: Role,
     pool: Mutex<Vec<Connection>>,
     blobs: BlobStore,
 }
@@ -291,42 +328,174 @@ impl Drop for Pooled<'_> {
     }
 }
 
-fn open_connection(path: &Path) -> Result<Connection> {
-    let conn = Connection::open(path)?;
+/// `file:` URI of `path` (percent-encoded) with `mode`, for ATTACH.
+fn uri(path: &Path, mode: &str) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut s = String::from("file:");
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
+            s.push(b as char);
+        } else {
+            s.push_str(&format!("%{b:02X}"));
+        }
+    }
+    s + "?mode=" + mode
+}
+
+fn flags() -> OpenFlags {
+    // No CREATE: root's `perms::prepare` makes the files with their owner and mode first.
+    OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_NOFOLLOW
+        | OpenFlags::SQLITE_OPEN_URI
+}
+
+/// Settings of every connection. The daemon's account can write the operational database,
+/// schema included: nothing in a schema may run a function with side effects, and root
+/// runs no trigger or view from it at all.
+fn harden(conn: &Connection, role: Role) -> Result<()> {
+    use rusqlite::config::DbConfig;
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
-    // FULL: a commit is on disk when it returns, which is what a successful close() and a
-    // positive MDN promise.
-    conn.execute_batch(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
-    )?;
-    Ok(conn)
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_TRUSTED_SCHEMA, false)?;
+    if role == Role::Admin {
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)?;
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_VIEW, false)?;
+    }
+    Ok(())
+}
+
+/// Keeps the operational database's `-wal` and `-shm` at close: the daemon cannot create
+/// them again in `data/` (root's), so root must never delete them.
+fn persist_wal(conn: &Connection, schema: &std::ffi::CStr) -> Result<()> {
+    let mut on: std::ffi::c_int = 1;
+    // SAFETY: a file control on an open connection; the argument is the int it expects.
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_file_control(
+            conn.handle(),
+            schema.as_ptr(),
+            rusqlite::ffi::SQLITE_FCNTL_PERSIST_WAL,
+            (&mut on as *mut std::ffi::c_int).cast(),
+        )
+    };
+    if rc != rusqlite::ffi::SQLITE_OK {
+        return Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rc),
+            Some("setting SQLITE_FCNTL_PERSIST_WAL".into()),
+        )));
+    }
+    Ok(())
+}
+
+fn config_path(state: &Path) -> PathBuf {
+    state.join(perms::CONFIG_DB)
+}
+
+fn ops_path(state: &Path) -> PathBuf {
+    state.join(perms::DATA).join(perms::OPS_DB)
+}
+
+// FULL: a commit is on disk when it returns, which is what a successful close() and a
+// positive MDN promise.
+fn open_connection(state: &Path, role: Role) -> Result<Connection> {
+    match role {
+        Role::Admin => {
+            let conn = Connection::open_with_flags(config_path(state), flags())?;
+            harden(&conn, role)?;
+            conn.execute("ATTACH DATABASE ?1 AS ops", [uri(&ops_path(state), "rw")])?;
+            conn.execute_batch(
+                "PRAGMA main.synchronous=FULL; PRAGMA ops.journal_mode=WAL; PRAGMA ops.synchronous=FULL; PRAGMA foreign_keys=ON;",
+            )?;
+            persist_wal(&conn, c"ops")?;
+            Ok(conn)
+        }
+        Role::Service => {
+            let conn = Connection::open_with_flags(ops_path(state), flags())?;
+            harden(&conn, role)?;
+            conn.execute_batch(
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+            )?;
+            persist_wal(&conn, c"main")?;
+            conn.execute(
+                "ATTACH DATABASE ?1 AS config",
+                [uri(&config_path(state), "ro")],
+            )?;
+            Ok(conn)
+        }
+    }
 }
 
 impl Store {
-    /// Creates the state folder, database and blob folders (idempotent).
+    /// Creates the state folder, databases and blob folders (idempotent), as root.
     pub fn init(state_dir: &Path) -> Result<Store> {
         std::fs::create_dir_all(state_dir).map_err(|source| StoreError::Io {
             context: format!("create {}", state_dir.display()),
             source,
         })?;
-        let mut conn = open_connection(&state_dir.join("as2box.db"))?;
-        migrate(&mut conn)?;
-        drop(conn);
-        Store::open(state_dir)
+        Store::open_admin(state_dir, true)
     }
 
-    /// Opens an initialized state folder (migrating an older schema).
+    /// Opens an initialized state folder as root (the mount, the CLI), upgrading an older
+    /// layout or schema.
     pub fn open(state_dir: &Path) -> Result<Store> {
-        let db_path = state_dir.join("as2box.db");
-        if !db_path.exists() {
+        Store::open_admin(state_dir, false)
+    }
+
+    fn open_admin(state_dir: &Path, create: bool) -> Result<Store> {
+        let state = safefs::Dir::open(state_dir).map_err(|source| StoreError::Io {
+            context: format!("open the state folder {}", state_dir.display()),
+            source,
+        })?;
+        let has = |name: &str| state.stat_at(name).ok().flatten().is_some();
+        if !create && !has(perms::CONFIG_DB) && !has(perms::LEGACY_DB) {
             return Err(StoreError::NotInitialized(state_dir.to_owned()));
         }
-        let mut conn = open_connection(&db_path)?;
+        perms::close_top(&state)?;
+        split::upgrade(&state, state_dir)?;
+        perms::prepare(&state)?;
+        let mut conn = open_connection(state_dir, Role::Admin)?;
         migrate(&mut conn)?;
         Ok(Store {
-            db_path,
+            state_dir: state_dir.to_owned(),
+            role: Role::Admin,
             pool: Mutex::new(vec![conn]),
-            blobs: BlobStore::open(state_dir)?,
+            blobs: BlobStore::open(&state, Role::Admin)?,
+        })
+    }
+
+    /// Opens the state folder for the AS2 daemon (`as2box serve`): the configuration
+    /// read-only, its own spool (cleared: what is there was never completed). Root must
+    /// have initialized and upgraded the folder; the daemon never migrates.
+    pub fn open_service(state_dir: &Path) -> Result<Store> {
+        let state = safefs::Dir::open(state_dir).map_err(|source| StoreError::Io {
+            context: format!("open the state folder {}", state_dir.display()),
+            source,
+        })?;
+        let initialized = state.stat_at(perms::CONFIG_DB).ok().flatten().is_some()
+            && state
+                .dir(perms::DATA)
+                .and_then(|d| d.stat_at(perms::OPS_DB))
+                .ok()
+                .flatten()
+                .is_some();
+        if !initialized {
+            return Err(StoreError::NotInitialized(state_dir.to_owned()));
+        }
+        let conn = open_connection(state_dir, Role::Service)?;
+        let version: i64 = conn.query_row("PRAGMA config.user_version", [], |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::TooNew(version, SCHEMA_VERSION));
+        }
+        if version < SCHEMA_VERSION {
+            return Err(StoreError::NeedsUpgrade(version, SCHEMA_VERSION));
+        }
+        let blobs = BlobStore::open(&state, Role::Service)?;
+        blobs.clear_spool()?;
+        Ok(Store {
+            state_dir: state_dir.to_owned(),
+            role: Role::Service,
+            pool: Mutex::new(vec![conn]),
+            blobs,
         })
     }
 
@@ -335,16 +504,16 @@ impl Store {
         &self.blobs
     }
 
-    /// The folder that holds the database (for `statfs`).
+    /// The state folder (for `statfs` and the audit log).
     pub fn state_dir(&self) -> &Path {
-        self.db_path.parent().unwrap_or(Path::new("/"))
+        &self.state_dir
     }
 
     fn conn(&self) -> Result<Pooled<'_>> {
         let pooled = self.pool.lock().ok().and_then(|mut p| p.pop());
         let conn = match pooled {
             Some(c) => c,
-            None => open_connection(&self.db_path)?,
+            None => open_connection(&self.state_dir, self.role)?,
         };
         Ok(Pooled {
             store: self,
@@ -419,6 +588,110 @@ mod tests {
         let p = store.partner(1, "P", false).unwrap().unwrap();
         assert_eq!(p.profile, PartnerProfile::default());
         assert!(store.claim_queued(0).unwrap().is_none());
+    }
+
+    /// A state folder of an older as2box: every table in `as2box.db` at the top, the WAL
+    /// not checkpointed.
+    fn legacy_state(dir: &Path) -> Connection {
+        let conn = Connection::open(dir.join("as2box.db")).unwrap();
+        conn.execute_batch("PRAGMA journal_mode=WAL;").unwrap();
+        conn.execute_batch(CONFIG_SCHEMA).unwrap();
+        conn.execute_batch(&OPS_SCHEMA.replace(" ops.", " "))
+            .unwrap();
+        conn.execute_batch(&format!(
+            "PRAGMA user_version={SCHEMA_VERSION};
+             INSERT INTO users VALUES (1, 'old', 5, 5, NULL, 0);
+             INSERT INTO user_keys VALUES (1, 1, 'ssh-ed25519 AAAAold', 0);
+             INSERT INTO stations (id, user_id, as2_id, inbox_layout, created_ms) VALUES (1, 1, 'ST', 'per-message', 0);
+             INSERT INTO partners (id, user_id, as2_id, test, created_ms) VALUES (1, 1, 'P', 0, 0);
+             INSERT INTO entries (user_id, station_id, partner_id, box, parent, name, is_dir, state, blob, size, mtime_ms, created_ms)
+                 VALUES (1, 1, 1, 1, 0, 'kept.edi', 0, 0, NULL, 0, 0, 0);
+             INSERT INTO messages (direction, user_id, station_id, partner_id, user_name, station, partner, test, name, state, created_ms, updated_ms)
+                 VALUES ('out', 1, 1, 1, 'old', 'ST', 'P', 0, 'kept.edi', 'delivered', 0, 0);"
+        ))
+        .unwrap();
+        conn
+    }
+
+    #[test]
+    fn an_older_single_database_is_split_without_losing_data() {
+        let dir = tempfile::tempdir().unwrap();
+        // Open while the upgrade runs, like a WAL another process has not checkpointed.
+        let legacy = legacy_state(dir.path());
+        std::fs::create_dir(dir.path().join("spool")).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        drop(legacy);
+        assert!(!dir.path().join("as2box.db").exists());
+        let u = store.user("old").unwrap().unwrap();
+        assert_eq!(store.public_keys(u.id).unwrap(), ["ssh-ed25519 AAAAold"]);
+        assert_eq!(store.station("ST").unwrap().unwrap().user_id, u.id);
+        assert!(store.partner(u.id, "P", false).unwrap().is_some());
+        assert_eq!(store.file_count(u.id).unwrap(), 1);
+        assert_eq!(store.messages(None, 10).unwrap().len(), 1);
+        let tables = |path: &Path| -> Vec<String> {
+            let c = Connection::open(path).unwrap();
+            let mut st = c
+                .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+                .unwrap();
+            let names = st.query_map([], |r| r.get(0)).unwrap();
+            names.collect::<rusqlite::Result<_>>().unwrap()
+        };
+        assert_eq!(
+            tables(&dir.path().join("config.db")),
+            ["partners", "stations", "user_keys", "users"]
+        );
+        assert_eq!(
+            tables(&dir.path().join("data/as2box.db")),
+            ["entries", "message_events", "message_files", "messages"]
+        );
+        // Again (the mount's next start): nothing changes.
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.file_count(u.id).unwrap(), 1);
+    }
+
+    #[test]
+    fn an_older_folder_with_a_planted_link_is_not_upgraded_through_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        drop(legacy_state(&state));
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"root's file").unwrap();
+        std::fs::remove_file(state.join("as2box.db-shm")).ok();
+        std::os::unix::fs::symlink(&victim, state.join("as2box.db-shm")).unwrap();
+        let err = Store::open(&state).unwrap_err();
+        assert!(matches!(err, StoreError::Unsafe(_)), "{err}");
+        assert!(err.to_string().contains("as2box.db-shm"), "{err}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"root's file");
+        // Once the admin removed it, the upgrade goes through.
+        std::fs::remove_file(state.join("as2box.db-shm")).unwrap();
+        let store = Store::open(&state).unwrap();
+        assert!(store.user("old").unwrap().is_some());
+    }
+
+    #[test]
+    fn the_daemon_reads_the_configuration_but_cannot_write_it_nor_shadow_it() {
+        let (dir, admin, user, _) = setup();
+        let daemon = Store::open_service(dir.path()).unwrap();
+        assert_eq!(daemon.user("acme").unwrap().unwrap().id, user);
+        let err = daemon
+            .add_public_key(user, "ssh-ed25519 AAAAevil")
+            .unwrap_err();
+        assert!(err.to_string().contains("readonly"), "{err}");
+        // A table of the same name in the daemon's file does not hide root's.
+        daemon
+            .write(|tx| {
+                tx.execute_batch(
+                    "CREATE TABLE main.user_keys (id INTEGER PRIMARY KEY, user_id INTEGER, public_key TEXT, created_ms INTEGER);
+                     INSERT INTO main.user_keys VALUES (7, 1, 'ssh-ed25519 AAAAevil', 0);",
+                )?;
+                Ok(())
+            })
+            .unwrap();
+        drop(admin);
+        let admin = Store::open(dir.path()).unwrap();
+        assert!(admin.public_keys(user).unwrap().is_empty());
     }
 
     #[test]

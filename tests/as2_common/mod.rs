@@ -88,6 +88,12 @@ use openssl::x509::{X509Builder, X509NameBuilder};
 
 /// A fresh self-signed RSA-2048 key pair valid from 2020 to 2040.
 pub fn make_keypair(cn: &str) -> KeyPair {
+    make_keypair_valid(cn, 1_577_836_800, 2_208_988_800)
+}
+
+/// A fresh self-signed RSA-2048 key pair valid from `not_before` to `not_after` (unix
+/// seconds).
+pub fn make_keypair_valid(cn: &str, not_before: i64, not_after: i64) -> KeyPair {
     let rsa = Rsa::generate(2048).unwrap();
     let key = PKey::from_rsa(rsa).unwrap();
     let mut name = X509NameBuilder::new().unwrap();
@@ -100,9 +106,9 @@ pub fn make_keypair(cn: &str) -> KeyPair {
     b.set_subject_name(&name).unwrap();
     b.set_issuer_name(&name).unwrap();
     b.set_pubkey(&key).unwrap();
-    b.set_not_before(&Asn1Time::from_unix(1_577_836_800).unwrap())
+    b.set_not_before(&Asn1Time::from_unix(not_before).unwrap())
         .unwrap();
-    b.set_not_after(&Asn1Time::from_unix(2_208_988_800).unwrap())
+    b.set_not_after(&Asn1Time::from_unix(not_after).unwrap())
         .unwrap();
     b.sign(&key, MessageDigest::sha256()).unwrap();
     KeyPair {
