@@ -138,8 +138,7 @@ fn assert_answers_health(daemon: &Daemon) {
 }
 
 #[test]
-fn resource_exhaustion_compression_bombs_are_refused_one_and_twenty_at_once_within_the_memory_budget(
-) {
+fn resource_exhaustion_compression_bombs_are_refused_one_and_twenty_at_once_within_the_memory_budget() {
     let Some(fx) = fixture!(Settings::default()) else {
         return;
     };
@@ -249,8 +248,7 @@ fn resource_exhaustion_a_message_of_100000_parts_is_refused_and_the_daemon_still
 }
 
 #[test]
-fn resource_exhaustion_a_compressed_message_within_the_bounds_is_delivered_and_one_over_them_refused(
-) {
+fn resource_exhaustion_a_compressed_message_within_the_bounds_is_delivered_and_one_over_them_refused() {
     let Some(fx) = fixture!(Settings::default()) else {
         return;
     };

@@ -554,15 +554,7 @@ fn pyas2lib_sends_we_receive_into_every_layout_and_a_test_partner() {
             "--mdn-url-allow",
             &allow,
         ];
-        set_partner(
-            &fx,
-            &user,
-            "pyas2peer",
-            test,
-            &peer_url,
-            &peer_cert,
-            &inbound,
-        );
+        set_partner(&fx, &user, "pyas2peer", test, &peer_url, &peer_cert, &inbound);
     }
     let cases = [
         inbound(None, None, false, "sync", None, 0, false),

@@ -836,3 +836,25 @@ fn statfs_without_quota_reports_the_state_disk() {
 fn zz_spawn_server() {
     common::spawner::serve_if_helper();
 }
+
+/// Programs ask `isatty` of every file they open (Python's `open` does): the mount answers
+/// "not a terminal" (ENOTTY) and logs nothing for it.
+#[test]
+fn isatty_on_a_mailbox_file_is_enotty_and_quiet() {
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
+    let mb = fx.mailbox();
+    let path = mb.outbox().join("upload.part");
+    fx.as_user(&mb.user, || {
+        ok(ops::put(&path, b"held"), "put");
+        let fd = ok(ops::open(&path, libc::O_RDONLY), "open");
+        let mut t: libc::termios = unsafe { std::mem::zeroed() };
+        let r = unsafe { libc::ioctl(fd, libc::TCGETS, &mut t) };
+        let e = std::io::Error::last_os_error().raw_os_error();
+        unsafe { libc::close(fd) };
+        assert_eq!((r, e), (-1, Some(libc::ENOTTY)));
+    });
+    let log = fx.mount_log();
+    assert!(!log.contains("ioctl"), "the mount logged the ioctl:\n{log}");
+}

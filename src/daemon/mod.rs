@@ -65,6 +65,10 @@ pub struct Ctx {
     /// Owed async MDN deliveries in flight at most (each holds a connection and its MDN):
     /// the rest wait in the store for the retry loop.
     pub owed_mdn_slots: Arc<tokio::sync::Semaphore>,
+    /// Refusals recorded per partner in the current minute (`receive::refuse`): each is a
+    /// row, and a flood of forged requests must not fill the disk. One entry per partner
+    /// that exists (requests are routed before they can be refused).
+    pub refusals_recorded: std::sync::Mutex<std::collections::HashMap<i64, (i64, u32)>>,
 }
 
 /// How many async MDNs we owe are POSTed at once.
@@ -235,6 +239,7 @@ async fn run(
         metrics: metrics::Metrics::default(),
         keys: keycache::KeyCache::default(),
         owed_mdn_slots: Arc::new(tokio::sync::Semaphore::new(OWED_MDNS_IN_FLIGHT)),
+        refusals_recorded: Default::default(),
         live: Arc::new(live::LiveConfig::new(config_path, config, tls)),
     });
     let refused = ctx.metrics.connections_refused.clone();

@@ -11,13 +11,13 @@ use super::http::{Req, Resp};
 use super::metrics::inc;
 use super::{blocking, mdn_target, Ctx};
 use crate::as2::certs::ValidityPolicy;
-use crate::as2::headers::unquote_as2_name;
 use crate::as2::mdn::{build_mdn, parse_mdn, Disposition, MdnParams};
 use crate::as2::message::{
     decompressed_size_limit, parse_body_shared, MemoryGrant, ReceiveContext, RequestInfo,
 };
 use crate::as2::mic::Mic;
 use crate::as2::DispositionModifier;
+use crate::as2::headers::unquote_as2_name;
 use crate::as2::Headers;
 use crate::mailbox::{self, IncomingFile};
 use crate::store::{InboundOrigin, OwedMdn, Partner, Station};
@@ -110,16 +110,7 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
             let e = crate::as2::error::As2Error::AuthenticationFailed(format!(
                 "no certificate to verify the partner's signature with: {why}"
             ));
-            return refuse(
-                &ctx,
-                &req,
-                &info,
-                &station,
-                &partner,
-                key.as_deref().ok(),
-                &e,
-            )
-            .await;
+            return refuse(&ctx, &req, &info, &station, &partner, key.as_deref().ok(), &e).await;
         }
         Err(_) => Arc::new(Vec::new()),
     };
@@ -156,16 +147,7 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
             return resp;
         }
         (Err(e), false) => {
-            return refuse(
-                &ctx,
-                &req,
-                &info,
-                &station,
-                &partner,
-                key.as_deref().ok(),
-                &e,
-            )
-            .await;
+            return refuse(&ctx, &req, &info, &station, &partner, key.as_deref().ok(), &e).await;
         }
     };
     // A resend of something we already delivered (checked only now, after decryption and
@@ -304,16 +286,21 @@ async fn refuse(
     inc(&ctx.metrics.received_refused);
     let text = refusal_text(e);
     warn!(peer = %req.peer, station = %station.as2_id, partner = %partner.as2_id, message_id = %info.message_id, error = %e, fix = %refusal_fix(e, partner), "refused: answering a negative MDN");
-    let (store, sid, pid, mid, reason) = (
-        ctx.store.clone(),
-        station.id,
-        partner.id,
-        info.message_id.clone(),
-        text.clone(),
-    );
-    if let Err(err) = blocking(move || store.record_refused_inbound(sid, pid, &mid, &reason)).await
-    {
-        warn!(error = %err, "cannot record the refusal");
+    if may_record_refusal(ctx, partner.id) {
+        let (store, sid, pid, mid, reason) = (
+            ctx.store.clone(),
+            station.id,
+            partner.id,
+            info.message_id.clone(),
+            text.clone(),
+        );
+        if let Err(err) =
+            blocking(move || store.record_refused_inbound(sid, pid, &mid, &reason)).await
+        {
+            warn!(error = %err, "cannot record the refusal");
+        }
+    } else {
+        warn!(partner = %partner.as2_id, "more than {REFUSALS_RECORDED_PER_MINUTE} refusals for this partner this minute: this one is logged and counted, not recorded");
     }
     let by = Answerer {
         station,
@@ -322,6 +309,25 @@ async fn refuse(
         authenticated: false,
     };
     answer(ctx, info, by, Disposition::from_error(e), None, &text, None).await
+}
+
+/// Refusals recorded in `messages` per partner and minute at most; the rest are logged
+/// and counted only.
+const REFUSALS_RECORDED_PER_MINUTE: u32 = 60;
+
+/// Whether this refusal of `partner_id`'s may still be recorded this minute.
+fn may_record_refusal(ctx: &Ctx, partner_id: i64) -> bool {
+    let minute = now_ms() / 60_000;
+    let mut seen = ctx
+        .refusals_recorded
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let entry = seen.entry(partner_id).or_insert((minute, 0));
+    if entry.0 != minute {
+        *entry = (minute, 0);
+    }
+    entry.1 += 1;
+    entry.1 <= REFUSALS_RECORDED_PER_MINUTE
 }
 
 /// What the gateway's admin can do about a refusal, for the log line.
@@ -603,17 +609,9 @@ async fn answer(
 /// Starts one delivery attempt of an owed MDN if a slot is free ([`Ctx::owed_mdn_slots`]);
 /// otherwise a kept MDN waits in the store for the retry loop, and one for a resend is
 /// dropped (the sender's next resend gets it again).
-fn spawn_owed_mdn(
-    ctx: &Arc<Ctx>,
-    owed: OwedMdn,
-    kept: bool,
-    destinations: mdn_target::Destinations,
-) {
+fn spawn_owed_mdn(ctx: &Arc<Ctx>, owed: OwedMdn, kept: bool, destinations: mdn_target::Destinations) {
     let Ok(slot) = ctx.owed_mdn_slots.clone().try_acquire_owned() else {
-        return warn!(
-            message = owed.id,
-            "too many async MDNs in flight; this one waits for the retry loop"
-        );
+        return warn!(message = owed.id, "too many async MDNs in flight; this one waits for the retry loop");
     };
     let ctx = ctx.clone();
     tokio::spawn(async move {
@@ -654,12 +652,13 @@ async fn deliver_owed_mdn(
         destinations,
         max_answer_bytes: 64 << 10,
     };
-    let outcome =
-        match super::http::post(&url, &headers, owed.body.clone(), None, timeout, target).await {
-            Ok(r) if (200..300).contains(&r.status) => Ok(()),
-            Ok(r) => Err(format!("HTTP {}", r.status)),
-            Err(e) => Err(e.0),
-        };
+    let outcome = match super::http::post(&url, &headers, owed.body.clone(), None, timeout, target)
+        .await
+    {
+        Ok(r) if (200..300).contains(&r.status) => Ok(()),
+        Ok(r) => Err(format!("HTTP {}", r.status)),
+        Err(e) => Err(e.0),
+    };
     let attempt = owed.attempts + 1;
     let (store, id) = (ctx.store.clone(), owed.id);
     let backoff = super::Backoff {

@@ -539,4 +539,22 @@ impl Filesystem for FuseAdapter {
     ) {
         reply.error(FuseErrno::from_i32(libc::EOPNOTSUPP));
     }
+
+    /// No ioctl is meaningful on a mailbox file: "not a terminal", quietly. Every program
+    /// that asks `isatty` of a file it opens (Python's `open` does) sends TCGETS; fuser's
+    /// default answers ENOSYS with a multi-line warning each time.
+    #[allow(clippy::too_many_arguments)]
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(FuseErrno::from_i32(libc::ENOTTY));
+    }
 }
