@@ -11,6 +11,7 @@ use crate::config::Config;
 mod admin;
 mod audit;
 pub mod decode;
+mod doctor;
 mod messages;
 mod mount;
 mod partner;
@@ -52,10 +53,18 @@ impl Global {
     }
 }
 
+/// `as2box --version`: the package version and the commit it was built from (build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("AS2BOX_COMMIT"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "as2box",
-    version,
+    version = VERSION,
     about = "A self-hosted AS2 gateway whose users exchange files through SFTP mailboxes",
     after_help = "Example, a first setup as root:\n  as2box init\n  as2box user add acme\n  as2box station add --user acme ACME-AS2\n  as2box partner add --user acme BIGCORP --url https://as2.bigcorp.example/as2\n  as2box mount &\n\nEvery command has its own --help with an example."
 )]
@@ -96,6 +105,14 @@ enum Command {
     Audit(audit::AuditArgs),
     /// Explain a captured AS2 request or MDN: security, MIC, attachments, disposition.
     Decode(decode::DecodeArgs),
+    /// Check that the gateway can work: mount, sshd, serve, store, certificates, disk, ...
+    Doctor(doctor::DoctorArgs),
+}
+
+/// The whole command line definition (for generating man pages and completions:
+/// `examples/generate-assets.rs`).
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 /// Runs the command line and turns errors into a message and exit status 1.
@@ -142,6 +159,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::SshdConfig(a) => sshd::run(g, a),
         Command::Audit(a) => audit::run(g, a),
         Command::Decode(a) => decode::run(&a),
+        Command::Doctor(a) => doctor::run(g, a),
     }
 }
 
