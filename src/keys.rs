@@ -117,6 +117,20 @@ pub fn expiry_warning(path: &Path) -> Option<String> {
     }
 }
 
+/// The readable certificate of a partner's that lasts longest: the one its expiry is
+/// judged by (during a rollover the old one running out is expected).
+pub fn longest_lasting(paths: &[std::path::PathBuf]) -> Option<&std::path::PathBuf> {
+    paths
+        .iter()
+        .filter_map(|p| read_cert(p).ok().map(|c| (p, c)))
+        .max_by(|(_, a), (_, b)| {
+            a.not_after()
+                .compare(b.not_after())
+                .unwrap_or(std::cmp::Ordering::Equal)
+        })
+        .map(|(p, _)| p)
+}
+
 /// A warning for a partner's set of certificates: none configured, or the one that lasts
 /// longest expires within [`WARN_DAYS`] (during a rollover the old certificate running
 /// out is expected, as long as a newer one is there).
@@ -124,16 +138,8 @@ pub fn partner_expiry_warning(paths: &[std::path::PathBuf]) -> Option<String> {
     if paths.is_empty() {
         return Some("no certificate: its signatures cannot be verified and nothing can be encrypted to it (`as2box partner cert add`)".into());
     }
-    let longest = paths
-        .iter()
-        .filter_map(|p| read_cert(p).ok().map(|c| (p, c)))
-        .max_by(|(_, a), (_, b)| {
-            a.not_after()
-                .compare(b.not_after())
-                .unwrap_or(std::cmp::Ordering::Equal)
-        });
-    match longest {
-        Some((path, _)) => expiry_warning(path),
+    match longest_lasting(paths) {
+        Some(path) => expiry_warning(path),
         None => Some(format!(
             "none of its certificates can be read ({})",
             paths

@@ -232,3 +232,29 @@ fn a_stopped_serve_fails_and_says_how_to_start_it() {
         assert!(v.iter().all(|c| status(c) == "ok"), "{name}: {v:?}");
     }
 }
+
+/// A partner whose inbound security was turned off is named with a warning (SECURITY.md,
+/// "Forged sender"); the secure default gives none.
+#[test]
+fn a_partner_that_may_send_unsigned_messages_is_warned_about() {
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
+    doctor_fixture(&fx);
+    let mb = fx.mailbox();
+    let (_, checks) = doctor(&fx);
+    assert!(named(&checks, "inbound").is_empty(), "{checks:#?}");
+    fx.cli_ok(&[
+        "partner",
+        "set",
+        "--user",
+        &mb.user.name,
+        &mb.partner,
+        "--require-signature",
+        "no",
+    ]);
+    let (_, checks) = doctor(&fx);
+    let c = find(&checks, "inbound", "unsigned");
+    assert_eq!(status(c), "warn", "{c}");
+    assert!(c["fix"].as_str().unwrap().contains("--require-signature yes"), "{c}");
+}

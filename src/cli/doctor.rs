@@ -601,12 +601,15 @@ fn check_accounts(service_user: &str, service_exists: bool, sftp_group: &str) ->
 // The store
 // ---------------------------------------------------------------------------------------
 
+type PartnerFacts = (String, String, bool, Vec<PathBuf>, Option<(bool, bool)>);
+
 /// What doctor reads from the database.
 struct StoreFacts {
     /// (station AS2 id, key file, certificate file)
     stations: Vec<(String, Option<PathBuf>, Option<PathBuf>)>,
-    /// (user name, partner AS2 id, test, certificate files)
-    partners: Vec<(String, String, bool, Vec<PathBuf>)>,
+    /// (user name, partner AS2 id, test, certificate files, what it must prove inbound:
+    /// signature, encryption; None before schema 5)
+    partners: Vec<PartnerFacts>,
 }
 
 struct StoreResult {
@@ -667,14 +670,14 @@ fn read_store(
         .prepare("SELECT name FROM pragma_table_info('partners')")?
         .query_map([], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
-    let certs = if columns.contains("certs") {
-        "p.certs"
+    let (certs, inbound) = if columns.contains("certs") {
+        ("p.certs", "p.require_signature, p.require_encryption")
     } else {
-        "p.cert_path"
+        ("p.cert_path", "NULL, NULL")
     };
     let partners = conn
         .prepare(&format!(
-            "SELECT u.name, p.as2_id, p.test, {certs} FROM partners p JOIN users u ON u.id = p.user_id ORDER BY u.name, p.as2_id, p.test"
+            "SELECT u.name, p.as2_id, p.test, {certs}, {inbound} FROM partners p JOIN users u ON u.id = p.user_id ORDER BY u.name, p.as2_id, p.test"
         ))?
         .query_map([], |r| {
             Ok((
@@ -687,6 +690,10 @@ fn read_store(
                     .filter(|l| !l.is_empty())
                     .map(PathBuf::from)
                     .collect(),
+                match (r.get::<_, Option<bool>>(4)?, r.get::<_, Option<bool>>(5)?) {
+                    (Some(sig), Some(enc)) => Some((sig, enc)),
+                    _ => None,
+                },
             ))
         })?
         .collect::<Result<_, _>>()?;
@@ -1101,7 +1108,7 @@ fn check_certificates(facts: &StoreFacts, service: Option<(u32, u32)>) -> Vec<Ch
             }
         }
     }
-    for (user, partner, test, certs) in &facts.partners {
+    for (user, partner, test, certs, inbound) in &facts.partners {
         let what = format!(
             "partner {partner}{} of {user}",
             if *test { " (test)" } else { "" }
@@ -1110,21 +1117,27 @@ fn check_certificates(facts: &StoreFacts, service: Option<(u32, u32)>) -> Vec<Ch
             "ask {partner} for its new certificate, then: as2box partner cert add --user {user} {partner}{} NEW.pem",
             if *test { " --test" } else { "" }
         );
-        // During a rollover the old certificate running out is expected: judge the one
-        // that lasts longest (an unreadable one only when none can be read).
-        let longest = certs
-            .iter()
-            .filter_map(|c| {
-                crate::keys::read_cert(c)
-                    .and_then(|x| crate::keys::days_left(&x))
-                    .ok()
-                    .map(|d| (d, c))
-            })
-            .max_by_key(|(d, _)| *d)
-            .map(|(_, c)| c)
-            .or(certs.first());
+        // An unreadable certificate is judged only when none can be read.
+        let longest = crate::keys::longest_lasting(certs).or(certs.first());
         if let Some(cert) = longest {
             checks.push(check_cert("certificates", &what, cert, &fix));
+        }
+        if let Some((sig, enc)) = inbound {
+            if !sig || !enc {
+                let off = match (sig, enc) {
+                    (false, false) => "unsigned and unencrypted",
+                    (false, true) => "unsigned",
+                    _ => "unencrypted",
+                };
+                checks.push(warn(
+                    "inbound",
+                    format!("{what} may send {off} messages: anyone who knows the two AS2 ids can"),
+                    format!(
+                        "unless {partner} really trades plain AS2: as2box partner set --user {user} {partner}{} --require-signature yes --require-encryption yes",
+                        if *test { " --test" } else { "" }
+                    ),
+                ));
+            }
         }
     }
     if checks.is_empty() {

@@ -131,7 +131,8 @@ pub async fn watch(live: Arc<LiveConfig>, mut stop: watch::Receiver<bool>) {
     let interesting = names.clone();
     let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         if let Ok(ev) = ev {
-            if ev
+            if changes_content(&ev.kind)
+                && ev
                 .paths
                 .iter()
                 .any(|p| interesting.iter().any(|f| same_file_name(p, f)))
@@ -173,6 +174,19 @@ pub async fn watch(live: Arc<LiveConfig>, mut stop: watch::Receiver<bool>) {
     drop(watcher);
 }
 
+/// Whether a watch event can mean new content. Opening or reading the file (every CLI
+/// command and `doctor` read it) is not: reacting to those made each reload, which opens
+/// the file, trigger the next one, every 200 ms for good.
+fn changes_content(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    use notify::EventKind;
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
 /// Whether `event_path` names `file` (watch events carry the directory's spelling of it).
 fn same_file_name(event_path: &Path, file: &Path) -> bool {
     event_path.file_name() == file.file_name()
@@ -182,6 +196,17 @@ fn same_file_name(event_path: &Path, file: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn opening_or_reading_the_file_is_no_change() {
+        use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
+        use notify::EventKind;
+        assert!(!changes_content(&EventKind::Access(AccessKind::Open(AccessMode::Any))));
+        assert!(!changes_content(&EventKind::Access(AccessKind::Close(AccessMode::Read))));
+        assert!(changes_content(&EventKind::Access(AccessKind::Close(AccessMode::Write))));
+        assert!(changes_content(&EventKind::Modify(ModifyKind::Any)));
+        assert!(changes_content(&EventKind::Create(CreateKind::File)));
+    }
 
     #[test]
     fn a_valid_change_is_swapped_in_and_an_invalid_one_is_refused() {
