@@ -32,21 +32,6 @@ const BUDGET: u64 = 128 * MIB;
 /// uncounted working copies of requests in flight (headers, the HTTP read buffers).
 const ALLOWANCE: u64 = 32 * MIB;
 
-/// `mb`'s partner may send unsigned, unencrypted messages.
-fn accepts_plain_as2(fx: &Fixture, mb: &Mailbox) {
-    fx.cli_ok(&[
-        "partner",
-        "set",
-        "--user",
-        &mb.user.name,
-        &mb.partner,
-        "--require-signature",
-        "no",
-        "--require-encryption",
-        "no",
-    ]);
-}
-
 fn serve_settings() -> String {
     format!("max_body_bytes = {MAX_BODY}\nmax_body_memory_bytes = {BUDGET}\n")
 }
@@ -143,7 +128,8 @@ fn resource_exhaustion_compression_bombs_are_refused_one_and_twenty_at_once_with
         return;
     };
     let (a, _b) = pair(&fx);
-    accepts_plain_as2(&fx, &a);
+    // The partner may send unsigned, unencrypted messages.
+    fx.partner_set(&a, &["--require-signature", "no", "--require-encryption", "no"]);
     let daemon = start_daemon_with(&fx, None, &serve_settings());
     assert_answers_health(&daemon);
     let blobs = blob_count(&fx);
@@ -218,7 +204,8 @@ fn resource_exhaustion_a_message_of_100000_parts_is_refused_and_the_daemon_still
         return;
     };
     let (a, _b) = pair(&fx);
-    accepts_plain_as2(&fx, &a);
+    // The partner may send unsigned, unencrypted messages.
+    fx.partner_set(&a, &["--require-signature", "no", "--require-encryption", "no"]);
     let daemon = start_daemon_with(&fx, None, &serve_settings());
     let blobs = blob_count(&fx);
     let mut body = Vec::new();
@@ -253,7 +240,8 @@ fn resource_exhaustion_a_compressed_message_within_the_bounds_is_delivered_and_o
         return;
     };
     let (a, _b) = pair(&fx);
-    accepts_plain_as2(&fx, &a);
+    // The partner may send unsigned, unencrypted messages.
+    fx.partner_set(&a, &["--require-signature", "no", "--require-encryption", "no"]);
     let daemon = start_daemon_with(&fx, None, &serve_settings());
     // 4 MiB of EDI-like text in far fewer bytes: under the 16 MiB floor.
     let line = b"ISA*00*          *00*          *ZZ*SENDER         *ZZ*RECEIVER       ~\r\n";

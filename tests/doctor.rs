@@ -244,15 +244,7 @@ fn a_partner_that_may_send_unsigned_messages_is_warned_about() {
     let mb = fx.mailbox();
     let (_, checks) = doctor(&fx);
     assert!(named(&checks, "inbound").is_empty(), "{checks:#?}");
-    fx.cli_ok(&[
-        "partner",
-        "set",
-        "--user",
-        &mb.user.name,
-        &mb.partner,
-        "--require-signature",
-        "no",
-    ]);
+    fx.partner_set(&mb, &["--require-signature", "no"]);
     let (_, checks) = doctor(&fx);
     let c = find(&checks, "inbound", "unsigned");
     assert_eq!(status(c), "warn", "{c}");

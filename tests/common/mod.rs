@@ -439,6 +439,17 @@ impl Fixture {
         self.mailbox_of(&user, &station, &partner, test)
     }
 
+    /// `as2box partner set` for `mb`'s partner with `flags`.
+    #[track_caller]
+    pub fn partner_set(&self, mb: &Mailbox, flags: &[&str]) {
+        let mut args = vec!["partner", "set", "--user", &mb.user.name, &mb.partner];
+        if mb.test {
+            args.push("--test");
+        }
+        args.extend_from_slice(flags);
+        self.cli_ok(&args);
+    }
+
     pub fn mailbox_of(&self, user: &User, station: &str, partner: &str, test: bool) -> Mailbox {
         Mailbox {
             user: user.clone(),
