@@ -138,8 +138,13 @@ mod tests {
             }
         );
         assert_eq!(tgid(me), Some(me));
-        drop(f);
-        assert!(!probe(me, ino, None).unwrap().other_descriptor);
+        // A file that exists but is open nowhere. (Not `f` after dropping it: its inode
+        // number is free then, and a test running beside this one may get it at once.)
+        let closed = tempfile::NamedTempFile::new().unwrap();
+        let closed_ino = closed.as_file().metadata().unwrap().ino();
+        let kept = closed.into_temp_path();
+        assert!(!probe(me, closed_ino, None).unwrap().other_descriptor);
+        drop(kept);
     }
 
     #[test]
