@@ -66,13 +66,42 @@ pub fn is_internal(ip: IpAddr) -> bool {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_internal(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
+            let seg = v6.segments();
+            let embedded = |hi: u16, lo: u16| {
+                IpAddr::V4(std::net::Ipv4Addr::new(
+                    (hi >> 8) as u8,
+                    hi as u8,
+                    (lo >> 8) as u8,
+                    lo as u8,
+                ))
+            };
+            // NAT64 (64:ff9b::/96) and 6to4 (2002::/16) carry an IPv4 address that a
+            // gateway on the way turns back into that address.
+            if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return is_internal(embedded(seg[6], seg[7]));
+            }
+            if seg[0] == 0x2002 && is_internal(embedded(seg[1], seg[2])) {
+                return true;
+            }
+            let first = seg[0];
             v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (first & 0xfe00) == 0xfc00 // unique local fc00::/7
                 || (first & 0xffc0) == 0xfe80 // link local fe80::/10
         }
+    }
+}
+
+/// Whether `url` is `entry` or below it: an entry `https://h/receipts/` (or without the
+/// final `/`) takes `https://h/receipts` and `https://h/receipts/x`, not
+/// `https://h/receipts-old`. Scheme and host compare without case.
+fn under_prefix(url: &str, entry: &str) -> bool {
+    let (url, entry) = (url.to_ascii_lowercase(), entry.to_ascii_lowercase());
+    let base = entry.trim_end_matches('/');
+    match url.strip_prefix(base) {
+        Some(rest) => rest.is_empty() || rest.starts_with(['/', '?']),
+        None => false,
     }
 }
 
@@ -92,12 +121,11 @@ pub fn check(url: &str, partner: &Partner) -> Result<Destinations, NotAllowed> {
     );
     // An allow entry matches as a prefix of the whole URL, on an origin boundary: the entry
     // `https://mdn.example` must not allow `https://mdn.example.evil`.
-    let listed = partner.profile.mdn_url_allow.iter().any(|entry| {
-        origin(entry) == Some(target.clone())
-            && url
-                .to_ascii_lowercase()
-                .starts_with(entry.to_ascii_lowercase().trim_end_matches('/'))
-    });
+    let listed = partner
+        .profile
+        .mdn_url_allow
+        .iter()
+        .any(|entry| origin(entry) == Some(target.clone()) && under_prefix(url, entry));
     if listed {
         return Ok(Destinations::Any);
     }
@@ -197,6 +225,11 @@ mod tests {
             Ok(Destinations::Any)
         );
         assert!(check("https://mdn.bigcorp.example/other", &p).is_err());
+        assert!(check("https://mdn.bigcorp.example/receipts-old/x", &p).is_err());
+        assert_eq!(
+            check("https://mdn.bigcorp.example/receipts", &p),
+            Ok(Destinations::Any)
+        );
         assert!(check("https://mdn.bigcorp.example.evil/receipts/x", &p).is_err());
     }
 
@@ -215,10 +248,20 @@ mod tests {
             "fd00::1",
             "::ffff:127.0.0.1",
             "::",
+            "64:ff9b::a00:1",
+            "64:ff9b::7f00:1",
+            "2002:a9fe:a9fe::1",
         ] {
             assert!(is_internal(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["192.0.2.1", "8.8.8.8", "2001:db8::1", "100.128.0.1"] {
+        for ip in [
+            "192.0.2.1",
+            "8.8.8.8",
+            "2001:db8::1",
+            "100.128.0.1",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
+        ] {
             assert!(!is_internal(ip.parse().unwrap()), "{ip}");
         }
     }
