@@ -100,6 +100,58 @@ pub fn sanitize_attachment_name(raw: &str, index: usize) -> String {
     shorten(&name, MAX_ATTACHMENT_NAME)
 }
 
+/// A name for an attachment its sender did not name: from the message's Message-ID (unique
+/// per sender, so two unnamed files never get the same name and, in the `plain` inbox
+/// layout, never replace each other), `-<n>` when the message has several, and an
+/// extension from its content type. `index` counts from 1.
+pub fn unnamed_attachment_name(
+    message_id: &str,
+    index: usize,
+    count: usize,
+    content_type: &str,
+) -> String {
+    let media = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let ext = match media.as_str() {
+        "application/edi-x12" => ".x12",
+        "application/edifact" => ".edifact",
+        "application/edi-consent" => ".edi",
+        "application/xml" | "text/xml" => ".xml",
+        "application/json" => ".json",
+        "application/pdf" => ".pdf",
+        "text/csv" => ".csv",
+        "text/plain" => ".txt",
+        _ => ".bin",
+    };
+    let mut base: String = message_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    base = base.trim_start_matches(['.', '_']).to_owned();
+    if base.is_empty() {
+        base = "message".into();
+    }
+    let part = if count > 1 {
+        format!("-{index}")
+    } else {
+        String::new()
+    };
+    let tail = format!("{part}{ext}");
+    // The base is ASCII: any byte is a character boundary.
+    base.truncate(MAX_ATTACHMENT_NAME - tail.len());
+    base + &tail
+}
+
 /// Shortens `name` to at most `max` bytes on a character boundary, keeping a short
 /// extension (up to 16 bytes) so that the file type survives.
 pub fn shorten(name: &str, max: usize) -> String {
@@ -218,6 +270,25 @@ mod tests {
         let s = sanitize_attachment_name(&long, 1);
         assert_eq!(s.len(), MAX_ATTACHMENT_NAME);
         assert!(s.ends_with(".edi"));
+    }
+
+    #[test]
+    fn unnamed_attachments_are_named_by_message_id_and_type() {
+        assert_eq!(
+            unnamed_attachment_name("<1234.5@partner.example>", 1, 1, "application/EDI-X12; charset=x"),
+            "1234.5_partner.example_.x12"
+        );
+        assert_eq!(
+            unnamed_attachment_name("abc@x", 2, 3, "application/edifact"),
+            "abc_x-2.edifact"
+        );
+        assert_eq!(unnamed_attachment_name("../..", 1, 1, "image/png"), "message.bin");
+        assert_ne!(
+            unnamed_attachment_name("a@x", 1, 1, "text/plain"),
+            unnamed_attachment_name("b@x", 1, 1, "text/plain")
+        );
+        let long = unnamed_attachment_name(&"m".repeat(1000), 7, 9, "application/xml");
+        assert!(long.len() <= MAX_ATTACHMENT_NAME && long.ends_with("-7.xml"), "{long}");
     }
 
     #[test]

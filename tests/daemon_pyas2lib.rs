@@ -744,6 +744,52 @@ fn pyas2lib_sends_we_receive_into_every_layout_and_a_test_partner() {
         .any(|m| m.files.iter().any(|f| f.name == "pss.dat")));
 }
 
+/// pyas2lib sends four documents without a file name (no `Content-Disposition`) in quick
+/// succession to a station with the `plain` inbox layout: all four are in the inbox, each
+/// named after its Message-ID with an extension from its content type; none replaced
+/// another.
+#[test]
+fn unnamed_attachments_never_replace_each_other_in_the_plain_layout() {
+    let Some(py) = as2_common::python() else {
+        return;
+    };
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
+    let (ours, theirs) = as2_common::test_keys();
+    let keys = write_keypair(&fx, "station", ours);
+    let peer_cert = write_keypair(&fx, "peer", theirs).cert;
+    let user = fx.add_user(None);
+    let st = station(&fx, &user, None, "plain", &keys);
+    let daemon = start_daemon(&fx);
+    let mut peer = start_peer(&py);
+    fx.cli_ok(&["partner", "add", "--user", &user.name, "pyas2peer"]);
+    let peer_url = format!("http://127.0.0.1:{}/as2", peer.port);
+    set_partner(&fx, &user, "pyas2peer", false, &peer_url, &peer_cert, &[]);
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        let id = format!("unnamed{n}");
+        peer.command(&json!({
+            "cmd": "send", "id": id, "url": daemon.url("/as2"), "as2_to": st,
+            "data_b64": base64_std(format!("ISA*{n}").as_bytes()),
+            "content_type": "application/edi-x12",
+            "sign": "sha256", "encrypt": "aes_256_cbc", "mdn": "sync", "mdn_digest": "sha256",
+        }));
+        let ev = peer.wait_event(|v| v["event"] == "sent" && v["id"] == id.as_str());
+        assert_eq!(ev["mdn_status"], "processed", "{ev}\n{}", daemon.log());
+        ids.push(ev["message_id"].as_str().unwrap().to_owned());
+    }
+    let mb = fx.mailbox_of(&user, &st, "pyas2peer", false);
+    let files = fx.as_user(&user, || files_in(&mb.inbox()));
+    assert_eq!(files.len(), 4, "{files:?}");
+    for (n, id) in ids.iter().enumerate() {
+        let name = as2box::names::unnamed_attachment_name(id.trim_matches(['<', '>']), 1, 1, "application/edi-x12");
+        assert!(name.ends_with(".x12"), "{name}");
+        let data = fx.as_user(&user, || ops::read(&mb.inbox().join(&name)));
+        assert_eq!(data.ok(), Some(format!("ISA*{n}").into_bytes()), "{name} in {files:?}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Real captures: Mendelson AS2 and IBM Sterling B2B Integrator
 // ---------------------------------------------------------------------------------------

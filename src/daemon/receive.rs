@@ -173,16 +173,21 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
         .iter_mut()
         .map(|a| std::mem::take(&mut a.data).into())
         .collect();
+    let count = msg.attachments.len();
     let files: Vec<IncomingFile> = msg
         .attachments
         .iter()
         .zip(&shared)
         .enumerate()
         .map(|(i, (a, data))| IncomingFile::Bytes {
-            name: a
-                .filename
-                .clone()
-                .unwrap_or_else(|| format!("attachment-{}", i + 1)),
+            name: a.filename.clone().unwrap_or_else(|| {
+                crate::names::unnamed_attachment_name(
+                    &info.message_id,
+                    i + 1,
+                    count,
+                    &a.content_type,
+                )
+            }),
             data: data.clone(),
         })
         .collect();
