@@ -319,6 +319,10 @@ pub fn run(g: &Global, c: PartnerCommand) -> anyhow::Result<()> {
                 p.as2_id,
                 u.name
             );
+            println!(
+                "note: what {id} sends must be signed and encrypted; until its certificate is added (`as2box partner cert add --user {user} {id}{} FILE`) every message from it is refused",
+                if p.test { " --test" } else { "" }
+            );
             Ok(())
         }
         PartnerCommand::List { user, json } => {
