@@ -275,20 +275,31 @@ mod tests {
     #[test]
     fn unnamed_attachments_are_named_by_message_id_and_type() {
         assert_eq!(
-            unnamed_attachment_name("<1234.5@partner.example>", 1, 1, "application/EDI-X12; charset=x"),
+            unnamed_attachment_name(
+                "<1234.5@partner.example>",
+                1,
+                1,
+                "application/EDI-X12; charset=x"
+            ),
             "1234.5_partner.example_.x12"
         );
         assert_eq!(
             unnamed_attachment_name("abc@x", 2, 3, "application/edifact"),
             "abc_x-2.edifact"
         );
-        assert_eq!(unnamed_attachment_name("../..", 1, 1, "image/png"), "message.bin");
+        assert_eq!(
+            unnamed_attachment_name("../..", 1, 1, "image/png"),
+            "message.bin"
+        );
         assert_ne!(
             unnamed_attachment_name("a@x", 1, 1, "text/plain"),
             unnamed_attachment_name("b@x", 1, 1, "text/plain")
         );
         let long = unnamed_attachment_name(&"m".repeat(1000), 7, 9, "application/xml");
-        assert!(long.len() <= MAX_ATTACHMENT_NAME && long.ends_with("-7.xml"), "{long}");
+        assert!(
+            long.len() <= MAX_ATTACHMENT_NAME && long.ends_with("-7.xml"),
+            "{long}"
+        );
     }
 
     #[test]

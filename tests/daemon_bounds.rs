@@ -123,13 +123,17 @@ fn assert_answers_health(daemon: &Daemon) {
 }
 
 #[test]
-fn resource_exhaustion_compression_bombs_are_refused_one_and_twenty_at_once_within_the_memory_budget() {
+fn resource_exhaustion_compression_bombs_are_refused_one_and_twenty_at_once_within_the_memory_budget(
+) {
     let Some(fx) = fixture!(Settings::default()) else {
         return;
     };
     let (a, _b) = pair(&fx);
     // The partner may send unsigned, unencrypted messages.
-    fx.partner_set(&a, &["--require-signature", "no", "--require-encryption", "no"]);
+    fx.partner_set(
+        &a,
+        &["--require-signature", "no", "--require-encryption", "no"],
+    );
     let daemon = start_daemon_with(&fx, None, &serve_settings());
     assert_answers_health(&daemon);
     let blobs = blob_count(&fx);
@@ -205,7 +209,10 @@ fn resource_exhaustion_a_message_of_100000_parts_is_refused_and_the_daemon_still
     };
     let (a, _b) = pair(&fx);
     // The partner may send unsigned, unencrypted messages.
-    fx.partner_set(&a, &["--require-signature", "no", "--require-encryption", "no"]);
+    fx.partner_set(
+        &a,
+        &["--require-signature", "no", "--require-encryption", "no"],
+    );
     let daemon = start_daemon_with(&fx, None, &serve_settings());
     let blobs = blob_count(&fx);
     let mut body = Vec::new();
@@ -235,13 +242,17 @@ fn resource_exhaustion_a_message_of_100000_parts_is_refused_and_the_daemon_still
 }
 
 #[test]
-fn resource_exhaustion_a_compressed_message_within_the_bounds_is_delivered_and_one_over_them_refused() {
+fn resource_exhaustion_a_compressed_message_within_the_bounds_is_delivered_and_one_over_them_refused(
+) {
     let Some(fx) = fixture!(Settings::default()) else {
         return;
     };
     let (a, _b) = pair(&fx);
     // The partner may send unsigned, unencrypted messages.
-    fx.partner_set(&a, &["--require-signature", "no", "--require-encryption", "no"]);
+    fx.partner_set(
+        &a,
+        &["--require-signature", "no", "--require-encryption", "no"],
+    );
     let daemon = start_daemon_with(&fx, None, &serve_settings());
     // 4 MiB of EDI-like text in far fewer bytes: under the 16 MiB floor.
     let line = b"ISA*00*          *00*          *ZZ*SENDER         *ZZ*RECEIVER       ~\r\n";

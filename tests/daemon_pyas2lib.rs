@@ -554,7 +554,15 @@ fn pyas2lib_sends_we_receive_into_every_layout_and_a_test_partner() {
             "--mdn-url-allow",
             &allow,
         ];
-        set_partner(&fx, &user, "pyas2peer", test, &peer_url, &peer_cert, &inbound);
+        set_partner(
+            &fx,
+            &user,
+            "pyas2peer",
+            test,
+            &peer_url,
+            &peer_cert,
+            &inbound,
+        );
     }
     let cases = [
         inbound(None, None, false, "sync", None, 0, false),
@@ -783,10 +791,19 @@ fn unnamed_attachments_never_replace_each_other_in_the_plain_layout() {
     let files = fx.as_user(&user, || files_in(&mb.inbox()));
     assert_eq!(files.len(), 4, "{files:?}");
     for (n, id) in ids.iter().enumerate() {
-        let name = as2box::names::unnamed_attachment_name(id.trim_matches(['<', '>']), 1, 1, "application/edi-x12");
+        let name = as2box::names::unnamed_attachment_name(
+            id.trim_matches(['<', '>']),
+            1,
+            1,
+            "application/edi-x12",
+        );
         assert!(name.ends_with(".x12"), "{name}");
         let data = fx.as_user(&user, || ops::read(&mb.inbox().join(&name)));
-        assert_eq!(data.ok(), Some(format!("ISA*{n}").into_bytes()), "{name} in {files:?}");
+        assert_eq!(
+            data.ok(),
+            Some(format!("ISA*{n}").into_bytes()),
+            "{name} in {files:?}"
+        );
     }
 }
 

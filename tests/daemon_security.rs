@@ -247,7 +247,9 @@ impl Gateway {
             mdn.text,
             self.daemon.log()
         );
-        wait_until("the delivery in B's inbox", WAIT, || !self.inbox().is_empty());
+        wait_until("the delivery in B's inbox", WAIT, || {
+            !self.inbox().is_empty()
+        });
     }
 }
 
@@ -264,10 +266,22 @@ fn forged_sender_unsigned_message_is_refused() {
         return;
     };
     let gw = Gateway::secure(fx);
-    let forged = gw.forge(None, false, MdnMode::Sync, b"UNH+1+ORDERS", "application/edifact");
+    let forged = gw.forge(
+        None,
+        false,
+        MdnMode::Sync,
+        b"UNH+1+ORDERS",
+        "application/edifact",
+    );
     gw.assert_refused(&forged, DispositionModifier::InsufficientMessageSecurity);
     // Encrypted to B (B's certificate is public) but unsigned: still refused.
-    let forged = gw.forge(None, true, MdnMode::Sync, b"UNH+1+ORDERS", "application/edifact");
+    let forged = gw.forge(
+        None,
+        true,
+        MdnMode::Sync,
+        b"UNH+1+ORDERS",
+        "application/edifact",
+    );
     gw.assert_refused(&forged, DispositionModifier::InsufficientMessageSecurity);
     let a_key = station_key(&gw.fx, &gw.a.station);
     let genuine = gw.forge(
@@ -293,7 +307,13 @@ fn forged_sender_unencrypted_where_encryption_is_required_is_refused() {
     };
     let gw = Gateway::secure(fx);
     let a_key = station_key(&gw.fx, &gw.a.station);
-    let plain = gw.forge(Some(&a_key), false, MdnMode::Sync, b"x", "application/edi-x12");
+    let plain = gw.forge(
+        Some(&a_key),
+        false,
+        MdnMode::Sync,
+        b"x",
+        "application/edi-x12",
+    );
     gw.assert_refused(&plain, DispositionModifier::InsufficientMessageSecurity);
 }
 
@@ -306,7 +326,13 @@ fn forged_sender_signed_by_another_key_is_refused() {
     };
     let gw = Gateway::secure(fx);
     let attacker = as2_common::make_keypair("attacker");
-    let forged = gw.forge(Some(&attacker), true, MdnMode::Sync, b"x", "application/edi-x12");
+    let forged = gw.forge(
+        Some(&attacker),
+        true,
+        MdnMode::Sync,
+        b"x",
+        "application/edi-x12",
+    );
     gw.assert_refused(&forged, DispositionModifier::AuthenticationFailed);
 }
 
@@ -321,7 +347,13 @@ fn forged_sender_with_an_expired_certificate_is_refused_and_a_rollover_is_accept
     let expired = as2_common::make_keypair_valid("A 2020", 1_577_836_800, now() - 86_400);
     let expired_cert = write_cert(&fx, "expired", &expired);
     let gw = Gateway::new(fx, PartnerCert::File(expired_cert), &[]);
-    let old = gw.forge(Some(&expired), true, MdnMode::Sync, b"x", "application/edi-x12");
+    let old = gw.forge(
+        Some(&expired),
+        true,
+        MdnMode::Sync,
+        b"x",
+        "application/edi-x12",
+    );
     gw.assert_refused(&old, DispositionModifier::AuthenticationFailed);
 
     let current = as2_common::make_keypair_valid("A 2026", now() - 3600, now() + 365 * 86_400);
@@ -335,18 +367,26 @@ fn forged_sender_with_an_expired_certificate_is_refused_and_a_rollover_is_accept
         &gw.b.partner,
         &current_cert.display().to_string(),
     ]);
-    let shown = gw.fx.cli_ok(&[
-        "partner",
-        "show",
-        "--user",
-        &gw.b.user.name,
-        &gw.b.partner,
-    ]);
+    let shown = gw
+        .fx
+        .cli_ok(&["partner", "show", "--user", &gw.b.user.name, &gw.b.partner]);
     assert_eq!(shown.matches("certificate: ").count(), 2, "{shown}");
     assert!(shown.contains("signature required: yes"), "{shown}");
-    let old = gw.forge(Some(&expired), true, MdnMode::Sync, b"y", "application/edi-x12");
+    let old = gw.forge(
+        Some(&expired),
+        true,
+        MdnMode::Sync,
+        b"y",
+        "application/edi-x12",
+    );
     gw.assert_refused(&old, DispositionModifier::AuthenticationFailed);
-    let new = gw.forge(Some(&current), true, MdnMode::Sync, b"z", "application/edi-x12");
+    let new = gw.forge(
+        Some(&current),
+        true,
+        MdnMode::Sync,
+        b"z",
+        "application/edi-x12",
+    );
     gw.assert_delivered(&new);
 }
 
@@ -359,7 +399,13 @@ fn forged_sender_partner_without_a_certificate_fails_closed() {
     };
     let gw = Gateway::new(fx, PartnerCert::Missing, &[]);
     let a_key = station_key(&gw.fx, &gw.a.station);
-    let genuine = gw.forge(Some(&a_key), true, MdnMode::Sync, b"x", "application/edi-x12");
+    let genuine = gw.forge(
+        Some(&a_key),
+        true,
+        MdnMode::Sync,
+        b"x",
+        "application/edi-x12",
+    );
     gw.assert_refused(&genuine, DispositionModifier::AuthenticationFailed);
     assert!(
         gw.daemon.log().contains("partner cert add"),
@@ -383,7 +429,13 @@ fn tampered_payload_line_ends_rewritten_in_a_signed_binary_payload_are_refused()
     let gw = Gateway::new(fx, PartnerCert::StationA, &["--require-encryption", "no"]);
     let a_key = station_key(&gw.fx, &gw.a.station);
     let payload = b"\x00\x01rec\r\nrec\r\n\xfe";
-    let msg = gw.forge(Some(&a_key), false, MdnMode::Sync, payload, "application/octet-stream");
+    let msg = gw.forge(
+        Some(&a_key),
+        false,
+        MdnMode::Sync,
+        payload,
+        "application/octet-stream",
+    );
     let rewritten: Vec<u8> = msg.body.iter().copied().filter(|&c| c != b'\r').collect();
     gw.assert_refused(
         &OutgoingMessage {
@@ -436,7 +488,13 @@ fn mdn_open_proxy_async_mdn_urls_are_not_followed_unless_allowed() {
     let (listener, lport) = as2_common::listen();
     let target = format!("http://127.0.0.1:{lport}/internal-admin");
 
-    let forged = gw.forge(None, false, MdnMode::Async(target.clone()), b"x", "text/plain");
+    let forged = gw.forge(
+        None,
+        false,
+        MdnMode::Async(target.clone()),
+        b"x",
+        "text/plain",
+    );
     gw.assert_refused(&forged, DispositionModifier::InsufficientMessageSecurity);
     assert!(
         !connected(&listener, Duration::from_secs(2)),
@@ -444,11 +502,24 @@ fn mdn_open_proxy_async_mdn_urls_are_not_followed_unless_allowed() {
     );
 
     let a_key = station_key(&gw.fx, &gw.a.station);
-    let genuine = gw.forge(Some(&a_key), true, MdnMode::Async(target.clone()), b"y", "text/plain");
+    let genuine = gw.forge(
+        Some(&a_key),
+        true,
+        MdnMode::Async(target.clone()),
+        b"y",
+        "text/plain",
+    );
     let r = gw.post(&genuine.headers, &genuine.body);
     assert_eq!(gw.mdn_of(&r).disposition, Disposition::Processed);
-    assert!(!connected(&listener, Duration::from_secs(2)), "a URL not allowed was POSTed to");
-    assert!(gw.daemon.log().contains("--mdn-url-allow"), "{}", gw.daemon.log());
+    assert!(
+        !connected(&listener, Duration::from_secs(2)),
+        "a URL not allowed was POSTed to"
+    );
+    assert!(
+        gw.daemon.log().contains("--mdn-url-allow"),
+        "{}",
+        gw.daemon.log()
+    );
     assert!(gw.metric("as2box_async_mdn_url_refused_total") >= 1);
 
     gw.fx.cli_ok(&[
@@ -460,10 +531,19 @@ fn mdn_open_proxy_async_mdn_urls_are_not_followed_unless_allowed() {
         "--mdn-url-allow",
         &format!("http://127.0.0.1:{lport}/"),
     ]);
-    let allowed = gw.forge(Some(&a_key), true, MdnMode::Async(target), b"z", "text/plain");
+    let allowed = gw.forge(
+        Some(&a_key),
+        true,
+        MdnMode::Async(target),
+        b"z",
+        "text/plain",
+    );
     let r = gw.post(&allowed.headers, &allowed.body);
     assert_eq!(r.status(), 200);
-    assert!(connected(&listener, WAIT), "the allowed async MDN never came");
+    assert!(
+        connected(&listener, WAIT),
+        "the allowed async MDN never came"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -498,7 +578,10 @@ fn forged_receipt_async_mdns_settle_only_what_they_prove() {
     ]);
     let daemon = Daemon::start(&fx, port, None);
     fx.as_user(&a.user, || {
-        ok(ops::put(&a.outbox().join("order.edi"), b"UNH+1+ORDERS"), "put")
+        ok(
+            ops::put(&a.outbox().join("order.edi"), b"UNH+1+ORDERS"),
+            "put",
+        )
     });
     // The "partner": takes the request and answers 200.
     let (mut c, _) = listener.accept().unwrap();
@@ -519,7 +602,9 @@ fn forged_receipt_async_mdns_settle_only_what_they_prove() {
             .map(|m| m.state)
             .unwrap_or_default()
     };
-    wait_until("the message awaiting its MDN", WAIT, || waiting() == "awaiting-mdn");
+    wait_until("the message awaiting its MDN", WAIT, || {
+        waiting() == "awaiting-mdn"
+    });
 
     let b_key = station_key(&fx, &b.station);
     let a_key = station_key(&fx, &a.station);
@@ -578,7 +663,9 @@ fn forged_receipt_async_mdns_settle_only_what_they_prove() {
     let r = post(&with_route(&genuine, "MALLORY"), &genuine.body);
     assert_eq!(r.status(), 403, "{r:?}");
     assert_eq!(waiting(), "awaiting-mdn", "{}", daemon.log());
-    assert!(daemon.get("/metrics").contains("as2box_mdn_received_total{outcome=\"rejected\"} 3"));
+    assert!(daemon
+        .get("/metrics")
+        .contains("as2box_mdn_received_total{outcome=\"rejected\"} 3"));
 
     let r = post(&with_route(&genuine, &b.station), &genuine.body);
     assert_eq!(r.status(), 200, "{r:?}\n{}", daemon.log());
@@ -595,7 +682,13 @@ fn forged_sender_a_flood_is_counted_but_not_all_recorded() {
     let gw = Gateway::secure(fx);
     let n = 150;
     for i in 0..n {
-        let forged = gw.forge(None, false, MdnMode::Sync, format!("{i}").as_bytes(), "text/plain");
+        let forged = gw.forge(
+            None,
+            false,
+            MdnMode::Sync,
+            format!("{i}").as_bytes(),
+            "text/plain",
+        );
         let r = gw.post(&forged.headers, &forged.body);
         assert_eq!(r.status(), 200);
     }
@@ -607,6 +700,9 @@ fn forged_sender_a_flood_is_counted_but_not_all_recorded() {
     );
     // 60 a minute; the run may straddle one minute's end.
     let recorded = gw.refused().len();
-    assert!((60..=120).contains(&recorded), "{recorded} refusals recorded");
+    assert!(
+        (60..=120).contains(&recorded),
+        "{recorded} refusals recorded"
+    );
     assert!(gw.stored_inbound().is_empty());
 }

@@ -248,5 +248,11 @@ fn a_partner_that_may_send_unsigned_messages_is_warned_about() {
     let (_, checks) = doctor(&fx);
     let c = find(&checks, "inbound", "unsigned");
     assert_eq!(status(c), "warn", "{c}");
-    assert!(c["fix"].as_str().unwrap().contains("--require-signature yes"), "{c}");
+    assert!(
+        c["fix"]
+            .as_str()
+            .unwrap()
+            .contains("--require-signature yes"),
+        "{c}"
+    );
 }

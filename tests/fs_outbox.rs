@@ -327,7 +327,9 @@ fn a_cancelled_upload_is_sent_in_close_mode_and_held_in_rename_mode() {
     let mb = fx.mailbox();
     let whole = vec![b'x'; 100_000];
     let cut = &whole[..40_000];
-    fx.as_user(&mb.user, || ok(ops::put(&mb.outbox().join("a.edi"), cut), "put"));
+    fx.as_user(&mb.user, || {
+        ok(ops::put(&mb.outbox().join("a.edi"), cut), "put")
+    });
     assert_queued_single(&fx, &mb, "a.edi", cut);
 
     fx.cli_ok(&["station", "set", &mb.station, "--pickup", "rename"]);
@@ -340,7 +342,10 @@ fn a_cancelled_upload_is_sent_in_close_mode_and_held_in_rename_mode() {
         assert_eq!(st.mode() & 0o777, 0o640, "held, still writable");
         assert_eq!(st.size(), cut.len() as u64);
     });
-    assert!(msgs_named(&fx, &mb, "b.edi").is_empty(), "a plain close sent it");
+    assert!(
+        msgs_named(&fx, &mb, "b.edi").is_empty(),
+        "a plain close sent it"
+    );
     let tmp = mb.outbox().join("c.edi.part");
     fx.as_user(&mb.user, || {
         ok(ops::put(&tmp, &whole), "put temporary");

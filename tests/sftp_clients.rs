@@ -166,7 +166,12 @@ fn twenty_simultaneous_logins_from_one_client_all_get_through() {
         .filter(|o| !o.status.success())
         .map(|o| text(&o))
         .collect();
-    assert!(failed.is_empty(), "{} of 20 logins failed: {failed:?}\nsshd log:\n{}", failed.len(), env.sshd_log());
+    assert!(
+        failed.is_empty(),
+        "{} of 20 logins failed: {failed:?}\nsshd log:\n{}",
+        failed.len(),
+        env.sshd_log()
+    );
 }
 
 /// The per-source limit still holds: with 20 unauthenticated connections from one address
@@ -180,7 +185,8 @@ fn the_21st_unauthenticated_connection_from_one_address_is_refused() {
     use std::io::Read;
     let env = Env::start();
     let banner = |s: &mut std::net::TcpStream| -> Option<String> {
-        s.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
         let mut buf = [0u8; 256];
         match s.read(&mut buf) {
             Ok(n) if n > 0 => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),

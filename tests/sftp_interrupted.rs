@@ -156,26 +156,43 @@ fn a_folder_with_an_interrupted_file_goes_to_failed_whole() {
     if !sshd::ready("a_folder_with_an_interrupted_file_goes_to_failed_whole") {
         return;
     }
-    let mut env =
-        Env::start_with("[outbox]\nincomplete_timeout_secs = 1\nbatch_quiet_secs = 3\n");
+    let mut env = Env::start_with("[outbox]\nincomplete_timeout_secs = 1\nbatch_quiet_secs = 3\n");
     let u = env.user();
     let pd = partner_dir(&u.name);
     let whole = env.local("a.csv", b"complete\n");
     env.sftp_ok(
         &u,
-        &format!("mkdir {pd}/outbox/batch\nput {} {pd}/outbox/batch/a.csv\n", whole.display()),
+        &format!(
+            "mkdir {pd}/outbox/batch\nput {} {pd}/outbox/batch/a.csv\n",
+            whole.display()
+        ),
     );
     let data = vec![b'y'; 200_000];
-    upload_half_then_die(&env, &u, &format!("{pd}/outbox/batch/b.csv"), &data, 100_000);
+    upload_half_then_die(
+        &env,
+        &u,
+        &format!("{pd}/outbox/batch/b.csv"),
+        &data,
+        100_000,
+    );
     wait_interrupted(&env, &u, "b.csv");
     let failed = env.tree(&u).join(pd.trim_start_matches('/')).join("failed");
     let reason = wait_for(20.0, "batch.reason.txt in failed/", || {
         std::fs::read_to_string(failed.join("batch.reason.txt")).ok()
     });
-    assert!(reason.contains("b.csv") && reason.contains("interrupted"), "{reason}");
+    assert!(
+        reason.contains("b.csv") && reason.contains("interrupted"),
+        "{reason}"
+    );
     assert_eq!(reason.trim_end().lines().count(), 1, "one reason: {reason}");
-    assert_eq!(std::fs::read(failed.join("batch/a.csv")).unwrap(), b"complete\n");
-    assert_eq!(std::fs::read(failed.join("batch/b.csv")).unwrap().len(), 100_000);
+    assert_eq!(
+        std::fs::read(failed.join("batch/a.csv")).unwrap(),
+        b"complete\n"
+    );
+    assert_eq!(
+        std::fs::read(failed.join("batch/b.csv")).unwrap().len(),
+        100_000
+    );
     let msgs = env.messages(&u.name);
     assert_eq!(msgs.len(), 1, "{msgs:?}");
     assert_eq!(msgs[0]["state"], "failed", "nothing may be sent: {msgs:?}");

@@ -16,10 +16,7 @@ fn inbox_get_rm_cd_up_rmdir_as_documented() {
     let pd = partner_dir(&u.name);
     // Sessions start at the top of the chroot, as the hosted service documents.
     let out = env.sftp_ok(&u, "pwd\nls -1\n");
-    assert!(
-        out.contains("Remote working directory: /\n"),
-        "{out}"
-    );
+    assert!(out.contains("Remote working directory: /\n"), "{out}");
     assert!(out.contains("as2gateway"), "{out}");
     let out = env.sftp_ok(&u, &format!("cd {pd}/inbox\nls -1\n"));
     let folders: Vec<&str> = out
@@ -301,6 +298,9 @@ fn the_guides_relative_commands_work_as_written() {
     );
     assert_eq!(std::fs::read(&got).unwrap(), b"INVOIC\n");
     // WinSCP-style absolute paths.
-    let out = env.sftp_ok(&u, &format!("cd {}/inbox/{folder}\nls -1\n", partner_dir(&u.name)));
+    let out = env.sftp_ok(
+        &u,
+        &format!("cd {}/inbox/{folder}\nls -1\n", partner_dir(&u.name)),
+    );
     assert!(out.contains("invoice.edi"), "{out}");
 }

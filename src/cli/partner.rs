@@ -106,7 +106,9 @@ fn parse_mdn_url(s: &str) -> Result<String, String> {
         return Ok(s.into());
     }
     let ok = (s.starts_with("http://") || s.starts_with("https://"))
-        && s.parse::<hyper::Uri>().map(|u| u.host().is_some()).unwrap_or(false);
+        && s.parse::<hyper::Uri>()
+            .map(|u| u.host().is_some())
+            .unwrap_or(false);
     if ok {
         Ok(s.into())
     } else {
@@ -482,7 +484,11 @@ fn run_cert(store: &Store, c: CertCommand) -> anyhow::Result<()> {
             );
             profile.cert_paths.push(cert.clone());
             store.set_partner_profile(p.id, &profile)?;
-            println!("added certificate {} to partner {id}: {}", cert.display(), cert_summary(&cert));
+            println!(
+                "added certificate {} to partner {id}: {}",
+                cert.display(),
+                cert_summary(&cert)
+            );
             Ok(())
         }
         CertCommand::List {
@@ -490,7 +496,9 @@ fn run_cert(store: &Store, c: CertCommand) -> anyhow::Result<()> {
         } => {
             let p = get(store, &user, &id, test)?;
             if p.profile.cert_paths.is_empty() {
-                println!("partner {id} has no certificate (add one with `as2box partner cert add`)");
+                println!(
+                    "partner {id} has no certificate (add one with `as2box partner cert add`)"
+                );
             }
             for c in &p.profile.cert_paths {
                 println!("{}  {}", c.display(), cert_summary(c));

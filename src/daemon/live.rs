@@ -133,9 +133,9 @@ pub async fn watch(live: Arc<LiveConfig>, mut stop: watch::Receiver<bool>) {
         if let Ok(ev) = ev {
             if changes_content(&ev.kind)
                 && ev
-                .paths
-                .iter()
-                .any(|p| interesting.iter().any(|f| same_file_name(p, f)))
+                    .paths
+                    .iter()
+                    .any(|p| interesting.iter().any(|f| same_file_name(p, f)))
             {
                 let _ = tx.send(());
             }
@@ -201,9 +201,15 @@ mod tests {
     fn opening_or_reading_the_file_is_no_change() {
         use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
         use notify::EventKind;
-        assert!(!changes_content(&EventKind::Access(AccessKind::Open(AccessMode::Any))));
-        assert!(!changes_content(&EventKind::Access(AccessKind::Close(AccessMode::Read))));
-        assert!(changes_content(&EventKind::Access(AccessKind::Close(AccessMode::Write))));
+        assert!(!changes_content(&EventKind::Access(AccessKind::Open(
+            AccessMode::Any
+        ))));
+        assert!(!changes_content(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(changes_content(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
         assert!(changes_content(&EventKind::Modify(ModifyKind::Any)));
         assert!(changes_content(&EventKind::Create(CreateKind::File)));
     }

@@ -201,7 +201,10 @@ mod tests {
     fn internal_addresses_need_an_explicit_entry() {
         let p = partner(Some("http://127.0.0.1:8080/as2"), &[]);
         let e = check("http://127.0.0.1:8080/mdn", &p).unwrap_err();
-        assert!(e.why.contains("--mdn-url-allow http://127.0.0.1:8080/"), "{e}");
+        assert!(
+            e.why.contains("--mdn-url-allow http://127.0.0.1:8080/"),
+            "{e}"
+        );
         let p = partner(
             Some("http://127.0.0.1:8080/as2"),
             &["http://127.0.0.1:8080/"],

@@ -11,13 +11,13 @@ use super::http::{Req, Resp};
 use super::metrics::inc;
 use super::{blocking, mdn_target, Ctx};
 use crate::as2::certs::ValidityPolicy;
+use crate::as2::headers::unquote_as2_name;
 use crate::as2::mdn::{build_mdn, parse_mdn, Disposition, MdnParams};
 use crate::as2::message::{
     decompressed_size_limit, parse_body_shared, MemoryGrant, ReceiveContext, RequestInfo,
 };
 use crate::as2::mic::Mic;
 use crate::as2::DispositionModifier;
-use crate::as2::headers::unquote_as2_name;
 use crate::as2::Headers;
 use crate::mailbox::{self, IncomingFile};
 use crate::store::{InboundOrigin, OwedMdn, Partner, Station};
@@ -110,7 +110,16 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
             let e = crate::as2::error::As2Error::AuthenticationFailed(format!(
                 "no certificate to verify the partner's signature with: {why}"
             ));
-            return refuse(&ctx, &req, &info, &station, &partner, key.as_deref().ok(), &e).await;
+            return refuse(
+                &ctx,
+                &req,
+                &info,
+                &station,
+                &partner,
+                key.as_deref().ok(),
+                &e,
+            )
+            .await;
         }
         Err(_) => Arc::new(Vec::new()),
     };
@@ -147,7 +156,16 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
             return resp;
         }
         (Err(e), false) => {
-            return refuse(&ctx, &req, &info, &station, &partner, key.as_deref().ok(), &e).await;
+            return refuse(
+                &ctx,
+                &req,
+                &info,
+                &station,
+                &partner,
+                key.as_deref().ok(),
+                &e,
+            )
+            .await;
         }
     };
     // A resend of something we already delivered (checked only now, after decryption and
@@ -614,9 +632,17 @@ async fn answer(
 /// Starts one delivery attempt of an owed MDN if a slot is free ([`Ctx::owed_mdn_slots`]);
 /// otherwise a kept MDN waits in the store for the retry loop, and one for a resend is
 /// dropped (the sender's next resend gets it again).
-fn spawn_owed_mdn(ctx: &Arc<Ctx>, owed: OwedMdn, kept: bool, destinations: mdn_target::Destinations) {
+fn spawn_owed_mdn(
+    ctx: &Arc<Ctx>,
+    owed: OwedMdn,
+    kept: bool,
+    destinations: mdn_target::Destinations,
+) {
     let Ok(slot) = ctx.owed_mdn_slots.clone().try_acquire_owned() else {
-        return warn!(message = owed.id, "too many async MDNs in flight; this one waits for the retry loop");
+        return warn!(
+            message = owed.id,
+            "too many async MDNs in flight; this one waits for the retry loop"
+        );
     };
     let ctx = ctx.clone();
     tokio::spawn(async move {
@@ -657,13 +683,12 @@ async fn deliver_owed_mdn(
         destinations,
         max_answer_bytes: 64 << 10,
     };
-    let outcome = match super::http::post(&url, &headers, owed.body.clone(), None, timeout, target)
-        .await
-    {
-        Ok(r) if (200..300).contains(&r.status) => Ok(()),
-        Ok(r) => Err(format!("HTTP {}", r.status)),
-        Err(e) => Err(e.0),
-    };
+    let outcome =
+        match super::http::post(&url, &headers, owed.body.clone(), None, timeout, target).await {
+            Ok(r) if (200..300).contains(&r.status) => Ok(()),
+            Ok(r) => Err(format!("HTTP {}", r.status)),
+            Err(e) => Err(e.0),
+        };
     let attempt = owed.attempts + 1;
     let (store, id) = (ctx.store.clone(), owed.id);
     let backoff = super::Backoff {

@@ -366,8 +366,15 @@ async fn attempt(ctx: &Arc<Ctx>, c: Claimed) -> (Attempt, Option<String>) {
     info!(message = c.id, attempt = c.attempts, %url, message_id = %msg.message_id, bytes, since_queued_ms, "sending");
     // A sync MDN is a few KiB; the bound is for a partner that answers with a stream.
     let target = super::http::PostTarget::partner(SYNC_ANSWER_MAX_BYTES);
-    let resp = match super::http::post(&url, &msg.headers, msg.body, trust.as_ref(), timeout, target)
-        .await
+    let resp = match super::http::post(
+        &url,
+        &msg.headers,
+        msg.body,
+        trust.as_ref(),
+        timeout,
+        target,
+    )
+    .await
     {
         Ok(r) => r,
         Err(e) => return (Attempt::Transient(e.0), None),

@@ -78,7 +78,8 @@ pub fn batch_ready(
 /// The one-sentence reason an interrupted upload that nobody completed within
 /// `timeout_secs` is not sent; in a folder message, the whole folder fails with it.
 pub fn interrupted_reason(name: &str, folder: Option<&str>, timeout_secs: f64) -> String {
-    let why = "was interrupted (the connection dropped before it finished) and was not completed within";
+    let why =
+        "was interrupted (the connection dropped before it finished) and was not completed within";
     match folder {
         Some(f) => format!(
             "Not sent: the folder {f:?} lacks {name:?}, whose upload {why} {timeout_secs} seconds; upload the folder again."
@@ -214,13 +215,22 @@ mod tests {
     fn close_outcomes() {
         use crate::store::PickupMode::{Close, Rename};
         assert_eq!(on_close("a.edi", false, false, Close), CloseOutcome::Pickup);
-        assert_eq!(on_close("a.edi.filepart", false, false, Close), CloseOutcome::Hold);
+        assert_eq!(
+            on_close("a.edi.filepart", false, false, Close),
+            CloseOutcome::Hold
+        );
         assert_eq!(on_close(".a", false, false, Close), CloseOutcome::Hold);
         assert_eq!(on_close("a.edi", true, false, Close), CloseOutcome::Hold);
-        assert_eq!(on_close("a.edi", false, true, Close), CloseOutcome::Interrupted);
+        assert_eq!(
+            on_close("a.edi", false, true, Close),
+            CloseOutcome::Interrupted
+        );
         // In rename mode a plain close never commits; an exiting writer is still told apart.
         assert_eq!(on_close("a.edi", false, false, Rename), CloseOutcome::Hold);
-        assert_eq!(on_close("a.edi", false, true, Rename), CloseOutcome::Interrupted);
+        assert_eq!(
+            on_close("a.edi", false, true, Rename),
+            CloseOutcome::Interrupted
+        );
     }
 
     #[test]

@@ -175,7 +175,15 @@ fn release_expired_name(tx: &Transaction<'_>, b: BoxRef, parent: i64, name: &str
              SELECT e.id FROM entries e JOIN gone g ON e.parent = g.id WHERE e.state = ?6
          )
          DELETE FROM entries WHERE id IN (SELECT id FROM gone)",
-        params![b.station_id, b.partner_id, b.kind.code(), parent, name, lingering, now_ms()],
+        params![
+            b.station_id,
+            b.partner_id,
+            b.kind.code(),
+            parent,
+            name,
+            lingering,
+            now_ms()
+        ],
     )?;
     Ok(())
 }

@@ -6,8 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::{
     CompressOption, EncryptOption, InboxLayout, MdnOption, Partner, PartnerProfile, PickupMode,
-    Result,
-    SignOption, Station, Store, StoreError, User,
+    Result, SignOption, Station, Store, StoreError, User,
 };
 use crate::timefmt::now_ms;
 
@@ -73,7 +72,8 @@ fn partner_from_row(r: &Row<'_>) -> rusqlite::Result<Partner> {
 }
 
 const USER_COLS: &str = "id, name, uid, gid, quota, created_ms";
-const STATION_COLS: &str = "id, user_id, as2_id, inbox_layout, created_ms, key_path, cert_path, pickup";
+const STATION_COLS: &str =
+    "id, user_id, as2_id, inbox_layout, created_ms, key_path, cert_path, pickup";
 const PARTNER_COLS: &str = "id, user_id, as2_id, test, url, created_ms, certs, trust_path, sign, encrypt, compress, mdn, mdn_signed, content_type, require_signature, require_encryption, mdn_url_allow";
 
 /// One stored public key of a user.

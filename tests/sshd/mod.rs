@@ -480,7 +480,9 @@ impl Env {
     /// Runs the OpenSSH `sftp` client in batch mode with `commands` (one per line). With
     /// batch mode, a failing command (not prefixed with `-`) ends the batch with status 1.
     pub fn sftp(&self, user: &str, key: &Path, commands: &str) -> Output {
-        self.sftp_spawn(user, key, commands).wait_with_output().unwrap()
+        self.sftp_spawn(user, key, commands)
+            .wait_with_output()
+            .unwrap()
     }
 
     /// [`Env::sftp`] started, not waited for (output piped).
