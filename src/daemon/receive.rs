@@ -103,44 +103,35 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
     };
     let key = ctx.keys.station_key(&station);
     let policy = partner.profile.inbound;
-    let certs = match ctx.keys.partner_certs(&partner) {
-        Ok(c) => c,
-        // Fail closed: a signature we must check and nothing to check it with.
-        Err(why) if policy.require_signature => {
-            let e = crate::as2::error::As2Error::AuthenticationFailed(format!(
-                "no certificate to verify the partner's signature with: {why}"
-            ));
-            return refuse(
-                &ctx,
-                &req,
-                &info,
-                &station,
-                &partner,
-                key.as_deref().ok(),
-                &e,
-            )
-            .await;
-        }
-        Err(_) => Arc::new(Vec::new()),
-    };
-
     let body = req.body.clone();
     let headers = req.headers.clone();
     let info2 = info.clone();
     let key2 = key.clone().ok();
     let (max_decompressed, memory) = decompression_bounds(&ctx, &req);
-    let parsed = blocking(move || {
-        let keys = key2.as_deref().map(std::slice::from_ref).unwrap_or(&[]);
-        let mut rctx = ReceiveContext::new(keys, &certs, ValidityPolicy::at(now_unix()));
-        rctx.require_signature = policy.require_signature;
-        rctx.require_encryption = policy.require_encryption;
-        rctx.max_decompressed_size = max_decompressed;
-        let grant = |total: usize| memory.grant(total);
-        rctx.memory = Some(MemoryGrant(&grant));
-        let parsed = parse_body_shared(info2, &headers, body, &rctx);
-        (parsed, memory.busy())
-    })
-    .await;
+    let parsed = match ctx.keys.partner_certs(&partner) {
+        // Fail closed: a signature we must check and nothing to check it with.
+        Err(why) if policy.require_signature => (
+            Err(crate::as2::error::As2Error::AuthenticationFailed(format!(
+                "no certificate to verify the partner's signature with: {why}"
+            ))),
+            false,
+        ),
+        certs => {
+            let certs = certs.unwrap_or_default();
+            blocking(move || {
+                let keys = key2.as_deref().map(std::slice::from_ref).unwrap_or(&[]);
+                let mut rctx = ReceiveContext::new(keys, &certs, ValidityPolicy::at(now_unix()));
+                rctx.require_signature = policy.require_signature;
+                rctx.require_encryption = policy.require_encryption;
+                rctx.max_decompressed_size = max_decompressed;
+                let grant = |total: usize| memory.grant(total);
+                rctx.memory = Some(MemoryGrant(&grant));
+                let parsed = parse_body_shared(info2, &headers, body, &rctx);
+                (parsed, memory.busy())
+            })
+            .await
+        }
+    };
     let msg = match parsed {
         (Ok(m), _) => m,
         // Our memory budget was taken by other requests: a passing condition, like a full
