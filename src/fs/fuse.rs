@@ -15,6 +15,7 @@ use fuser::{
 
 use super::core::{Attr, Caller, Errno, Kind, MailboxFs, RenameMode, SetAttr, BLOCK};
 use crate::timefmt::{ms_to_system_time, system_time_ms};
+use tracing::warn;
 
 /// How long the kernel may cache names and attributes: short, so that configuration
 /// changes and deliveries by other processes show within a second.
@@ -41,6 +42,17 @@ impl FuseAdapter {
         FuseAdapter { core }
     }
 
+    /// The errno for the kernel. An error that is ours rather than the caller's (it
+    /// carries a cause: EIO, a full disk) is logged here, once per failed request, with
+    /// the operation and the path.
+    fn fail(&self, op: &'static str, ino: u64, name: Option<&str>, e: Errno) -> FuseErrno {
+        if let Some(cause) = &e.cause {
+            let path = self.core.describe(ino, name);
+            warn!(op, %path, errno = e.code, %cause, "request failed");
+        }
+        FuseErrno::from_i32(e.code)
+    }
+
     /// How the kernel should treat an opened file: see `MailboxFs::direct_io`.
     fn open_flags(&self, fh: u64) -> FopenFlags {
         if self.core.direct_io(fh) {
@@ -57,10 +69,6 @@ fn caller(req: &Request) -> Caller {
         gid: req.gid(),
         pid: req.pid(),
     }
-}
-
-fn err(e: Errno) -> FuseErrno {
-    FuseErrno::from_i32(e.0)
 }
 
 fn name_str(name: &OsStr) -> Result<&str, FuseErrno> {
@@ -120,18 +128,27 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let r =
-            name_str(name).and_then(|n| self.core.lookup(&caller(req), parent.0, n).map_err(err));
+        let r = name_str(name).and_then(|n| {
+            (self.core.lookup(&caller(req), parent.0, n))
+                .map_err(|e| self.fail("lookup", parent.0, Some(n), e))
+        });
         match r {
-            Ok(a) => reply.entry(ttl(&a), &file_attr(&a), Generation(0)),
+            Ok(a) => {
+                self.core.remember(a.ino);
+                reply.entry(ttl(&a), &file_attr(&a), Generation(0))
+            }
             Err(e) => reply.error(e),
         }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.core.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.core.getattr(&caller(req), ino.0) {
             Ok(a) => reply.attr(ttl(&a), &file_attr(&a)),
-            Err(e) => reply.error(err(e)),
+            Err(e) => reply.error(self.fail("getattr", ino.0, None, e)),
         }
     }
 
@@ -163,7 +180,7 @@ impl Filesystem for FuseAdapter {
         };
         match self.core.setattr(&caller(req), ino.0, s) {
             Ok(a) => reply.attr(ttl(&a), &file_attr(&a)),
-            Err(e) => reply.error(err(e)),
+            Err(e) => reply.error(self.fail("setattr", ino.0, None, e)),
         }
     }
 
@@ -193,17 +210,24 @@ impl Filesystem for FuseAdapter {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let r =
-            name_str(name).and_then(|n| self.core.mkdir(&caller(req), parent.0, n).map_err(err));
+        let r = name_str(name).and_then(|n| {
+            (self.core.mkdir(&caller(req), parent.0, n))
+                .map_err(|e| self.fail("mkdir", parent.0, Some(n), e))
+        });
         match r {
-            Ok(a) => reply.entry(ttl(&a), &file_attr(&a), Generation(0)),
+            Ok(a) => {
+                self.core.remember(a.ino);
+                reply.entry(ttl(&a), &file_attr(&a), Generation(0))
+            }
             Err(e) => reply.error(e),
         }
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r =
-            name_str(name).and_then(|n| self.core.unlink(&caller(req), parent.0, n).map_err(err));
+        let r = name_str(name).and_then(|n| {
+            (self.core.unlink(&caller(req), parent.0, n))
+                .map_err(|e| self.fail("unlink", parent.0, Some(n), e))
+        });
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -211,8 +235,10 @@ impl Filesystem for FuseAdapter {
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r =
-            name_str(name).and_then(|n| self.core.rmdir(&caller(req), parent.0, n).map_err(err));
+        let r = name_str(name).and_then(|n| {
+            (self.core.rmdir(&caller(req), parent.0, n))
+                .map_err(|e| self.fail("rmdir", parent.0, Some(n), e))
+        });
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -252,7 +278,7 @@ impl Filesystem for FuseAdapter {
             let nn = name_str(newname)?;
             self.core
                 .rename(&caller(req), parent.0, n, newparent.0, nn, mode)
-                .map_err(err)
+                .map_err(|e| self.fail("rename", parent.0, Some(n), e))
         });
         match r {
             Ok(()) => reply.ok(),
@@ -277,14 +303,14 @@ impl Filesystem for FuseAdapter {
         let truncate = flags.0 & libc::O_TRUNC != 0;
         match self.core.open(&caller(req), ino.0, write, truncate) {
             Ok(fh) => reply.opened(FileHandle(fh), self.open_flags(fh)),
-            Err(e) => reply.error(err(e)),
+            Err(e) => reply.error(self.fail("open", ino.0, None, e)),
         }
     }
 
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -294,14 +320,14 @@ impl Filesystem for FuseAdapter {
     ) {
         match self.core.read(fh.0, offset, size) {
             Ok(data) => reply.data(&data),
-            Err(e) => reply.error(err(e)),
+            Err(e) => reply.error(self.fail("read", ino.0, None, e)),
         }
     }
 
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -312,21 +338,21 @@ impl Filesystem for FuseAdapter {
     ) {
         match self.core.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
-            Err(e) => reply.error(err(e)),
+            Err(e) => reply.error(self.fail("write", ino.0, None, e)),
         }
     }
 
     fn flush(
         &self,
         req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
         match self.core.flush(&caller(req), fh.0) {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(err(e)),
+            Err(e) => reply.error(self.fail("flush", ino.0, None, e)),
         }
     }
 
@@ -347,21 +373,21 @@ impl Filesystem for FuseAdapter {
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
         match self.core.fsync(fh.0) {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(err(e)),
+            Err(e) => reply.error(self.fail("fsync", ino.0, None, e)),
         }
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.core.opendir(&caller(req), ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(err(e)),
+            Err(e) => reply.error(self.fail("opendir", ino.0, None, e)),
         }
     }
 
@@ -375,7 +401,7 @@ impl Filesystem for FuseAdapter {
     ) {
         let items = match self.core.dir_items(fh.0) {
             Ok(items) => items,
-            Err(e) => return reply.error(err(e)),
+            Err(e) => return reply.error(FuseErrno::from_i32(e.code)),
         };
         for (i, item) in items.iter().enumerate().skip(offset as usize) {
             let kind = match item.attr.kind {
@@ -399,7 +425,7 @@ impl Filesystem for FuseAdapter {
     ) {
         let items = match self.core.dir_items(fh.0) {
             Ok(items) => items,
-            Err(e) => return reply.error(err(e)),
+            Err(e) => return reply.error(FuseErrno::from_i32(e.code)),
         };
         for (i, item) in items.iter().enumerate().skip(offset as usize) {
             let attr = file_attr(&item.attr);
@@ -412,6 +438,10 @@ impl Filesystem for FuseAdapter {
                 Generation(0),
             ) {
                 break;
+            }
+            // The kernel takes a reference to every entry but the dot entries.
+            if item.name != "." && item.name != ".." {
+                self.core.remember(item.attr.ino);
             }
         }
         reply.ok();
@@ -453,7 +483,7 @@ impl Filesystem for FuseAdapter {
                 255,
                 BLOCK as u32,
             ),
-            Err(e) => reply.error(err(e)),
+            Err(e) => reply.error(self.fail("statfs", ino.0, None, e)),
         }
     }
 
@@ -495,7 +525,7 @@ impl Filesystem for FuseAdapter {
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         match self.core.access(&caller(req), ino.0, mask.bits()) {
             Ok(_) => reply.ok(),
-            Err(e) => reply.error(err(e)),
+            Err(e) => reply.error(self.fail("access", ino.0, None, e)),
         }
     }
 
@@ -513,16 +543,19 @@ impl Filesystem for FuseAdapter {
         let r = name_str(name).and_then(|n| {
             self.core
                 .create(&caller(req), parent.0, n, truncate)
-                .map_err(err)
+                .map_err(|e| self.fail("create", parent.0, Some(n), e))
         });
         match r {
-            Ok((a, fh)) => reply.created(
-                ttl(&a),
-                &file_attr(&a),
-                Generation(0),
-                FileHandle(fh),
-                self.open_flags(fh),
-            ),
+            Ok((a, fh)) => {
+                self.core.remember(a.ino);
+                reply.created(
+                    ttl(&a),
+                    &file_attr(&a),
+                    Generation(0),
+                    FileHandle(fh),
+                    self.open_flags(fh),
+                )
+            }
             Err(e) => reply.error(e),
         }
     }

@@ -83,12 +83,23 @@ impl Key {
 }
 
 /// Bidirectional map between inode numbers and keys. Numbers are never reused while
-/// mounted.
+/// mounted. A number lives while the kernel holds references to it (entry replies it
+/// accepted, dropped by `forget`) or a listing handed it out; then it is forgotten, so
+/// that listing large folders does not grow the table for the life of the mount.
 #[derive(Debug)]
 pub struct Inodes {
-    by_ino: HashMap<u64, Key>,
+    by_ino: HashMap<u64, Node>,
     by_key: HashMap<Key, u64>,
     next: u64,
+}
+
+#[derive(Debug)]
+struct Node {
+    key: Key,
+    /// The kernel's lookup count.
+    lookups: u64,
+    /// Open listings that name it.
+    listings: u32,
 }
 
 /// The root's inode number (FUSE's fixed 1).
@@ -101,7 +112,14 @@ impl Default for Inodes {
             by_key: HashMap::new(),
             next: ROOT_INO + 1,
         };
-        t.by_ino.insert(ROOT_INO, Key::Root);
+        t.by_ino.insert(
+            ROOT_INO,
+            Node {
+                key: Key::Root,
+                lookups: 1,
+                listings: 0,
+            },
+        );
         t.by_key.insert(Key::Root, ROOT_INO);
         t
     }
@@ -115,7 +133,14 @@ impl Inodes {
         }
         let ino = self.next;
         self.next += 1;
-        self.by_ino.insert(ino, key.clone());
+        self.by_ino.insert(
+            ino,
+            Node {
+                key: key.clone(),
+                lookups: 0,
+                listings: 0,
+            },
+        );
         self.by_key.insert(key, ino);
         ino
     }
@@ -127,13 +152,71 @@ impl Inodes {
 
     /// The key of `ino`.
     pub fn key(&self, ino: u64) -> Option<Key> {
-        self.by_ino.get(&ino).cloned()
+        self.by_ino.get(&ino).map(|n| n.key.clone())
+    }
+
+    /// How many inodes are known.
+    pub fn len(&self) -> usize {
+        self.by_ino.len()
+    }
+
+    /// The kernel took one more reference (it accepted an entry reply).
+    pub fn remember(&mut self, ino: u64) {
+        if let Some(n) = self.by_ino.get_mut(&ino) {
+            n.lookups += 1;
+        }
+    }
+
+    /// The kernel dropped `count` references; `busy` keeps the number even when none are
+    /// left (an upload in progress is found by it).
+    pub fn forget(&mut self, ino: u64, count: u64, busy: bool) {
+        if let Some(n) = self.by_ino.get_mut(&ino) {
+            n.lookups = n.lookups.saturating_sub(count);
+        }
+        if !busy {
+            self.drop_if_unused(ino);
+        }
+    }
+
+    /// A listing names `ino` until [`Inodes::unlist`].
+    pub fn list(&mut self, ino: u64) {
+        if let Some(n) = self.by_ino.get_mut(&ino) {
+            n.listings += 1;
+        }
+    }
+
+    /// A listing that named `ino` is closed.
+    pub fn unlist(&mut self, ino: u64) {
+        if let Some(n) = self.by_ino.get_mut(&ino) {
+            n.listings = n.listings.saturating_sub(1);
+        }
+        self.drop_if_unused(ino);
+    }
+
+    /// Forgets `ino` if neither the kernel nor a listing refers to it.
+    pub fn drop_if_unused(&mut self, ino: u64) {
+        if ino == ROOT_INO {
+            return;
+        }
+        if let Some(n) = self.by_ino.get(&ino) {
+            if n.lookups == 0 && n.listings == 0 {
+                let key = n.key.clone();
+                self.by_ino.remove(&ino);
+                if self.by_key.get(&key) == Some(&ino) {
+                    self.by_key.remove(&key);
+                }
+            }
+        }
     }
 
     /// Points an existing inode at a new key (a draft that became an entry keeps its inode,
     /// so the kernel's open files and cached names stay valid).
     pub fn rekey(&mut self, ino: u64, key: Key) {
-        if let Some(old) = self.by_ino.insert(ino, key.clone()) {
+        let Some(node) = self.by_ino.get_mut(&ino) else {
+            return;
+        };
+        let old = std::mem::replace(&mut node.key, key.clone());
+        if self.by_key.get(&old) == Some(&ino) {
             self.by_key.remove(&old);
         }
         if let Some(other) = self.by_key.insert(key, ino) {
@@ -166,5 +249,30 @@ mod tests {
         assert_eq!(t.key(d), Some(Key::Entry { user: 1, id: 9 }));
         assert_eq!(t.ino(Key::Entry { user: 1, id: 9 }), d);
         assert_ne!(t.ino(Key::Draft { user: 1, id: 7 }), d);
+    }
+
+    #[test]
+    fn an_inode_lives_while_the_kernel_or_a_listing_holds_it() {
+        let mut t = Inodes::default();
+        let a = t.ino(Key::Home(1));
+        t.list(a);
+        t.remember(a);
+        t.remember(a);
+        t.unlist(a);
+        assert_eq!(t.key(a), Some(Key::Home(1)), "the kernel still holds it");
+        t.forget(a, 1, false);
+        assert_eq!(t.key(a), Some(Key::Home(1)), "one reference left");
+        t.forget(a, 1, true);
+        assert_eq!(t.key(a), Some(Key::Home(1)), "busy");
+        t.forget(a, 0, false);
+        assert_eq!(t.key(a), None);
+        assert_eq!(t.find(&Key::Home(1)), None);
+        let b = t.ino(Key::Home(1));
+        assert_ne!(a, b, "numbers are not reused");
+        t.list(b);
+        t.unlist(b);
+        assert_eq!(t.len(), 1, "only listed: gone with the listing");
+        t.forget(ROOT_INO, 5, false);
+        assert_eq!(t.key(ROOT_INO), Some(Key::Root));
     }
 }

@@ -1,13 +1,18 @@
-//! The mailbox filesystem: `core` holds the tree and uploads in our own types, `fuse` is the
-//! thin `fuser` adapter, `inodes` maps kernel inode numbers to tree nodes. `mount` runs it.
+//! The mailbox filesystem: `core` holds the tree and uploads in our own types (with
+//! `tree`, `drafts`, `outbox` and `paths` for its sections), `fuse` is the thin `fuser`
+//! adapter, `inodes` maps kernel inode numbers to tree nodes. `mount` runs it.
 
 mod closer;
 mod core;
+mod drafts;
 mod fuse;
 mod inodes;
 #[cfg(test)]
 mod model_tests;
+mod outbox;
+mod paths;
 mod running_hash;
+mod tree;
 
 pub use self::core::{Attr, Caller, Errno, Kind, MailboxFs};
 

@@ -80,6 +80,8 @@ fn fixture_with_quota(quota: Option<u64>) -> Fixture {
     let mut ino = fs.root();
     for part in ["modeluser", "as2gateway", "ST", "PA", "outbox"] {
         ino = fs.lookup(&c, ino, part).unwrap().ino;
+        // As the kernel does with an entry it keeps.
+        fs.remember(ino);
     }
     Fixture {
         _dir: dir,
@@ -99,11 +101,11 @@ impl Fixture {
         let (_, fh) = self
             .fs
             .create(&self.c, self.outbox, name, true)
-            .map_err(|e| e.0)?;
+            .map_err(|e| e.code)?;
         if !data.is_empty() {
-            self.fs.write(fh, 0, data).map_err(|e| e.0)?;
+            self.fs.write(fh, 0, data).map_err(|e| e.code)?;
         }
-        let r = self.fs.flush(&self.c, fh).map_err(|e| e.0);
+        let r = self.fs.flush(&self.c, fh).map_err(|e| e.code);
         self.fs.release(&self.c, fh);
         r
     }
@@ -190,9 +192,9 @@ fn run(f: &Fixture, op: &Op) -> Result<(), i32> {
                 NAMES[*b],
                 RenameMode::Replace,
             )
-            .map_err(|e| e.0)
+            .map_err(|e| e.code)
         }
-        Op::Unlink(n) => f.fs.unlink(&f.c, f.outbox, NAMES[*n]).map_err(|e| e.0),
+        Op::Unlink(n) => f.fs.unlink(&f.c, f.outbox, NAMES[*n]).map_err(|e| e.code),
     }
 }
 
@@ -237,7 +239,7 @@ fn other_users_get_eacces_inside_a_tree_even_for_stat() {
         pid: std::process::id(),
     };
     assert_eq!(
-        f.fs.getattr(&stranger, f.outbox).unwrap_err().0,
+        f.fs.getattr(&stranger, f.outbox).unwrap_err().code,
         libc::EACCES
     );
     // The user folder itself is visible (as /home/<user> is); nothing in it is.
@@ -246,11 +248,11 @@ fn other_users_get_eacces_inside_a_tree_even_for_stat() {
     assert_eq!(
         f.fs.lookup(&stranger, home.ino, "as2gateway")
             .unwrap_err()
-            .0,
+            .code,
         libc::EACCES
     );
     assert_eq!(
-        f.fs.opendir(&stranger, home.ino).unwrap_err().0,
+        f.fs.opendir(&stranger, home.ino).unwrap_err().code,
         libc::EACCES
     );
 }
@@ -259,8 +261,11 @@ fn other_users_get_eacces_inside_a_tree_even_for_stat() {
 fn quota_refuses_the_write_and_discards_the_upload() {
     let f = fixture_with_quota(Some(100));
     let (_, fh) = f.fs.create(&f.c, f.outbox, "big.edi", true).unwrap();
-    assert_eq!(f.fs.write(fh, 0, &[0u8; 101]).unwrap_err().0, libc::EDQUOT);
-    assert_eq!(f.fs.flush(&f.c, fh).unwrap_err().0, libc::EDQUOT);
+    assert_eq!(
+        f.fs.write(fh, 0, &[0u8; 101]).unwrap_err().code,
+        libc::EDQUOT
+    );
+    assert_eq!(f.fs.flush(&f.c, fh).unwrap_err().code, libc::EDQUOT);
     f.fs.release(&f.c, fh);
     assert!(f.listing().is_empty());
     assert!(f.store.messages(None, 10).unwrap().is_empty());

@@ -4,12 +4,26 @@
 //! entry points that also write, through the store, for the CLI and the AS2 daemon.
 
 mod deliver;
+pub mod pickup;
 
 pub use deliver::{deliver, DeliverError, Delivered, IncomingFile};
 
 use crate::config::Config;
 use crate::names::{is_temp_name, READY_SUFFIX};
 use crate::store::{BoxKind, Entry, EntryState, Store, StoreError, SweepReport};
+
+/// The fixed names of a user's tree: `/.ssh/authorized_keys`, `/as2gateway/<station>/
+/// <partner>/{inbox,outbox,failed}` and a test partner's `<partner>/test/...`.
+pub mod tree_names {
+    /// The folder holding the user's `authorized_keys`.
+    pub const SSH_DIR: &str = ".ssh";
+    /// The keys file sshd reads at login.
+    pub const KEYS_FILE: &str = "authorized_keys";
+    /// The folder holding the stations.
+    pub const GATEWAY_DIR: &str = "as2gateway";
+    /// The folder of a test partner, inside the partner's folder.
+    pub const TEST_DIR: &str = "test";
+}
 
 /// What closing an outbox file that was written means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +122,27 @@ pub fn check_limits(sizes: &[u64], config: &Config) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Whether new files may be written into outbox folder `folder`: only until it is picked
+/// up (or failed).
+pub fn accepts_uploads(folder: &Entry) -> bool {
+    folder.state == EntryState::Held
+}
+
+/// Whether an upload may grow by `grow` bytes for a user with `quota` who stores `used`
+/// bytes (uploads in progress included). Growth by truncate counts like written bytes.
+pub fn within_quota(quota: Option<u64>, used: u64, grow: u64) -> bool {
+    quota.is_none_or(|q| used.saturating_add(grow) <= q)
+}
+
+/// Whether an upload may be extended to `new_size` without its bytes being written
+/// (truncate, or a write that leaves a gap). A file longer than `outbox.max_bytes` can
+/// never be sent, and its close would have to hash every byte of the gap: a sparse file of
+/// terabytes costs hours of CPU for bytes nobody sent. Written bytes are not limited here
+/// (an oversized file goes to `failed/` with a reason, see [`check_limits`]).
+pub fn may_extend_sparsely(new_size: u64, config: &Config) -> bool {
+    new_size <= config.outbox.max_bytes
 }
 
 /// The mode bits and owner of every kind of node: what `stat` reports. The owner of the
@@ -246,6 +281,17 @@ mod tests {
         let temp = vec![entry("a", false, 0), entry("x.filepart", false, 0)];
         assert!(!batch_ready(&ready, &temp, 0, 1000, 100.0));
         assert_eq!(batch_name("b.ready"), "b");
+    }
+
+    #[test]
+    fn quota_and_sparse_extension() {
+        assert!(within_quota(None, u64::MAX, u64::MAX));
+        assert!(within_quota(Some(10), 4, 6));
+        assert!(!within_quota(Some(10), 4, 7));
+        assert!(!within_quota(Some(10), u64::MAX, 1), "no overflow");
+        let c = Config::default();
+        assert!(may_extend_sparsely(c.outbox.max_bytes, &c));
+        assert!(!may_extend_sparsely(c.outbox.max_bytes + 1, &c));
     }
 
     #[test]
