@@ -847,3 +847,91 @@ fn gc_removes_old_inbox_files_and_keeps_young_ones() {
 fn zz_spawn_server() {
     common::spawner::serve_if_helper();
 }
+
+/// The mount's resident memory in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// Lists `dir` the way `ls -l` does (names and attributes) and returns the count.
+fn list_long(dir: &std::path::Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        e.unwrap().metadata().unwrap();
+        n += 1;
+    }
+    n
+}
+
+/// Inodes live only while the kernel or a listing holds them (`forget`): listing a
+/// 100,000-file inbox ten times and then deleting it leaves the mount's memory near where
+/// it started. Before, every listed entry kept an inode for the life of the mount.
+#[test]
+fn listing_a_huge_inbox_and_deleting_it_leaves_the_mount_near_its_starting_memory() {
+    // 100,000 deliveries cost 200,000 fsyncs on a disk; this test is about memory.
+    let Some(fx) = fixture!(Settings {
+        state_on_tmpfs: true,
+        ..Settings::default()
+    }) else {
+        return;
+    };
+    const FILES: usize = 100_000;
+    const PER_DELIVERY: usize = 1_000;
+    let mb = fx.mailbox_with(None, Some("plain"), false);
+    let body = b"ISA*00*~\n".as_slice();
+    let t = Instant::now();
+    for batch in 0..FILES / PER_DELIVERY {
+        let names: Vec<String> = (0..PER_DELIVERY)
+            .map(|i| format!("po-{batch:03}-{i:04}.x12"))
+            .collect();
+        let files: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), body)).collect();
+        fx.deliver(&mb, &files);
+    }
+    println!("delivered {FILES} files in {:?}", t.elapsed());
+    let pid = fx.mount_pid().unwrap();
+    // One listing first, so that the start includes what any use costs once (the SQLite
+    // caches, the thread stacks), then forget it all.
+    assert_eq!(fx.as_user(&mb.user, || list_long(&mb.inbox())), FILES);
+    drop_kernel_caches();
+    let start = rss_kib(pid);
+    for _ in 0..10 {
+        assert_eq!(fx.as_user(&mb.user, || list_long(&mb.inbox())), FILES);
+    }
+    let listed = rss_kib(pid);
+    println!(
+        "10 listings done at {:?}: RSS {start} KiB -> {listed} KiB",
+        t.elapsed()
+    );
+    // Delete it all: retention with a zero age, run once by `as2box gc`.
+    fx.write_settings(&Settings {
+        files_hours: Some(0.0),
+        ..fx.settings.clone()
+    });
+    fx.cli_ok(&["gc"]);
+    println!("gc done at {:?}", t.elapsed());
+    assert_eq!(fx.as_user(&mb.user, || list_long(&mb.inbox())), 0);
+    // The kernel forgets the entries it no longer has (as it would under memory pressure).
+    drop_kernel_caches();
+    let mut end = rss_kib(pid);
+    let settle = Instant::now();
+    while end > start + 16 * 1024 && settle.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(200));
+        end = rss_kib(pid);
+    }
+    assert!(
+        end <= start + 16 * 1024,
+        "the mount kept {} KiB more than at the start ({start} KiB, {listed} KiB after the listings, {end} KiB after deleting and forgetting)",
+        end.saturating_sub(start)
+    );
+    println!("mount RSS: {start} KiB at the start, {listed} KiB after 10 listings, {end} KiB at the end ({:?})", t.elapsed());
+}
+
+fn drop_kernel_caches() {
+    // Dentries and inodes: the kernel sends `forget` for every inode it drops.
+    std::fs::write("/proc/sys/vm/drop_caches", "2\n").unwrap();
+}

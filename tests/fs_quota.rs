@@ -216,3 +216,88 @@ fn quotas_of_two_users_are_separate() {
 fn zz_spawn_server() {
     common::spawner::serve_if_helper();
 }
+
+/// Extending a file with truncate (no bytes written) counts against the quota like
+/// writing does; otherwise a user with a 1 MiB quota could `truncate -s 5M`, and later
+/// writes into the extended range counted as growth 0.
+#[test]
+fn extending_by_truncate_counts_against_the_quota() {
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
+    let mb = fx.mailbox_with(Some(MIB), None, false);
+    let path = mb.outbox().join("x.part");
+    fx.as_user(&mb.user, || {
+        // ftruncate on an open upload, then truncate(2) of the held file by name.
+        let fd = ok(ops::create(&path), "create");
+        // SAFETY: a descriptor we own.
+        let r = unsafe { libc::ftruncate(fd, (5 * MIB) as libc::off_t) };
+        let e = std::io::Error::last_os_error();
+        assert_eq!(r, -1, "ftruncate to 5 MiB with a 1 MiB quota succeeded");
+        assert_eq!(e.raw_os_error(), Some(libc::EDQUOT), "{e}");
+        // The refusal is sticky: the upload is discarded at close.
+        assert_errno(
+            ops::close(fd),
+            libc::EDQUOT,
+            "close after a refused extension",
+        );
+        ok(ops::put(&path, b"small"), "put a small held file");
+        assert_errno(
+            ops::truncate(&path, 5 * MIB),
+            libc::EDQUOT,
+            "truncate(2) to 5 MiB",
+        );
+        ok(ops::truncate(&path, MIB / 2), "truncate within the quota");
+        assert_eq!(ok(ops::stat(&path), "stat").len(), MIB / 2);
+    });
+}
+
+/// A file cannot be extended sparsely past `outbox.max_bytes`: it could never be sent,
+/// and its close would have to hash every byte of the gap. Written bytes are not limited
+/// this way (an oversized file goes to failed/ with a reason).
+#[test]
+fn sparse_extension_past_the_message_limit_is_refused() {
+    let Some(fx) = fixture!(Settings {
+        max_bytes: Some(MIB),
+        ..Settings::default()
+    }) else {
+        return;
+    };
+    let mb = fx.mailbox();
+    let path = mb.outbox().join("sparse.part");
+    fx.as_user(&mb.user, || {
+        ok(ops::put(&path, b"start"), "put");
+        assert_errno(
+            ops::truncate(&path, 8 << 40),
+            libc::EFBIG,
+            "truncate to 8 TiB",
+        );
+        ok(ops::truncate(&path, MIB), "truncate to exactly the limit");
+        // A write that leaves a gap past the limit. With the kernel's write-back cache
+        // the write itself may be accepted into the page cache; then its write-back is
+        // refused and close() reports it. Either way the stored file is unchanged.
+        let fd = ok(ops::open(&path, libc::O_WRONLY), "open");
+        let byte = [1u8];
+        // SAFETY: a descriptor we own and a one-byte buffer.
+        let r = unsafe { libc::pwrite(fd, byte.as_ptr().cast(), 1, (4 * MIB) as libc::off_t) };
+        let write_error = std::io::Error::last_os_error();
+        let closed = ops::close(fd);
+        match (r, &closed) {
+            (-1, _) => assert_eq!(
+                write_error.raw_os_error(),
+                Some(libc::EFBIG),
+                "{write_error}"
+            ),
+            (_, Err(e)) => assert!(
+                matches!(e.raw_os_error(), Some(libc::EFBIG | libc::EIO)),
+                "close: {e}"
+            ),
+            _ => panic!("a write leaving a gap past the limit and its close both succeeded"),
+        }
+        assert_eq!(
+            ok(ops::stat(&path), "stat").len(),
+            MIB,
+            "the stored file changed"
+        );
+    });
+}

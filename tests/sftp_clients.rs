@@ -214,3 +214,70 @@ fn the_21st_unauthenticated_connection_from_one_address_is_refused() {
     );
     drop(held);
 }
+
+/// One user closing an 8 TiB sparse upload (the mount must fsync and hash all of it) does
+/// not hold up anybody else: while that close is still running, another user logs in
+/// through sshd (which reads `authorized_keys` from the mount) and uploads a file. Before
+/// the outbox lock was per outbox, the close held a lock of the whole mount that every
+/// upload, rename and close waited for, and four such waiters took every FUSE thread.
+#[test]
+fn a_huge_sparse_close_does_not_stall_another_users_login_and_put() {
+    if !sshd::ready("a_huge_sparse_close_does_not_stall_another_users_login_and_put") {
+        return;
+    }
+    use std::time::{Duration, Instant};
+    // Extending a file sparsely is limited to outbox.max_bytes (SEMANTICS.md "Limits");
+    // raise it so that the close really has 8 TiB to hash.
+    let mut env = Env::start_with("[outbox]\nmax_bytes = 17592186044416\n");
+    let slow = env.user();
+    let other = env.user();
+    let uid = sshd::uid_of(&slow.name).unwrap().to_string();
+    let huge = env
+        .tree(&slow)
+        .join(partner_dir(&slow.name))
+        .join("outbox/huge.part");
+    let mut truncate = std::process::Command::new("setpriv")
+        .args([
+            "--reuid",
+            &uid,
+            "--regid",
+            &uid,
+            "--clear-groups",
+            "truncate",
+            "-s",
+            "8T",
+        ])
+        .arg(&huge)
+        .spawn()
+        .unwrap();
+    // Wait until `truncate` sits in its close(), i.e. the mount is hashing.
+    let syscall = format!("/proc/{}/syscall", truncate.id());
+    sshd::wait_for(60.0, "truncate to be inside close()", || {
+        let s = std::fs::read_to_string(&syscall).ok()?;
+        let nr: i64 = s.split_whitespace().next()?.parse().ok()?;
+        (nr == libc::SYS_close).then_some(())
+    });
+    let started = Instant::now();
+    let f = env.local("o.edi", b"other user's order\n");
+    let put = env.sftp(
+        &other.name,
+        &other.key,
+        &format!("put {} {}/outbox/\n", f.display(), partner_dir(&other.name)),
+    );
+    let took = started.elapsed();
+    let still_closing = truncate.try_wait().unwrap().is_none();
+    println!(
+        "the other user's login and put took {took:?}; huge close still running: {still_closing}"
+    );
+    assert!(put.status.success(), "{}\n{}", text(&put), env.sshd_log());
+    assert!(
+        still_closing,
+        "the 8 TiB close ended before the other user's put: the test proved nothing"
+    );
+    let msgs = env.messages(&other.name);
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    // A liveness bound, not a speed goal: a stalled mount would wait for the whole hash.
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+    let _ = truncate.kill();
+    let _ = truncate.wait();
+}

@@ -13,7 +13,7 @@
 //! are held only to look up or insert.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -217,7 +217,12 @@ pub struct MailboxFs {
     pub(super) mount_id: Mutex<Option<u64>>,
     /// Tells the kernel to drop its cached attributes of an inode (set once mounted).
     invalidate: OnceLock<Invalidator>,
+    /// Much memory was freed since the last tick (see `trim_heap_if_shrank`).
+    heap_shrank: AtomicBool,
 }
+
+/// A listing of at least this many items frees enough to return to the system.
+const BIG_LISTING: usize = 10_000;
 
 /// Drops the kernel's cached attributes of an inode.
 pub type Invalidator = Box<dyn Fn(u64) + Send + Sync>;
@@ -247,6 +252,7 @@ impl MailboxFs {
             audit: crate::audit::AuditLog::new(store_dir),
             mount_id: Mutex::new(None),
             invalidate: OnceLock::new(),
+            heap_shrank: AtomicBool::new(false),
         }
     }
 
@@ -309,7 +315,21 @@ impl MailboxFs {
     /// forgotten (its number is not used again).
     pub fn forget(&self, ino: u64, n: u64) {
         let busy = lock(&self.drafts).contains_key(&ino);
-        lock(&self.inodes).forget(ino, n, busy);
+        let mut inodes = lock(&self.inodes);
+        inodes.forget(ino, n, busy);
+        if inodes.take_shrunk() {
+            self.heap_shrank.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Returns freed heap memory to the system after a huge listing or a mass `forget`
+    /// (the allocator keeps it otherwise, and the mount's RSS would stay at its peak).
+    /// Called from the background tick, never inside a request.
+    pub(super) fn trim_heap_if_shrank(&self) {
+        if self.heap_shrank.swap(false, Ordering::Relaxed) {
+            // SAFETY: malloc_trim only releases free memory of the allocator.
+            unsafe { libc::malloc_trim(0) };
+        }
     }
 
     pub(super) fn new_fh(&self, h: Handle) -> u64 {
@@ -347,6 +367,9 @@ impl MailboxFs {
                 let mut inodes = lock(&self.inodes);
                 for item in items.iter() {
                     inodes.unlist(item.attr.ino);
+                }
+                if items.len() >= BIG_LISTING {
+                    self.heap_shrank.store(true, Ordering::Relaxed);
                 }
             }
             _ => {}

@@ -53,6 +53,18 @@ impl FuseAdapter {
         FuseErrno::from_i32(e.code)
     }
 
+    /// Runs `f` on the UTF-8 form of `name` in folder `parent`, failing as [`Self::fail`].
+    fn named<T>(
+        &self,
+        op: &'static str,
+        parent: INodeNo,
+        name: &OsStr,
+        f: impl FnOnce(&str) -> Result<T, Errno>,
+    ) -> Result<T, FuseErrno> {
+        let n = name_str(name)?;
+        f(n).map_err(|e| self.fail(op, parent.0, Some(n), e))
+    }
+
     /// How the kernel should treat an opened file: see `MailboxFs::direct_io`.
     fn open_flags(&self, fh: u64) -> FopenFlags {
         if self.core.direct_io(fh) {
@@ -128,9 +140,8 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let r = name_str(name).and_then(|n| {
-            (self.core.lookup(&caller(req), parent.0, n))
-                .map_err(|e| self.fail("lookup", parent.0, Some(n), e))
+        let r = self.named("lookup", parent, name, |n| {
+            self.core.lookup(&caller(req), parent.0, n)
         });
         match r {
             Ok(a) => {
@@ -210,9 +221,8 @@ impl Filesystem for FuseAdapter {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let r = name_str(name).and_then(|n| {
-            (self.core.mkdir(&caller(req), parent.0, n))
-                .map_err(|e| self.fail("mkdir", parent.0, Some(n), e))
+        let r = self.named("mkdir", parent, name, |n| {
+            self.core.mkdir(&caller(req), parent.0, n)
         });
         match r {
             Ok(a) => {
@@ -224,9 +234,8 @@ impl Filesystem for FuseAdapter {
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = name_str(name).and_then(|n| {
-            (self.core.unlink(&caller(req), parent.0, n))
-                .map_err(|e| self.fail("unlink", parent.0, Some(n), e))
+        let r = self.named("unlink", parent, name, |n| {
+            self.core.unlink(&caller(req), parent.0, n)
         });
         match r {
             Ok(()) => reply.ok(),
@@ -235,9 +244,8 @@ impl Filesystem for FuseAdapter {
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = name_str(name).and_then(|n| {
-            (self.core.rmdir(&caller(req), parent.0, n))
-                .map_err(|e| self.fail("rmdir", parent.0, Some(n), e))
+        let r = self.named("rmdir", parent, name, |n| {
+            self.core.rmdir(&caller(req), parent.0, n)
         });
         match r {
             Ok(()) => reply.ok(),
@@ -274,11 +282,11 @@ impl Filesystem for FuseAdapter {
         } else {
             RenameMode::Replace
         };
-        let r = name_str(name).and_then(|n| {
-            let nn = name_str(newname)?;
-            self.core
-                .rename(&caller(req), parent.0, n, newparent.0, nn, mode)
-                .map_err(|e| self.fail("rename", parent.0, Some(n), e))
+        let Ok(nn) = name_str(newname) else {
+            return reply.error(FuseErrno::EINVAL);
+        };
+        let r = self.named("rename", parent, name, |n| {
+            (self.core).rename(&caller(req), parent.0, n, newparent.0, nn, mode)
         });
         match r {
             Ok(()) => reply.ok(),
@@ -540,10 +548,8 @@ impl Filesystem for FuseAdapter {
         reply: ReplyCreate,
     ) {
         let truncate = flags & libc::O_TRUNC != 0;
-        let r = name_str(name).and_then(|n| {
-            self.core
-                .create(&caller(req), parent.0, n, truncate)
-                .map_err(|e| self.fail("create", parent.0, Some(n), e))
+        let r = self.named("create", parent, name, |n| {
+            self.core.create(&caller(req), parent.0, n, truncate)
         });
         match r {
             Ok((a, fh)) => {

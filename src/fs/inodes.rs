@@ -91,6 +91,7 @@ pub struct Inodes {
     by_ino: HashMap<u64, Node>,
     by_key: HashMap<Key, u64>,
     next: u64,
+    shrunk: bool,
 }
 
 #[derive(Debug)]
@@ -111,6 +112,7 @@ impl Default for Inodes {
             by_ino: HashMap::new(),
             by_key: HashMap::new(),
             next: ROOT_INO + 1,
+            shrunk: false,
         };
         t.by_ino.insert(
             ROOT_INO,
@@ -205,8 +207,25 @@ impl Inodes {
                 if self.by_key.get(&key) == Some(&ino) {
                     self.by_key.remove(&key);
                 }
+                self.shrink_if_sparse();
             }
         }
+    }
+
+    /// Gives back the maps' room once most of it is empty (after a huge folder was
+    /// listed and forgotten), so that memory follows what the kernel holds.
+    fn shrink_if_sparse(&mut self) {
+        const MIN_CAPACITY: usize = 4096;
+        if self.by_ino.capacity() > MIN_CAPACITY && self.by_ino.len() * 4 < self.by_ino.capacity() {
+            self.by_ino.shrink_to(self.by_ino.len() * 2);
+            self.by_key.shrink_to(self.by_key.len() * 2);
+            self.shrunk = true;
+        }
+    }
+
+    /// Whether the maps gave memory back since the last call.
+    pub fn take_shrunk(&mut self) -> bool {
+        std::mem::take(&mut self.shrunk)
     }
 
     /// Points an existing inode at a new key (a draft that became an entry keeps its inode,

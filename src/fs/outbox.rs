@@ -258,6 +258,7 @@ impl MailboxFs {
             Err(e) => warn!(error = %e, "cannot list outbox folders"),
         }
         self.expire_interrupted();
+        self.trim_heap_if_shrank();
         let due = {
             let mut last = lock(&self.last_sweep);
             let period = Duration::from_secs_f64(self.config.retention.sweep_secs);

@@ -103,6 +103,9 @@ pub struct Settings {
     pub max_bytes: Option<u64>,
     pub files_hours: Option<f64>,
     pub sweep_secs: Option<f64>,
+    /// The state folder on a tmpfs of its own: for tests that need many files fast and
+    /// test no durability (fsync costs nothing there).
+    pub state_on_tmpfs: bool,
 }
 
 impl Default for Settings {
@@ -115,6 +118,7 @@ impl Default for Settings {
             max_bytes: None,
             files_hours: None,
             sweep_secs: None,
+            state_on_tmpfs: false,
         }
     }
 }
@@ -261,6 +265,20 @@ impl Fixture {
         let state_dir = dir.join("state");
         std::fs::create_dir(&state_dir).unwrap();
         std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        if settings.state_on_tmpfs {
+            let o = Command::new("mount")
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    "mode=0700,size=4g",
+                    "as2box-test-state",
+                ])
+                .arg(&state_dir)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "mount tmpfs: {o:?}");
+        }
         let mnt = dir.join("mnt");
         make_root_dir(&mnt);
         make_root_dir(&dir.join("src"));
@@ -697,6 +715,12 @@ impl Drop for Fixture {
         }
         // 2. Unmount if still there.
         self.lazy_unmount();
+        if self.settings.state_on_tmpfs {
+            if let Ok(c) = std::ffi::CString::new(self.state_dir.as_os_str().as_encoded_bytes()) {
+                // SAFETY: plain syscall with a valid C string.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
         // 3. Remove the users and their system accounts.
         let users = std::mem::take(&mut *self.users.lock().unwrap_or_else(|e| e.into_inner()));
         {
