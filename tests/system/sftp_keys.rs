@@ -2,7 +2,7 @@
 //! several keys, removal, rekey, reset (which also ends live sessions), `user show`, the
 //! read-only `.ssh/authorized_keys`, and the shipped sshd configuration.
 
-mod sshd;
+use crate::common::sshd;
 
 use std::process::Command;
 

@@ -2,7 +2,7 @@
 //! 127.0.0.1: both directions, every combination pyas2lib supports, MICs
 //! agreeing, MDNs verifying both ways.
 
-mod as2_common;
+use crate::common::as2 as as2_common;
 
 use as2_common::{http_post, listen, read_http, sha256_hex, test_keys, write_http, Peer, NOW};
 use as2box::as2::certs::ValidityPolicy;

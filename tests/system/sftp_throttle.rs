@@ -4,7 +4,7 @@
 //! in the server namespace stands for sshd (the table works below it). No traffic leaves
 //! the namespaces.
 
-mod sshd;
+use crate::common::sshd;
 
 use std::process::{Child, Command, Stdio};
 

@@ -18,6 +18,10 @@
 pub mod ops;
 pub mod spawner;
 
+pub mod as2;
+pub mod daemon;
+pub mod sshd;
+
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::io::{self, Read};

@@ -3,7 +3,7 @@
 //! chroot requires; the read-only structure with its errnos; other users shut out; no
 //! links, symlinks or device nodes; names; xattrs; live configuration changes.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! as multi-attachment messages (quiet period and `.ready`), limits → `failed/` with a
 //! reason, and the outbox's permission rules.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;

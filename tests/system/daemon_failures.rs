@@ -19,9 +19,9 @@
 //! Needs root, /dev/fuse and the interop venv (`scripts/setup-interop`) like the other system
 //! tests (see tests/common and tests/as2_common).
 
-mod as2_common;
-mod common;
-mod daemon_common;
+use crate::common;
+use crate::common::as2 as as2_common;
+use crate::common::daemon as daemon_common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};

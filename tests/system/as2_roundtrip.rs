@@ -1,7 +1,7 @@
 //! Our builder and our parser agree on every option combination; the MDN
 //! loop closes; negative cases give the right typed error and disposition.
 
-mod as2_common;
+use crate::common::as2 as as2_common;
 
 use as2_common::{test_keys, NOW};
 use as2box::as2::certs::ValidityPolicy;

@@ -12,9 +12,9 @@
 //!
 //! Needs root and /dev/fuse like the other system tests (see tests/common).
 
-mod as2_common;
-mod common;
-mod daemon_common;
+use crate::common;
+use crate::common::as2 as as2_common;
+use crate::common::daemon as daemon_common;
 
 use std::io::Write;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! uploads loses no file whose close() (or rename) succeeded and shows no partial file;
 //! a dead mount answers ENOTCONN and `as2box mount` cleans it up; SIGTERM unmounts.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -96,7 +96,7 @@ fn kill_9_during_a_stream_of_uploads_keeps_every_closed_file_and_shows_no_partia
         args: vec![
             exe.to_string_lossy().into_owned(),
             "--exact".into(),
-            "zz_durability_writer".into(),
+            "fs_durability::zz_durability_writer".into(),
             "--ignored".into(),
             "--nocapture".into(),
         ],

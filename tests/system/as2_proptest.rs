@@ -2,7 +2,7 @@
 //! and random payloads (binary, empty, CRLF/LF mixtures, 10 MiB); the parsers
 //! never panic on arbitrary input.
 
-mod as2_common;
+use crate::common::as2 as as2_common;
 
 use as2_common::{test_keys, NOW};
 use as2box::as2::certs::ValidityPolicy;

@@ -7,8 +7,8 @@
 //!
 //! Needs root and /dev/fuse like the other system tests (see tests/common).
 
-mod common;
-mod daemon_common;
+use crate::common;
+use crate::common::daemon as daemon_common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The operations the hosted service documents, run exactly as a partner runs them with
 //! the OpenSSH `sftp` client in batch mode, through a real sshd and the real mount.
 
-mod sshd;
+use crate::common::sshd;
 
 use sshd::{listing, partner_dir, Env};
 

@@ -1,7 +1,7 @@
 //! The real captures in ../shared/as2-vectors (Mendelson AS2, IBM Sterling)
 //! decode as that folder's README says.
 
-mod as2_common;
+use crate::common::as2 as as2_common;
 
 use as2box::as2::certs::{load_certificates, KeyPair, ValidityPolicy};
 use as2box::as2::mdn::{parse_mdn, Disposition, MicCheck};

@@ -3,7 +3,7 @@
 //! it stays in the outbox until a resumed upload (`reput`) completes it, or moves to
 //! `failed/` with a reason when nobody completes it in time.
 
-mod sshd;
+use crate::common::sshd;
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;

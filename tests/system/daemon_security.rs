@@ -8,9 +8,9 @@
 //! Setup: two stations on one gateway, A and B, each the other's partner. The attacker
 //! knows both AS2 ids and B's public certificate (it is public), but not A's key.
 
-mod as2_common;
-mod common;
-mod daemon_common;
+use crate::common;
+use crate::common::as2 as as2_common;
+use crate::common::daemon as daemon_common;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;

@@ -14,9 +14,9 @@
 //! (`scripts/setup-interop`) and the vector folder; with `AS2BOX_SYSTEM_TESTS` set a missing
 //! prerequisite is a failure.
 
-mod as2_common;
-mod common;
-mod daemon_common;
+use crate::common;
+use crate::common::as2 as as2_common;
+use crate::common::daemon as daemon_common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

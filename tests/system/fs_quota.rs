@@ -1,7 +1,7 @@
 //! Quota (docs/SEMANTICS.md "Quota"): statfs shows it; a write past it fails with EDQUOT
 //! (the issue also allows ENOSPC) and nothing half-written is picked up; inbox files count.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use as2box::config::Config;
 
-const SHIPPED: &str = include_str!("../packaging/as2box.toml");
+const SHIPPED: &str = include_str!("../../packaging/as2box.toml");
 
 /// Settings without a default (shown with an example value).
 const NO_DEFAULT: &[&str] = &[

@@ -1,6 +1,6 @@
 //! `as2box decode` on the real captures, through the built binary.
 
-mod as2_common;
+use crate::common::as2 as as2_common;
 
 use serde_json::Value;
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! The `openssl cms` command line verifies our signatures and decrypts our
 //! envelopes, and produces inputs that we parse.
 
-mod as2_common;
+use crate::common::as2 as as2_common;
 
 use as2_common::{test_keys, NOW};
 use as2box::as2::certs::ValidityPolicy;

@@ -7,8 +7,8 @@
 //! sqlite3 on the database files), as a compromised daemon would, then looks through the
 //! real mount. Needs root and /dev/fuse like the other system tests (see tests/common).
 
-mod common;
-mod daemon_common;
+use crate::common;
+use crate::common::daemon as daemon_common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

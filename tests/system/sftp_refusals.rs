@@ -2,7 +2,7 @@
 //! through the real sshd: every refusal is checked by the client's failure and by the
 //! absence of its effect.
 
-mod sshd;
+use crate::common::sshd;
 
 use sshd::{partner_dir, station, text, Env, User};
 

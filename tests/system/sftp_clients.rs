@@ -1,7 +1,7 @@
 //! What common clients do after an upload, with paramiko (the second client library) and
 //! with the key as `as2box user add` generated it (encrypted with a passphrase).
 
-mod sshd;
+use crate::common::sshd;
 
 use sshd::{partner_dir, text, Env, PASSPHRASE};
 

@@ -2,7 +2,7 @@
 //! delivery layouts and the stamp format, atomic deliveries, hostile attachment names,
 //! what the user may and may not do there, and the retention sweep and `as2box gc`.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
