@@ -1553,10 +1553,3 @@ fn queued_messages_survive_a_killed_mount_and_are_sent_once() {
     );
     assert_eq!(fx.out_messages(&side.mb.user).len(), 3);
 }
-
-/// Not a test: the harness's spawn helper (see tests/common/spawner.rs).
-#[test]
-#[ignore = "helper process of the harness, started by the harness itself"]
-fn zz_spawn_server() {
-    common::spawner::serve_if_helper();
-}

@@ -279,10 +279,3 @@ fn sigterm_unmounts_and_exits_cleanly() {
     assert!(status.success(), "mount exited with {status:?} on SIGINT");
     assert!(!fx.is_mounted(), "still mounted after SIGINT");
 }
-
-/// Not a test: the harness's spawn helper (see tests/common/spawner.rs).
-#[test]
-#[ignore = "helper process of the harness, started by the harness itself"]
-fn zz_spawn_server() {
-    common::spawner::serve_if_helper();
-}

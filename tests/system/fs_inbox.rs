@@ -840,10 +840,3 @@ fn gc_removes_old_inbox_files_and_keeps_young_ones() {
         })
     });
 }
-
-/// Not a test: the harness's spawn helper (see tests/common/spawner.rs).
-#[test]
-#[ignore = "helper process of the harness, started by the harness itself"]
-fn zz_spawn_server() {
-    common::spawner::serve_if_helper();
-}

@@ -1314,13 +1314,6 @@ fn command_keeping_fd(program: &str, keep: i32) -> std::process::Command {
     cmd
 }
 
-/// Not a test: the harness's spawn helper (see tests/common/spawner.rs).
-#[test]
-#[ignore = "helper process of the harness, started by the harness itself"]
-fn zz_spawn_server() {
-    common::spawner::serve_if_helper();
-}
-
 /// Everyday tools run as the user (each as its own process): a shell redirection, cp, dd,
 /// and mv from a temporary name each send exactly one complete message.
 #[test]

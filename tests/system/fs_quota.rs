@@ -209,10 +209,3 @@ fn quotas_of_two_users_are_separate() {
         "{sa} {sb}"
     );
 }
-
-/// Not a test: the harness's spawn helper (see tests/common/spawner.rs).
-#[test]
-#[ignore = "helper process of the harness, started by the harness itself"]
-fn zz_spawn_server() {
-    common::spawner::serve_if_helper();
-}

@@ -830,13 +830,6 @@ fn statfs_without_quota_reports_the_state_disk() {
     );
 }
 
-/// Not a test: the harness's spawn helper (see tests/common/spawner.rs).
-#[test]
-#[ignore = "helper process of the harness, started by the harness itself"]
-fn zz_spawn_server() {
-    common::spawner::serve_if_helper();
-}
-
 /// Programs ask `isatty` of every file they open (Python's `open` does): the mount answers
 /// "not a terminal" (ENOTTY) and logs nothing for it.
 #[test]

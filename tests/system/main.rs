@@ -1,16 +1,12 @@
-//! The integration and system tests, one binary with a module per area (the layout ripgrep
-//! uses): one compile of the shared harness in `common/` and one link step instead of one
-//! per file. Filter by area with the module name: `cargo test --release --test system fs_`.
+//! The system tests (a real mount, daemon, sshd and peers), one binary with a module per
+//! area, the layout ripgrep uses: the shared harness in `common/` compiles once and the
+//! binary links once, instead of once per file. Filter by area with the module name:
+//! `cargo test --release --test system fs_`. The pure AS2 core has its own binary,
+//! `tests/as2`.
 
 #[macro_use]
 mod common;
 
-mod as2_decode_cli;
-mod as2_interop_openssl;
-mod as2_interop_pyas2lib;
-mod as2_proptest;
-mod as2_roundtrip;
-mod as2_vectors;
 mod config_file;
 mod daemon_bounds;
 mod daemon_failures;

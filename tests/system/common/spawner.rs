@@ -9,7 +9,7 @@
 //! still writes it, or (flush from inside `execve`) wedge the mount. Tests that want exactly
 //! that do it on purpose; every other spawn goes through this helper.
 //!
-//! The helper is the test binary itself, started (before any fixture exists) with the
+//! The helper is the test binary itself (tests/system/main.rs), started (before any fixture exists) with the
 //! ignored test `zz_spawn_server` selected and `AS2BOX_SPAWN_SERVER=1`; requests and
 //! responses are JSON lines over its stdin/stdout.
 
@@ -170,7 +170,7 @@ pub fn call(req: Request) -> Response {
 // The helper's side
 // ---------------------------------------------------------------------------------------
 
-/// Body of the `zz_spawn_server` test in every test binary: serves requests when started
+/// Body of the `zz_spawn_server` test of the system-test binary: serves requests when started
 /// as the helper, does nothing otherwise.
 pub fn serve_if_helper() {
     if std::env::var_os("AS2BOX_SPAWN_SERVER").is_none() {
