@@ -16,6 +16,8 @@ struct Net {
     tag: String,
     listener: Option<Child>,
     port: u16,
+    /// `ip`, `nft` and the listener are forked directly: keeps the mount tests out.
+    _gate: crate::common::gate::Pass,
 }
 
 fn sh(args: &[&str]) {
@@ -39,6 +41,7 @@ impl Net {
             tag,
             listener: None,
             port,
+            _gate: crate::common::gate::enter(crate::common::gate::Kind::DirectChildren),
         };
         let s = net.ns("s");
         for n in ["s", "c1", "c2"] {

@@ -20,6 +20,7 @@ pub mod spawner;
 
 pub mod as2;
 pub mod daemon;
+pub mod gate;
 pub mod sshd;
 
 use std::collections::BTreeSet;
@@ -234,6 +235,9 @@ pub struct Fixture {
     mount_pid: Arc<Watch>,
     users: Mutex<Vec<String>>,
     mount_count: AtomicU64,
+    /// Keeps tests that fork directly out while this one has descriptors on its mount; the
+    /// last field, so that it is released after the teardown in `Drop`.
+    _gate: gate::Pass,
 }
 
 impl Fixture {
@@ -246,6 +250,7 @@ impl Fixture {
 
     /// Like [`Fixture::new`] but without mounting (for tests that prepare the store first).
     pub fn new_unmounted(test: &str, settings: Settings) -> Fixture {
+        let gate = gate::enter(gate::Kind::MountDescriptors);
         // The spawn helper must exist before any test opens a file on a mount.
         spawner::start();
         static SWEEP: Once = Once::new();
@@ -282,6 +287,7 @@ impl Fixture {
             mount_pid: Arc::new(Watch::default()),
             users: Mutex::new(Vec::new()),
             mount_count: AtomicU64::new(0),
+            _gate: gate,
         };
         fx.cli_ok(&["init"]);
         fx

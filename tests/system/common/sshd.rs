@@ -165,6 +165,9 @@ pub struct Env {
     mount: Option<Child>,
     sshd: Option<Child>,
     users: Vec<String>,
+    /// This harness forks sshd and the clients directly: keeps the mount tests out while it
+    /// runs. The last field, so that it is released after the teardown in `Drop`.
+    _gate: crate::common::gate::Pass,
 }
 
 impl Env {
@@ -175,6 +178,7 @@ impl Env {
 
     /// Like `start`, with extra TOML appended to the settings file.
     pub fn start_with(extra_toml: &str) -> Env {
+        let gate = crate::common::gate::enter(crate::common::gate::Kind::DirectChildren);
         let root = Path::new(TEST_ROOT);
         std::fs::create_dir_all(root).unwrap();
         std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -202,6 +206,7 @@ impl Env {
             mount: None,
             sshd: None,
             users: Vec::new(),
+            _gate: gate,
         };
         env.ok(&["init"]);
         env.start_mount();
