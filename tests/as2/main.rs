@@ -7,10 +7,13 @@
 /// The AS2 helpers, shared with the daemon tests of `tests/system`.
 #[path = "../system/common/as2.rs"]
 mod as2_helpers;
+#[path = "../system/common/skip.rs"]
+mod skip_rule;
 
 /// The modules name the helpers by their path in `tests/system`.
 mod common {
     pub(crate) use super::as2_helpers as as2;
+    pub(crate) use super::skip_rule as skip;
 }
 
 mod as2_decode_cli;

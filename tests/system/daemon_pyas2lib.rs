@@ -10,7 +10,7 @@
 //! - real captures: Mendelson AS2 and IBM Sterling B2B Integrator messages (and MDNs) from
 //!   `$AS2BOX_VECTORS`, POSTed as captured.
 //!
-//! Needs root and /dev/fuse (tests/common), the interop venv with pyas2lib
+//! Needs root and /dev/fuse (tests/system/common), the interop venv with pyas2lib
 //! (`scripts/setup-interop`) and the vector folder; with `AS2BOX_SYSTEM_TESTS` set a missing
 //! prerequisite is a failure.
 

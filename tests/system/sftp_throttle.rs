@@ -164,12 +164,7 @@ fn ready(test: &str) -> bool {
     }
     for tool in ["/usr/sbin/nft", "/usr/sbin/ip", "/usr/bin/python3"] {
         if !std::path::Path::new(tool).exists() {
-            assert!(
-                std::env::var_os("AS2BOX_SYSTEM_TESTS").is_none(),
-                "{test}: no {tool}"
-            );
-            eprintln!("skipping {test}: no {tool}");
-            return false;
+            panic!("AS2BOX_SYSTEM_TESTS is set but {test} cannot run: no {tool}");
         }
     }
     true

@@ -1,23 +1,10 @@
 //! Shared helpers for the AS2 integration tests: where the vectors and the
-//! interop Python are, and the skip-or-fail rule for system tests.
+//! interop Python are.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
 
-/// Whether system tests are mandatory (CI sets `AS2BOX_SYSTEM_TESTS`).
-pub fn system_tests_required() -> bool {
-    std::env::var_os("AS2BOX_SYSTEM_TESTS").is_some_and(|v| !v.is_empty())
-}
-
-/// Skips (returns `None` after printing why) or, when system tests are
-/// required, fails.
-pub fn skip_or_fail<T>(reason: &str) -> Option<T> {
-    if system_tests_required() {
-        panic!("AS2BOX_SYSTEM_TESTS is set but {reason}");
-    }
-    eprintln!("SKIPPED: {reason} (set AS2BOX_SYSTEM_TESTS=1 to make this a failure)");
-    None
-}
+use crate::common::skip::skip_or_fail;
 
 /// The test vector folder (`AS2BOX_VECTORS`, default `<repo>/../shared/as2-vectors`).
 pub fn vectors_dir() -> Option<PathBuf> {

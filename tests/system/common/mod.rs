@@ -5,9 +5,9 @@
 //! `as2box mount`. Dropping the fixture (also on panic) stops the mount, unmounts, removes
 //! the users and the folders.
 //!
-//! These tests need root and `/dev/fuse`. Without them, and without `AS2BOX_SYSTEM_TESTS`
-//! in the environment, each test prints a `skipping: ...` line and passes; with
-//! `AS2BOX_SYSTEM_TESTS` set, a missing prerequisite is a failure.
+//! These tests need root and `/dev/fuse`, and run when `AS2BOX_SYSTEM_TESTS=1` (the rule
+//! in skip.rs): then a missing prerequisite is a failure; without it each test prints a
+//! `skipping ...` line and passes.
 //!
 //! File system operations run *as the mailbox user* with real syscalls: [`as_user`] runs a
 //! closure in a thread whose credentials (uid, gid, groups) were switched with raw
@@ -21,6 +21,7 @@ pub mod spawner;
 pub mod as2;
 pub mod daemon;
 pub mod gate;
+pub mod skip;
 pub mod sshd;
 
 use std::collections::BTreeSet;
@@ -56,29 +57,34 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 // Prerequisites
 // ---------------------------------------------------------------------------------------
 
-/// True when the system tests may run. Prints `skipping: ...` and returns false when they
-/// cannot and `AS2BOX_SYSTEM_TESTS` is unset; panics when they cannot and it is set.
+/// True when the system tests run (the rule in [`skip`]); then a missing prerequisite of
+/// the mount tests fails the test.
 pub fn system_tests_enabled(test: &str) -> bool {
-    let forced = std::env::var_os("AS2BOX_SYSTEM_TESTS").is_some();
+    if !skip::system_tests_on(test) {
+        return false;
+    }
     let mut missing = Vec::new();
+    // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         missing.push("not running as root");
     }
     if !Path::new("/dev/fuse").exists() {
         missing.push("/dev/fuse is missing");
     }
-    if Command::new("useradd").arg("--help").output().is_err() {
+    // Looked up, not run: a fork here would flush other tests' open files (gate.rs).
+    if !["/usr/sbin/useradd", "/sbin/useradd"]
+        .iter()
+        .any(|p| Path::new(p).exists())
+    {
         missing.push("useradd is not installed");
     }
-    if missing.is_empty() {
-        return true;
+    if !missing.is_empty() {
+        panic!(
+            "AS2BOX_SYSTEM_TESTS is set but {test} cannot run: {}",
+            missing.join(", ")
+        );
     }
-    let why = missing.join(", ");
-    if forced {
-        panic!("AS2BOX_SYSTEM_TESTS is set but the system tests cannot run: {why}");
-    }
-    println!("skipping: {test}: {why} (set AS2BOX_SYSTEM_TESTS=1 to make this a failure)");
-    false
+    true
 }
 
 /// Start of every system test: `let Some(fx) = fixture!(settings) else { return };`

@@ -4,8 +4,8 @@
 //! `Drop` (also on panic): sshd and the mount are killed, the mount detached, the accounts
 //! removed, the folder deleted.
 //!
-//! Runs as root with /dev/fuse and sshd. With `AS2BOX_SYSTEM_TESTS=1` a missing piece is a
-//! failure; otherwise the test prints why and skips.
+//! Runs as root with /dev/fuse and sshd when `AS2BOX_SYSTEM_TESTS=1` (skip.rs); then a
+//! missing piece is a failure.
 
 #![allow(dead_code)]
 
@@ -23,10 +23,6 @@ pub const SSHD: &str = "/usr/sbin/sshd";
 pub const PASSPHRASE: &str = "test passphrase 123";
 /// Where test trees live: root-owned 0755 (OpenSSH's chroot rule; never /tmp).
 pub const TEST_ROOT: &str = "/srv/as2box-test";
-
-fn system_tests() -> bool {
-    std::env::var("AS2BOX_SYSTEM_TESTS").is_ok_and(|v| !v.is_empty() && v != "0")
-}
 
 /// Why the system tests cannot run here, if they cannot.
 fn missing() -> Option<String> {
@@ -48,18 +44,16 @@ fn missing() -> Option<String> {
     None
 }
 
-/// True when the test should go on; prints the reason and returns false to skip.
+/// True when the test runs (the rule in skip.rs); then a missing prerequisite of the SFTP
+/// tests fails it.
 pub fn ready(test: &str) -> bool {
-    match missing() {
-        None => true,
-        Some(why) if system_tests() => {
-            panic!("AS2BOX_SYSTEM_TESTS is set but {test} cannot run: {why}")
-        }
-        Some(why) => {
-            eprintln!("skipping {test}: {why} (set AS2BOX_SYSTEM_TESTS=1 as root to run it)");
-            false
-        }
+    if !crate::common::skip::system_tests_on(test) {
+        return false;
     }
+    if let Some(why) = missing() {
+        panic!("AS2BOX_SYSTEM_TESTS is set but {test} cannot run: {why}");
+    }
+    true
 }
 
 /// The Python that has paramiko (AS2BOX_SFTP_PYTHON, default `<repo>/.venv-sftp`).
