@@ -68,6 +68,7 @@ impl PyPeer {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/pyas2_peer.py");
         let mut child = command(python)
             .arg(script)
+            .arg("serve")
             .arg("--key")
             .arg(&side.peer_key)
             .arg("--partner-cert")

@@ -279,6 +279,7 @@ impl Peer {
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/pyas2_peer.py");
         let mut child = Command::new(python)
             .arg(script)
+            .arg("serve")
             .arg("--key")
             .arg(&key_path)
             .arg("--partner-cert")
