@@ -23,14 +23,13 @@ use crate::common;
 use crate::common::as2 as as2_common;
 use crate::common::daemon as daemon_common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{channel, Receiver};
+use std::sync::mpsc::channel;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use as2box::as2::headers::Headers;
 use common::*;
@@ -45,10 +44,7 @@ const WAIT: Duration = Duration::from_secs(40);
 
 /// The pyas2lib trading partner (tests/peers/pyas2_peer.py), killed when dropped.
 struct PyPeer {
-    child: Child,
-    stdin: ChildStdin,
-    events: Receiver<Value>,
-    backlog: Vec<Value>,
+    peer: as2_common::Peer,
     port: u16,
 }
 
@@ -65,9 +61,8 @@ struct PeerSide {
 
 impl PyPeer {
     fn start(python: &Path, side: &PeerSide, port: u16, flags: &[&str]) -> PyPeer {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/pyas2_peer.py");
-        let mut child = command(python)
-            .arg(script)
+        let mut cmd = command(python);
+        cmd.arg(as2_common::Peer::script())
             .arg("serve")
             .arg("--key")
             .arg(&side.peer_key)
@@ -80,72 +75,26 @@ impl PyPeer {
                 &side.mb.station,
             ])
             .args(["--port", &port.to_string()])
-            .args(flags)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the pyas2lib peer");
-        let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                match serde_json::from_str::<Value>(&line) {
-                    Ok(v) => {
-                        if tx.send(v).is_err() {
-                            break;
-                        }
-                    }
-                    Err(_) => eprintln!("peer: {line}"),
-                }
-            }
-        });
-        let mut p = PyPeer {
-            child,
-            stdin,
-            events: rx,
-            backlog: Vec::new(),
-            port: 0,
-        };
-        let ev = p.wait_event("the peer to listen", |v| v["event"] == "listening");
-        p.port = ev["port"].as_u64().unwrap() as u16;
-        p
+            .args(flags);
+        let peer = as2_common::Peer::spawn(cmd, None);
+        PyPeer {
+            port: peer.port,
+            peer,
+        }
     }
 
     /// Waits for an event matching `pred`; others are kept. Peer errors fail the test.
     fn wait_event(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        if let Some(i) = self.backlog.iter().position(&pred) {
-            return self.backlog.remove(i);
-        }
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let v = self
-                .events
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no peer event within {WAIT:?}: {what}"));
-            if v["event"] == "error" {
-                panic!("pyas2lib peer error: {v}");
-            }
-            if pred(&v) {
-                return v;
-            }
-            self.backlog.push(v);
-        }
+        self.peer.wait_event_within(what, WAIT, pred)
     }
 
     /// Every event so far (without waiting) that matches `pred`.
     fn drain(&mut self, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
-        while let Ok(v) = self.events.try_recv() {
-            self.backlog.push(v);
-        }
-        self.backlog.iter().filter(|v| pred(v)).cloned().collect()
+        self.peer.drain(pred)
     }
 
     fn command(&mut self, cmd: Value) {
-        writeln!(self.stdin, "{cmd}").unwrap();
-        self.stdin.flush().unwrap();
+        self.peer.command(&cmd);
     }
 
     /// A send command's answer.
@@ -167,15 +116,6 @@ impl PyPeer {
             v["event"] == "resent" && v["id"] == id
         });
         ev["results"].as_array().cloned().unwrap_or_default()
-    }
-}
-
-impl Drop for PyPeer {
-    fn drop(&mut self) {
-        let _ = writeln!(self.stdin, "{{\"cmd\":\"quit\"}}");
-        let _ = self.stdin.flush();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -258,10 +258,15 @@ pub struct Peer {
     pub port: u16,
     /// Port receiving the async MDNs for what the peer sends.
     pub mdn_port: u16,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Peer {
+    /// The driver script (`serve` is the peer, `bench-roundtrip` a benchmark).
+    pub fn script() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/pyas2_peer.py")
+    }
+
     /// Starts the peer with `peer_key` as its key and `our_cert` as partner.
     pub fn start(
         python: &std::path::Path,
@@ -275,20 +280,25 @@ impl Peer {
         std::fs::write(&key_path, pem).unwrap();
         let cert_path = dir.path().join("partner.pem");
         std::fs::write(&cert_path, our_cert.to_pem().unwrap()).unwrap();
-        let script =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/pyas2_peer.py");
-        let mut child = Command::new(python)
-            .arg(script)
+        let mut cmd = Command::new(python);
+        cmd.arg(Peer::script())
             .arg("serve")
             .arg("--key")
             .arg(&key_path)
             .arg("--partner-cert")
             .arg(&cert_path)
-            .args(["--name", "pyas2peer", "--partner-name", "as2box"])
+            .args(["--name", "pyas2peer", "--partner-name", "as2box"]);
+        Peer::spawn(cmd, Some(dir))
+    }
+
+    /// Starts `cmd` (the driver's `serve` with its arguments), keeping `dir` (its key files)
+    /// as long as the peer lives, and waits until it listens.
+    pub fn spawn(mut cmd: Command, dir: Option<tempfile::TempDir>) -> Peer {
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
-            .expect("start pyas2 peer");
+            .expect("start the pyas2lib peer");
         let stdin = child.stdin.take().unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = channel();
@@ -323,14 +333,26 @@ impl Peer {
     /// Waits (up to 120 s) for an event matching `pred`; earlier events that
     /// do not match are kept for later calls. Peer errors fail the test.
     pub fn wait_event(&mut self, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        self.wait_event_within("an event", Duration::from_secs(120), pred)
+    }
+
+    /// Like [`Peer::wait_event`], up to `timeout`, saying `what` it waited for if none came.
+    pub fn wait_event_within(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         if let Some(i) = self.backlog.iter().position(&pred) {
             return self.backlog.remove(i);
         }
+        let deadline = std::time::Instant::now() + timeout;
         loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
             let v = self
                 .events
-                .recv_timeout(Duration::from_secs(120))
-                .expect("pyas2 peer went silent");
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no pyas2lib peer event within {timeout:?}: {what}"));
             if v["event"] == "error" {
                 panic!("pyas2 peer error: {v}");
             }
@@ -339,6 +361,14 @@ impl Peer {
             }
             self.backlog.push(v);
         }
+    }
+
+    /// Every event so far (without waiting) that matches `pred`.
+    pub fn drain(&mut self, pred: impl Fn(&serde_json::Value) -> bool) -> Vec<serde_json::Value> {
+        while let Ok(v) = self.events.try_recv() {
+            self.backlog.push(v);
+        }
+        self.backlog.iter().filter(|v| pred(v)).cloned().collect()
     }
 
     /// Sends a command line.
