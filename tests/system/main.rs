@@ -5,6 +5,8 @@
 //! `tests/as2`.
 
 #[macro_use]
+mod macros;
+
 mod common;
 
 mod config_file;

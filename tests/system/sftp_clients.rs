@@ -7,10 +7,9 @@ use sshd::{partner_dir, text, Env, PASSPHRASE};
 
 #[test]
 fn paramiko_put_stats_after_close_and_the_file_is_queued_once() {
-    if !sshd::ready("paramiko_put_stats_after_close_and_the_file_is_queued_once") {
+    let Some(mut env) = sftp_env!() else {
         return;
-    }
-    let mut env = Env::start();
+    };
     let u = env.user();
     let f = env.local("p.edi", &vec![b'x'; 100_000]);
     // The encrypted key as generated, opened by paramiko with the passphrase.
@@ -39,10 +38,9 @@ print("OK", attrs.st_size)
 
 #[test]
 fn paramiko_rename_from_filepart_sends_under_the_final_name() {
-    if !sshd::ready("paramiko_rename_from_filepart_sends_under_the_final_name") {
+    let Some(mut env) = sftp_env!() else {
         return;
-    }
-    let mut env = Env::start();
+    };
     let u = env.user();
     let f = env.local("w.edi", b"WinSCP style\n");
     let pd = partner_dir(&u.name);
@@ -79,10 +77,9 @@ fn paramiko_rename_from_filepart_sends_under_the_final_name() {
 
 #[test]
 fn filepart_is_held_until_renamed() {
-    if !sshd::ready("filepart_is_held_until_renamed") {
+    let Some(mut env) = sftp_env!() else {
         return;
-    }
-    let mut env = Env::start();
+    };
     let u = env.user();
     let f = env.local("h.edi", b"held\n");
     let pd = partner_dir(&u.name);
@@ -106,10 +103,9 @@ fn filepart_is_held_until_renamed() {
 
 #[test]
 fn openssh_client_uses_the_encrypted_generated_key_through_askpass() {
-    if !sshd::ready("openssh_client_uses_the_encrypted_generated_key_through_askpass") {
+    let Some(mut env) = sftp_env!() else {
         return;
-    }
-    let mut env = Env::start();
+    };
     let u = env.user();
     let askpass = env.dir.join("askpass.sh");
     std::fs::write(&askpass, format!("#!/bin/sh\necho '{PASSPHRASE}'\n")).unwrap();
@@ -152,10 +148,9 @@ fn openssh_client_uses_the_encrypted_generated_key_through_askpass() {
 /// that dropped some at random before the handshake).
 #[test]
 fn twenty_simultaneous_logins_from_one_client_all_get_through() {
-    if !sshd::ready("twenty_simultaneous_logins_from_one_client_all_get_through") {
+    let Some(mut env) = sftp_env!() else {
         return;
-    }
-    let mut env = Env::start();
+    };
     let u = env.user();
     let children: Vec<_> = (0..20)
         .map(|_| env.sftp_spawn(&u.name, &u.key, "ls -1\n"))

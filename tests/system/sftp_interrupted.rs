@@ -82,10 +82,9 @@ fn wait_interrupted(env: &Env, u: &User, name: &str) {
 
 #[test]
 fn a_killed_upload_is_not_sent_and_reput_completes_it_once() {
-    if !sshd::ready("a_killed_upload_is_not_sent_and_reput_completes_it_once") {
+    let Some(mut env) = sftp_env!() else {
         return;
-    }
-    let mut env = Env::start();
+    };
     let u = env.user();
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let remote = format!("{}/outbox/big.dat", partner_dir(&u.name));
@@ -120,10 +119,9 @@ fn a_killed_upload_is_not_sent_and_reput_completes_it_once() {
 
 #[test]
 fn a_killed_upload_nobody_completes_moves_to_failed_with_a_reason() {
-    if !sshd::ready("a_killed_upload_nobody_completes_moves_to_failed_with_a_reason") {
+    let Some(mut env) = sftp_env!("[outbox]\nincomplete_timeout_secs = 1\n") else {
         return;
-    }
-    let mut env = Env::start_with("[outbox]\nincomplete_timeout_secs = 1\n");
+    };
     let u = env.user();
     let data = vec![b'x'; 200_000];
     let remote = format!("{}/outbox/late.csv", partner_dir(&u.name));
@@ -153,10 +151,10 @@ fn a_killed_upload_nobody_completes_moves_to_failed_with_a_reason() {
 /// a file missing, however long the folder has been quiet.
 #[test]
 fn a_folder_with_an_interrupted_file_goes_to_failed_whole() {
-    if !sshd::ready("a_folder_with_an_interrupted_file_goes_to_failed_whole") {
+    let Some(mut env) = sftp_env!("[outbox]\nincomplete_timeout_secs = 1\nbatch_quiet_secs = 3\n")
+    else {
         return;
-    }
-    let mut env = Env::start_with("[outbox]\nincomplete_timeout_secs = 1\nbatch_quiet_secs = 3\n");
+    };
     let u = env.user();
     let pd = partner_dir(&u.name);
     let whole = env.local("a.csv", b"complete\n");

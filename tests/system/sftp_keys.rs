@@ -28,10 +28,9 @@ fn fingerprint(public: &std::path::Path) -> String {
 
 #[test]
 fn generated_key_show_and_authorized_keys_view() {
-    if !sshd::ready("generated_key_show_and_authorized_keys_view") {
+    let Some(mut env) = sftp_env!() else {
         return;
-    }
-    let mut env = Env::start();
+    };
     let u = env.user();
     // The generated private key is OpenSSH format, encrypted, mode 0600.
     use std::os::unix::fs::PermissionsExt;
@@ -101,10 +100,9 @@ fn generated_key_show_and_authorized_keys_view() {
 
 #[test]
 fn own_keys_added_listed_removed() {
-    if !sshd::ready("own_keys_added_listed_removed") {
+    let Some(mut env) = sftp_env!() else {
         return;
-    }
-    let mut env = Env::start();
+    };
     let u = env.user();
     let (ed, ed_pub) = env.own_key("ed25519");
     let (rsa, rsa_pub) = env.own_key("rsa");
@@ -154,10 +152,9 @@ fn own_keys_added_listed_removed() {
 
 #[test]
 fn rekey_refuses_old_keys_and_keeps_files() {
-    if !sshd::ready("rekey_refuses_old_keys_and_keeps_files") {
+    let Some(mut env) = sftp_env!() else {
         return;
-    }
-    let mut env = Env::start();
+    };
     let u = env.user();
     let (own, own_pub) = env.own_key("ed25519");
     env.ok(&["user", "key", "add", &u.name, own_pub.to_str().unwrap()]);
@@ -211,10 +208,9 @@ fn rekey_refuses_old_keys_and_keeps_files() {
 
 #[test]
 fn reset_ends_live_sessions_refuses_old_keys_and_empties_mailboxes() {
-    if !sshd::ready("reset_ends_live_sessions_refuses_old_keys_and_empties_mailboxes") {
+    let Some(mut env) = sftp_env!() else {
         return;
-    }
-    let mut env = Env::start();
+    };
     let u = env.user();
     env.deliver(&u, false, "gone.edi", b"to be removed\n");
     // A live session that lists its inbox until the connection dies.
@@ -302,10 +298,9 @@ sys.exit(1)
 
 #[test]
 fn user_add_refuses_foreign_accounts_and_existing_key_files() {
-    if !sshd::ready("user_add_refuses_foreign_accounts_and_existing_key_files") {
+    let Some(env) = sftp_env!() else {
         return;
-    }
-    let env = Env::start();
+    };
     let out = env.dir.join("daemon.key");
     let pass = env.local("p", b"long enough passphrase\n");
     let o = env.as2box(&[
@@ -353,10 +348,9 @@ fn user_add_refuses_foreign_accounts_and_existing_key_files() {
 
 #[test]
 fn shipped_dropin_is_accepted_by_the_system_sshd_config() {
-    if !sshd::ready("shipped_dropin_is_accepted_by_the_system_sshd_config") {
+    let Some(env) = sftp_env!() else {
         return;
-    }
-    let env = Env::start();
+    };
     // The system's sshd_config with our drop-in in its Include folder.
     let dropdir = env.dir.join("sshd_config.d");
     std::fs::create_dir(&dropdir).unwrap();

@@ -3,14 +3,13 @@
 
 use crate::common::sshd;
 
-use sshd::{listing, partner_dir, Env};
+use sshd::{listing, partner_dir};
 
 #[test]
 fn inbox_get_rm_cd_up_rmdir_as_documented() {
-    if !sshd::ready("inbox_get_rm_cd_up_rmdir_as_documented") {
+    let Some(mut env) = sftp_env!() else {
         return;
-    }
-    let mut env = Env::start();
+    };
     let u = env.user();
     env.deliver(&u, false, "invoice.edi", b"UNA:+.? 'UNB+UNOC:3'\n");
     let pd = partner_dir(&u.name);
@@ -40,10 +39,9 @@ fn inbox_get_rm_cd_up_rmdir_as_documented() {
 
 #[test]
 fn put_into_outbox_becomes_one_queued_message() {
-    if !sshd::ready("put_into_outbox_becomes_one_queued_message") {
+    let Some(mut env) = sftp_env!() else {
         return;
-    }
-    let mut env = Env::start();
+    };
     let u = env.user();
     let f = env.local("order.edi", b"ORDERS 1\n");
     env.sftp_ok(
@@ -61,10 +59,9 @@ fn put_into_outbox_becomes_one_queued_message() {
 
 #[test]
 fn mkdir_in_outbox_and_several_puts_is_one_multi_attachment_message() {
-    if !sshd::ready("mkdir_in_outbox_and_several_puts_is_one_multi_attachment_message") {
+    let Some(mut env) = sftp_env!() else {
         return;
-    }
-    let mut env = Env::start();
+    };
     let u = env.user();
     let a = env.local("a.edi", b"first\n");
     let b = env.local("b.edi", b"second file\n");
@@ -98,10 +95,9 @@ fn mkdir_in_outbox_and_several_puts_is_one_multi_attachment_message() {
 
 #[test]
 fn put_p_keeps_times_and_ls_l_shows_sizes() {
-    if !sshd::ready("put_p_keeps_times_and_ls_l_shows_sizes") {
+    let Some(mut env) = sftp_env!() else {
         return;
-    }
-    let mut env = Env::start();
+    };
     let u = env.user();
     let f = env.local("stamped.edi", b"0123456789");
     // 2001-09-09 01:46:40 UTC
@@ -139,10 +135,9 @@ fn put_p_keeps_times_and_ls_l_shows_sizes() {
 
 #[test]
 fn test_partner_boxes_under_test() {
-    if !sshd::ready("test_partner_boxes_under_test") {
+    let Some(mut env) = sftp_env!() else {
         return;
-    }
-    let mut env = Env::start();
+    };
     let u = env.user();
     env.deliver(&u, true, "test-in.edi", b"from the test partner\n");
     let f = env.local("test-out.edi", b"to the test partner\n");
@@ -188,10 +183,9 @@ fn test_partner_boxes_under_test() {
 
 #[test]
 fn sftp_operations_are_in_the_audit_log() {
-    if !sshd::ready("sftp_operations_are_in_the_audit_log") {
+    let Some(mut env) = sftp_env!() else {
         return;
-    }
-    let mut env = Env::start();
+    };
     let u = env.user();
     let content = b"audited upload\n";
     let f = env.local("audited.edi", content);
@@ -255,10 +249,9 @@ fn sftp_operations_are_in_the_audit_log() {
 /// absolute path keeps working.
 #[test]
 fn the_guides_relative_commands_work_as_written() {
-    if !sshd::ready("the_guides_relative_commands_work_as_written") {
+    let Some(mut env) = sftp_env!() else {
         return;
-    }
-    let mut env = Env::start();
+    };
     let u = env.user();
     let (st, pa) = (sshd::station(&u.name), sshd::partner(&u.name));
     let out = env.sftp_ok(&u, "pwd\nls -1a\n");

@@ -19,10 +19,9 @@ fn refused(env: &Env, u: &User, commands: &str) -> String {
 
 #[test]
 fn box_rules_refuse_writes_where_partners_must_not_write() {
-    if !sshd::ready("box_rules_refuse_writes_where_partners_must_not_write") {
+    let Some(mut env) = sftp_env!() else {
         return;
-    }
-    let mut env = Env::start();
+    };
     let u = env.user();
     let other = env.user();
     box_rules(&env, &u);
@@ -104,10 +103,9 @@ fn box_rules(env: &Env, u: &User) {
 
 #[test]
 fn chroot_holds_against_dotdot_absolute_paths_and_other_users() {
-    if !sshd::ready("chroot_holds_against_dotdot_absolute_paths_and_other_users") {
+    let Some(mut env) = sftp_env!() else {
         return;
-    }
-    let mut env = Env::start();
+    };
     let u = env.user();
     let other = env.user();
     env.deliver(&other, false, "secret.edi", b"other user's data\n");
@@ -157,10 +155,9 @@ fn chroot_holds(env: &Env, u: &User, other: &User) {
 
 #[test]
 fn ssh_refuses_password_wrong_key_shell_forwarding_and_scp() {
-    if !sshd::ready("ssh_refuses_password_wrong_key_shell_forwarding_and_scp") {
+    let Some(mut env) = sftp_env!() else {
         return;
-    }
-    let mut env = Env::start();
+    };
     let u = env.user();
     let other = env.user();
     login_refusals(&env, &u, &other);

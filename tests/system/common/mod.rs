@@ -87,20 +87,6 @@ pub fn system_tests_enabled(test: &str) -> bool {
     true
 }
 
-/// Start of every system test: `let Some(fx) = fixture!(settings) else { return };`
-#[macro_export]
-macro_rules! fixture {
-    ($settings:expr) => {{
-        fn __f() {}
-        let name = std::any::type_name_of_val(&__f).trim_end_matches("::__f");
-        if $crate::common::system_tests_enabled(name) {
-            Some($crate::common::Fixture::new(name, $settings))
-        } else {
-            None
-        }
-    }};
-}
-
 // ---------------------------------------------------------------------------------------
 // Settings (the config file)
 // ---------------------------------------------------------------------------------------
