@@ -10,7 +10,7 @@
 //! - a compressed message within the bounds is delivered (the bounds refuse bombs, not
 //!   compression), one over its bound (the 16 MiB floor) is refused.
 //!
-//! Needs root and /dev/fuse like the other system tests (see tests/common).
+//! Needs root and /dev/fuse like the other system tests (see tests/system/common).
 
 use crate::common;
 use crate::common::as2 as as2_common;

@@ -17,7 +17,7 @@
 //! message for the full list of state changes in `as2box messages show`.
 //!
 //! Needs root, /dev/fuse and the interop venv (`scripts/setup-interop`) like the other system
-//! tests (see tests/common and tests/as2_common).
+//! tests (see tests/system/common and common/as2.rs).
 
 use crate::common;
 use crate::common::as2 as as2_common;

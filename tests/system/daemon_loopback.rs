@@ -5,7 +5,7 @@
 //! does not match makes the receiver answer a negative MDN, and the sender's files land in
 //! `failed/` with the reason.
 //!
-//! Needs root and /dev/fuse like the other system tests (see tests/common).
+//! Needs root and /dev/fuse like the other system tests (see tests/system/common).
 
 use crate::common;
 use crate::common::daemon as daemon_common;

@@ -2,7 +2,7 @@
 //! the config file changed under the running daemon (picked up without a restart),
 //! `messages resend`, and the latency figures in `/metrics`.
 //!
-//! Needs root and /dev/fuse like the other system tests (see tests/common).
+//! Needs root and /dev/fuse like the other system tests (see tests/system/common).
 
 use crate::common;
 use crate::common::daemon as daemon_common;

@@ -4,7 +4,7 @@
 //! valid one, a rollover), `as2box serve` stopped. Each failing
 //! check must say how to fix it, and doctor must exit 1.
 //!
-//! Needs root and /dev/fuse like the other system tests (see tests/common).
+//! Needs root and /dev/fuse like the other system tests (see tests/system/common).
 
 use crate::common;
 use crate::common::daemon as daemon_common;

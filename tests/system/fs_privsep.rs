@@ -5,7 +5,7 @@
 //!
 //! Each test acts as the service account with real processes (`ln`, `mv`, `python3`'s
 //! sqlite3 on the database files), as a compromised daemon would, then looks through the
-//! real mount. Needs root and /dev/fuse like the other system tests (see tests/common).
+//! real mount. Needs root and /dev/fuse like the other system tests (see tests/system/common).
 
 use crate::common;
 use crate::common::daemon as daemon_common;

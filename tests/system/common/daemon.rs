@@ -1,7 +1,7 @@
-//! Shared helpers for the tests of `as2box serve` (`tests/daemon_*.rs`): a running daemon
+//! Shared helpers for the tests of `as2box serve` (`tests/system/daemon_*.rs`): a running daemon
 //! (killed when dropped, restartable, with the test-only failpoints), its `[serve]`
 //! settings, a pair of stations that are each other's partners, and recursive listings.
-//! Test files include it after `mod common;`.
+//! `common::daemon`, used beside `common`.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
