@@ -148,6 +148,8 @@ fn openssh_client_uses_the_encrypted_generated_key_through_askpass() {
 /// that dropped some at random before the handshake).
 #[test]
 fn twenty_simultaneous_logins_from_one_client_all_get_through() {
+    // 20 handshakes at once must finish within sshd's LoginGraceTime: not beside other tests.
+    let _alone = crate::common::gate::enter_alone(crate::common::gate::Kind::DirectChildren);
     let Some(mut env) = sftp_env!() else {
         return;
     };

@@ -13,6 +13,10 @@
 //! A test holds a [`Pass`] for its whole life: [`crate::common::Fixture`] holds one of
 //! [`Kind::MountDescriptors`], [`crate::common::sshd::Env`] and the network-namespace
 //! fixture of `sftp_throttle` one of [`Kind::DirectChildren`].
+//!
+//! A test whose figures depend on the machine being quiet (20 logins at once, connections
+//! counted against a rate per minute) takes [`enter_alone`] first: it waits until no other
+//! test runs and keeps every other test out until it ends.
 
 use std::cell::RefCell;
 use std::sync::{Condvar, Mutex};
@@ -49,12 +53,18 @@ struct State {
     /// Threads waiting to enter, per kind: while the other kind waits, no new test of the
     /// active kind enters, so neither kind starves the other.
     waiting: [usize; 2],
+    /// The holder runs alone: nobody joins.
+    alone: bool,
+    /// Threads waiting to run alone: nobody new joins the holders meanwhile.
+    waiting_alone: usize,
 }
 
 static STATE: Mutex<State> = Mutex::new(State {
     active: None,
     holders: 0,
     waiting: [0, 0],
+    alone: false,
+    waiting_alone: 0,
 });
 static CHANGED: Condvar = Condvar::new();
 
@@ -85,7 +95,10 @@ pub fn enter(kind: Kind) -> Pass {
         state.waiting[kind.index()] += 1;
         loop {
             let free = state.holders == 0;
-            let joinable = state.active == Some(kind) && state.waiting[kind.other().index()] == 0;
+            let joinable = state.active == Some(kind)
+                && !state.alone
+                && state.waiting_alone == 0
+                && state.waiting[kind.other().index()] == 0;
             if free || joinable {
                 break;
             }
@@ -94,6 +107,27 @@ pub fn enter(kind: Kind) -> Pass {
         state.waiting[kind.index()] -= 1;
     }
     state.active = Some(kind);
+    state.holders += 1;
+    HELD.with(|h| h.borrow_mut().push(kind));
+    Pass { kind }
+}
+
+/// Waits until no other test runs, then enters as `kind` and keeps every other test out
+/// until the pass is dropped. The test's own fixtures of `kind` enter through it.
+pub fn enter_alone(kind: Kind) -> Pass {
+    let held_here = HELD.with(|h| h.borrow().clone());
+    assert!(
+        held_here.is_empty(),
+        "take the gate alone before any fixture: this test already holds {held_here:?}"
+    );
+    let mut state = STATE.lock().unwrap_or_else(|e| e.into_inner());
+    state.waiting_alone += 1;
+    while state.holders != 0 {
+        state = CHANGED.wait(state).unwrap_or_else(|e| e.into_inner());
+    }
+    state.waiting_alone -= 1;
+    state.active = Some(kind);
+    state.alone = true;
     state.holders += 1;
     HELD.with(|h| h.borrow_mut().push(kind));
     Pass { kind }
@@ -111,6 +145,7 @@ impl Drop for Pass {
         state.holders -= 1;
         if state.holders == 0 {
             state.active = None;
+            state.alone = false;
         }
         CHANGED.notify_all();
     }
