@@ -166,9 +166,10 @@ fn main() {
 
         let py = python.as_ref().and_then(|py| {
             let script =
-                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/bench_pyas2lib.py");
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/pyas2_peer.py");
             let out = Command::new(py)
                 .arg(script)
+                .arg("bench-roundtrip")
                 .args([&a_pem, &b_pem, &size.to_string(), &iters.to_string()])
                 .output()
                 .ok()?;

@@ -17,6 +17,7 @@
 
 mod blobs;
 mod entries;
+mod inspect;
 mod model;
 mod outgoing;
 mod perms;
@@ -31,6 +32,7 @@ use rusqlite::{Connection, OpenFlags};
 
 pub use blobs::{fsync_dir, hex, is_blob_name, sha256_hex, BlobGuard, BlobStore, Role, SpoolName};
 pub use entries::{InboundOrigin, NewFile, PickupFile, Placement, RenamePickup, SweepReport};
+pub use inspect::{InboundRequirements, PartnerFiles, ReadOnlyStore, StationFiles};
 pub use model::*;
 pub use outgoing::{Claimed, Event, OwedMdn, ReceivedRecord, SentRecord, Transmission};
 pub use perms::share_state_dir;

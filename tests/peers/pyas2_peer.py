@@ -1,8 +1,15 @@
 #!/usr/bin/env python3
-"""A pyas2lib-based AS2 trading partner for as2box's tests (issue 4) and,
-later, for the daemon's tests (issue 5).
+"""The pyas2lib driver of as2box's tests and benchmarks, two subcommands:
 
-It listens on 127.0.0.1 only and speaks line-delimited JSON:
+  pyas2_peer.py serve --key K --partner-cert C [...]
+      an AS2 trading partner (below), for the daemon's system tests and
+      scripts/bench-daemon (which imports this file and builds a Peer);
+  pyas2_peer.py bench-roundtrip KEY_PEM PARTNER_KEY_PEM SIZE ITERATIONS
+      times pyas2lib building and parsing a signed (sha256) + AES-256-CBC
+      message of SIZE bytes in-process (interpreter start-up excluded) and
+      prints the mean seconds per build+parse (benches/as2_throughput.rs).
+
+`serve` listens on 127.0.0.1 only and speaks line-delimited JSON:
 
 * on start it prints  {"event": "listening", "port": N, "mdn_port": M}
   - port N receives AS2 messages (POST any path) and answers the MDN the
@@ -36,7 +43,7 @@ It listens on 127.0.0.1 only and speaks line-delimited JSON:
   async MDNs of messages for AS2-To X before it answers their HTTP request
   (answered {"event": "mdn-first", "as2_to": X}).
     {"cmd": "quit"} ends the process (so does EOF on stdin).
-  Failure-path additions (tests/daemon_failures.rs):
+  Failure-path additions (tests/system/daemon_failures.rs):
     "post": false in a send command builds and remembers the request without
     POSTing it (answers {"event": "sent", ..., "posted": false}).
     {"cmd": "resend", "id": "...", "times": N, "concurrent": bool} POSTs the
@@ -57,8 +64,10 @@ import copy
 import hashlib
 import http.server
 import json
+import os
 import sys
 import threading
+import time
 import traceback
 import urllib.error
 import urllib.request
@@ -413,9 +422,7 @@ def send(peer, cmd, mdn_port):
     emit(out)
 
 
-def parser():
-    """The command line (also used by scripts/bench_daemon.py to build a Peer)."""
-    ap = argparse.ArgumentParser()
+def serve_arguments(ap):
     ap.add_argument("--key", required=True)
     ap.add_argument("--key-pass", default=None)
     ap.add_argument("--partner-cert", required=True)
@@ -427,8 +434,56 @@ def parser():
     return ap
 
 
+def parser():
+    """The `serve` command line (also used by scripts/bench_daemon.py to build a Peer)."""
+    return serve_arguments(argparse.ArgumentParser(prog="pyas2_peer.py serve"))
+
+
+def bench_roundtrip(args):
+    """Mean seconds of one pyas2lib build + parse of a signed and encrypted message."""
+    k1, k2 = open(args.key, "rb").read(), open(args.partner_key, "rb").read()
+
+    def cert_of(pem):
+        return pem[pem.index(b"-----BEGIN CERTIFICATE-----"):]
+
+    sender = Organization(as2_name="a", sign_key=k1, decrypt_key=k1, domain="x")
+    receiver_org = Organization(as2_name="b", sign_key=k2, decrypt_key=k2, domain="x")
+    to_b = Partner(as2_name="b", verify_cert=cert_of(k2), encrypt_cert=cert_of(k2), validate_certs=False,
+                   sign=True, digest_alg="sha256", encrypt=True, enc_alg="aes_256_cbc")
+    from_a = Partner(as2_name="a", verify_cert=cert_of(k1), encrypt_cert=cert_of(k1), validate_certs=False)
+    data = os.urandom(args.size)
+    total = 0.0
+    for _ in range(args.iterations):
+        t = time.perf_counter()
+        m = Message(sender=sender, receiver=to_b)
+        m.build(data, filename="f.bin", content_type="application/octet-stream")
+        raw = m.headers_str + b"\r\n" + m.content
+        r = Message()
+        status, exc, _ = r.parse(raw, find_org_partner_cb=lambda o, p: (receiver_org, from_a))
+        total += time.perf_counter() - t
+        if status != "processed" or r.content != data:
+            print(f"pyas2lib round trip failed: {status} {exc}", file=sys.stderr)
+            sys.exit(1)
+    print(f"{total / args.iterations:.6f}")
+
+
 def main():
-    args = parser().parse_args()
+    ap = argparse.ArgumentParser(description="pyas2lib driver of as2box's tests and benchmarks")
+    sub = ap.add_subparsers(dest="command", required=True)
+    serve_arguments(sub.add_parser("serve", help="an AS2 trading partner driven by JSON lines"))
+    bench = sub.add_parser("bench-roundtrip", help="time pyas2lib building and parsing a message")
+    bench.add_argument("key", help="PEM with this side's private key and certificate")
+    bench.add_argument("partner_key", help="PEM with the other side's private key and certificate")
+    bench.add_argument("size", type=int, help="payload bytes")
+    bench.add_argument("iterations", type=int)
+    args = ap.parse_args()
+    if args.command == "bench-roundtrip":
+        bench_roundtrip(args)
+    else:
+        serve(args)
+
+
+def serve(args):
     peer = Peer(args)
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(peer))
     mdn_srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), make_mdn_handler(peer))
