@@ -298,8 +298,11 @@ impl MailboxFs {
 
     // ---- inodes and handles ---------------------------------------------------------------
 
+    /// The node of `ino`. An inode we no longer know (a discarded upload, one the kernel
+    /// forgot) answers ESTALE: the kernel then walks the path again instead of failing on
+    /// a name it cached (re-creating a name right after a failed upload, for one).
     pub(super) fn key(&self, ino: u64) -> Result<Key> {
-        lock(&self.inodes).key(ino).ok_or(ENOENT)
+        lock(&self.inodes).key(ino).ok_or(Errno::new(libc::ESTALE))
     }
 
     pub(super) fn ino(&self, key: Key) -> u64 {

@@ -506,6 +506,12 @@ impl MailboxFs {
         if stage != Stage::Open {
             return Ok(());
         }
+        // A refused write (quota, size) fails every close of the upload, even when the
+        // kernel's write-back sent it after the writer's own write() had returned; the
+        // upload itself is discarded when its last descriptor goes.
+        if let Some(e) = lock(&draft.content).error.clone() {
+            return Err(e);
+        }
         let closer = if writers <= 1 && opener.is_some() {
             closer::probe(c.pid, draft.ino, *lock(&self.mount_id))
         } else {

@@ -227,41 +227,42 @@ fn a_huge_sparse_close_does_not_stall_another_users_login_and_put() {
     };
     let slow = env.user();
     let other = env.user();
-    let uid = sshd::uid_of(&slow.name).unwrap().to_string();
-    let huge = env
-        .tree(&slow)
-        .join(partner_dir(&slow.name))
-        .join("outbox/huge.part");
-    let mut truncate = std::process::Command::new("setpriv")
-        .args([
-            "--reuid",
-            &uid,
-            "--regid",
-            &uid,
-            "--clear-groups",
-            "truncate",
-            "-s",
-            "8T",
-        ])
-        .arg(&huge)
-        .spawn()
-        .unwrap();
-    // Wait until `truncate` sits in its close(), i.e. the mount is hashing.
-    let syscall = format!("/proc/{}/syscall", truncate.id());
-    sshd::wait_for(60.0, "truncate to be inside close()", || {
-        let s = std::fs::read_to_string(&syscall).ok()?;
-        let nr: i64 = s.split_whitespace().next()?.parse().ok()?;
-        (nr == libc::SYS_close).then_some(())
+    let uid = sshd::uid_of(&slow.name).unwrap();
+    // paramiko: open, ftruncate to 8 TiB (SSH_FXP_FSETSTAT), close. The close blocks in
+    // the user's sftp-server, whose close() is the mount's commit.
+    let mut huge = env.paramiko_spawn(
+        &slow,
+        &slow.key,
+        None,
+        &format!(
+            "sftp = connect()\nf = sftp.open('{}/outbox/huge.part', 'w')\nf.truncate(8 << 40)\nf.close()\nprint('CLOSED')\n",
+            partner_dir(&slow.name)
+        ),
+    );
+    sshd::wait_for(60.0, "the user's sftp-server to be inside close()", || {
+        if let Some(status) = huge.try_wait().unwrap() {
+            panic!("the 8 TiB upload ended before its close was seen: {status}");
+        }
+        in_close_as(uid).then_some(())
     });
     let started = Instant::now();
     let f = env.local("o.edi", b"other user's order\n");
-    let put = env.sftp(
+    // A liveness bound, not a speed goal: a stalled mount would wait for the whole hash.
+    let mut put = env.sftp_spawn(
         &other.name,
         &other.key,
         &format!("put {} {}/outbox/\n", f.display(), partner_dir(&other.name)),
     );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while put.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if put.try_wait().unwrap().is_none() {
+        let _ = put.kill();
+    }
+    let put = put.wait_with_output().unwrap();
     let took = started.elapsed();
-    let still_closing = truncate.try_wait().unwrap().is_none();
+    let still_closing = huge.try_wait().unwrap().is_none();
     println!(
         "the other user's login and put took {took:?}; huge close still running: {still_closing}"
     );
@@ -272,8 +273,27 @@ fn a_huge_sparse_close_does_not_stall_another_users_login_and_put() {
     );
     let msgs = env.messages(&other.name);
     assert_eq!(msgs.len(), 1, "{msgs:?}");
-    // A liveness bound, not a speed goal: a stalled mount would wait for the whole hash.
-    assert!(took < Duration::from_secs(60), "took {took:?}");
-    let _ = truncate.kill();
-    let _ = truncate.wait();
+    let _ = huge.kill();
+    let _ = huge.wait();
+}
+
+/// Whether a process of uid `uid` is inside close().
+fn in_close_as(uid: u32) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.flatten().any(|e| {
+        let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+        let owned = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u32>().ok())
+            == Some(uid);
+        let syscall = std::fs::read_to_string(e.path().join("syscall")).unwrap_or_default();
+        let nr = syscall
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<i64>().ok());
+        owned && nr == Some(libc::SYS_close)
+    })
 }

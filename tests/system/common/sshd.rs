@@ -533,6 +533,19 @@ impl Env {
     /// its environment, and the script gets a connected `sftp` (paramiko SFTPClient) when
     /// it calls `connect()` from the prelude.
     pub fn paramiko(&self, u: &User, key: &Path, pass: Option<&str>, script: &str) -> Output {
+        self.paramiko_spawn(u, key, pass, script)
+            .wait_with_output()
+            .unwrap()
+    }
+
+    /// [`Env::paramiko`] started, not waited for (output piped).
+    pub fn paramiko_spawn(
+        &self,
+        u: &User,
+        key: &Path,
+        pass: Option<&str>,
+        script: &str,
+    ) -> std::process::Child {
         Command::new(python())
             .arg("-c")
             .arg(format!("{PARAMIKO_PRELUDE}\n{script}"))
@@ -542,7 +555,9 @@ impl Env {
             .env("PASS", pass.unwrap_or(""))
             .current_dir(&self.dir)
             .stdin(Stdio::null())
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .unwrap()
     }
 
