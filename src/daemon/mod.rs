@@ -8,6 +8,7 @@
 //! - `keycache`: station keys and partner certificates, reloaded when their files change
 //! - `metrics`, `retry`: counters and the backoff policy
 
+mod archive;
 mod failpoint;
 mod http;
 mod keycache;

@@ -17,7 +17,7 @@ use crate::as2::mdn::{parse_mdn, MicCheck, ReceivedMdn};
 use crate::as2::message::{build_message, Attachment, CompressionOrder, MdnMode, SendProfile};
 use crate::as2::mic::Mic;
 use crate::store::{
-    Claimed, CompressOption, EncryptOption, MdnOption, Partner, SignOption, Station,
+    ArchiveKind, Claimed, CompressOption, EncryptOption, MdnOption, Partner, SignOption, Station,
 };
 use crate::timefmt::now_ms;
 
@@ -366,19 +366,19 @@ async fn attempt(ctx: &Arc<Ctx>, c: Claimed) -> (Attempt, Option<String>) {
     info!(message = c.id, attempt = c.attempts, %url, message_id = %msg.message_id, bytes, since_queued_ms, "sending");
     // A sync MDN is a few KiB; the bound is for a partner that answers with a stream.
     let target = super::http::PostTarget::partner(SYNC_ANSWER_MAX_BYTES);
-    let resp = match super::http::post(
-        &url,
-        &msg.headers,
-        msg.body,
-        trust.as_ref(),
-        timeout,
-        target,
-    )
-    .await
-    {
-        Ok(r) => r,
-        Err(e) => return (Attempt::Transient(e.0), None),
-    };
+    let (body, kept) =
+        super::archive::keep(ctx, c.id, ArchiveKind::Request, &msg.headers, msg.body).await;
+    if let Err(e) = kept {
+        return (
+            Attempt::Transient(format!("the request could not be archived: {e}")),
+            None,
+        );
+    }
+    let mut resp =
+        match super::http::post(&url, &msg.headers, body, trust.as_ref(), timeout, target).await {
+            Ok(r) => r,
+            Err(e) => return (Attempt::Transient(e.0), None),
+        };
     super::failpoint::hit("send-after-post");
     let said = explanation(resp.headers.get("content-type"), &resp.body);
     if let Some(a) = classify_status(resp.status, &said) {
@@ -404,6 +404,10 @@ async fn attempt(ctx: &Arc<Ctx>, c: Claimed) -> (Attempt, Option<String>) {
                 String::from_utf8_lossy(&resp.body)
             );
             let require_signed = partner.profile.mdn_signed;
+            let body = std::mem::take(&mut resp.body);
+            resp.body =
+                super::archive::keep_or_warn(ctx, c.id, ArchiveKind::Mdn, &resp.headers, body)
+                    .await;
             let parsed = blocking(move || {
                 parse_mdn(
                     &resp.headers,
