@@ -12,6 +12,7 @@ mod admin;
 mod audit;
 pub mod decode;
 mod doctor;
+mod export;
 mod messages;
 mod mount;
 mod partner;

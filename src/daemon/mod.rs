@@ -29,6 +29,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::store::Store;
 
+pub use receive::expected_mics;
 pub use retry::{Attempt, Backoff};
 
 /// Why the daemon could not run.
