@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use crate::config::Config;
 
 mod admin;
+mod alerts;
 mod audit;
 pub mod decode;
 mod doctor;
@@ -108,6 +109,9 @@ enum Command {
     Decode(decode::DecodeArgs),
     /// Check that the gateway can work: mount, sshd, serve, store, certificates, disk, ...
     Doctor(doctor::DoctorArgs),
+    /// Alerts (`[alerts]` in as2box.toml): send a test alert.
+    #[command(subcommand)]
+    Alerts(alerts::AlertsCommand),
 }
 
 /// The whole command line definition (for generating man pages and completions:
@@ -161,6 +165,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(a) => audit::run(g, a),
         Command::Decode(a) => decode::run(&a),
         Command::Doctor(a) => doctor::run(g, a),
+        Command::Alerts(c) => alerts::run(g, c),
     }
 }
 

@@ -320,6 +320,11 @@ async fn refuse(
         {
             warn!(error = %err, "cannot record the refusal");
         }
+        // Under the same bound as the rows: a flood of forged requests is not a flood of pages.
+        super::alerts::raise(
+            ctx,
+            super::alerts::refused(station, partner, &info.message_id, &text),
+        );
     } else {
         warn!(partner = %partner.as2_id, "more than {REFUSALS_RECORDED_PER_MINUTE} refusals for this partner this minute: this one is logged and counted, not recorded");
     }

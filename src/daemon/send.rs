@@ -440,6 +440,7 @@ pub async fn record_outcome(
         ceiling: Duration::from_secs_f64(ctx.config().serve.retry_max_secs),
         max_attempts: ctx.config().serve.max_attempts,
     };
+    let alert = super::alerts::for_send_outcome(id, attempts, &outcome, mdn.is_some(), &backoff);
     let m = &ctx.metrics;
     match &outcome {
         Attempt::Delivered(_) => {
@@ -483,7 +484,7 @@ pub async fn record_outcome(
     })
     .await;
     match result {
-        Ok(true) => {}
+        Ok(true) => alert.into_iter().for_each(|a| super::alerts::raise(ctx, a)),
         // E.g. the async MDN arrived before the POST's answer was recorded: it stands.
         Ok(false) => info!(
             message = id,
