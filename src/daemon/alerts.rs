@@ -161,6 +161,19 @@ pub fn raise(ctx: &Ctx, alert: Alert) {
     ctx.alerts.raise(&ctx.config().alerts, alert);
 }
 
+/// Raises `alert` about message `id` with what the store says of it (user, station,
+/// partner, name, files), so that whoever reads it knows where to look.
+pub async fn raise_about_message(ctx: &Arc<Ctx>, id: i64, mut alert: Alert) {
+    let store = ctx.store.clone();
+    if let Ok(Some(m)) = blocking(move || store.message(id)).await {
+        alert.json["message"] = json!({
+            "id": m.id, "direction": m.direction, "user": m.user, "station": m.station,
+            "partner": m.partner, "test": m.test, "name": m.name, "files": m.files,
+        });
+    }
+    raise(ctx, alert);
+}
+
 /// The alert for a send outcome that was recorded, if it ends the message: given up
 /// (a final failure, or the last retry used), or no async MDN in time (`attempts` 0, no
 /// MDN: see `send::record_outcome`).

@@ -484,7 +484,11 @@ pub async fn record_outcome(
     })
     .await;
     match result {
-        Ok(true) => alert.into_iter().for_each(|a| super::alerts::raise(ctx, a)),
+        Ok(true) => {
+            if let Some(a) = alert {
+                super::alerts::raise_about_message(ctx, id, a).await;
+            }
+        }
         // E.g. the async MDN arrived before the POST's answer was recorded: it stands.
         Ok(false) => info!(
             message = id,
