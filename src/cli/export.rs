@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use openssl::x509::X509;
 use serde_json::{json, Value};
 
-use crate::as2::certs::{load_certificates, subject_of, KeyPair, ValidityPolicy};
+use crate::as2::certs::{load_certificates, name_line, subject_of, KeyPair, ValidityPolicy};
 use crate::as2::mdn::{parse_mdn, MicCheck, ReceivedMdn};
 use crate::as2::message::{parse_body, split_http_capture, ReceiveContext, RequestInfo};
 use crate::as2::mic::Mic;
@@ -72,27 +72,8 @@ impl Out<'_> {
 
 /// A certificate as an auditor identifies it.
 fn cert_json(cert: &X509, file: &str) -> Value {
-    let fingerprint = cert
-        .digest(openssl::hash::MessageDigest::sha256())
-        .map(|d| {
-            d.iter()
-                .map(|b| format!("{b:02X}"))
-                .collect::<Vec<_>>()
-                .join(":")
-        })
-        .unwrap_or_default();
-    let issuer = cert
-        .issuer_name()
-        .entries()
-        .map(|e| {
-            format!(
-                "{}={}",
-                e.object().nid().short_name().unwrap_or("?"),
-                String::from_utf8_lossy(e.data().as_slice())
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
+    let fingerprint = crate::as2::certs::sha256_fingerprint(cert);
+    let issuer = name_line(cert.issuer_name());
     let serial = cert
         .serial_number()
         .to_bn()
@@ -121,12 +102,7 @@ fn pem_of(certs: &[X509]) -> Result<Vec<u8>> {
 /// CMS bodies as binary, and OpenSSL's S/MIME reader wants them in base64.
 fn smime_entity(headers: &Headers, body: &[u8]) -> Vec<u8> {
     let content_type = headers.get("content-type").unwrap_or("text/plain");
-    let media = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let media = crate::as2::mime::Entity::from_parts(headers.clone(), &[]).media_type();
     let already_base64 = headers
         .get("content-transfer-encoding")
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("base64"));
@@ -315,27 +291,22 @@ pub fn run(store: &Store, args: &ExportArgs) -> Result<()> {
         .unwrap_or_default();
     let partner_certs = partner_certs(partner.as_ref());
     let mut certificates = Vec::new();
-    if !station_cert.is_empty() {
-        out.write(
-            "station.pem",
-            "our station's certificate",
-            &pem_of(&station_cert)?,
-        )?;
-        certificates.extend(station_cert.iter().map(|c| {
-            let mut v = cert_json(c, "station.pem");
-            v["role"] = json!("station");
-            v
-        }));
-    }
-    if !partner_certs.is_empty() {
-        out.write(
-            "partner.pem",
+    for (role, certs, what) in [
+        ("station", &station_cert, "our station's certificate"),
+        (
+            "partner",
+            &partner_certs,
             "the partner's configured certificates",
-            &pem_of(&partner_certs)?,
-        )?;
-        certificates.extend(partner_certs.iter().map(|c| {
-            let mut v = cert_json(c, "partner.pem");
-            v["role"] = json!("partner");
+        ),
+    ] {
+        if certs.is_empty() {
+            continue;
+        }
+        let file = format!("{role}.pem");
+        out.write(&file, what, &pem_of(certs)?)?;
+        certificates.extend(certs.iter().map(|c| {
+            let mut v = cert_json(c, &file);
+            v["role"] = json!(role);
             v
         }));
     }

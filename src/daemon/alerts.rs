@@ -406,10 +406,7 @@ fn expiring_certificates(store: &crate::store::Store) -> Vec<(String, Alert)> {
         if days >= crate::keys::WARN_DAYS {
             return;
         }
-        let fingerprint = cert
-            .digest(openssl::hash::MessageDigest::sha256())
-            .map(|d| crate::store::hex(&d))
-            .unwrap_or_else(|_| path.display().to_string());
+        let fingerprint = crate::as2::certs::sha256_fingerprint(&cert);
         let whose = format!(
             "{} {}",
             owner["role"].as_str().unwrap_or(""),
