@@ -443,3 +443,86 @@ fn the_archive_goes_when_the_message_record_goes() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn async_mdns_are_archived_both_ways() {
+    let Some(py) = as2_common::python() else {
+        return;
+    };
+    if as2_common::openssl_cli().is_none() {
+        return;
+    }
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
+    let mut s = setup(&fx, &py, "");
+    let (_, peer_cert) = pem_files(&fx, "peer", &as2_common::test_keys().1);
+    // We send, the partner's MDN comes later in its own POST.
+    fx.add_partner_id(&s.user, "PYASYNC", false);
+    fx.cli_ok(&[
+        "partner",
+        "set",
+        "--user",
+        &s.user.name,
+        "PYASYNC",
+        "--url",
+        &format!("http://127.0.0.1:{}/as2", s.peer.port),
+        "--cert",
+        &peer_cert.display().to_string(),
+        "--mdn",
+        "async",
+    ]);
+    let mb = fx.mailbox_of(&s.user, &s.station, "PYASYNC", false);
+    fx.as_user(&s.user, || {
+        ok(
+            ops::put(&mb.outbox().join("late.bin"), &random_bytes(5000)),
+            "put",
+        )
+    });
+    let sent = wait_for("the async MDN settles the message", WAIT, || {
+        fx.out_messages(&s.user)
+            .into_iter()
+            .find(|m| m.name == "late.bin" && m.state == "delivered")
+    });
+    let dir = fx.dir.join("export-async-out");
+    let manifest = export(&fx, sent.id, &dir);
+    assert_eq!(manifest["mic"]["match"], true, "{manifest:#}");
+    let verified = openssl_ok(&dir, &words("cms -verify -inform SMIME -in mdn.smime -CAfile partner.pem -partial_chain -purpose any -out mdn-report.txt"));
+    assert!(verified.contains("Verification successful"), "{verified}");
+
+    // The partner sends and asks for its MDN at its own (loopback) address.
+    let allow = format!("http://127.0.0.1:{}/", s.peer.mdn_port);
+    fx.cli_ok(&[
+        "partner",
+        "set",
+        "--user",
+        &s.user.name,
+        "pyas2peer",
+        "--mdn-url-allow",
+        &allow,
+    ]);
+    s.peer.command(&json!({
+        "cmd": "send", "id": "asyncin", "url": s.daemon.url("/as2"), "as2_to": s.station,
+        "data_b64": b64(b"ISA*00*async~"), "filename": "asyncin.edi",
+        "content_type": "application/edi-x12", "sign": "sha256", "encrypt": "aes_256_cbc",
+        "compress": false, "mdn": "async", "mdn_digest": "sha256",
+    }));
+    let ev = s
+        .peer
+        .wait_event(|v| v["event"] == "sent" && v["id"] == "asyncin");
+    assert_eq!(ev["mdn_status"], "processed", "{ev}\n{}", s.daemon.log());
+    let received = wait_for("the received message", WAIT, || {
+        fx.messages()
+            .into_iter()
+            .find(|m| m.direction == "in" && m.files.iter().any(|f| f.name == "asyncin.edi"))
+    });
+    let dir = fx.dir.join("export-async-in");
+    let manifest = export(&fx, received.id, &dir);
+    assert_eq!(manifest["mic"]["match"], true, "{manifest:#}");
+    let verified = openssl_ok(&dir, &words("cms -verify -inform SMIME -in mdn.smime -CAfile station.pem -partial_chain -purpose any -out mdn-report.txt"));
+    assert!(verified.contains("Verification successful"), "{verified}");
+    assert_eq!(
+        received_mic(&dir.join("mdn-report.txt")),
+        manifest["mic"]["computed"][0].as_str().unwrap()
+    );
+}
