@@ -39,8 +39,9 @@ pub async fn keep<B: AsRef<[u8]> + Send + 'static>(
     .await
 }
 
-/// [`keep`] where a failure is logged, not fatal: an MDN's outcome still counts when the
-/// disk refuses its copy (the record keeps its text).
+/// [`keep`] where a failure is logged, not fatal: a message is still sent, and an MDN's
+/// outcome still counts, when the disk refuses the copy (the record keeps the headers and
+/// the MDN's text). Only a received request must be archived before its positive MDN.
 pub async fn keep_or_warn<B: AsRef<[u8]> + Send + 'static>(
     ctx: &Arc<Ctx>,
     message_id: i64,

@@ -366,14 +366,9 @@ async fn attempt(ctx: &Arc<Ctx>, c: Claimed) -> (Attempt, Option<String>) {
     info!(message = c.id, attempt = c.attempts, %url, message_id = %msg.message_id, bytes, since_queued_ms, "sending");
     // A sync MDN is a few KiB; the bound is for a partner that answers with a stream.
     let target = super::http::PostTarget::partner(SYNC_ANSWER_MAX_BYTES);
-    let (body, kept) =
-        super::archive::keep(ctx, c.id, ArchiveKind::Request, &msg.headers, msg.body).await;
-    if let Err(e) = kept {
-        return (
-            Attempt::Transient(format!("the request could not be archived: {e}")),
-            None,
-        );
-    }
+    // Kept before the POST; a disk that refuses the copy does not hold up the sending.
+    let body =
+        super::archive::keep_or_warn(ctx, c.id, ArchiveKind::Request, &msg.headers, msg.body).await;
     let mut resp =
         match super::http::post(&url, &msg.headers, body, trust.as_ref(), timeout, target).await {
             Ok(r) => r,

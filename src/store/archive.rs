@@ -16,6 +16,7 @@ use crate::timefmt::now_ms;
 
 /// The table (in the operational database). `kind` is [`ArchiveKind::as_str`]; one row per
 /// message and kind: a later attempt of a send replaces the request of the earlier one.
+/// The index on `messages (user_id)` serves the user's usage, which counts the archive.
 pub(super) const ARCHIVE_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS ops.message_archive (
     message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
@@ -26,6 +27,7 @@ CREATE TABLE IF NOT EXISTS ops.message_archive (
     PRIMARY KEY (message_id, kind)
 );
 CREATE INDEX IF NOT EXISTS ops.message_archive_by_blob ON message_archive (blob);
+CREATE INDEX IF NOT EXISTS ops.messages_by_user ON messages (user_id);
 ";
 
 /// What an archived capture is.
