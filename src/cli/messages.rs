@@ -43,7 +43,10 @@ pub enum MessagesCommand {
     /// (still signed and encrypted) and the MDN we answered; sent, the request we POSTed
     /// and the MDN the partner returned. Written: each as `<kind>.raw` (the capture, as
     /// `as2box decode` reads it) and `<kind>.smime` (its body for `openssl cms -inform
-    /// SMIME`), station.pem and partner.pem (the certificates), SHA256SUMS and
+    /// SMIME`); where we can open it, the decrypted entity and the signed part and its
+    /// signature split apart (`<kind>-signed-content.mime`, `<kind>-signature.p7s`: OpenSSL's
+    /// S/MIME reader rewrites line ends in binary parts); station.pem and partner.pem (the
+    /// certificates), SHA256SUMS and
     /// manifest.json (hashes, which certificate signed and which verified, the MIC we
     /// computed against the MIC in the MDN, and the `openssl` commands that re-verify it
     /// all). The folder is made if missing and must be empty unless --force.
