@@ -125,6 +125,15 @@ impl Alerts {
         self.wake.notify_one();
     }
 
+    /// Whether certificate `fingerprint` was not alerted on `day` (unix days) yet; marks it.
+    fn first_today(&self, fingerprint: &str, day: i64) -> bool {
+        let mut seen = self
+            .certificates_alerted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        seen.insert(fingerprint.to_owned(), day) != Some(day)
+    }
+
     fn next(&self) -> Option<Alert> {
         self.queue
             .lock()
@@ -372,17 +381,9 @@ pub async fn watch_certificates(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) 
         let expiring = blocking(move || expiring_certificates(&store)).await;
         let today = crate::timefmt::now_ms() / 86_400_000;
         for (fingerprint, alert) in expiring {
-            let mut seen = ctx
-                .alerts
-                .certificates_alerted
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if seen.get(&fingerprint) == Some(&today) {
-                continue;
+            if ctx.alerts.first_today(&fingerprint, today) {
+                raise(&ctx, alert);
             }
-            seen.insert(fingerprint, today);
-            drop(seen);
-            raise(&ctx, alert);
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
@@ -494,6 +495,15 @@ mod tests {
             "{m}"
         );
         assert!(m.contains("as2box_alerts_dropped_total 2"), "{m}");
+    }
+
+    #[test]
+    fn a_certificate_is_alerted_at_most_once_a_day() {
+        let alerts = Alerts::default();
+        assert!(alerts.first_today("AB:CD", 20_000));
+        assert!(!alerts.first_today("AB:CD", 20_000));
+        assert!(alerts.first_today("EF:01", 20_000), "another certificate");
+        assert!(alerts.first_today("AB:CD", 20_001), "the next day");
     }
 
     #[test]
