@@ -50,6 +50,45 @@ pub struct Config {
     pub serve: ServeConfig,
     /// `[sftp]`: the OpenSSH side.
     pub sftp: SftpConfig,
+    /// `[alerts]`: whom the daemon tells when something needs a person.
+    pub alerts: AlertsConfig,
+}
+
+/// `[alerts]` (see `daemon::alerts`): a webhook and/or a command, told in JSON when a
+/// message fails, an inbound message is refused, an MDN does not come in time, or a
+/// certificate expires within 30 days.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// Where each alert is POSTed as JSON (admin configuration: internal addresses are
+    /// allowed).
+    pub webhook_url: Option<String>,
+    /// Extra header fields of the webhook's POST (e.g. an `Authorization` token).
+    pub webhook_headers: std::collections::BTreeMap<String, String>,
+    /// A program and its arguments (no shell), run per alert with the JSON on stdin.
+    pub command: Vec<String>,
+    /// Time for one webhook POST, and for the command to finish (then it is killed).
+    pub timeout_secs: f64,
+    /// Webhook attempts per alert (retried with doubling delays from `retry_base_secs`).
+    pub max_attempts: u32,
+    /// The first delay between webhook attempts.
+    pub retry_base_secs: f64,
+    /// Alerts waiting at most; when full, the oldest is dropped (and counted).
+    pub queue_size: usize,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            webhook_url: None,
+            webhook_headers: Default::default(),
+            command: Vec::new(),
+            timeout_secs: 10.0,
+            max_attempts: 5,
+            retry_base_secs: 2.0,
+            queue_size: 1000,
+        }
+    }
 }
 
 /// `[mount]`
@@ -299,6 +338,36 @@ impl Config {
         if self.mount.threads == 0 || self.mount.threads > 64 {
             return Err(invalid("mount.threads", "must be between 1 and 64"));
         }
+        let a = &self.alerts;
+        if let Some(url) = &a.webhook_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid(
+                    "alerts.webhook_url",
+                    "must be an http:// or https:// URL",
+                ));
+            }
+        }
+        if !(a.timeout_secs.is_finite() && a.timeout_secs > 0.0) {
+            return Err(invalid("alerts.timeout_secs", "must be more than zero"));
+        }
+        if !(a.retry_base_secs.is_finite() && a.retry_base_secs >= 0.0) {
+            return Err(invalid(
+                "alerts.retry_base_secs",
+                "must be a number of zero or more",
+            ));
+        }
+        if a.max_attempts == 0 || a.queue_size == 0 {
+            return Err(invalid(
+                "alerts.max_attempts/queue_size",
+                "must be at least 1",
+            ));
+        }
+        if a.command.first().is_some_and(|c| c.is_empty()) {
+            return Err(invalid(
+                "alerts.command",
+                "must start with the program to run (e.g. [\"/usr/local/bin/page\", \"--as2\"])",
+            ));
+        }
         Ok(())
     }
 }
@@ -352,6 +421,19 @@ mod tests {
     fn unknown_key_is_an_error_naming_it() {
         let err = parse("[outbox]\nlinger = 2\n").unwrap_err().to_string();
         assert!(err.contains("linger"), "{err}");
+    }
+
+    #[test]
+    fn alerts_are_off_by_default_and_checked() {
+        let c = Config::default();
+        assert!(c.alerts.webhook_url.is_none() && c.alerts.command.is_empty());
+        let c = parse("[alerts]\nwebhook_url = \"http://10.0.0.5:9000/hook\"\ncommand = [\"/usr/bin/logger\", \"-t\", \"as2box\"]\n[alerts.webhook_headers]\nAuthorization = \"Bearer x\"\n").unwrap();
+        assert_eq!(c.alerts.command, ["/usr/bin/logger", "-t", "as2box"]);
+        assert_eq!(c.alerts.webhook_headers["Authorization"], "Bearer x");
+        let err = parse("[alerts]\nwebhook_url = \"ftp://x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("alerts.webhook_url"), "{err}");
     }
 
     #[test]

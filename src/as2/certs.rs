@@ -195,8 +195,25 @@ pub fn newest_valid(certs: &[X509], at_unix: i64) -> Option<&X509> {
 
 /// A one-line subject of a certificate (`CN=..., O=...`).
 pub fn subject_of(cert: &X509) -> String {
-    cert.subject_name()
-        .entries()
+    name_line(cert.subject_name())
+}
+
+/// The SHA-256 fingerprint as `openssl x509 -fingerprint -sha256` prints it
+/// (`AB:CD:...`).
+pub fn sha256_fingerprint(cert: &X509) -> String {
+    cert.digest(openssl::hash::MessageDigest::sha256())
+        .map(|d| {
+            d.iter()
+                .map(|b| format!("{b:02X}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        })
+        .unwrap_or_default()
+}
+
+/// A one-line X.509 name (`CN=..., O=...`): a subject or an issuer.
+pub fn name_line(name: &openssl::x509::X509NameRef) -> String {
+    name.entries()
         .map(|e| {
             format!(
                 "{}={}",

@@ -37,6 +37,23 @@ pub enum MessagesCommand {
         /// Message id (from `messages list`) of a sent (direction `out`) message.
         id: i64,
     },
+    /// Write a message's non-repudiation archive into a folder, for an auditor.
+    ///
+    /// Kept per message for retention.messages_days: received, the request as it came
+    /// (still signed and encrypted) and the MDN we answered; sent, the request we POSTed
+    /// and the MDN the partner returned. Written: each as `<kind>.raw` (the capture, as
+    /// `as2box decode` reads it) and `<kind>.smime` (its body for `openssl cms -inform
+    /// SMIME`); where we can open it, the decrypted entity and the signed part and its
+    /// signature split apart (`<kind>-signed-content.mime`, `<kind>-signature.p7s`: OpenSSL's
+    /// S/MIME reader rewrites line ends in binary parts); station.pem and partner.pem (the
+    /// certificates), SHA256SUMS and
+    /// manifest.json (hashes, which certificate signed and which verified, the MIC we
+    /// computed against the MIC in the MDN, and the `openssl` commands that re-verify it
+    /// all). The folder is made if missing and must be empty unless --force.
+    #[command(
+        after_help = "Example:\n  as2box messages export 42 /tmp/msg-42\n  cd /tmp/msg-42 && sha256sum -c SHA256SUMS && jq .verify manifest.json"
+    )]
+    Export(super::export::ExportArgs),
 }
 
 #[derive(serde::Serialize)]
@@ -177,6 +194,7 @@ pub fn run(g: &Global, c: MessagesCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        MessagesCommand::Export(args) => super::export::run(&store, &args),
         MessagesCommand::Resend { id } => {
             let new = store.resend_message(id)?;
             println!(

@@ -9,9 +9,11 @@ use clap::{Parser, Subcommand};
 use crate::config::Config;
 
 mod admin;
+mod alerts;
 mod audit;
 pub mod decode;
 mod doctor;
+mod export;
 mod messages;
 mod mount;
 mod partner;
@@ -107,6 +109,9 @@ enum Command {
     Decode(decode::DecodeArgs),
     /// Check that the gateway can work: mount, sshd, serve, store, certificates, disk, ...
     Doctor(doctor::DoctorArgs),
+    /// Alerts (`[alerts]` in as2box.toml): send a test alert.
+    #[command(subcommand)]
+    Alerts(alerts::AlertsCommand),
 }
 
 /// The whole command line definition (for generating man pages and completions:
@@ -139,7 +144,11 @@ fn init_tracing() {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let g = &cli.global;
-    if !matches!(cli.command, Command::Mount(_) | Command::Serve(_)) {
+    // `alerts test` writes to a command that may not read its input: EPIPE, not death.
+    if !matches!(
+        cli.command,
+        Command::Mount(_) | Command::Serve(_) | Command::Alerts(_)
+    ) {
         // Like every Unix tool, stop quietly when the reader of our output goes away
         // (`as2box messages list | head`). The daemons keep Rust's default of ignoring
         // SIGPIPE: a partner hanging up must be an error on the socket, not our death.
@@ -160,6 +169,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(a) => audit::run(g, a),
         Command::Decode(a) => decode::run(&a),
         Command::Doctor(a) => doctor::run(g, a),
+        Command::Alerts(c) => alerts::run(g, c),
     }
 }
 

@@ -8,6 +8,8 @@
 //! - `keycache`: station keys and partner certificates, reloaded when their files change
 //! - `metrics`, `retry`: counters and the backoff policy
 
+pub mod alerts;
+mod archive;
 mod failpoint;
 mod http;
 mod keycache;
@@ -28,6 +30,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::store::Store;
 
+pub use receive::expected_mics;
 pub use retry::{Attempt, Backoff};
 
 /// Why the daemon could not run.
@@ -69,6 +72,8 @@ pub struct Ctx {
     /// row, and a flood of forged requests must not fill the disk. One entry per partner
     /// that exists (requests are routed before they can be refused).
     pub refusals_recorded: std::sync::Mutex<std::collections::HashMap<i64, (i64, u32)>>,
+    /// Alerts waiting for their webhook or command, and their counters.
+    pub alerts: alerts::Alerts,
 }
 
 /// How many async MDNs we owe are POSTed at once.
@@ -118,7 +123,7 @@ async fn route(ctx: Arc<Ctx>, req: http::Req) -> http::Resp {
             http::Resp {
                 status: 200,
                 headers: vec![("Content-Type".into(), "text/plain; version=0.0.4".into())],
-                body: ctx.metrics.render(&counts).into_bytes(),
+                body: (ctx.metrics.render(&counts) + &ctx.alerts.render_metrics()).into_bytes(),
             }
         }
         ("POST", path @ ("/as2" | "/as2/test")) => {
@@ -240,6 +245,7 @@ async fn run(
         keys: keycache::KeyCache::default(),
         owed_mdn_slots: Arc::new(tokio::sync::Semaphore::new(OWED_MDNS_IN_FLIGHT)),
         refusals_recorded: Default::default(),
+        alerts: Default::default(),
         live: Arc::new(live::LiveConfig::new(config_path, config, tls)),
     });
     let refused = ctx.metrics.connections_refused.clone();
@@ -277,6 +283,11 @@ async fn run(
     }
     tasks.push(tokio::spawn(live::watch(ctx.live.clone(), stop_rx.clone())));
     tasks.push(tokio::spawn(send::run(ctx.clone(), stop_rx.clone())));
+    tasks.push(tokio::spawn(alerts::run(ctx.clone(), stop_rx.clone())));
+    tasks.push(tokio::spawn(alerts::watch_certificates(
+        ctx.clone(),
+        stop_rx.clone(),
+    )));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => info!("SIGINT: stopping"),

@@ -20,7 +20,7 @@ use crate::as2::mic::Mic;
 use crate::as2::DispositionModifier;
 use crate::as2::Headers;
 use crate::mailbox::{self, IncomingFile};
-use crate::store::{InboundOrigin, OwedMdn, Partner, Station};
+use crate::store::{ArchiveKind, InboundOrigin, OwedMdn, Partner, Station};
 use crate::timefmt::now_ms;
 
 /// `Reporting-UA` of our MDNs.
@@ -200,17 +200,24 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
             data: data.clone(),
         })
         .collect();
+    let request = super::archive::capture_request(&ctx, &req.headers, req.body.clone()).await;
     let origin = InboundOrigin {
         as2_message_id: info.message_id.clone(),
         mic: Some(msg.mic.to_header_value()),
+        request: request.as_ref().ok().cloned(),
     };
     let (store, st, pa) = (
         ctx.store.clone(),
         station.as2_id.clone(),
         partner.as2_id.clone(),
     );
-    let delivered =
-        blocking(move || mailbox::deliver(&store, &st, &pa, test, files, Some(&origin))).await;
+    // Not archived, not delivered: a positive MDN promises the request is kept too.
+    let delivered = match request {
+        Ok(_) => {
+            blocking(move || mailbox::deliver(&store, &st, &pa, test, files, Some(&origin))).await
+        }
+        Err(e) => Err(mailbox::DeliverError::Store(e)),
+    };
     match delivered {
         Ok(d) => {
             inc(&ctx.metrics.received_ok);
@@ -313,6 +320,11 @@ async fn refuse(
         {
             warn!(error = %err, "cannot record the refusal");
         }
+        // Under the same bound as the rows: a flood of forged requests is not a flood of pages.
+        super::alerts::raise(
+            ctx,
+            super::alerts::refused(station, partner, &info.message_id, &text),
+        );
     } else {
         warn!(partner = %partner.as2_id, "more than {REFUSALS_RECORDED_PER_MINUTE} refusals for this partner this minute: this one is logged and counted, not recorded");
     }
@@ -563,7 +575,7 @@ async fn answer(
         now_unix: now_unix(),
         message_id_domain: &domain,
     };
-    let mdn = match build_mdn(&params) {
+    let mut mdn = match build_mdn(&params) {
         Ok(m) => m,
         Err(e) => {
             warn!(error = %e, "cannot build the MDN");
@@ -578,6 +590,9 @@ async fn answer(
         );
         let store = ctx.store.clone();
         let _ = blocking(move || store.set_inbound_mdn(id, &text)).await;
+        let body = std::mem::take(&mut mdn.body);
+        mdn.body =
+            super::archive::keep_or_warn(ctx, id, ArchiveKind::Mdn, &mdn.headers, body).await;
     }
     match (mdn.async_url.clone(), destinations) {
         (Some(url), Some(destinations)) => {
@@ -856,6 +871,7 @@ pub async fn async_mdn(ctx: Arc<Ctx>, req: Req) -> Resp {
         }
     };
     let mdn_text = String::from_utf8_lossy(&req.body).into_owned();
+    super::archive::keep_or_warn(&ctx, sent.id, ArchiveKind::Mdn, &req.headers, req.body).await;
     super::send::record_outcome(&ctx, sent.id, 0, outcome, Some(mdn_text)).await;
     Resp::text(200, "MDN received\n")
 }

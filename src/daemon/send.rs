@@ -17,7 +17,7 @@ use crate::as2::mdn::{parse_mdn, MicCheck, ReceivedMdn};
 use crate::as2::message::{build_message, Attachment, CompressionOrder, MdnMode, SendProfile};
 use crate::as2::mic::Mic;
 use crate::store::{
-    Claimed, CompressOption, EncryptOption, MdnOption, Partner, SignOption, Station,
+    ArchiveKind, Claimed, CompressOption, EncryptOption, MdnOption, Partner, SignOption, Station,
 };
 use crate::timefmt::now_ms;
 
@@ -366,19 +366,14 @@ async fn attempt(ctx: &Arc<Ctx>, c: Claimed) -> (Attempt, Option<String>) {
     info!(message = c.id, attempt = c.attempts, %url, message_id = %msg.message_id, bytes, since_queued_ms, "sending");
     // A sync MDN is a few KiB; the bound is for a partner that answers with a stream.
     let target = super::http::PostTarget::partner(SYNC_ANSWER_MAX_BYTES);
-    let resp = match super::http::post(
-        &url,
-        &msg.headers,
-        msg.body,
-        trust.as_ref(),
-        timeout,
-        target,
-    )
-    .await
-    {
-        Ok(r) => r,
-        Err(e) => return (Attempt::Transient(e.0), None),
-    };
+    // Kept before the POST; a disk that refuses the copy does not hold up the sending.
+    let body =
+        super::archive::keep_or_warn(ctx, c.id, ArchiveKind::Request, &msg.headers, msg.body).await;
+    let mut resp =
+        match super::http::post(&url, &msg.headers, body, trust.as_ref(), timeout, target).await {
+            Ok(r) => r,
+            Err(e) => return (Attempt::Transient(e.0), None),
+        };
     super::failpoint::hit("send-after-post");
     let said = explanation(resp.headers.get("content-type"), &resp.body);
     if let Some(a) = classify_status(resp.status, &said) {
@@ -404,6 +399,10 @@ async fn attempt(ctx: &Arc<Ctx>, c: Claimed) -> (Attempt, Option<String>) {
                 String::from_utf8_lossy(&resp.body)
             );
             let require_signed = partner.profile.mdn_signed;
+            let body = std::mem::take(&mut resp.body);
+            resp.body =
+                super::archive::keep_or_warn(ctx, c.id, ArchiveKind::Mdn, &resp.headers, body)
+                    .await;
             let parsed = blocking(move || {
                 parse_mdn(
                     &resp.headers,
@@ -436,6 +435,7 @@ pub async fn record_outcome(
         ceiling: Duration::from_secs_f64(ctx.config().serve.retry_max_secs),
         max_attempts: ctx.config().serve.max_attempts,
     };
+    let alert = super::alerts::for_send_outcome(id, attempts, &outcome, mdn.is_some(), &backoff);
     let m = &ctx.metrics;
     match &outcome {
         Attempt::Delivered(_) => {
@@ -479,7 +479,11 @@ pub async fn record_outcome(
     })
     .await;
     match result {
-        Ok(true) => {}
+        Ok(true) => {
+            if let Some(a) = alert {
+                super::alerts::raise_about_message(ctx, id, a).await;
+            }
+        }
         // E.g. the async MDN arrived before the POST's answer was recorded: it stands.
         Ok(false) => info!(
             message = id,

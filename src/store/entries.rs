@@ -85,6 +85,9 @@ pub struct InboundOrigin {
     pub as2_message_id: String,
     /// The MIC we computed (`<base64>, <alg>`), for repeating the MDN.
     pub mic: Option<String>,
+    /// The request as received, archived (`Store::archive_capture`): linked in the
+    /// delivery's transaction, so it is durable before the positive MDN goes out.
+    pub request: Option<super::ArchivedBlob>,
 }
 
 /// A rename that picks the renamed entry up as a message.
@@ -689,6 +692,9 @@ impl Store {
                     "UPDATE messages SET as2_message_id = ?2, mic = ?3 WHERE id = ?1",
                     params![m, o.as2_message_id, o.mic],
                 )?;
+                if let Some(request) = &o.request {
+                    super::archive::link(tx, m, super::ArchiveKind::Request, request)?;
+                }
             }
             let parent = match placement {
                 Placement::Folder(name) => insert_entry(
@@ -869,7 +875,7 @@ impl Store {
             self.read(|c| {
                 let mut set = HashSet::new();
                 let mut st = c.prepare(
-                    "SELECT blob FROM entries WHERE blob IS NOT NULL UNION SELECT blob FROM message_files",
+                    "SELECT blob FROM entries WHERE blob IS NOT NULL UNION SELECT blob FROM message_files UNION SELECT blob FROM message_archive",
                 )?;
                 for b in st.query_map([], |r| r.get::<_, String>(0))? {
                     set.insert(b?);

@@ -15,6 +15,7 @@
 //! to root's file first and a table the daemon creates in its file cannot shadow it; the
 //! daemon's has `data/as2box.db` as `main` and attaches `config.db` read-only as `config`.
 
+mod archive;
 mod blobs;
 mod entries;
 mod inspect;
@@ -30,6 +31,7 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OpenFlags};
 
+pub use archive::{ArchiveItem, ArchiveKind, ArchivedBlob};
 pub use blobs::{fsync_dir, hex, is_blob_name, sha256_hex, BlobGuard, BlobStore, Role, SpoolName};
 pub use entries::{InboundOrigin, NewFile, PickupFile, Placement, RenamePickup, SweepReport};
 pub use inspect::{InboundRequirements, PartnerFiles, ReadOnlyStore, StationFiles};
@@ -103,7 +105,7 @@ impl StoreError {
 /// The result type of the store.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 
 /// Steps from each older schema version to the next: `MIGRATIONS[v - 1]` takes a version `v`
 /// database to `v + 1`. A fresh database gets the schemas and the current version directly.
@@ -149,6 +151,8 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE partners ADD COLUMN mdn_url_allow TEXT NOT NULL DEFAULT '';",
     // 5 -> 6: what commits an upload in a station's outboxes.
     "ALTER TABLE stations ADD COLUMN pickup TEXT NOT NULL DEFAULT 'close';",
+    // 6 -> 7: the non-repudiation archive (raw requests and MDNs per message).
+    archive::ARCHIVE_SCHEMA,
 ];
 
 /// Brings both databases to [`SCHEMA_VERSION`] on root's connection, each step in its own
@@ -164,6 +168,7 @@ fn migrate(conn: &mut Connection) -> Result<()> {
         let tx = conn.transaction()?;
         tx.execute_batch(CONFIG_SCHEMA)?;
         tx.execute_batch(OPS_SCHEMA)?;
+        tx.execute_batch(archive::ARCHIVE_SCHEMA)?;
         tx.execute_batch(&set_version(SCHEMA_VERSION))?;
         return Ok(tx.commit()?);
     }
@@ -175,6 +180,7 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     }
     conn.execute_batch(CONFIG_SCHEMA)?;
     conn.execute_batch(OPS_SCHEMA)?;
+    conn.execute_batch(archive::ARCHIVE_SCHEMA)?;
     Ok(())
 }
 
@@ -647,7 +653,13 @@ mod tests {
         );
         assert_eq!(
             tables(&dir.path().join("data/as2box.db")),
-            ["entries", "message_events", "message_files", "messages"]
+            [
+                "entries",
+                "message_archive",
+                "message_events",
+                "message_files",
+                "messages"
+            ]
         );
         // Again (the mount's next start): nothing changes.
         drop(store);

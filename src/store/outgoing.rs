@@ -859,6 +859,7 @@ mod tests {
         let origin = crate::store::InboundOrigin {
             as2_message_id: "m@x".into(),
             mic: None,
+            request: None,
         };
         let top = crate::store::Placement::Top { replace: false };
         let first = store

@@ -161,7 +161,9 @@ impl Store {
     pub fn usage(&self, user_id: i64) -> Result<u64> {
         self.read(|c| {
             let n: i64 = c.query_row(
-                "SELECT COALESCE(SUM(size), 0) FROM entries WHERE user_id = ?1",
+                // The archive of the user's messages counts like their payloads.
+                "SELECT COALESCE((SELECT SUM(size) FROM entries WHERE user_id = ?1), 0)
+                      + COALESCE((SELECT SUM(a.size) FROM message_archive a JOIN messages m ON m.id = a.message_id WHERE m.user_id = ?1), 0)",
                 [user_id],
                 |r| r.get(0),
             )?;

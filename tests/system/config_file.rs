@@ -15,6 +15,9 @@ const NO_DEFAULT: &[&str] = &[
     "serve.tls_cert",
     "serve.tls_key",
     "serve.public_url",
+    "alerts.webhook_url",
+    "alerts.webhook_headers",
+    "alerts.command",
 ];
 
 fn load(text: &str) -> Result<Config, String> {
@@ -110,11 +113,15 @@ fn the_listed_values_are_the_defaults() {
         .join("\n");
     let mut all = load(&uncommented).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
     assert!(all.serve.https_listen.is_some() && all.serve.public_url.is_some());
-    assert_eq!(NO_DEFAULT.len(), 4);
+    assert_eq!(NO_DEFAULT.len(), 7);
     all.serve.https_listen = None;
     all.serve.tls_cert = None;
     all.serve.tls_key = None;
     all.serve.public_url = None;
+    assert!(all.alerts.webhook_url.is_some() && !all.alerts.command.is_empty());
+    all.alerts.webhook_url = None;
+    all.alerts.webhook_headers.clear();
+    all.alerts.command.clear();
     assert_eq!(format!("{all:?}"), format!("{:?}", Config::default()));
     assert!(Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("packaging/as2box.toml")

@@ -10,6 +10,8 @@ mod macros;
 mod common;
 
 mod config_file;
+mod daemon_alerts;
+mod daemon_archive;
 mod daemon_bounds;
 mod daemon_failures;
 mod daemon_loopback;

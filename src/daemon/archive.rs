@@ -1,0 +1,57 @@
+//! The daemon's side of the non-repudiation archive (`store::archive`): the raw requests
+//! and MDNs that cross the wire, kept with their message. Each call stores on a blocking
+//! thread; the bodies are handed back so that archiving never copies a payload.
+
+use std::sync::Arc;
+
+use tracing::warn;
+
+use super::{blocking, Ctx};
+use crate::as2::Headers;
+use crate::store::{ArchiveKind, ArchivedBlob, StoreError};
+
+/// Stores a received request as it came (header fields, blank line, body), not yet linked
+/// to a message: the delivery links it in its own transaction.
+pub async fn capture_request(
+    ctx: &Arc<Ctx>,
+    headers: &Headers,
+    body: bytes::Bytes,
+) -> Result<ArchivedBlob, StoreError> {
+    let (store, block) = (ctx.store.clone(), headers.to_bytes());
+    blocking(move || store.archive_capture(&block, &body)).await
+}
+
+/// Keeps `body` with its `headers` as message `message_id`'s `kind`; gives `body` back.
+pub async fn keep<B: AsRef<[u8]> + Send + 'static>(
+    ctx: &Arc<Ctx>,
+    message_id: i64,
+    kind: ArchiveKind,
+    headers: &Headers,
+    body: B,
+) -> (B, Result<(), StoreError>) {
+    let (store, block) = (ctx.store.clone(), headers.to_bytes());
+    blocking(move || {
+        let kept = store
+            .archive(message_id, kind, &block, body.as_ref())
+            .map(drop);
+        (body, kept)
+    })
+    .await
+}
+
+/// [`keep`] where a failure is logged, not fatal: a message is still sent, and an MDN's
+/// outcome still counts, when the disk refuses the copy (the record keeps the headers and
+/// the MDN's text). Only a received request must be archived before its positive MDN.
+pub async fn keep_or_warn<B: AsRef<[u8]> + Send + 'static>(
+    ctx: &Arc<Ctx>,
+    message_id: i64,
+    kind: ArchiveKind,
+    headers: &Headers,
+    body: B,
+) -> B {
+    let (body, kept) = keep(ctx, message_id, kind, headers, body).await;
+    if let Err(e) = kept {
+        warn!(message = message_id, kind = kind.as_str(), error = %e, "cannot archive this capture of the message; its record keeps the text only");
+    }
+    body
+}
