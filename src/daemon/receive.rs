@@ -813,7 +813,7 @@ pub async fn async_mdn(ctx: Arc<Ctx>, req: Req) -> Resp {
     // Not only `awaiting-mdn`: a quick partner's MDN can arrive before the sender recorded
     // that its POST was answered (`sending`), or for an earlier attempt of a message now
     // waiting to be retried (`queued`); either way the partner has it.
-    if !matches!(sent.state.as_str(), "awaiting-mdn" | "sending" | "queued") {
+    if !sent.state.is_unsettled() {
         return Resp::text(
             200,
             format!(
