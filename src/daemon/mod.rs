@@ -14,6 +14,8 @@ mod keycache;
 mod live;
 mod mdn_target;
 mod metrics;
+mod outcome;
+mod owed_mdn;
 mod receive;
 mod retry;
 mod send;
