@@ -24,15 +24,15 @@ use openssl::x509::X509;
 use super::algorithms::{DigestAlgorithm, EncryptionAlgorithm};
 use super::certs::{KeyPair, ValidityPolicy};
 use super::cms::{self, CmsKind, SignOptions, SignatureInfo};
+use super::encoding::{base64_encode_lines, hex_lower};
 use super::error::{As2Error, Result};
 use super::headers::{
-    find_header_end, format_date, normalize_message_id, quote_as2_name, unquote_as2_name, Headers,
+    find_header_end, normalize_message_id, quote_as2_name, unquote_as2_name, Headers,
     NotificationOptions,
 };
 use super::mic::Mic;
 use super::mime::{
-    base64_encode_lines, canonicalize_crlf, canonicalize_headers, has_bare_lf, hex_string,
-    is_text_type, make_boundary, Entity,
+    canonicalize_crlf, canonicalize_headers, has_bare_lf, is_text_type, make_boundary, Entity,
 };
 
 /// The AS2-Version we speak (RFC 4130 §6.1: 1.2 adds compression, RFC 5402).
@@ -183,7 +183,7 @@ impl OutgoingMessage {
 pub fn generate_message_id(now_unix: i64, domain: &str) -> String {
     let mut b = [0u8; 12];
     let _ = openssl::rand::rand_bytes(&mut b);
-    format!("as2box-{now_unix}-{}@{domain}", hex_string(&b))
+    format!("as2box-{now_unix}-{}@{domain}", hex_lower(&b))
 }
 
 fn disposition_filename(name: &str) -> String {
@@ -438,7 +438,7 @@ pub fn build_message(
     h.push("AS2-From", quote_as2_name(&profile.as2_from));
     h.push("AS2-To", quote_as2_name(&profile.as2_to));
     h.push("Subject", profile.subject.clone());
-    h.push("Date", format_date(now_unix));
+    h.push("Date", crate::timefmt::rfc5322(now_unix));
     h.push("MIME-Version", "1.0");
     for (k, v) in top.headers.iter() {
         h.push(k, v);
@@ -755,7 +755,7 @@ pub fn parse_body_shared(
             let mut der = entity.decoded_shared()?;
             // Some peers send base64 without saying so (no transfer encoding).
             if der.first() != Some(&0x30) {
-                if let Ok(d) = super::mime::base64_decode(&der) {
+                if let Ok(d) = super::encoding::base64_decode(&der) {
                     if d.first() == Some(&0x30) {
                         der = Bytes::from(d);
                     }
@@ -1014,7 +1014,7 @@ fn mic_with_crlf_headers(raw: &[u8], alg: DigestAlgorithm) -> Result<Mic> {
         .map_err(err)?;
     let d = h.finish().map_err(err)?;
     Ok(Mic {
-        digest_b64: super::mime::base64_encode(&d),
+        digest_b64: super::encoding::base64_encode(&d),
         algorithm: alg,
     })
 }
