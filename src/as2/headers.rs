@@ -71,6 +71,11 @@ impl Headers {
         self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
+    /// The fields as owned (name, value) pairs, in order.
+    pub fn to_pairs(&self) -> Vec<(String, String)> {
+        self.0.clone()
+    }
+
     /// Serializes as `Name: value\r\n` lines (no trailing blank line).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();

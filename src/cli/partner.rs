@@ -168,14 +168,8 @@ pub enum PartnerCommand {
         after_help = "Example:\n  as2box partner add --user acme BIGCORP --url https://as2.bigcorp.example/as2\n  as2box partner add --user acme BIGCORP --test --url https://test.bigcorp.example/as2\n\nEvery station of the user gets a folder for the partner; a test partner's boxes are\nunder <partner>/test/."
     )]
     Add {
-        /// Owner.
-        #[arg(long)]
-        user: String,
-        /// The partner's AS2 id.
-        id: String,
-        /// A test partner.
-        #[arg(long)]
-        test: bool,
+        #[command(flatten)]
+        partner: PartnerRef,
         /// The partner's AS2 URL.
         #[arg(long)]
         url: Option<String>,
@@ -193,14 +187,8 @@ pub enum PartnerCommand {
     /// Show one partner.
     #[command(after_help = "Example:\n  as2box partner show --user acme BIGCORP")]
     Show {
-        /// Owner.
-        #[arg(long)]
-        user: String,
-        /// The partner's AS2 id.
-        id: String,
-        /// The test partner.
-        #[arg(long)]
-        test: bool,
+        #[command(flatten)]
+        partner: PartnerRef,
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -210,14 +198,8 @@ pub enum PartnerCommand {
         after_help = "Example:\n  as2box partner set --user acme BIGCORP --url https://as2.bigcorp.example/as2 \\\n      --cert bigcorp.pem --sign sha256 --encrypt aes256-cbc --mdn sync --mdn-signed yes\n\nDefaults for a new partner: --sign sha256 --encrypt aes256-cbc --compress none --mdn sync --mdn-signed yes\n--require-signature yes --require-encryption yes."
     )]
     Set {
-        /// Owner.
-        #[arg(long)]
-        user: String,
-        /// The partner's AS2 id.
-        id: String,
-        /// The test partner.
-        #[arg(long)]
-        test: bool,
+        #[command(flatten)]
+        partner: PartnerRef,
         /// The partner's AS2 URL (http:// or https://).
         #[arg(long)]
         url: Option<String>,
@@ -270,14 +252,8 @@ pub enum PartnerCommand {
     /// Remove a partner and its mailboxes.
     #[command(after_help = "Example:\n  as2box partner remove --user acme BIGCORP --force")]
     Remove {
-        /// Owner.
-        #[arg(long)]
-        user: String,
-        /// The partner's AS2 id.
-        id: String,
-        /// The test partner.
-        #[arg(long)]
-        test: bool,
+        #[command(flatten)]
+        partner: PartnerRef,
         /// Also when its mailboxes hold files (they are deleted).
         #[arg(long)]
         force: bool,
@@ -307,9 +283,7 @@ pub fn run(g: &Global, c: PartnerCommand) -> anyhow::Result<()> {
     let store = g.open_store()?;
     match c {
         PartnerCommand::Add {
-            user,
-            id,
-            test,
+            partner: PartnerRef { user, id, test },
             url,
         } => {
             crate::names::check_as2_id(&id)?;
@@ -365,9 +339,7 @@ pub fn run(g: &Global, c: PartnerCommand) -> anyhow::Result<()> {
             Ok(())
         }
         PartnerCommand::Show {
-            user,
-            id,
-            test,
+            partner: PartnerRef { user, id, test },
             json,
         } => {
             let p = get(&store, &user, &id, test)?;
@@ -384,9 +356,7 @@ pub fn run(g: &Global, c: PartnerCommand) -> anyhow::Result<()> {
             Ok(())
         }
         PartnerCommand::Set {
-            user,
-            id,
-            test,
+            partner: PartnerRef { user, id, test },
             url,
             cert,
             trust_ca,
@@ -444,9 +414,7 @@ pub fn run(g: &Global, c: PartnerCommand) -> anyhow::Result<()> {
         }
         PartnerCommand::Cert(c) => run_cert(&store, c),
         PartnerCommand::Remove {
-            user,
-            id,
-            test,
+            partner: PartnerRef { user, id, test },
             force,
         } => {
             let p = get(&store, &user, &id, test)?;

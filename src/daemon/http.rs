@@ -74,6 +74,15 @@ impl Resp {
             body: text.into().into_bytes(),
         }
     }
+
+    /// HTTP 503 with `Retry-After`: the fault is ours and passing (busy, storage failing),
+    /// so the sender is asked to try again rather than told the request is bad.
+    pub fn retry_later(text: impl Into<String>, after_secs: u32) -> Resp {
+        let mut r = Resp::text(503, text);
+        r.headers
+            .push(("Retry-After".into(), after_secs.to_string()));
+        r
+    }
 }
 
 /// The application: turns a complete request into a response.
@@ -256,12 +265,10 @@ fn too_big(limit: usize) -> Resp {
 }
 
 fn busy() -> Resp {
-    let mut r = Resp::text(
-        503,
+    Resp::retry_later(
         "the gateway is receiving too much at once; retry this request later\n",
-    );
-    r.headers.push(("Retry-After".into(), "30".into()));
-    r
+        30,
+    )
 }
 
 /// Reads a whole body within the size limit, holding budget for it while it is in memory.

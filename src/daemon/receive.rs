@@ -140,12 +140,10 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
         (Err(e), true) => {
             inc(&ctx.metrics.received_failed);
             warn!(station = %station.as2_id, partner = %partner.as2_id, message_id = %info.message_id, error = %e, "no memory left to decompress a message now; answering 503 so that the sender retries");
-            let mut resp = Resp::text(
-                503,
+            return Resp::retry_later(
                 "The gateway is receiving too much at once; please resend the message later.\n",
+                30,
             );
-            resp.headers.push(("Retry-After".into(), "30".into()));
-            return resp;
         }
         (Err(e), false) => {
             return refuse(
@@ -262,12 +260,10 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
         Err(mailbox::DeliverError::Store(e)) => {
             inc(&ctx.metrics.received_failed);
             warn!(station = %station.as2_id, partner = %partner.as2_id, message_id = %info.message_id, error = %e, "could not store a received message; answering 503 so that the sender retries");
-            let mut resp = Resp::text(
-                503,
+            Resp::retry_later(
                 "The message could not be stored; please resend it later.\n",
-            );
-            resp.headers.push(("Retry-After".into(), "60".into()));
-            resp
+                60,
+            )
         }
         Err(e) => {
             inc(&ctx.metrics.received_failed);
@@ -588,11 +584,7 @@ async fn answer(
                 id: record_for.unwrap_or(0),
                 partner_id: by.partner.id,
                 url,
-                headers: mdn
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                    .collect(),
+                headers: mdn.headers.to_pairs(),
                 body: mdn.body,
                 attempts: 0,
             };
@@ -611,11 +603,7 @@ async fn answer(
         }
         _ => Resp {
             status: 200,
-            headers: mdn
-                .headers
-                .iter()
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect(),
+            headers: mdn.headers.to_pairs(),
             body: mdn.body,
         },
     }

@@ -564,8 +564,18 @@ pub(crate) fn test_store(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// The names at the top of box `b`, in listing order.
+    pub(crate) fn names_at_top(store: &Store, b: BoxRef) -> Vec<String> {
+        store
+            .entries(b, 0)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect()
+    }
 
     fn setup() -> (tempfile::TempDir, Store, i64, BoxRef) {
         test_store("acme", "ACME", "BIG")
@@ -777,13 +787,7 @@ mod tests {
             kind: BoxKind::Failed,
             ..outbox
         };
-        let names: Vec<String> = store
-            .entries(failed, 0)
-            .unwrap()
-            .into_iter()
-            .map(|e| e.name)
-            .collect();
-        assert_eq!(names, ["a.edi", "a.edi.reason.txt"]);
+        assert_eq!(names_at_top(&store, failed), ["a.edi", "a.edi.reason.txt"]);
         assert!(store.entries(outbox, 0).unwrap().is_empty());
         let m = &store.messages(None, 1).unwrap()[0];
         assert_eq!(

@@ -627,6 +627,15 @@ mod tests {
     use super::*;
     use crate::store::{sha256_hex, EntryState, NewFile};
 
+    fn event_states(store: &Store, id: i64) -> Vec<MessageState> {
+        store
+            .message_events(id)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.state)
+            .collect()
+    }
+
     fn queued() -> (tempfile::TempDir, Store, i64, BoxRef) {
         let (dir, store, user, outbox) = crate::store::test_store("u", "S", "P");
         let blob = store.blobs().put_bytes(b"payload").unwrap();
@@ -671,12 +680,7 @@ mod tests {
         store
             .message_delivered(id, Some("mdn"), "processed")
             .unwrap();
-        let states: Vec<MessageState> = store
-            .message_events(id)
-            .unwrap()
-            .into_iter()
-            .map(|e| e.state)
-            .collect();
+        let states = event_states(&store, id);
         assert_eq!(
             states,
             [
@@ -791,12 +795,7 @@ mod tests {
         assert!(!store.message_awaiting_mdn(id).unwrap());
         assert!(!store.message_retry(id, "timeout", now_ms()).unwrap());
         assert!(!store.message_failed(id, "No receipt.", None).unwrap());
-        let states: Vec<MessageState> = store
-            .message_events(id)
-            .unwrap()
-            .into_iter()
-            .map(|e| e.state)
-            .collect();
+        let states = event_states(&store, id);
         assert_eq!(
             states,
             [
@@ -913,13 +912,10 @@ mod tests {
             kind: BoxKind::Failed,
             ..outbox
         };
-        let names: Vec<String> = store
-            .entries(failed, 0)
-            .unwrap()
-            .into_iter()
-            .map(|e| e.name)
-            .collect();
-        assert_eq!(names, ["order.edi", "order.edi.reason.txt"]);
+        assert_eq!(
+            crate::store::tests::names_at_top(&store, failed),
+            ["order.edi", "order.edi.reason.txt"]
+        );
         let m = &store.messages(None, 1).unwrap()[0];
         assert_eq!(m.state, "failed");
     }
