@@ -10,6 +10,44 @@
 use super::encoding::{base64_decode, percent_decode, q_word_decode};
 use super::error::{As2Error, Result};
 
+/// The spelling of every header field name AS2 software matches literally (RFC 4130 §6,
+/// RFC 3798, RFC 6017, and HTTP's own that we set): what we send goes out spelled exactly
+/// so, although HTTP names are case-insensitive. The one table of it; `daemon::http` makes
+/// hyper write these spellings, and whatever is missing here goes out in title case.
+pub const CANONICAL_NAMES: &[&str] = &[
+    "AS2-From",
+    "AS2-To",
+    "AS2-Version",
+    "AS2-Product",
+    "Message-ID",
+    "Disposition-Notification-To",
+    "Disposition-Notification-Options",
+    "Receipt-Delivery-Option",
+    "Content-Type",
+    "Content-Transfer-Encoding",
+    "Content-Disposition",
+    "Content-Description",
+    "MIME-Version",
+    "EDIINT-Features",
+    "Subject",
+    "Date",
+    "From",
+    "Recipient-Address",
+    "Retry-After",
+    "Authorization",
+    "WWW-Authenticate",
+    "User-Agent",
+    "Server",
+];
+
+/// The canonical spelling of `name` (any case), if [`CANONICAL_NAMES`] has it.
+pub fn canonical_name(name: &str) -> Option<&'static str> {
+    CANONICAL_NAMES
+        .iter()
+        .copied()
+        .find(|c| c.eq_ignore_ascii_case(name))
+}
+
 /// An ordered, case-insensitive list of header fields as received or to be sent.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Headers(pub Vec<(String, String)>);
@@ -499,6 +537,21 @@ impl NotificationOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonical_names_are_unique_and_found_in_any_case() {
+        for (i, a) in CANONICAL_NAMES.iter().enumerate() {
+            assert!(
+                !CANONICAL_NAMES[i + 1..]
+                    .iter()
+                    .any(|b| b.eq_ignore_ascii_case(a)),
+                "{a} twice"
+            );
+        }
+        assert_eq!(canonical_name("as2-from"), Some("AS2-From"));
+        assert_eq!(canonical_name("MESSAGE-ID"), Some("Message-ID"));
+        assert_eq!(canonical_name("x-unknown"), None);
+    }
 
     #[test]
     fn folded_and_duplicated_headers() {

@@ -112,14 +112,17 @@ fn to_headers(map: &hyper::HeaderMap) -> Headers {
     h
 }
 
-fn build_response(r: Resp) -> Response<Full<Bytes>> {
+async fn build_response(r: Resp) -> Response<Full<Bytes>> {
     let mut b = Response::builder()
         .status(StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
     for (k, v) in &r.headers {
         b = b.header(k.as_str(), v.as_str());
     }
-    b.body(Full::new(Bytes::from(r.body)))
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::from_static(b"response build error"))))
+    let mut response = b
+        .body(Full::new(Bytes::from(r.body)))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::from_static(b"response build error"))));
+    *response.extensions_mut() = super::header_case::canonical_case().await;
+    response
 }
 
 /// Request bodies held in memory at once, across all connections: a budget in KiB, so that
@@ -331,7 +334,8 @@ async fn handle(
                 "request header fields too large: {header_bytes} bytes, the limit is {}\n",
                 limits.max_header_bytes
             ),
-        )));
+        ))
+        .await);
     }
     let declared = parts
         .headers
@@ -339,7 +343,7 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limits.max_body as u64) {
-        return Ok(build_response(too_big(limits.max_body)));
+        return Ok(build_response(too_big(limits.max_body)).await);
     }
     let read = tokio::time::timeout(
         limits.body_timeout,
@@ -348,12 +352,11 @@ async fn handle(
     .await;
     let (body, share) = match read {
         Err(_) => {
-            return Ok(build_response(Resp::text(
-                408,
-                "the request body did not arrive in time\n",
-            )))
+            return Ok(
+                build_response(Resp::text(408, "the request body did not arrive in time\n")).await,
+            )
         }
-        Ok(Err(resp)) => return Ok(build_response(resp)),
+        Ok(Err(resp)) => return Ok(build_response(resp).await),
         Ok(Ok(b)) => b,
     };
     // The share is held until the handler is done with the body (and with what it made
@@ -371,7 +374,7 @@ async fn handle(
         peer,
         memory,
     };
-    Ok(build_response(handler(r).await))
+    Ok(build_response(handler(r).await).await)
 }
 
 /// Serves `listener` (with TLS when `tls` is given) until `stop` turns true.
@@ -422,6 +425,7 @@ pub async fn serve(
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
+                .title_case_headers(true)
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
                 .max_buf_size(limits.max_header_bytes.max(8192));
@@ -598,9 +602,10 @@ async fn post_inner(
         }
         req = req.header(k, v);
     }
-    let req = req
+    let mut req = req
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| TransportError(format!("cannot build the request: {e}")))?;
+    *req.extensions_mut() = super::header_case::canonical_case().await;
     let resp = if https {
         let mut b = SslConnector::builder(SslMethod::tls_client())
             .map_err(|e| TransportError(e.to_string()))?;
@@ -648,7 +653,9 @@ async fn send<T>(
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        .title_case_headers(true)
+        .handshake(io)
         .await
         .map_err(|e| TransportError(format!("HTTP handshake failed: {e}")))?;
     tokio::spawn(async move {

@@ -9,6 +9,7 @@
 //! - `metrics`, `retry`: counters and the backoff policy
 
 mod failpoint;
+mod header_case;
 mod http;
 mod keycache;
 mod live;
