@@ -255,3 +255,358 @@ fn header_names_go_out_in_canonical_case_on_requests_sync_mdns_and_async_mdns() 
     );
     assert!(!mdn_post.contains("\r\nas2-to:"), "{mdn_post}");
 }
+
+/// Puts `data` as `name` into `from`'s outbox and waits until the message is `state`.
+fn send_until(fx: &Fixture, from: &Mailbox, name: &str, data: &[u8], state: &str) -> Message {
+    fx.as_user(&from.user, || {
+        ok(ops::put(&from.outbox().join(name), data), "put")
+    });
+    wait_for(
+        &format!("{name} to be {state}"),
+        Duration::from_secs(30),
+        || {
+            fx.out_messages(&from.user)
+                .into_iter()
+                .find(|m| m.name == name && m.state == state)
+        },
+    )
+}
+
+/// The heads of every relayed AS2 request (not MDNs), oldest first.
+fn request_heads(relay: &Relay) -> Vec<String> {
+    relay
+        .exchanges
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.request_text().starts_with("POST /as2 "))
+        .map(|e| e.request_head())
+        .collect()
+}
+
+/// The `name` field's value in a head.
+fn field<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.split("\r\n")
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+}
+
+#[test]
+fn the_micalg_spelling_binary_canonicalization_and_chunking_follow_the_partner_settings() {
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
+    let (a, b, relay, daemon) = relayed_pair(&fx);
+    let as2_url = relay.url("/as2");
+    link(&fx, &b, &a, &as2_url, &[]);
+    // Defaults: `sha-256`, text canonicalized to CRLF, a Content-Length.
+    link(
+        &fx,
+        &a,
+        &b,
+        &as2_url,
+        &["--content-type", "application/edi-x12"],
+    );
+    let lf_text = b"ISA*00*\nGS*PO*\nST*850*0001\n".to_vec();
+    let crlf_text = b"ISA*00*\r\nGS*PO*\r\nST*850*0001\r\n".to_vec();
+    assert_eq!(
+        send_through(&fx, &a, &b, "default.x12", &lf_text),
+        crlf_text,
+        "{}",
+        daemon.log()
+    );
+    let head = request_heads(&relay).pop().unwrap();
+    let options = field(&head, "Disposition-Notification-Options").unwrap();
+    assert!(
+        options.ends_with("signed-receipt-micalg=optional, sha-256"),
+        "{head}"
+    );
+    assert!(field(&head, "Content-Length").is_some(), "{head}");
+    assert!(field(&head, "Transfer-Encoding").is_none(), "{head}");
+
+    // Switched: `sha256`, signed as uploaded (the receiver verifies the signature over the
+    // LF bytes and delivers them unchanged), chunked.
+    link(
+        &fx,
+        &a,
+        &b,
+        &as2_url,
+        &[
+            "--micalg-spelling",
+            "sha256",
+            "--binary-canonicalization",
+            "yes",
+            "--chunked",
+            "yes",
+        ],
+    );
+    let shown = fx.cli_ok(&["partner", "show", "--user", &a.user.name, &a.partner]);
+    assert!(
+        shown.contains("micalg spelled sha256, binary canonicalization yes, chunked yes"),
+        "{shown}"
+    );
+    assert_eq!(
+        send_through(&fx, &a, &b, "binary.x12", &lf_text),
+        lf_text,
+        "{}",
+        daemon.log()
+    );
+    let head = request_heads(&relay).pop().unwrap();
+    let options = field(&head, "Disposition-Notification-Options").unwrap();
+    assert!(
+        options.ends_with("signed-receipt-micalg=optional, sha256"),
+        "{head}"
+    );
+    assert_eq!(field(&head, "Transfer-Encoding"), Some("chunked"), "{head}");
+    assert!(field(&head, "Content-Length").is_none(), "{head}");
+}
+
+#[test]
+fn extra_headers_and_the_subject_template_are_sent_and_as2_headers_cannot_be_replaced() {
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
+    let (a, b, relay, daemon) = relayed_pair(&fx);
+    let as2_url = relay.url("/as2");
+    link(&fx, &b, &a, &as2_url, &[]);
+    link(
+        &fx,
+        &a,
+        &b,
+        &as2_url,
+        &[
+            "--header",
+            "X-Partner-Route: EDI-7",
+            "--header",
+            "X-Sender-Ref:  abc 123 ",
+            "--subject",
+            "Order {name} for {partner} from {station}",
+        ],
+    );
+    let data = random_bytes(500);
+    assert_eq!(
+        send_through(&fx, &a, &b, "po-42.edi", &data),
+        data,
+        "{}",
+        daemon.log()
+    );
+    let head = request_heads(&relay).pop().unwrap();
+    assert_eq!(field(&head, "X-Partner-Route"), Some("EDI-7"), "{head}");
+    assert_eq!(field(&head, "X-Sender-Ref"), Some("abc 123"), "{head}");
+    let subject = format!("Order po-42.edi for {} from {}", a.partner, a.station);
+    assert_eq!(field(&head, "Subject"), Some(subject.as_str()), "{head}");
+
+    for bad in [
+        "AS2-From: someone-else",
+        "message-id: <x@y>",
+        "Content-Length: 5",
+        "X-Split: a\r\nAS2-To: evil",
+        "No Colon",
+        "Bad Name: x",
+    ] {
+        let out = fx.cli(&[
+            "partner",
+            "set",
+            "--user",
+            &a.user.name,
+            &a.partner,
+            "--header",
+            bad,
+        ]);
+        assert!(!out.status.success(), "{bad:?} was accepted");
+    }
+    let out = fx.cli(&[
+        "partner",
+        "set",
+        "--user",
+        &a.user.name,
+        &a.partner,
+        "--subject",
+        "two\r\nlines",
+    ]);
+    assert!(
+        !out.status.success(),
+        "a subject with a line break was accepted"
+    );
+    let shown = fx.cli_ok(&["partner", "show", "--user", &a.user.name, &a.partner]);
+    assert!(
+        shown.contains("header:      X-Partner-Route: EDI-7"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn basic_auth_is_required_inbound_before_parsing_and_sent_outbound_without_being_stored() {
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
+    let (a, b, relay, daemon) = relayed_pair(&fx);
+    let as2_url = relay.url("/as2");
+    let password_file = fx.dir.join("partner-password");
+    std::fs::write(&password_file, "correct horse:battery\n").unwrap();
+    let wrong_file = fx.dir.join("wrong-password");
+    std::fs::write(&wrong_file, "incorrect\n").unwrap();
+    let pw = password_file.to_str().unwrap();
+    // B requires A to authenticate; A sends no credentials at first.
+    link(
+        &fx,
+        &b,
+        &a,
+        &as2_url,
+        &[
+            "--inbound-basic-auth-user",
+            "station-a",
+            "--inbound-basic-auth-password-file",
+            pw,
+        ],
+    );
+    link(&fx, &a, &b, &as2_url, &[]);
+    let refused = send_until(&fx, &a, "no-creds.edi", b"x", "failed");
+    assert!(
+        refused.detail.as_deref().unwrap_or("").contains("HTTP 401"),
+        "{refused:?}"
+    );
+    let answer = relay.wait_exchange("POST /as2 ").response_head();
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(field(&answer, "WWW-Authenticate").is_some(), "{answer}");
+    assert!(
+        !daemon.log().contains("refused a message"),
+        "the unauthenticated request was looked at:\n{}",
+        daemon.log()
+    );
+    // Wrong password: refused as well.
+    link(
+        &fx,
+        &a,
+        &b,
+        &as2_url,
+        &[
+            "--basic-auth-user",
+            "station-a",
+            "--basic-auth-password-file",
+            wrong_file.to_str().unwrap(),
+        ],
+    );
+    let wrong = send_until(&fx, &a, "wrong-creds.edi", b"x", "failed");
+    assert!(
+        wrong.detail.as_deref().unwrap_or("").contains("HTTP 401"),
+        "{wrong:?}"
+    );
+    // The right ones: delivered, sent as a Basic header that is not in what is recorded.
+    link(
+        &fx,
+        &a,
+        &b,
+        &as2_url,
+        &[
+            "--basic-auth-user",
+            "station-a",
+            "--basic-auth-password-file",
+            pw,
+        ],
+    );
+    let data = random_bytes(300);
+    assert_eq!(
+        send_through(&fx, &a, &b, "with-creds.edi", &data),
+        data,
+        "{}",
+        daemon.log()
+    );
+    let head = request_heads(&relay).pop().unwrap();
+    let expected = format!("Basic {}", base64_of(b"station-a:correct horse:battery"));
+    assert_eq!(
+        field(&head, "Authorization"),
+        Some(expected.as_str()),
+        "{head}"
+    );
+    let sent = fx
+        .out_messages(&a.user)
+        .into_iter()
+        .find(|m| m.name == "with-creds.edi")
+        .unwrap();
+    let shown = fx.cli_ok(&["messages", "show", &sent.id.to_string()]);
+    assert!(!shown.contains("correct horse"), "{shown}");
+    assert!(
+        !shown.to_ascii_lowercase().contains("authorization"),
+        "{shown}"
+    );
+    let partner = fx.cli_ok(&[
+        "partner",
+        "show",
+        "--user",
+        &a.user.name,
+        &a.partner,
+        "--json",
+    ]);
+    assert!(!partner.contains("correct horse"), "{partner}");
+}
+
+fn base64_of(data: &[u8]) -> String {
+    as2box::as2::encoding::base64_encode(data)
+}
+
+#[test]
+fn as2_1_3_sends_as2_product_and_refuses_sha1_and_3des_both_ways() {
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
+    let (a, b, relay, daemon) = relayed_pair(&fx);
+    let as2_url = relay.url("/as2");
+    link(&fx, &b, &a, &as2_url, &["--as2-version", "1.3"]);
+    link(&fx, &a, &b, &as2_url, &["--as2-version", "1.3"]);
+    let data = random_bytes(400);
+    assert_eq!(
+        send_through(&fx, &a, &b, "modern.edi", &data),
+        data,
+        "{}",
+        daemon.log()
+    );
+    let head = request_heads(&relay).pop().unwrap();
+    assert_eq!(field(&head, "AS2-Version"), Some("1.3"), "{head}");
+    assert!(
+        field(&head, "AS2-Product").is_some_and(|p| p.starts_with("as2box/")),
+        "{head}"
+    );
+    // We do not send SHA-1 or 3DES to a 1.3 partner.
+    for (settings, name) in [
+        (["--sign", "sha1", "--encrypt", "aes256-cbc"], "sha1.edi"),
+        (["--sign", "sha256", "--encrypt", "3des"], "3des.edi"),
+    ] {
+        let mut args = vec!["--as2-version", "1.3"];
+        args.extend(settings);
+        link(&fx, &a, &b, &as2_url, &args);
+        let failed = send_until(&fx, &a, name, b"x", "failed");
+        assert!(
+            failed
+                .detail
+                .as_deref()
+                .unwrap_or("")
+                .contains("AS2 1.3 does not allow"),
+            "{failed:?}"
+        );
+    }
+    // And refuse what a 1.2 sender signs with SHA-1: a negative MDN.
+    link(
+        &fx,
+        &a,
+        &b,
+        &as2_url,
+        &[
+            "--as2-version",
+            "1.2",
+            "--sign",
+            "sha1",
+            "--encrypt",
+            "aes256-cbc",
+        ],
+    );
+    let refused = send_until(&fx, &a, "old.edi", b"x", "failed");
+    assert!(
+        refused
+            .detail
+            .as_deref()
+            .unwrap_or("")
+            .contains("insufficient-message-security"),
+        "{refused:?}\n{}",
+        daemon.log()
+    );
+}

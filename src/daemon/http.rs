@@ -503,13 +503,18 @@ pub async fn post(
         })?
 }
 
-/// Where a POST may connect and how much of the answer it reads.
-#[derive(Debug, Clone, Copy)]
+/// Where a POST may connect, how much of the answer it reads, and how the request goes.
+#[derive(Debug, Clone)]
 pub struct PostTarget {
     /// Which addresses the URL's host may resolve to.
     pub destinations: super::mdn_target::Destinations,
     /// The largest answer body read; a longer one is an error.
     pub max_answer_bytes: usize,
+    /// Send the body with `Transfer-Encoding: chunked` instead of a `Content-Length`.
+    pub chunked: bool,
+    /// An `Authorization` value (HTTP Basic towards a partner). Added here, after the
+    /// request's headers were recorded, so that it is never stored with them.
+    pub authorization: Option<String>,
 }
 
 impl PostTarget {
@@ -519,9 +524,29 @@ impl PostTarget {
         PostTarget {
             destinations: super::mdn_target::Destinations::Any,
             max_answer_bytes,
+            chunked: false,
+            authorization: None,
         }
     }
 }
+
+/// A body of unknown length: hyper sends it chunked.
+struct UnsizedBody(Option<Bytes>);
+
+impl hyper::body::Body for UnsizedBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(self.0.take().map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+/// What a POST sends: a sized body (`Content-Length`) or an unsized one (chunked).
+type PostBody = http_body_util::Either<Full<Bytes>, UnsizedBody>;
 
 /// Resolves `host` and connects, to an address `destinations` allows (checked on the
 /// resolved addresses, so a name that resolves to an internal address is refused).
@@ -602,8 +627,16 @@ async fn post_inner(
         }
         req = req.header(k, v);
     }
+    if let Some(authorization) = &target.authorization {
+        req = req.header("Authorization", authorization);
+    }
+    let body = if target.chunked {
+        PostBody::Right(UnsizedBody(Some(Bytes::from(body))))
+    } else {
+        PostBody::Left(Full::new(Bytes::from(body)))
+    };
     let mut req = req
-        .body(Full::new(Bytes::from(body)))
+        .body(body)
         .map_err(|e| TransportError(format!("cannot build the request: {e}")))?;
     *req.extensions_mut() = super::header_case::canonical_case().await;
     let resp = if https {
@@ -648,7 +681,7 @@ async fn post_inner(
 
 async fn send<T>(
     io: TokioIo<T>,
-    req: Request<Full<Bytes>>,
+    req: Request<PostBody>,
 ) -> Result<Response<Incoming>, TransportError>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,

@@ -59,6 +59,8 @@ async fn deliver_owed_mdn(
     let target = super::http::PostTarget {
         destinations,
         max_answer_bytes: 64 << 10,
+        chunked: false,
+        authorization: None,
     };
     let outcome =
         match super::http::post(&url, &headers, owed.body.clone(), None, timeout, target).await {

@@ -102,8 +102,24 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
             return Resp::text(status, format!("{text}\n"));
         }
     };
+    // Before anything of the request is parsed: a partner that must authenticate and does
+    // not gets 401 and nothing else.
+    if let Some(expected) = &partner.profile.basic_auth_in {
+        if !crate::basic_auth::matches(req.headers.get("authorization"), expected) {
+            inc(&ctx.metrics.received_failed);
+            warn!(peer = %req.peer, station = %station.as2_id, partner = %partner.as2_id, message_id = %info.message_id, "refused: the partner's HTTP Basic credentials are missing or wrong");
+            let mut resp = Resp::text(
+                401,
+                "HTTP Basic credentials are required for this partner\n",
+            );
+            resp.headers
+                .push(("WWW-Authenticate".into(), "Basic realm=\"as2box\"".into()));
+            return resp;
+        }
+    }
     let key = ctx.keys.station_key(&station);
     let policy = partner.profile.inbound;
+    let refuse_weak_algorithms = partner.profile.as2_version == crate::store::As2Version::V1_3;
     let body = req.body.clone();
     let headers = req.headers.clone();
     let info2 = info.clone();
@@ -124,6 +140,7 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
                 let mut rctx = ReceiveContext::new(keys, &certs, ValidityPolicy::at(now_unix()));
                 rctx.require_signature = policy.require_signature;
                 rctx.require_encryption = policy.require_encryption;
+                rctx.refuse_weak_algorithms = refuse_weak_algorithms;
                 rctx.max_decompressed_size = max_decompressed;
                 let grant = |total: usize| memory.grant(total);
                 rctx.memory = Some(MemoryGrant(&grant));

@@ -16,7 +16,8 @@ use crate::as2::certs::ValidityPolicy;
 use crate::as2::mdn::parse_mdn;
 use crate::as2::message::{build_message, Attachment, CompressionOrder, MdnMode, SendProfile};
 use crate::store::{
-    Claimed, CompressOption, EncryptOption, MdnOption, Partner, SignOption, Station,
+    As2Version, Claimed, CompressOption, EncryptOption, MdnOption, MicalgSpelling, Partner,
+    SignOption, Station,
 };
 use crate::timefmt::now_ms;
 
@@ -105,10 +106,29 @@ fn cipher(e: EncryptOption) -> Option<EncryptionAlgorithm> {
 }
 
 /// Builds the AS2 profile of a partner.
-fn profile(ctx: &Ctx, station: &Station, partner: &Partner) -> Result<SendProfile, String> {
+fn profile(
+    ctx: &Ctx,
+    station: &Station,
+    partner: &Partner,
+    message_name: &str,
+) -> Result<SendProfile, String> {
     let p = &partner.profile;
     let mut profile = SendProfile::new(&station.as2_id, &partner.as2_id);
-    profile.subject = format!("AS2 message from {}", station.as2_id);
+    // A file name may hold control characters (even a line break); a header may not.
+    let name: String = message_name.chars().filter(|c| !c.is_control()).collect();
+    profile.subject = p
+        .subject_template
+        .as_deref()
+        .unwrap_or("AS2 message from {station}")
+        .replace("{station}", &station.as2_id)
+        .replace("{partner}", &partner.as2_id)
+        .replace("{name}", &name);
+    profile.binary_canonicalization = p.binary_canonicalization;
+    profile.micalg_compact = p.micalg_spelling == MicalgSpelling::Compact;
+    profile.extra_headers = p.extra_headers.clone();
+    if p.as2_version == As2Version::V1_3 {
+        profile.as2_1_3_product = Some(super::receive::REPORTING_UA.to_owned());
+    }
     profile.sign = digest(p.sign);
     profile.encrypt = cipher(p.encrypt);
     profile.compress = match p.compress {
@@ -184,7 +204,7 @@ async fn attempt(ctx: &Arc<Ctx>, c: Claimed) -> (Attempt, Option<String>) {
             None,
         );
     };
-    let profile = match profile(ctx, &station, &partner) {
+    let profile = match profile(ctx, &station, &partner, &c.name) {
         Ok(p) => p,
         Err(e) => return (Attempt::Final(format!("Not sent: {e}.")), None),
     };
@@ -314,7 +334,13 @@ async fn attempt(ctx: &Arc<Ctx>, c: Claimed) -> (Attempt, Option<String>) {
     }
     info!(message = c.id, attempt = c.attempts, %url, message_id = %msg.message_id, bytes, since_queued_ms, "sending");
     // A sync MDN is a few KiB; the bound is for a partner that answers with a stream.
-    let target = super::http::PostTarget::partner(SYNC_ANSWER_MAX_BYTES);
+    let mut target = super::http::PostTarget::partner(SYNC_ANSWER_MAX_BYTES);
+    target.chunked = partner.profile.chunked;
+    target.authorization = partner
+        .profile
+        .basic_auth_out
+        .as_ref()
+        .map(|c| crate::basic_auth::authorization_value(&c.user, &c.password));
     let resp = match super::http::post(
         &url,
         &msg.headers,

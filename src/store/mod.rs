@@ -101,7 +101,7 @@ impl StoreError {
 /// The result type of the store.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 
 /// Steps from each older schema version to the next: `MIGRATIONS[v - 1]` takes a version `v`
 /// database to `v + 1`. A fresh database gets the schemas and the current version directly.
@@ -147,6 +147,17 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE partners ADD COLUMN mdn_url_allow TEXT NOT NULL DEFAULT '';",
     // 5 -> 6: what commits an upload in a station's outboxes.
     "ALTER TABLE stations ADD COLUMN pickup TEXT NOT NULL DEFAULT 'close';",
+    // 6 -> 7: the per-partner switches partners' software needs (issue 13).
+    "ALTER TABLE partners ADD COLUMN binary_canonicalization INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE partners ADD COLUMN micalg_spelling TEXT NOT NULL DEFAULT 'sha-256';
+     ALTER TABLE partners ADD COLUMN chunked INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE partners ADD COLUMN extra_headers TEXT NOT NULL DEFAULT '';
+     ALTER TABLE partners ADD COLUMN subject_template TEXT;
+     ALTER TABLE partners ADD COLUMN as2_version TEXT NOT NULL DEFAULT '1.2';
+     ALTER TABLE partners ADD COLUMN basic_auth_out_user TEXT;
+     ALTER TABLE partners ADD COLUMN basic_auth_out_password TEXT;
+     ALTER TABLE partners ADD COLUMN basic_auth_in_user TEXT;
+     ALTER TABLE partners ADD COLUMN basic_auth_in_hash TEXT;",
 ];
 
 /// Brings both databases to [`SCHEMA_VERSION`] on root's connection, each step in its own
@@ -219,6 +230,16 @@ CREATE TABLE IF NOT EXISTS partners (
     require_signature INTEGER NOT NULL DEFAULT 1,
     require_encryption INTEGER NOT NULL DEFAULT 1,
     mdn_url_allow TEXT NOT NULL DEFAULT '',
+    binary_canonicalization INTEGER NOT NULL DEFAULT 0,
+    micalg_spelling TEXT NOT NULL DEFAULT 'sha-256',
+    chunked INTEGER NOT NULL DEFAULT 0,
+    extra_headers TEXT NOT NULL DEFAULT '',
+    subject_template TEXT,
+    as2_version TEXT NOT NULL DEFAULT '1.2',
+    basic_auth_out_user TEXT,
+    basic_auth_out_password TEXT,
+    basic_auth_in_user TEXT,
+    basic_auth_in_hash TEXT,
     created_ms INTEGER NOT NULL,
     UNIQUE (user_id, as2_id, test)
 );

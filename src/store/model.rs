@@ -176,6 +176,47 @@ pub struct PartnerProfile {
     /// the partner may be POSTed: URL prefixes. Loopback, link-local and private addresses
     /// are reached only through an entry listed here.
     pub mdn_url_allow: Vec<String>,
+    /// Sign what we send exactly as uploaded, text too (no CRLF conversion; IBM Sterling).
+    pub binary_canonicalization: bool,
+    /// How we spell the MIC algorithm we ask for in `Disposition-Notification-Options`.
+    pub micalg_spelling: MicalgSpelling,
+    /// Send with `Transfer-Encoding: chunked` instead of `Content-Length`.
+    pub chunked: bool,
+    /// More HTTP header fields on what we send (never an AS2 or HTTP framing field).
+    pub extra_headers: Vec<(String, String)>,
+    /// The `Subject` of what we send, with `{station}`, `{partner}` and `{name}` filled in;
+    /// `None`: `AS2 message from {station}`.
+    pub subject_template: Option<String>,
+    /// The AS2-Version we speak with the partner; 1.3 also sends `AS2-Product` and refuses
+    /// SHA-1, 3DES and RC2 both ways.
+    pub as2_version: As2Version,
+    /// HTTP Basic credentials we send to the partner's URL.
+    pub basic_auth_out: Option<BasicCredentials>,
+    /// HTTP Basic credentials the partner must send to ours (checked before anything of the
+    /// request is parsed).
+    pub basic_auth_in: Option<InboundCredentials>,
+}
+
+/// HTTP Basic credentials we present. The password stays in `config.db` (root-owned,
+/// readable by the daemon's group, never by SFTP users) and is never printed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BasicCredentials {
+    /// User name.
+    pub user: String,
+    /// Password.
+    #[serde(skip)]
+    pub password: String,
+}
+
+/// HTTP Basic credentials a partner must present: the user name and a salted hash of the
+/// password (`crate::basic_auth`), never the password itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InboundCredentials {
+    /// User name.
+    pub user: String,
+    /// `salt$sha256` in hex, as `crate::basic_auth::hash_password` makes it.
+    #[serde(skip)]
+    pub password_hash: String,
 }
 
 /// What a partner must prove on each message it sends us (checked before anything is
@@ -210,6 +251,14 @@ impl Default for PartnerProfile {
             content_type: "application/octet-stream".into(),
             inbound: InboundPolicy::default(),
             mdn_url_allow: Vec::new(),
+            binary_canonicalization: false,
+            micalg_spelling: MicalgSpelling::Dashed,
+            chunked: false,
+            extra_headers: Vec::new(),
+            subject_template: None,
+            as2_version: As2Version::V1_2,
+            basic_auth_out: None,
+            basic_auth_in: None,
         }
     }
 }
@@ -271,6 +320,26 @@ setting_enum!(
         BeforeSign = "before-sign",
         /// Signed, then compressed.
         AfterSign = "after-sign",
+    }
+);
+
+setting_enum!(
+    /// How the MIC algorithm we ask for is spelled (`signed-receipt-micalg`).
+    MicalgSpelling {
+        /// `sha-256`, as RFC 5751 spells it.
+        Dashed = "sha-256",
+        /// `sha256`, as pyas2lib and some older products expect.
+        Compact = "sha256",
+    }
+);
+
+setting_enum!(
+    /// The AS2-Version spoken with a partner.
+    As2Version {
+        /// RFC 4130 with compression (RFC 5402).
+        V1_2 = "1.2",
+        /// The RFC 4130 revision: sends `AS2-Product`, refuses SHA-1, 3DES and RC2.
+        V1_3 = "1.3",
     }
 );
 

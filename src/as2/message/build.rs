@@ -11,7 +11,7 @@ use super::super::error::{As2Error, Result};
 use super::super::headers::{normalize_message_id, quote_as2_name, Headers};
 use super::super::mic::Mic;
 use super::super::mime::{canonicalize_crlf, is_text_type, make_boundary, Entity};
-use super::{MicRule, AS2_VERSION, EDIINT_FEATURES};
+use super::{MicRule, AS2_VERSION, AS2_VERSION_1_3, EDIINT_FEATURES};
 
 /// One file to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +77,68 @@ pub struct SendProfile {
     /// Use RSAES-OAEP key transport instead of RSA PKCS#1 v1.5 (pyas2lib
     /// cannot decrypt it; OpenSSL and most commercial peers can).
     pub rsa_oaep: bool,
+    /// Spell the MIC algorithms asked for without a dash (`sha256`, not `sha-256`).
+    pub micalg_compact: bool,
+    /// More header fields, checked by [`check_extra_header`].
+    pub extra_headers: Vec<(String, String)>,
+    /// Speak AS2 1.3: `AS2-Version: 1.3`, `AS2-Product` with this value, and no SHA-1 or
+    /// 3DES. `None`: AS2 1.2.
+    pub as2_1_3_product: Option<String>,
+}
+
+/// The header fields [`build_message`] sets itself, and HTTP's framing: an extra header
+/// may not replace any of them.
+const RESERVED_HEADERS: &[&str] = &[
+    "AS2-From",
+    "AS2-To",
+    "AS2-Version",
+    "AS2-Product",
+    "EDIINT-Features",
+    "Message-ID",
+    "Subject",
+    "Date",
+    "MIME-Version",
+    "Content-Type",
+    "Content-Transfer-Encoding",
+    "Content-Disposition",
+    "Content-Length",
+    "Transfer-Encoding",
+    "Host",
+    "Connection",
+    "Authorization",
+    "Disposition-Notification-To",
+    "Disposition-Notification-Options",
+    "Receipt-Delivery-Option",
+];
+
+/// Whether `name: value` may be sent as an extra header field: `name` an RFC 7230 token
+/// that is none of the fields AS2 or HTTP framing set, `value` printable on one line.
+pub fn check_extra_header(name: &str, value: &str) -> Result<()> {
+    let token = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !token {
+        return Err(As2Error::InvalidInput(format!(
+            "{name:?} is not a header field name (letters, digits and -, at most 64)"
+        )));
+    }
+    if let Some(reserved) = RESERVED_HEADERS
+        .iter()
+        .find(|r| r.eq_ignore_ascii_case(name))
+    {
+        return Err(As2Error::InvalidInput(format!(
+            "{reserved} is set by the AS2 message itself and cannot be replaced"
+        )));
+    }
+    check_header_value(name, value)?;
+    if value.len() > 1024 || value.chars().any(|c| c.is_control() && c != '\t') {
+        return Err(As2Error::InvalidInput(format!(
+            "the value of {name} must be printable text of at most 1024 bytes"
+        )));
+    }
+    Ok(())
 }
 
 impl SendProfile {
@@ -97,6 +159,9 @@ impl SendProfile {
             algorithm_protection: false,
             binary_canonicalization: false,
             rsa_oaep: false,
+            micalg_compact: false,
+            extra_headers: Vec::new(),
+            as2_1_3_product: None,
         }
     }
 }
@@ -168,7 +233,8 @@ pub(super) fn entity_bytes(headers: &[(&str, String)], body: &[u8]) -> Vec<u8> {
     out
 }
 
-fn check_header_value(name: &str, v: &str) -> Result<()> {
+/// Refuses a header value with a line break (it would start another field).
+pub fn check_header_value(name: &str, v: &str) -> Result<()> {
     if v.chars().any(|c| c == '\r' || c == '\n') {
         return Err(As2Error::InvalidInput(format!(
             "{name} contains a line break"
@@ -292,6 +358,25 @@ pub fn build_message(
     ] {
         check_header_value(n, v)?;
     }
+    if let Some(product) = &profile.as2_1_3_product {
+        check_header_value("AS2-Product", product)?;
+        if matches!(
+            profile.sign,
+            Some(DigestAlgorithm::Sha1 | DigestAlgorithm::Md5)
+        ) {
+            return Err(As2Error::InvalidInput(
+                "AS2 1.3 does not allow SHA-1 signatures: sign with sha256 or stronger".into(),
+            ));
+        }
+        if profile.encrypt == Some(EncryptionAlgorithm::TripleDes) {
+            return Err(As2Error::InvalidInput(
+                "AS2 1.3 does not allow 3DES: encrypt with AES".into(),
+            ));
+        }
+    }
+    for (name, value) in &profile.extra_headers {
+        check_extra_header(name, value)?;
+    }
     if profile.as2_from.is_empty() || profile.as2_to.is_empty() {
         return Err(As2Error::InvalidInput("empty AS2 name".into()));
     }
@@ -380,7 +465,13 @@ pub fn build_message(
     };
     check_header_value("Message-ID", &message_id)?;
     let mut h = Headers::new();
-    h.push("AS2-Version", AS2_VERSION);
+    match &profile.as2_1_3_product {
+        Some(product) => {
+            h.push("AS2-Version", AS2_VERSION_1_3);
+            h.push("AS2-Product", product.clone());
+        }
+        None => h.push("AS2-Version", AS2_VERSION),
+    }
     h.push("EDIINT-Features", EDIINT_FEATURES);
     h.push("Message-ID", format!("<{message_id}>"));
     h.push("AS2-From", quote_as2_name(&profile.as2_from));
@@ -402,7 +493,13 @@ pub fn build_message(
                 let algs: Vec<&str> = profile
                     .signed_mdn_micalgs
                     .iter()
-                    .map(|a| a.micalg())
+                    .map(|a| {
+                        if profile.micalg_compact {
+                            a.compact_name()
+                        } else {
+                            a.micalg()
+                        }
+                    })
                     .collect();
                 h.push(
                     "Disposition-Notification-Options",
@@ -417,6 +514,9 @@ pub fn build_message(
                 h.push("Receipt-Delivery-Option", url.clone());
             }
         }
+    }
+    for (name, value) in &profile.extra_headers {
+        h.push(name.clone(), value.clone());
     }
     Ok(OutgoingMessage {
         message_id,

@@ -29,6 +29,9 @@ pub use parse::*;
 
 /// The AS2-Version we speak (RFC 4130 §6.1: 1.2 adds compression, RFC 5402).
 pub const AS2_VERSION: &str = "1.2";
+/// The AS2-Version of the RFC 4130 revision, spoken with partners set to it: it adds
+/// `AS2-Product` and retires SHA-1, 3DES and RC2.
+pub const AS2_VERSION_1_3: &str = "1.3";
 /// The EDIINT-Features we implement (RFC 6017): multiple attachments (RFC 6362).
 pub const EDIINT_FEATURES: &str = "multiple-attachments";
 

@@ -143,6 +143,9 @@ pub struct ReceiveContext<'a> {
     pub require_signature: bool,
     /// Reject unencrypted messages (`insufficient-message-security`).
     pub require_encryption: bool,
+    /// AS2 1.3: reject messages signed with SHA-1 or MD5, or encrypted with 3DES, RC2 or a
+    /// cipher we cannot name (`insufficient-message-security`).
+    pub refuse_weak_algorithms: bool,
     /// Largest decompressed size accepted, all compression layers together; inflating
     /// stops as soon as it is passed.
     pub max_decompressed_size: usize,
@@ -164,6 +167,7 @@ impl<'a> ReceiveContext<'a> {
             validity,
             require_signature: false,
             require_encryption: false,
+            refuse_weak_algorithms: false,
             max_decompressed_size: DEFAULT_MAX_DECOMPRESSED,
             memory: None,
         }
@@ -498,6 +502,11 @@ pub fn parse_body_shared(
                 "compressed unsigned message: returning the RFC 5402 MIC; RFC 4130 would give the alternative"
             );
         }
+        if ctx.refuse_weak_algorithms {
+            if let Some(why) = weak_algorithm(encryption, signature.as_ref()) {
+                return Err(As2Error::InsufficientSecurity(why));
+            }
+        }
         return Ok(ReceivedMessage {
             info,
             encryption,
@@ -607,5 +616,31 @@ fn verify_with_fallbacks(
             Err(As2Error::IntegrityCheckFailed(first))
         }
         Err(e) => Err(e),
+    }
+}
+
+/// What AS2 1.3 does not allow in a message we received, if anything: a SHA-1 or MD5
+/// signature, 3DES encryption, or a cipher we cannot name (RC2 and other legacy ones).
+pub fn weak_algorithm(
+    encryption: Option<Option<EncryptionAlgorithm>>,
+    signature: Option<&SignatureInfo>,
+) -> Option<String> {
+    match encryption {
+        Some(Some(EncryptionAlgorithm::TripleDes)) => {
+            return Some("encrypted with 3DES, which AS2 1.3 does not allow".into())
+        }
+        Some(None) => {
+            return Some(
+                "encrypted with a legacy cipher (RC2 or another not allowed by AS2 1.3)".into(),
+            )
+        }
+        _ => {}
+    }
+    match signature.and_then(|s| s.digest) {
+        Some(d @ (DigestAlgorithm::Sha1 | DigestAlgorithm::Md5)) => Some(format!(
+            "signed with {}, which AS2 1.3 does not allow",
+            d.micalg()
+        )),
+        _ => None,
     }
 }

@@ -143,3 +143,30 @@ fn the_encrypted_entity_mic_is_the_canonical_headers_mic() {
         }
     }
 }
+
+#[test]
+fn as2_1_3_weak_algorithms_are_named_and_strong_ones_pass() {
+    use crate::as2::algorithms::EncryptionAlgorithm;
+    use crate::as2::cms::SignatureInfo;
+    let signed = |d| SignatureInfo {
+        digest: Some(d),
+        signer: "CN=x".into(),
+        certificate_valid: true,
+    };
+    assert!(
+        weak_algorithm(Some(Some(EncryptionAlgorithm::TripleDes)), None)
+            .unwrap()
+            .contains("3DES")
+    );
+    assert!(weak_algorithm(Some(None), None).unwrap().contains("RC2"));
+    assert!(weak_algorithm(None, Some(&signed(DigestAlgorithm::Sha1)))
+        .unwrap()
+        .contains("sha-1"));
+    assert_eq!(
+        weak_algorithm(
+            Some(Some(EncryptionAlgorithm::Aes256Cbc)),
+            Some(&signed(DigestAlgorithm::Sha256))
+        ),
+        None
+    );
+}
