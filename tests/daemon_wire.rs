@@ -610,3 +610,113 @@ fn as2_1_3_sends_as2_product_and_refuses_sha1_and_3des_both_ways() {
         daemon.log()
     );
 }
+
+/// An HTTPS partner that insists on a client certificate issued as `client_cert` (itself,
+/// self-signed): answers 200 to every request from such a client, and records the
+/// client's subject; a handshake without one fails.
+fn https_partner_requiring(
+    server: (&std::path::Path, &std::path::Path),
+    client_cert: &std::path::Path,
+) -> (u16, Arc<Mutex<Vec<String>>>) {
+    use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod, SslVerifyMode};
+    let mut acceptor = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
+    acceptor
+        .set_private_key_file(server.1, SslFiletype::PEM)
+        .unwrap();
+    acceptor.set_certificate_chain_file(server.0).unwrap();
+    acceptor.set_ca_file(client_cert).unwrap();
+    acceptor.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+    let acceptor = acceptor.build();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let clients: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = clients.clone();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().flatten() {
+            let Ok(mut tls) = acceptor.accept(tcp) else {
+                continue;
+            };
+            let subject = tls
+                .ssl()
+                .peer_certificate()
+                .map(|c| format!("{:?}", c.subject_name()))
+                .unwrap_or_default();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 16 << 10];
+            // The head, then as many body bytes as it declares.
+            let want = loop {
+                let Ok(n) = tls.read(&mut buf) else {
+                    break None;
+                };
+                if n == 0 {
+                    break None;
+                }
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len = field(&text[..end + 2], "Content-Length")
+                        .and_then(|v| v.parse::<usize>().ok())
+                        .unwrap_or(0);
+                    break Some(end + 4 + len);
+                }
+            };
+            while want.is_some_and(|w| got.len() < w) {
+                match tls.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            seen.lock().unwrap().push(subject);
+            let _ = tls.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n",
+            );
+            let _ = tls.shutdown();
+        }
+    });
+    (port, clients)
+}
+
+#[test]
+fn a_tls_client_certificate_is_presented_to_a_partner_that_requires_one() {
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
+    let (a, b) = pair(&fx);
+    let daemon = start_daemon(&fx);
+    let (server_cert, server_key) = tls_pair(&fx.dir, "partner-server");
+    let (client_cert, client_key) = tls_pair(&fx.dir, "our-client");
+    let (port, clients) = https_partner_requiring((&server_cert, &server_key), &client_cert);
+    let url = format!("https://127.0.0.1:{port}/as2");
+    let trust = ["--trust-ca", server_cert.to_str().unwrap(), "--mdn", "none"];
+    link(&fx, &a, &b, &url, &trust);
+    // Without a client certificate the partner's server ends the handshake.
+    let refused = send_until(&fx, &a, "no-client-cert.edi", b"x", "failed");
+    assert!(clients.lock().unwrap().is_empty(), "{refused:?}");
+    let mut with_identity = trust.to_vec();
+    with_identity.extend([
+        "--tls-client-cert",
+        client_cert.to_str().unwrap(),
+        "--tls-client-key",
+        client_key.to_str().unwrap(),
+    ]);
+    link(&fx, &a, &b, &url, &with_identity);
+    let shown = fx.cli_ok(&["partner", "show", "--user", &a.user.name, &a.partner]);
+    assert!(shown.contains("tls client:  /"), "{shown}");
+    send_until(&fx, &a, "with-client-cert.edi", b"x", "delivered");
+    let seen = clients.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "{seen:?}\n{}", daemon.log());
+    assert!(seen[0].contains("127.0.0.1"), "{seen:?}");
+    // A key that does not belong to the certificate is refused when set.
+    let out = fx.cli(&[
+        "partner",
+        "set",
+        "--user",
+        &a.user.name,
+        &a.partner,
+        "--tls-client-cert",
+        client_cert.to_str().unwrap(),
+        "--tls-client-key",
+        server_key.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+}

@@ -138,6 +138,14 @@ fn print_profile(p: &Partner) {
         Some(c) => println!("basic auth out: user {:?}, password set", c.user),
         None => println!("basic auth out: none"),
     }
+    match &p.profile.tls_client {
+        Some(t) => println!(
+            "tls client:  {} (key {})",
+            t.cert_path.display(),
+            t.key_path.display()
+        ),
+        None => println!("tls client:  none"),
+    }
     match &p.profile.basic_auth_in {
         Some(c) => println!("basic auth in:  user {:?} required", c.user),
         None => println!("basic auth in:  not required"),
@@ -350,6 +358,13 @@ pub enum PartnerCommand {
         /// hash of it is kept).
         #[arg(long)]
         inbound_basic_auth_password_file: Option<std::path::PathBuf>,
+        /// A TLS client certificate (PEM) to present to the partner's HTTPS server, with
+        /// --tls-client-key; `none` stops presenting one.
+        #[arg(long)]
+        tls_client_cert: Option<std::path::PathBuf>,
+        /// The private key (PEM) of --tls-client-cert.
+        #[arg(long)]
+        tls_client_key: Option<std::path::PathBuf>,
     },
     /// The partner's certificates: add, list, remove (several during a rollover).
     #[command(subcommand)]
@@ -484,6 +499,8 @@ pub fn run(g: &Global, c: PartnerCommand) -> anyhow::Result<()> {
             basic_auth_password_file,
             inbound_basic_auth_user,
             inbound_basic_auth_password_file,
+            tls_client_cert,
+            tls_client_key,
         } => {
             let p = get(&store, &user, &id, test)?;
             if let Some(url) = &url {
@@ -560,6 +577,21 @@ pub fn run(g: &Global, c: PartnerCommand) -> anyhow::Result<()> {
                 (None, None) => {}
                 _ => anyhow::bail!(
                     "give --inbound-basic-auth-user and --inbound-basic-auth-password-file together (or --inbound-basic-auth-user none)"
+                ),
+            }
+            match (tls_client_cert, tls_client_key) {
+                (Some(cert), _) if cert.as_os_str() == "none" => profile.tls_client = None,
+                (Some(cert), Some(key)) => {
+                    let (cert, key) = (std::path::absolute(cert)?, std::path::absolute(key)?);
+                    keys::check_pair(&key, &cert)?;
+                    profile.tls_client = Some(crate::store::TlsClientIdentity {
+                        cert_path: cert,
+                        key_path: key,
+                    });
+                }
+                (None, None) => {}
+                _ => anyhow::bail!(
+                    "give --tls-client-cert and --tls-client-key together (or --tls-client-cert none)"
                 ),
             }
             if profile.cert_paths.is_empty() && profile.encrypt != EncryptOption::None {

@@ -515,6 +515,8 @@ pub struct PostTarget {
     /// An `Authorization` value (HTTP Basic towards a partner). Added here, after the
     /// request's headers were recorded, so that it is never stored with them.
     pub authorization: Option<String>,
+    /// A TLS client certificate and key to present over HTTPS.
+    pub client_identity: Option<Arc<crate::as2::KeyPair>>,
 }
 
 impl PostTarget {
@@ -526,6 +528,7 @@ impl PostTarget {
             max_answer_bytes,
             chunked: false,
             authorization: None,
+            client_identity: None,
         }
     }
 }
@@ -643,6 +646,17 @@ async fn post_inner(
         let mut b = SslConnector::builder(SslMethod::tls_client())
             .map_err(|e| TransportError(e.to_string()))?;
         b.set_verify(SslVerifyMode::PEER);
+        if let Some(identity) = &target.client_identity {
+            let tls_err = |e: openssl::error::ErrorStack| {
+                TransportError(format!("the TLS client certificate cannot be used: {e}"))
+            };
+            b.set_certificate(&identity.cert).map_err(tls_err)?;
+            b.set_private_key(&identity.key).map_err(tls_err)?;
+            for c in &identity.chain {
+                b.add_extra_chain_cert(c.clone()).map_err(tls_err)?;
+            }
+            b.check_private_key().map_err(tls_err)?;
+        }
         if let Some(ca) = trust {
             b.cert_store_mut()
                 .add_cert(ca.clone())

@@ -61,6 +61,7 @@ async fn deliver_owed_mdn(
         max_answer_bytes: 64 << 10,
         chunked: false,
         authorization: None,
+        client_identity: None,
     };
     let outcome =
         match super::http::post(&url, &headers, owed.body.clone(), None, timeout, target).await {

@@ -341,6 +341,13 @@ async fn attempt(ctx: &Arc<Ctx>, c: Claimed) -> (Attempt, Option<String>) {
         .basic_auth_out
         .as_ref()
         .map(|c| crate::basic_auth::authorization_value(&c.user, &c.password));
+    if let Some(t) = &partner.profile.tls_client {
+        let what = format!("TLS client certificate for partner {}", partner.as2_id);
+        match ctx.keys.key_pair(&t.key_path, &t.cert_path, &what) {
+            Ok(identity) => target.client_identity = Some(identity),
+            Err(e) => return (Attempt::Final(format!("Not sent: {e}.")), None),
+        }
+    }
     let resp = match super::http::post(
         &url,
         &msg.headers,

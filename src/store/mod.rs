@@ -157,7 +157,9 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE partners ADD COLUMN basic_auth_out_user TEXT;
      ALTER TABLE partners ADD COLUMN basic_auth_out_password TEXT;
      ALTER TABLE partners ADD COLUMN basic_auth_in_user TEXT;
-     ALTER TABLE partners ADD COLUMN basic_auth_in_hash TEXT;",
+     ALTER TABLE partners ADD COLUMN basic_auth_in_hash TEXT;
+     ALTER TABLE partners ADD COLUMN tls_client_cert TEXT;
+     ALTER TABLE partners ADD COLUMN tls_client_key TEXT;",
 ];
 
 /// Brings both databases to [`SCHEMA_VERSION`] on root's connection, each step in its own
@@ -240,6 +242,8 @@ CREATE TABLE IF NOT EXISTS partners (
     basic_auth_out_password TEXT,
     basic_auth_in_user TEXT,
     basic_auth_in_hash TEXT,
+    tls_client_cert TEXT,
+    tls_client_key TEXT,
     created_ms INTEGER NOT NULL,
     UNIQUE (user_id, as2_id, test)
 );

@@ -195,6 +195,18 @@ pub struct PartnerProfile {
     /// HTTP Basic credentials the partner must send to ours (checked before anything of the
     /// request is parsed).
     pub basic_auth_in: Option<InboundCredentials>,
+    /// The TLS client certificate (and its key) we present to the partner's HTTPS server.
+    pub tls_client: Option<TlsClientIdentity>,
+}
+
+/// A TLS client certificate and its private key (PEM files), for a partner's HTTPS
+/// endpoint that asks for one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TlsClientIdentity {
+    /// The certificate (PEM; a chain after it is sent too).
+    pub cert_path: std::path::PathBuf,
+    /// Its private key (PEM).
+    pub key_path: std::path::PathBuf,
 }
 
 /// HTTP Basic credentials we present. The password stays in `config.db` (root-owned,
@@ -259,6 +271,7 @@ impl Default for PartnerProfile {
             as2_version: As2Version::V1_2,
             basic_auth_out: None,
             basic_auth_in: None,
+            tls_client: None,
         }
     }
 }

@@ -90,6 +90,16 @@ fn partner_from_row(r: &Row<'_>) -> rusqlite::Result<Partner> {
                 }),
                 _ => None,
             },
+            tls_client: match (
+                r.get::<_, Option<String>>(27)?,
+                r.get::<_, Option<String>>(28)?,
+            ) {
+                (Some(cert), Some(key)) => Some(crate::store::TlsClientIdentity {
+                    cert_path: PathBuf::from(cert),
+                    key_path: PathBuf::from(key),
+                }),
+                _ => None,
+            },
         },
     })
 }
@@ -97,7 +107,7 @@ fn partner_from_row(r: &Row<'_>) -> rusqlite::Result<Partner> {
 const USER_COLS: &str = "id, name, uid, gid, quota, created_ms";
 const STATION_COLS: &str =
     "id, user_id, as2_id, inbox_layout, created_ms, key_path, cert_path, pickup";
-const PARTNER_COLS: &str = "id, user_id, as2_id, test, url, created_ms, certs, trust_path, sign, encrypt, compress, mdn, mdn_signed, content_type, require_signature, require_encryption, mdn_url_allow, binary_canonicalization, micalg_spelling, chunked, extra_headers, subject_template, as2_version, basic_auth_out_user, basic_auth_out_password, basic_auth_in_user, basic_auth_in_hash";
+const PARTNER_COLS: &str = "id, user_id, as2_id, test, url, created_ms, certs, trust_path, sign, encrypt, compress, mdn, mdn_signed, content_type, require_signature, require_encryption, mdn_url_allow, binary_canonicalization, micalg_spelling, chunked, extra_headers, subject_template, as2_version, basic_auth_out_user, basic_auth_out_password, basic_auth_in_user, basic_auth_in_hash, tls_client_cert, tls_client_key";
 
 /// One stored public key of a user.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -530,7 +540,8 @@ impl Store {
             tx.execute(
                 "UPDATE partners SET certs = ?2, trust_path = ?3, sign = ?4, encrypt = ?5, compress = ?6, mdn = ?7, mdn_signed = ?8, content_type = ?9, require_signature = ?10, require_encryption = ?11, mdn_url_allow = ?12,
                  binary_canonicalization = ?13, micalg_spelling = ?14, chunked = ?15, extra_headers = ?16, subject_template = ?17, as2_version = ?18,
-                 basic_auth_out_user = ?19, basic_auth_out_password = ?20, basic_auth_in_user = ?21, basic_auth_in_hash = ?22 WHERE id = ?1",
+                 basic_auth_out_user = ?19, basic_auth_out_password = ?20, basic_auth_in_user = ?21, basic_auth_in_hash = ?22,
+                 tls_client_cert = ?23, tls_client_key = ?24 WHERE id = ?1",
                 params![
                     partner_id,
                     certs,
@@ -554,6 +565,8 @@ impl Store {
                     p.basic_auth_out.as_ref().map(|c| &c.password),
                     p.basic_auth_in.as_ref().map(|c| &c.user),
                     p.basic_auth_in.as_ref().map(|c| &c.password_hash),
+                    p.tls_client.as_ref().map(|t| t.cert_path.to_string_lossy().into_owned()),
+                    p.tls_client.as_ref().map(|t| t.key_path.to_string_lossy().into_owned()),
                 ],
             )?;
             Ok(())
