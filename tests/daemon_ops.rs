@@ -13,24 +13,6 @@ use std::time::Duration;
 use common::*;
 use daemon_common::*;
 
-/// Points `from`'s partner entry at `to`'s station behind `url`.
-fn link(fx: &Fixture, from: &Mailbox, to: &Mailbox, url: &str, extra: &[&str]) {
-    let cert = station_cert(fx, &to.station).display().to_string();
-    let mut args = vec![
-        "partner",
-        "set",
-        "--user",
-        &from.user.name,
-        &from.partner,
-        "--url",
-        url,
-        "--cert",
-        &cert,
-    ];
-    args.extend_from_slice(extra);
-    fx.cli_ok(&args);
-}
-
 fn wait_for_state(fx: &Fixture, user: &User, id: Option<i64>, state: &str) -> Message {
     wait_for(
         &format!("a sent message in state {state}"),

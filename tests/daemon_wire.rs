@@ -128,32 +128,17 @@ fn start_behind(fx: &Fixture, port: u16, relay: &Relay) -> Daemon {
     Daemon::start(fx, port, None)
 }
 
-/// `from`'s partner entry: `to`'s station behind `url`, with `extra` settings.
-fn link(fx: &Fixture, from: &Mailbox, to: &Mailbox, url: &str, extra: &[&str]) {
-    let cert = station_cert(fx, &to.station).display().to_string();
-    let mut args = vec![
-        "partner",
-        "set",
-        "--user",
-        &from.user.name,
-        &from.partner,
-        "--url",
-        url,
-        "--cert",
-        &cert,
-    ];
-    args.extend_from_slice(extra);
-    fx.cli_ok(&args);
-}
-
 /// Two stations that are each other's partners, every connection between them through one
-/// relay in front of the daemon: (A, B, relay, daemon).
-fn relayed_pair(fx: &Fixture) -> (Mailbox, Mailbox, Relay, Daemon) {
+/// relay in front of the daemon; B's entry for A has `b_settings`. Returns (A, B, relay,
+/// daemon, the relay's AS2 URL).
+fn relayed_pair(fx: &Fixture, b_settings: &[&str]) -> (Mailbox, Mailbox, Relay, Daemon, String) {
     let (a, b) = pair(fx);
     let port = free_port();
     let relay = Relay::to_port(port);
     let daemon = start_behind(fx, port, &relay);
-    (a, b, relay, daemon)
+    let as2_url = relay.url("/as2");
+    link(fx, &b, &a, &as2_url, b_settings);
+    (a, b, relay, daemon, as2_url)
 }
 
 fn assert_spelled(head: &str, names: &[&str]) {
@@ -170,10 +155,8 @@ fn header_names_go_out_in_canonical_case_on_requests_sync_mdns_and_async_mdns() 
     let Some(fx) = fixture!(Settings::default()) else {
         return;
     };
-    let (a, b, relay, daemon) = relayed_pair(&fx);
-    let as2_url = relay.url("/as2");
+    let (a, b, relay, daemon, as2_url) = relayed_pair(&fx, &[]);
     link(&fx, &a, &b, &as2_url, &["--mdn", "sync"]);
-    link(&fx, &b, &a, &as2_url, &[]);
     let data = random_bytes(2_000);
     assert_eq!(
         send_through(&fx, &a, &b, "case-sync.edi", &data),
@@ -295,9 +278,7 @@ fn the_micalg_spelling_binary_canonicalization_and_chunking_follow_the_partner_s
     let Some(fx) = fixture!(Settings::default()) else {
         return;
     };
-    let (a, b, relay, daemon) = relayed_pair(&fx);
-    let as2_url = relay.url("/as2");
-    link(&fx, &b, &a, &as2_url, &[]);
+    let (a, b, relay, daemon, as2_url) = relayed_pair(&fx, &[]);
     // Defaults: `sha-256`, text canonicalized to CRLF, a Content-Length.
     link(
         &fx,
@@ -365,9 +346,7 @@ fn extra_headers_and_the_subject_template_are_sent_and_as2_headers_cannot_be_rep
     let Some(fx) = fixture!(Settings::default()) else {
         return;
     };
-    let (a, b, relay, daemon) = relayed_pair(&fx);
-    let as2_url = relay.url("/as2");
-    link(&fx, &b, &a, &as2_url, &[]);
+    let (a, b, relay, daemon, as2_url) = relayed_pair(&fx, &[]);
     link(
         &fx,
         &a,
@@ -439,19 +418,15 @@ fn basic_auth_is_required_inbound_before_parsing_and_sent_outbound_without_being
     let Some(fx) = fixture!(Settings::default()) else {
         return;
     };
-    let (a, b, relay, daemon) = relayed_pair(&fx);
-    let as2_url = relay.url("/as2");
-    let password_file = fx.dir.join("partner-password");
+    let dir = fx.dir.clone();
+    let password_file = dir.join("partner-password");
     std::fs::write(&password_file, "correct horse:battery\n").unwrap();
-    let wrong_file = fx.dir.join("wrong-password");
+    let wrong_file = dir.join("wrong-password");
     std::fs::write(&wrong_file, "incorrect\n").unwrap();
     let pw = password_file.to_str().unwrap();
     // B requires A to authenticate; A sends no credentials at first.
-    link(
+    let (a, b, relay, daemon, as2_url) = relayed_pair(
         &fx,
-        &b,
-        &a,
-        &as2_url,
         &[
             "--inbound-basic-auth-user",
             "station-a",
@@ -549,9 +524,7 @@ fn as2_1_3_sends_as2_product_and_refuses_sha1_and_3des_both_ways() {
     let Some(fx) = fixture!(Settings::default()) else {
         return;
     };
-    let (a, b, relay, daemon) = relayed_pair(&fx);
-    let as2_url = relay.url("/as2");
-    link(&fx, &b, &a, &as2_url, &["--as2-version", "1.3"]);
+    let (a, b, relay, daemon, as2_url) = relayed_pair(&fx, &["--as2-version", "1.3"]);
     link(&fx, &a, &b, &as2_url, &["--as2-version", "1.3"]);
     let data = random_bytes(400);
     assert_eq!(

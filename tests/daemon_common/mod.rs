@@ -394,3 +394,21 @@ pub fn tls_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     ]);
     (cert, key)
 }
+
+/// Points `from`'s partner entry at `to`'s station behind `url`.
+pub fn link(fx: &Fixture, from: &Mailbox, to: &Mailbox, url: &str, extra: &[&str]) {
+    let cert = station_cert(fx, &to.station).display().to_string();
+    let mut args = vec![
+        "partner",
+        "set",
+        "--user",
+        &from.user.name,
+        &from.partner,
+        "--url",
+        url,
+        "--cert",
+        &cert,
+    ];
+    args.extend_from_slice(extra);
+    fx.cli_ok(&args);
+}
