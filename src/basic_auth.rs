@@ -118,9 +118,19 @@ mod tests {
     }
 
     #[test]
-    fn hashes_are_salted() {
-        let (a, b) = (hash_password("x").unwrap(), hash_password("x").unwrap());
-        assert_ne!(a, b);
-        assert!(!a.contains('x') || a.len() > 60);
+    fn hashes_are_salted_and_hold_no_password() {
+        let (a, b) = (
+            hash_password("hunter2").unwrap(),
+            hash_password("hunter2").unwrap(),
+        );
+        assert_ne!(a, b, "the same password hashes differently each time");
+        assert!(!a.contains("hunter2"));
+        for hash in [a, b] {
+            let creds = InboundCredentials {
+                user: "u".into(),
+                password_hash: hash,
+            };
+            assert!(matches(Some(&authorization_value("u", "hunter2")), &creds));
+        }
     }
 }
