@@ -31,6 +31,9 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::store::Store;
 
+/// How we name ourselves: the `Reporting-UA` of our MDNs and the `AS2-Product` of AS2 1.3.
+pub const PRODUCT: &str = concat!("as2box/", env!("CARGO_PKG_VERSION"));
+
 pub use retry::{Attempt, Backoff};
 
 /// Why the daemon could not run.

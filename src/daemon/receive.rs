@@ -24,9 +24,6 @@ use crate::mailbox::{self, IncomingFile};
 use crate::store::{InboundOrigin, OwedMdn, Partner, Station};
 use crate::timefmt::now_ms;
 
-/// `Reporting-UA` of our MDNs.
-pub const REPORTING_UA: &str = concat!("as2box/", env!("CARGO_PKG_VERSION"));
-
 fn now_unix() -> i64 {
     crate::timefmt::now_ms() / 1000
 }
@@ -569,7 +566,7 @@ async fn answer(
         request: &info,
         disposition,
         mic,
-        reporting_ua: REPORTING_UA,
+        reporting_ua: super::PRODUCT,
         text,
         signer,
         smime_capabilities: true,

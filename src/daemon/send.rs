@@ -127,7 +127,7 @@ fn profile(
     profile.micalg_compact = p.micalg_spelling == MicalgSpelling::Compact;
     profile.extra_headers = p.extra_headers.clone();
     if p.as2_version == As2Version::V1_3 {
-        profile.as2_1_3_product = Some(super::receive::REPORTING_UA.to_owned());
+        profile.as2_1_3_product = Some(super::PRODUCT.to_owned());
     }
     profile.sign = digest(p.sign);
     profile.encrypt = cipher(p.encrypt);
