@@ -4,6 +4,7 @@
 
 pub mod as2;
 pub mod audit;
+pub mod basic_auth;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -1,4 +1,5 @@
-//! UTC time formatting without a calendar dependency: inbox stamps and RFC 3339 strings.
+//! UTC time formatting without a calendar dependency: inbox stamps, RFC 3339 strings and
+//! RFC 5322 dates (AS2 and MDN `Date:` fields). One calendar routine serves them all.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -80,6 +81,22 @@ pub fn unique_stamp(ms: i64) -> String {
     format!("{}-{:02x}{:02x}{:02x}", stamp(ms), r[0], r[1], r[2])
 }
 
+/// An RFC 5322 date of `unix_secs` (`Tue, 04 Jan 2022 13:57:06 +0000`), for `Date:`.
+pub fn rfc5322(unix_secs: i64) -> String {
+    let c = civil(unix_secs.saturating_mul(1000));
+    let days_since_epoch = unix_secs.div_euclid(86_400);
+    // 1970-01-01 was a Thursday.
+    let weekday =
+        ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][days_since_epoch.rem_euclid(7) as usize];
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ][(c.month as usize).saturating_sub(1).min(11)];
+    format!(
+        "{weekday}, {:02} {month} {} {:02}:{:02}:{:02} +0000",
+        c.day, c.year, c.hour, c.minute, c.second
+    )
+}
+
 /// RFC 3339 with milliseconds, UTC: `2026-11-28T03:15:00.123Z`.
 pub fn rfc3339(ms: i64) -> String {
     let c = civil(ms);
@@ -101,6 +118,14 @@ mod tests {
         // Leap day.
         assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
         assert_eq!(rfc3339(-1), "1969-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn rfc5322_dates() {
+        assert_eq!(rfc5322(0), "Thu, 01 Jan 1970 00:00:00 +0000");
+        assert_eq!(rfc5322(1_641_304_626), "Tue, 04 Jan 2022 13:57:06 +0000");
+        assert_eq!(rfc5322(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
+        assert_eq!(rfc5322(-1), "Wed, 31 Dec 1969 23:59:59 +0000");
     }
 
     #[test]

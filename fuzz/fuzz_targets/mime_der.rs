@@ -2,7 +2,7 @@
 //! multipart splitting, transfer encodings, the BER reader, CMS inspection,
 //! decompression.
 #![no_main]
-use as2box::as2::{cms, der, headers, mime};
+use as2box::as2::{cms, der, encoding, headers, mime};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -21,7 +21,9 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let _ = mime::split_multipart(data, "b");
-    let _ = mime::base64_decode(data);
+    let _ = encoding::base64_decode(data);
+    let _ = encoding::percent_decode(&s);
+    let _ = encoding::q_word_decode(data);
     let _ = mime::decode_transfer(data, "quoted-printable");
     let _ = der::read_tlv(data);
     let _ = cms::inspect(data);

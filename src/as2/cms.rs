@@ -103,6 +103,30 @@ pub struct SignOptions {
     pub signing_time: i64,
 }
 
+/// Completes a CMS structure made with `CMS_PARTIAL` over `data` (`len` bytes) and
+/// returns its DER.
+///
+/// # Safety
+/// `cms` must be a live structure made with `CMS_PARTIAL` and `flags`, and `len` must be
+/// `data.len()`.
+unsafe fn finish_partial(
+    cms: &CmsContentInfo,
+    data: &[u8],
+    len: std::os::raw::c_int,
+    flags: std::os::raw::c_uint,
+) -> Result<Vec<u8>> {
+    let bio = ffi::BIO_new_mem_buf(data.as_ptr() as *const std::ffi::c_void, len);
+    if bio.is_null() {
+        return Err(ossl("BIO_new_mem_buf"));
+    }
+    let ok = CMS_final(cms.as_ptr(), bio, ptr::null_mut(), flags);
+    ffi::BIO_free_all(bio);
+    if ok != 1 {
+        return Err(ossl("CMS_final"));
+    }
+    cms.to_der().map_err(|_| ossl("i2d CMS"))
+}
+
 /// Makes a detached CMS SignedData (DER) over `data` exactly as given (the
 /// caller canonicalizes; `CMS_BINARY` stops OpenSSL from touching line ends).
 pub fn sign_detached(data: &[u8], signer: &KeyPair, opts: &SignOptions) -> Result<Vec<u8>> {
@@ -187,16 +211,7 @@ pub fn sign_detached(data: &[u8], signer: &KeyPair, opts: &SignOptions) -> Resul
                 return Err(ossl("algorithm protection attribute"));
             }
         }
-        let bio = ffi::BIO_new_mem_buf(data.as_ptr() as *const std::ffi::c_void, len);
-        if bio.is_null() {
-            return Err(ossl("BIO_new_mem_buf"));
-        }
-        let ok = CMS_final(cms.as_ptr(), bio, ptr::null_mut(), flags);
-        ffi::BIO_free_all(bio);
-        if ok != 1 {
-            return Err(ossl("CMS_final"));
-        }
-        cms.to_der().map_err(|_| ossl("i2d CMS"))
+        finish_partial(&cms, data, len, flags)
     }
 }
 
@@ -363,16 +378,7 @@ pub fn encrypt_oaep(data: &[u8], recipient: &X509, alg: EncryptionAlgorithm) -> 
         {
             return Err(ossl("RSA-OAEP padding"));
         }
-        let bio = ffi::BIO_new_mem_buf(data.as_ptr() as *const std::ffi::c_void, len);
-        if bio.is_null() {
-            return Err(ossl("BIO_new_mem_buf"));
-        }
-        let ok = CMS_final(cms.as_ptr(), bio, ptr::null_mut(), flags);
-        ffi::BIO_free_all(bio);
-        if ok != 1 {
-            return Err(ossl("CMS_final"));
-        }
-        cms.to_der().map_err(|_| ossl("i2d CMS"))
+        finish_partial(&cms, data, len, flags)
     }
 }
 

@@ -58,6 +58,17 @@ fn read_tlv_depth(data: &[u8], depth: usize) -> Result<(Tlv<'_>, usize)> {
         }
     }
     let constructed = tag & 0x20 != 0;
+    // The element whose content is `data[content]` and which ends at `data[end]`.
+    let element = |content: std::ops::Range<usize>, end: usize| -> Result<(Tlv<'_>, usize)> {
+        let tlv = Tlv {
+            tag,
+            tag_number,
+            content: data.get(content).ok_or_else(|| bad("truncated content"))?,
+            constructed,
+            raw: data.get(..end).ok_or_else(|| bad("truncated content"))?,
+        };
+        Ok((tlv, end))
+    };
     let l0 = *data.get(pos).ok_or_else(|| bad("truncated length"))?;
     pos += 1;
     if l0 == 0x80 {
@@ -72,18 +83,7 @@ fn read_tlv_depth(data: &[u8], depth: usize) -> Result<(Tlv<'_>, usize)> {
                 return Err(bad("missing end-of-contents"));
             }
             if rest[0] == 0 && rest[1] == 0 {
-                let content = data.get(start..pos).ok_or_else(|| bad("truncated"))?;
-                let raw = data.get(..pos + 2).ok_or_else(|| bad("truncated"))?;
-                return Ok((
-                    Tlv {
-                        tag,
-                        tag_number,
-                        content,
-                        constructed,
-                        raw,
-                    },
-                    pos + 2,
-                ));
+                return element(start..pos, pos + 2);
             }
             let (_, used) = read_tlv_depth(rest, depth + 1)?;
             pos += used;
@@ -105,18 +105,7 @@ fn read_tlv_depth(data: &[u8], depth: usize) -> Result<(Tlv<'_>, usize)> {
         len
     };
     let end = pos.checked_add(len).ok_or_else(|| bad("length overflow"))?;
-    let content = data.get(pos..end).ok_or_else(|| bad("truncated content"))?;
-    let raw = data.get(..end).ok_or_else(|| bad("truncated content"))?;
-    Ok((
-        Tlv {
-            tag,
-            tag_number,
-            content,
-            constructed,
-            raw,
-        },
-        end,
-    ))
+    element(pos..end, end)
 }
 
 /// Most children [`children`] lists. CMS structures have a handful (the segments of a

@@ -7,7 +7,46 @@
 //! * AS2 names: RFC 4130 §6.2 (quoted when they contain spaces or specials).
 //! * `Disposition-Notification-Options`: RFC 4130 §7.3.
 
+use super::encoding::{base64_decode, percent_decode, q_word_decode};
 use super::error::{As2Error, Result};
+
+/// The spelling of every header field name AS2 software matches literally (RFC 4130 §6,
+/// RFC 3798, RFC 6017, and HTTP's own that we set): what we send goes out spelled exactly
+/// so, although HTTP names are case-insensitive. The one table of it; `daemon::http` makes
+/// hyper write these spellings, and whatever is missing here goes out in title case.
+pub const CANONICAL_NAMES: &[&str] = &[
+    "AS2-From",
+    "AS2-To",
+    "AS2-Version",
+    "AS2-Product",
+    "Message-ID",
+    "Disposition-Notification-To",
+    "Disposition-Notification-Options",
+    "Receipt-Delivery-Option",
+    "Content-Type",
+    "Content-Transfer-Encoding",
+    "Content-Disposition",
+    "Content-Description",
+    "MIME-Version",
+    "EDIINT-Features",
+    "Subject",
+    "Date",
+    "From",
+    "Recipient-Address",
+    "Retry-After",
+    "Authorization",
+    "WWW-Authenticate",
+    "User-Agent",
+    "Server",
+];
+
+/// The canonical spelling of `name` (any case), if [`CANONICAL_NAMES`] has it.
+pub fn canonical_name(name: &str) -> Option<&'static str> {
+    CANONICAL_NAMES
+        .iter()
+        .copied()
+        .find(|c| c.eq_ignore_ascii_case(name))
+}
 
 /// An ordered, case-insensitive list of header fields as received or to be sent.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -68,6 +107,11 @@ impl Headers {
     /// Iterates over the fields.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// The fields as owned (name, value) pairs, in order.
+    pub fn to_pairs(&self) -> Vec<(String, String)> {
+        self.0.clone()
     }
 
     /// Serializes as `Name: value\r\n` lines (no trailing blank line).
@@ -339,33 +383,6 @@ fn decode_rfc2231(raw: Vec<(String, String)>) -> Vec<(String, String)> {
     out
 }
 
-fn percent_decode(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push(h * 16 + l);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    out
-}
-
-fn hex(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
-}
-
 /// Decodes RFC 2047 encoded words (`=?utf-8?B?...?=`, `=?iso-8859-1?Q?...?=`)
 /// in a header value; other text is kept. Whitespace between adjacent encoded
 /// words is dropped (RFC 2047 §6.2).
@@ -417,32 +434,8 @@ fn parse_encoded_word(s: &str) -> Option<(String, usize)> {
     }
     let text = &text_and_more[..end];
     let bytes = match enc.as_str() {
-        "b" => super::mime::base64_decode(text.as_bytes()).ok()?,
-        "q" => {
-            let mut out = Vec::new();
-            let b = text.as_bytes();
-            let mut i = 0;
-            while i < b.len() {
-                match b[i] {
-                    b'_' => out.push(b' '),
-                    b'=' => {
-                        match (
-                            b.get(i + 1).and_then(|c| hex(*c)),
-                            b.get(i + 2).and_then(|c| hex(*c)),
-                        ) {
-                            (Some(h), Some(l)) => {
-                                out.push(h * 16 + l);
-                                i += 2;
-                            }
-                            _ => out.push(b'='),
-                        }
-                    }
-                    c => out.push(c),
-                }
-                i += 1;
-            }
-            out
-        }
+        "b" => base64_decode(text.as_bytes()).ok()?,
+        "q" => q_word_decode(text.as_bytes()),
         _ => return None,
     };
     let text = if charset.starts_with("iso-8859-1") || charset == "latin1" {
@@ -541,40 +534,24 @@ impl NotificationOptions {
     }
 }
 
-/// Formats unix seconds as an RFC 5322 date (`Tue, 04 Jan 2022 13:57:06 +0000`).
-pub fn format_date(unix_secs: i64) -> String {
-    let days = unix_secs.div_euclid(86_400);
-    let secs = unix_secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    let wd = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][days.rem_euclid(7) as usize];
-    let mon = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ][(m as usize).saturating_sub(1).min(11)];
-    format!(
-        "{wd}, {d:02} {mon} {y} {:02}:{:02}:{:02} +0000",
-        secs / 3600,
-        (secs / 60) % 60,
-        secs % 60
-    )
-}
-
-/// Howard Hinnant's days-to-civil algorithm.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonical_names_are_unique_and_found_in_any_case() {
+        for (i, a) in CANONICAL_NAMES.iter().enumerate() {
+            assert!(
+                !CANONICAL_NAMES[i + 1..]
+                    .iter()
+                    .any(|b| b.eq_ignore_ascii_case(a)),
+                "{a} twice"
+            );
+        }
+        assert_eq!(canonical_name("as2-from"), Some("AS2-From"));
+        assert_eq!(canonical_name("MESSAGE-ID"), Some("Message-ID"));
+        assert_eq!(canonical_name("x-unknown"), None);
+    }
 
     #[test]
     fn folded_and_duplicated_headers() {
@@ -686,14 +663,5 @@ mod tests {
         assert!(o.protocol_required);
         assert_eq!(o.micalgs, vec!["SHA256"]);
         assert!(!NotificationOptions::parse("garbage").wants_signed());
-    }
-
-    #[test]
-    fn dates() {
-        assert_eq!(format_date(0), "Thu, 01 Jan 1970 00:00:00 +0000");
-        assert_eq!(
-            format_date(1_641_304_626),
-            "Tue, 04 Jan 2022 13:57:06 +0000"
-        );
     }
 }

@@ -15,9 +15,7 @@ use super::algorithms::DigestAlgorithm;
 use super::certs::{KeyPair, ValidityPolicy};
 use super::cms::{self, SignOptions, SignatureInfo};
 use super::error::{As2Error, DispositionModifier, Result};
-use super::headers::{
-    format_date, normalize_message_id, quote_as2_name, unquote_as2_name, Headers,
-};
+use super::headers::{normalize_message_id, quote_as2_name, unquote_as2_name, Headers};
 use super::message::{
     generate_message_id, signed_entity, RequestInfo, AS2_VERSION, EDIINT_FEATURES,
 };
@@ -211,7 +209,7 @@ pub fn build_mdn(p: &MdnParams<'_>) -> Result<OutgoingMdn> {
     h.push("AS2-From", quote_as2_name(&req.as2_to));
     h.push("AS2-To", quote_as2_name(&req.as2_from));
     h.push("Subject", "Message Disposition Notification");
-    h.push("Date", format_date(p.now_unix));
+    h.push("Date", crate::timefmt::rfc5322(p.now_unix));
     h.push("MIME-Version", "1.0");
     for (k, v) in top.headers.iter() {
         h.push(k, v);

@@ -4,8 +4,8 @@
 use openssl::hash::hash;
 
 use super::algorithms::DigestAlgorithm;
+use super::encoding::{base64_decode, base64_encode};
 use super::error::{As2Error, Result};
-use super::mime::{base64_decode, base64_encode};
 
 /// A MIC value.
 #[derive(Debug, Clone, PartialEq, Eq)]

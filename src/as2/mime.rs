@@ -9,20 +9,11 @@
 //!   binary content is never touched (RFC 5751 §3.1.2, RFC 4130 §5.2).
 //! * File names: RFC 2183 `Content-Disposition` plus RFC 2231 / RFC 2047.
 
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
-use base64::engine::DecodePaddingMode;
-use base64::Engine;
 use bytes::Bytes;
 
+use super::encoding::{base64_decode, hex_lower, quoted_printable_decode};
 use super::error::{As2Error, Result};
 use super::headers::{decode_rfc2047, find_header_end, Headers, ParamValue};
-
-const B64_LENIENT: GeneralPurpose = GeneralPurpose::new(
-    &base64::alphabet::STANDARD,
-    GeneralPurposeConfig::new()
-        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
-        .with_decode_allow_trailing_bits(true),
-);
 
 /// Most bytes in the header block of one MIME entity (a body part, or a decrypted or
 /// decompressed entity). Real header blocks are a few hundred bytes; the bound keeps a
@@ -198,69 +189,12 @@ pub fn sanitize_filename(name: &str) -> Option<String> {
 pub fn decode_transfer(body: &[u8], cte: &str) -> Result<Vec<u8>> {
     match cte {
         "base64" => base64_decode(body),
-        "quoted-printable" => Ok(qp_decode(body)),
+        "quoted-printable" => Ok(quoted_printable_decode(body)),
         "7bit" | "8bit" | "binary" | "" => Ok(body.to_vec()),
         other => Err(As2Error::MalformedMime(format!(
             "unknown Content-Transfer-Encoding {other:?}"
         ))),
     }
-}
-
-/// Decodes base64, ignoring whitespace and line breaks; padding optional.
-pub fn base64_decode(data: &[u8]) -> Result<Vec<u8>> {
-    let clean: Vec<u8> = data
-        .iter()
-        .copied()
-        .filter(|c| !c.is_ascii_whitespace())
-        .collect();
-    B64_LENIENT
-        .decode(&clean)
-        .map_err(|e| As2Error::MalformedMime(format!("bad base64: {e}")))
-}
-
-/// Encodes base64 in lines of 76 characters ending in CRLF (RFC 2045 §6.8).
-pub fn base64_encode_lines(data: &[u8]) -> Vec<u8> {
-    let enc = base64::engine::general_purpose::STANDARD.encode(data);
-    let mut out = Vec::with_capacity(enc.len() + enc.len() / 76 * 2 + 2);
-    for chunk in enc.as_bytes().chunks(76) {
-        out.extend_from_slice(chunk);
-        out.extend_from_slice(b"\r\n");
-    }
-    out
-}
-
-/// Base64 without line breaks (MIC values).
-pub fn base64_encode(data: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(data)
-}
-
-fn qp_decode(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len());
-    let mut i = 0;
-    while i < body.len() {
-        let c = body[i];
-        if c == b'=' {
-            let a = body.get(i + 1).copied();
-            let b = body.get(i + 2).copied();
-            match (a, b) {
-                (Some(b'\r'), Some(b'\n')) => i += 3,
-                (Some(b'\n'), _) => i += 2,
-                (Some(x), Some(y)) if x.is_ascii_hexdigit() && y.is_ascii_hexdigit() => {
-                    let hv = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
-                    out.push(hv(x) * 16 + hv(y));
-                    i += 3;
-                }
-                _ => {
-                    out.push(c);
-                    i += 1;
-                }
-            }
-        } else {
-            out.push(c);
-            i += 1;
-        }
-    }
-    out
 }
 
 /// Converts every bare LF (and bare CR) to CRLF: canonical text form
@@ -403,12 +337,7 @@ pub fn make_boundary() -> String {
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         b[..8].copy_from_slice(&n.to_le_bytes());
     }
-    format!("----=_as2box_{}", hex_string(&b))
-}
-
-/// Lower-case hex of bytes.
-pub fn hex_string(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    format!("----=_as2box_{}", hex_lower(&b))
 }
 
 /// Whether a media type is text that must be CRLF-canonicalized before

@@ -12,6 +12,7 @@ pub mod algorithms;
 pub mod certs;
 pub mod cms;
 pub mod der;
+pub mod encoding;
 pub mod error;
 pub mod headers;
 pub mod mdn;

@@ -50,17 +50,7 @@ pub struct DecodeArgs {
 }
 
 fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-fn sha256_hex(d: &[u8]) -> String {
-    openssl::sha::sha256(d)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::timefmt::now_ms() / 1000
 }
 
 fn mic_json(m: &Mic, rule: Option<MicRule>) -> Value {
@@ -244,7 +234,7 @@ fn decode_message(
                     "filename": a.filename,
                     "content_type": a.content_type,
                     "size": a.data.len(),
-                    "sha256": sha256_hex(&a.data),
+                    "sha256": crate::store::sha256_hex(&a.data),
                 });
                 if let Some(dir) = extract {
                     let name = a

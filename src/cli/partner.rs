@@ -5,7 +5,10 @@ use clap::Subcommand;
 
 use super::{print_json, user::find, Global};
 use crate::keys;
-use crate::store::{CompressOption, EncryptOption, MdnOption, Partner, SignOption, Store};
+use crate::store::{
+    As2Version, BasicCredentials, CompressOption, EncryptOption, InboundCredentials, MdnOption,
+    MicalgSpelling, Partner, SignOption, Store,
+};
 
 fn parse_yes_no(s: &str) -> Result<bool, String> {
     match s {
@@ -28,6 +31,41 @@ fn parse_content_type(s: &str) -> Result<String, String> {
             "{s:?} is not a MIME type: use type/subtype, e.g. application/edi-x12"
         )),
     }
+}
+
+/// `--header 'Name: value'`, checked as the AS2 core checks it before sending; `none`.
+fn parse_extra_header(s: &str) -> Result<(String, String), String> {
+    if s == "none" {
+        return Ok((String::new(), String::new()));
+    }
+    let (name, value) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?}: give the header as 'Name: value'"))?;
+    let (name, value) = (name.trim(), value.trim());
+    crate::as2::message::check_extra_header(name, value).map_err(|e| e.to_string())?;
+    Ok((name.to_owned(), value.to_owned()))
+}
+
+/// The first line of a password file, which must not be empty.
+fn read_password(file: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("reading the password file {}", file.display()))?;
+    let password = text.lines().next().unwrap_or("").to_owned();
+    anyhow::ensure!(
+        !password.is_empty(),
+        "the password file {} is empty: put the password on its first line",
+        file.display()
+    );
+    Ok(password)
+}
+
+/// A Basic user name: no colon (RFC 7617), printable.
+fn check_basic_user(user: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !user.is_empty() && !user.contains(':') && !user.chars().any(char::is_control),
+        "{user:?} cannot be an HTTP Basic user name (no colon, no control characters)"
+    );
+    Ok(())
 }
 
 fn yes_no(b: bool) -> &'static str {
@@ -78,6 +116,39 @@ fn print_profile(p: &Partner) {
     );
     if !inbound.require_signature || !inbound.require_encryption {
         println!("WARNING:     inbound security turned off for this partner: anyone who knows the two AS2 ids can send what it does not require");
+    }
+    println!(
+        "wire:        AS2 {}, micalg spelled {}, binary canonicalization {}, chunked {}",
+        p.profile.as2_version,
+        p.profile.micalg_spelling,
+        yes_no(p.profile.binary_canonicalization),
+        yes_no(p.profile.chunked)
+    );
+    println!(
+        "subject:     {}",
+        p.profile
+            .subject_template
+            .as_deref()
+            .unwrap_or("AS2 message from {station} (default)")
+    );
+    for (name, value) in &p.profile.extra_headers {
+        println!("header:      {name}: {value}");
+    }
+    match &p.profile.basic_auth_out {
+        Some(c) => println!("basic auth out: user {:?}, password set", c.user),
+        None => println!("basic auth out: none"),
+    }
+    match &p.profile.tls_client {
+        Some(t) => println!(
+            "tls client:  {} (key {})",
+            t.cert_path.display(),
+            t.key_path.display()
+        ),
+        None => println!("tls client:  none"),
+    }
+    match &p.profile.basic_auth_in {
+        Some(c) => println!("basic auth in:  user {:?} required", c.user),
+        None => println!("basic auth in:  not required"),
     }
     if !p.profile.mdn_url_allow.is_empty() {
         println!("async MDNs also to: {}", p.profile.mdn_url_allow.join(", "));
@@ -168,14 +239,8 @@ pub enum PartnerCommand {
         after_help = "Example:\n  as2box partner add --user acme BIGCORP --url https://as2.bigcorp.example/as2\n  as2box partner add --user acme BIGCORP --test --url https://test.bigcorp.example/as2\n\nEvery station of the user gets a folder for the partner; a test partner's boxes are\nunder <partner>/test/."
     )]
     Add {
-        /// Owner.
-        #[arg(long)]
-        user: String,
-        /// The partner's AS2 id.
-        id: String,
-        /// A test partner.
-        #[arg(long)]
-        test: bool,
+        #[command(flatten)]
+        partner: PartnerRef,
         /// The partner's AS2 URL.
         #[arg(long)]
         url: Option<String>,
@@ -193,14 +258,8 @@ pub enum PartnerCommand {
     /// Show one partner.
     #[command(after_help = "Example:\n  as2box partner show --user acme BIGCORP")]
     Show {
-        /// Owner.
-        #[arg(long)]
-        user: String,
-        /// The partner's AS2 id.
-        id: String,
-        /// The test partner.
-        #[arg(long)]
-        test: bool,
+        #[command(flatten)]
+        partner: PartnerRef,
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -210,14 +269,8 @@ pub enum PartnerCommand {
         after_help = "Example:\n  as2box partner set --user acme BIGCORP --url https://as2.bigcorp.example/as2 \\\n      --cert bigcorp.pem --sign sha256 --encrypt aes256-cbc --mdn sync --mdn-signed yes\n\nDefaults for a new partner: --sign sha256 --encrypt aes256-cbc --compress none --mdn sync --mdn-signed yes\n--require-signature yes --require-encryption yes."
     )]
     Set {
-        /// Owner.
-        #[arg(long)]
-        user: String,
-        /// The partner's AS2 id.
-        id: String,
-        /// The test partner.
-        #[arg(long)]
-        test: bool,
+        #[command(flatten)]
+        partner: PartnerRef,
         /// The partner's AS2 URL (http:// or https://).
         #[arg(long)]
         url: Option<String>,
@@ -263,6 +316,55 @@ pub enum PartnerCommand {
         /// canonical form: bare LF line ends become CRLF (RFC 5751).
         #[arg(long, value_parser = parse_content_type)]
         content_type: Option<String>,
+        /// Sign what we send exactly as uploaded, text types too (no CRLF conversion; the
+        /// `openssl cms -binary` equivalent). IBM Sterling B2B Integrator expects it.
+        #[arg(long, value_parser = parse_yes_no)]
+        binary_canonicalization: Option<bool>,
+        /// How the MIC algorithm we ask for is spelled in Disposition-Notification-Options:
+        /// `sha-256` (RFC 5751, the default) or `sha256`.
+        #[arg(long, value_enum)]
+        micalg_spelling: Option<MicalgSpelling>,
+        /// Send with `Transfer-Encoding: chunked` (yes) or with a `Content-Length` (no, the
+        /// default; some older receivers cannot take chunked requests).
+        #[arg(long, value_parser = parse_yes_no)]
+        chunked: Option<bool>,
+        /// An extra HTTP header on what we send, `Name: value`; repeat for several;
+        /// replaces the list (`none` clears it). AS2 and HTTP framing fields (AS2-From,
+        /// Message-ID, Content-Type, Content-Length, ...) cannot be set.
+        #[arg(long = "header", value_parser = parse_extra_header)]
+        headers: Vec<(String, String)>,
+        /// The Subject of what we send; `{station}`, `{partner}` and `{name}` (the file or
+        /// folder name) are filled in. `default` restores `AS2 message from {station}`.
+        #[arg(long)]
+        subject: Option<String>,
+        /// The AS2-Version spoken with the partner: 1.2 (default) or 1.3 (also sends
+        /// AS2-Product, and refuses SHA-1, 3DES and RC2 both ways).
+        #[arg(long, value_enum)]
+        as2_version: Option<As2Version>,
+        /// HTTP Basic user name we send to the partner's URL (with
+        /// --basic-auth-password-file); `none` stops sending credentials.
+        #[arg(long)]
+        basic_auth_user: Option<String>,
+        /// A file whose first line is the password for --basic-auth-user (kept in the
+        /// configuration database, which SFTP users cannot read; never shown).
+        #[arg(long)]
+        basic_auth_password_file: Option<std::path::PathBuf>,
+        /// HTTP Basic user name the partner must send to us (with
+        /// --inbound-basic-auth-password-file); without it a request gets HTTP 401 and is
+        /// not looked at. `none` stops requiring credentials.
+        #[arg(long)]
+        inbound_basic_auth_user: Option<String>,
+        /// A file whose first line is the password the partner must send (only a salted
+        /// hash of it is kept).
+        #[arg(long)]
+        inbound_basic_auth_password_file: Option<std::path::PathBuf>,
+        /// A TLS client certificate (PEM) to present to the partner's HTTPS server, with
+        /// --tls-client-key; `none` stops presenting one.
+        #[arg(long)]
+        tls_client_cert: Option<std::path::PathBuf>,
+        /// The private key (PEM) of --tls-client-cert.
+        #[arg(long)]
+        tls_client_key: Option<std::path::PathBuf>,
     },
     /// The partner's certificates: add, list, remove (several during a rollover).
     #[command(subcommand)]
@@ -270,14 +372,8 @@ pub enum PartnerCommand {
     /// Remove a partner and its mailboxes.
     #[command(after_help = "Example:\n  as2box partner remove --user acme BIGCORP --force")]
     Remove {
-        /// Owner.
-        #[arg(long)]
-        user: String,
-        /// The partner's AS2 id.
-        id: String,
-        /// The test partner.
-        #[arg(long)]
-        test: bool,
+        #[command(flatten)]
+        partner: PartnerRef,
         /// Also when its mailboxes hold files (they are deleted).
         #[arg(long)]
         force: bool,
@@ -307,9 +403,7 @@ pub fn run(g: &Global, c: PartnerCommand) -> anyhow::Result<()> {
     let store = g.open_store()?;
     match c {
         PartnerCommand::Add {
-            user,
-            id,
-            test,
+            partner: PartnerRef { user, id, test },
             url,
         } => {
             crate::names::check_as2_id(&id)?;
@@ -365,9 +459,7 @@ pub fn run(g: &Global, c: PartnerCommand) -> anyhow::Result<()> {
             Ok(())
         }
         PartnerCommand::Show {
-            user,
-            id,
-            test,
+            partner: PartnerRef { user, id, test },
             json,
         } => {
             let p = get(&store, &user, &id, test)?;
@@ -384,9 +476,7 @@ pub fn run(g: &Global, c: PartnerCommand) -> anyhow::Result<()> {
             Ok(())
         }
         PartnerCommand::Set {
-            user,
-            id,
-            test,
+            partner: PartnerRef { user, id, test },
             url,
             cert,
             trust_ca,
@@ -399,6 +489,18 @@ pub fn run(g: &Global, c: PartnerCommand) -> anyhow::Result<()> {
             require_signature,
             require_encryption,
             mdn_url_allow,
+            binary_canonicalization,
+            micalg_spelling,
+            chunked,
+            headers,
+            subject,
+            as2_version,
+            basic_auth_user,
+            basic_auth_password_file,
+            inbound_basic_auth_user,
+            inbound_basic_auth_password_file,
+            tls_client_cert,
+            tls_client_key,
         } => {
             let p = get(&store, &user, &id, test)?;
             if let Some(url) = &url {
@@ -432,6 +534,66 @@ pub fn run(g: &Global, c: PartnerCommand) -> anyhow::Result<()> {
             if !mdn_url_allow.is_empty() {
                 profile.mdn_url_allow = mdn_url_allow.into_iter().filter(|u| u != "none").collect();
             }
+            profile.binary_canonicalization =
+                binary_canonicalization.unwrap_or(profile.binary_canonicalization);
+            profile.micalg_spelling = micalg_spelling.unwrap_or(profile.micalg_spelling);
+            profile.chunked = chunked.unwrap_or(profile.chunked);
+            if !headers.is_empty() {
+                profile.extra_headers =
+                    headers.into_iter().filter(|(n, _)| !n.is_empty()).collect();
+            }
+            match subject.as_deref() {
+                Some("default") => profile.subject_template = None,
+                Some(t) => {
+                    crate::as2::message::check_header_value("--subject", t)?;
+                    profile.subject_template = Some(t.to_owned());
+                }
+                None => {}
+            }
+            profile.as2_version = as2_version.unwrap_or(profile.as2_version);
+            match (basic_auth_user.as_deref(), basic_auth_password_file) {
+                (Some("none"), _) => profile.basic_auth_out = None,
+                (Some(user), Some(file)) => {
+                    check_basic_user(user)?;
+                    profile.basic_auth_out = Some(BasicCredentials {
+                        user: user.to_owned(),
+                        password: read_password(&file)?,
+                    });
+                }
+                (None, None) => {}
+                _ => anyhow::bail!(
+                    "give --basic-auth-user and --basic-auth-password-file together (or --basic-auth-user none)"
+                ),
+            }
+            match (inbound_basic_auth_user.as_deref(), inbound_basic_auth_password_file) {
+                (Some("none"), _) => profile.basic_auth_in = None,
+                (Some(user), Some(file)) => {
+                    check_basic_user(user)?;
+                    profile.basic_auth_in = Some(InboundCredentials {
+                        user: user.to_owned(),
+                        password_hash: crate::basic_auth::hash_password(&read_password(&file)?)?,
+                    });
+                }
+                (None, None) => {}
+                _ => anyhow::bail!(
+                    "give --inbound-basic-auth-user and --inbound-basic-auth-password-file together (or --inbound-basic-auth-user none)"
+                ),
+            }
+            match (tls_client_cert, tls_client_key) {
+                (Some(cert), _) if cert.as_os_str() == "none" => profile.tls_client = None,
+                (Some(cert), Some(key)) => {
+                    let (cert, key) = (std::path::absolute(cert)?, std::path::absolute(key)?);
+                    keys::check_pair(&key, &cert)?;
+                    profile.tls_client = Some(crate::store::TlsClientIdentity {
+                        cert_path: cert,
+                        key_path: key,
+                    });
+                }
+                (None, None) => {}
+                _ => anyhow::bail!(
+                    "give --tls-client-cert and --tls-client-key together (or --tls-client-cert none)"
+                ),
+            }
             if profile.cert_paths.is_empty() && profile.encrypt != EncryptOption::None {
                 eprintln!("note: encrypting to the partner needs its certificate: add --cert FILE");
             }
@@ -444,9 +606,7 @@ pub fn run(g: &Global, c: PartnerCommand) -> anyhow::Result<()> {
         }
         PartnerCommand::Cert(c) => run_cert(&store, c),
         PartnerCommand::Remove {
-            user,
-            id,
-            test,
+            partner: PartnerRef { user, id, test },
             force,
         } => {
             let p = get(&store, &user, &id, test)?;

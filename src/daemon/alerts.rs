@@ -185,7 +185,7 @@ pub async fn raise_about_message(ctx: &Arc<Ctx>, id: i64, mut alert: Alert) {
 
 /// The alert for a send outcome that was recorded, if it ends the message: given up
 /// (a final failure, or the last retry used), or no async MDN in time (`attempts` 0, no
-/// MDN: see `send::record_outcome`).
+/// MDN: see `outcome::record_outcome`).
 pub fn for_send_outcome(
     id: i64,
     attempts: u32,

@@ -74,6 +74,15 @@ impl Resp {
             body: text.into().into_bytes(),
         }
     }
+
+    /// HTTP 503 with `Retry-After`: the fault is ours and passing (busy, storage failing),
+    /// so the sender is asked to try again rather than told the request is bad.
+    pub fn retry_later(text: impl Into<String>, after_secs: u32) -> Resp {
+        let mut r = Resp::text(503, text);
+        r.headers
+            .push(("Retry-After".into(), after_secs.to_string()));
+        r
+    }
 }
 
 /// The application: turns a complete request into a response.
@@ -103,14 +112,17 @@ fn to_headers(map: &hyper::HeaderMap) -> Headers {
     h
 }
 
-fn build_response(r: Resp) -> Response<Full<Bytes>> {
+async fn build_response(r: Resp) -> Response<Full<Bytes>> {
     let mut b = Response::builder()
         .status(StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
     for (k, v) in &r.headers {
         b = b.header(k.as_str(), v.as_str());
     }
-    b.body(Full::new(Bytes::from(r.body)))
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::from_static(b"response build error"))))
+    let mut response = b
+        .body(Full::new(Bytes::from(r.body)))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::from_static(b"response build error"))));
+    *response.extensions_mut() = super::header_case::canonical_case().await;
+    response
 }
 
 /// Request bodies held in memory at once, across all connections: a budget in KiB, so that
@@ -256,12 +268,10 @@ fn too_big(limit: usize) -> Resp {
 }
 
 fn busy() -> Resp {
-    let mut r = Resp::text(
-        503,
+    Resp::retry_later(
         "the gateway is receiving too much at once; retry this request later\n",
-    );
-    r.headers.push(("Retry-After".into(), "30".into()));
-    r
+        30,
+    )
 }
 
 /// Reads a whole body within the size limit, holding budget for it while it is in memory.
@@ -324,7 +334,8 @@ async fn handle(
                 "request header fields too large: {header_bytes} bytes, the limit is {}\n",
                 limits.max_header_bytes
             ),
-        )));
+        ))
+        .await);
     }
     let declared = parts
         .headers
@@ -332,7 +343,7 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limits.max_body as u64) {
-        return Ok(build_response(too_big(limits.max_body)));
+        return Ok(build_response(too_big(limits.max_body)).await);
     }
     let read = tokio::time::timeout(
         limits.body_timeout,
@@ -341,12 +352,11 @@ async fn handle(
     .await;
     let (body, share) = match read {
         Err(_) => {
-            return Ok(build_response(Resp::text(
-                408,
-                "the request body did not arrive in time\n",
-            )))
+            return Ok(
+                build_response(Resp::text(408, "the request body did not arrive in time\n")).await,
+            )
         }
-        Ok(Err(resp)) => return Ok(build_response(resp)),
+        Ok(Err(resp)) => return Ok(build_response(resp).await),
         Ok(Ok(b)) => b,
     };
     // The share is held until the handler is done with the body (and with what it made
@@ -364,7 +374,7 @@ async fn handle(
         peer,
         memory,
     };
-    Ok(build_response(handler(r).await))
+    Ok(build_response(handler(r).await).await)
 }
 
 /// Serves `listener` (with TLS when `tls` is given) until `stop` turns true.
@@ -415,6 +425,7 @@ pub async fn serve(
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
+                .title_case_headers(true)
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
                 .max_buf_size(limits.max_header_bytes.max(8192));
@@ -492,13 +503,20 @@ pub async fn post(
         })?
 }
 
-/// Where a POST may connect and how much of the answer it reads.
-#[derive(Debug, Clone, Copy)]
+/// Where a POST may connect, how much of the answer it reads, and how the request goes.
+#[derive(Debug, Clone)]
 pub struct PostTarget {
     /// Which addresses the URL's host may resolve to.
     pub destinations: super::mdn_target::Destinations,
     /// The largest answer body read; a longer one is an error.
     pub max_answer_bytes: usize,
+    /// Send the body with `Transfer-Encoding: chunked` instead of a `Content-Length`.
+    pub chunked: bool,
+    /// An `Authorization` value (HTTP Basic towards a partner). Added here, after the
+    /// request's headers were recorded, so that it is never stored with them.
+    pub authorization: Option<String>,
+    /// A TLS client certificate and key to present over HTTPS.
+    pub client_identity: Option<Arc<crate::as2::KeyPair>>,
 }
 
 impl PostTarget {
@@ -508,9 +526,30 @@ impl PostTarget {
         PostTarget {
             destinations: super::mdn_target::Destinations::Any,
             max_answer_bytes,
+            chunked: false,
+            authorization: None,
+            client_identity: None,
         }
     }
 }
+
+/// A body of unknown length: hyper sends it chunked.
+struct UnsizedBody(Option<Bytes>);
+
+impl hyper::body::Body for UnsizedBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(self.0.take().map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+/// What a POST sends: a sized body (`Content-Length`) or an unsized one (chunked).
+type PostBody = http_body_util::Either<Full<Bytes>, UnsizedBody>;
 
 /// Resolves `host` and connects, to an address `destinations` allows (checked on the
 /// resolved addresses, so a name that resolves to an internal address is refused).
@@ -591,13 +630,33 @@ async fn post_inner(
         }
         req = req.header(k, v);
     }
-    let req = req
-        .body(Full::new(Bytes::from(body)))
+    if let Some(authorization) = &target.authorization {
+        req = req.header("Authorization", authorization);
+    }
+    let body = if target.chunked {
+        PostBody::Right(UnsizedBody(Some(Bytes::from(body))))
+    } else {
+        PostBody::Left(Full::new(Bytes::from(body)))
+    };
+    let mut req = req
+        .body(body)
         .map_err(|e| TransportError(format!("cannot build the request: {e}")))?;
+    *req.extensions_mut() = super::header_case::canonical_case().await;
     let resp = if https {
         let mut b = SslConnector::builder(SslMethod::tls_client())
             .map_err(|e| TransportError(e.to_string()))?;
         b.set_verify(SslVerifyMode::PEER);
+        if let Some(identity) = &target.client_identity {
+            let tls_err = |e: openssl::error::ErrorStack| {
+                TransportError(format!("the TLS client certificate cannot be used: {e}"))
+            };
+            b.set_certificate(&identity.cert).map_err(tls_err)?;
+            b.set_private_key(&identity.key).map_err(tls_err)?;
+            for c in &identity.chain {
+                b.add_extra_chain_cert(c.clone()).map_err(tls_err)?;
+            }
+            b.check_private_key().map_err(tls_err)?;
+        }
         if let Some(ca) = trust {
             b.cert_store_mut()
                 .add_cert(ca.clone())
@@ -636,12 +695,14 @@ async fn post_inner(
 
 async fn send<T>(
     io: TokioIo<T>,
-    req: Request<Full<Bytes>>,
+    req: Request<PostBody>,
 ) -> Result<Response<Incoming>, TransportError>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        .title_case_headers(true)
+        .handshake(io)
         .await
         .map_err(|e| TransportError(format!("HTTP handshake failed: {e}")))?;
     tokio::spawn(async move {

@@ -60,12 +60,17 @@ impl KeyCache {
         let (Some(key), Some(cert)) = (&s.key_path, &s.cert_path) else {
             return Err(format!("station {} has no key pair: run `as2box station set {} --generate-cert` or give --key and --cert", s.as2_id, s.as2_id));
         };
-        let loaded = self.get((key.clone(), Some(cert.clone())), || {
+        self.key_pair(key, cert, &format!("station {}", s.as2_id))
+    }
+
+    /// The key pair in files `key` and `cert` (`what` names it in errors).
+    pub fn key_pair(&self, key: &Path, cert: &Path, what: &str) -> Result<Arc<KeyPair>, String> {
+        let loaded = self.get((key.to_owned(), Some(cert.to_owned())), || {
             let k = std::fs::read(key).map_err(|e| format!("{}: {e}", key.display()))?;
             let c = std::fs::read(cert).map_err(|e| format!("{}: {e}", cert.display()))?;
             KeyPair::from_separate(&k, &c, None)
                 .map(|kp| Loaded::Key(Arc::new(kp)))
-                .map_err(|e| format!("station {} key pair: {e}", s.as2_id))
+                .map_err(|e| format!("{what} key pair: {e}"))
         })?;
         match loaded {
             Loaded::Key(k) => Ok(k),

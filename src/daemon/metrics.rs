@@ -51,7 +51,10 @@ pub fn inc(c: &AtomicU64) {
 
 impl Metrics {
     /// The exposition text.
-    pub fn render(&self, states: &[(String, String, u64)]) -> String {
+    pub fn render(
+        &self,
+        states: &[(crate::store::Direction, crate::store::MessageState, u64)],
+    ) -> String {
         let mut s = String::new();
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let _ = writeln!(

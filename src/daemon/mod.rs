@@ -11,11 +11,14 @@
 pub mod alerts;
 mod archive;
 mod failpoint;
+mod header_case;
 mod http;
 mod keycache;
 mod live;
 mod mdn_target;
 mod metrics;
+mod outcome;
+mod owed_mdn;
 mod receive;
 mod retry;
 mod send;
@@ -30,7 +33,10 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::store::Store;
 
-pub use receive::expected_mics;
+/// How we name ourselves: the `Reporting-UA` of our MDNs and the `AS2-Product` of AS2 1.3.
+pub const PRODUCT: &str = concat!("as2box/", env!("CARGO_PKG_VERSION"));
+
+pub use outcome::expected_mics;
 pub use retry::{Attempt, Backoff};
 
 /// Why the daemon could not run.

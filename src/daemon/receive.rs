@@ -9,7 +9,8 @@ use tracing::{info, warn};
 
 use super::http::{Req, Resp};
 use super::metrics::inc;
-use super::{blocking, mdn_target, Ctx};
+use super::owed_mdn::{lease_ms, spawn_owed_mdn};
+use super::{blocking, mdn_target, outcome, Ctx};
 use crate::as2::certs::ValidityPolicy;
 use crate::as2::headers::unquote_as2_name;
 use crate::as2::mdn::{build_mdn, parse_mdn, Disposition, MdnParams};
@@ -22,9 +23,6 @@ use crate::as2::Headers;
 use crate::mailbox::{self, IncomingFile};
 use crate::store::{ArchiveKind, InboundOrigin, OwedMdn, Partner, Station};
 use crate::timefmt::now_ms;
-
-/// `Reporting-UA` of our MDNs.
-pub const REPORTING_UA: &str = concat!("as2box/", env!("CARGO_PKG_VERSION"));
 
 fn now_unix() -> i64 {
     crate::timefmt::now_ms() / 1000
@@ -101,8 +99,24 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
             return Resp::text(status, format!("{text}\n"));
         }
     };
+    // Before anything of the request is parsed: a partner that must authenticate and does
+    // not gets 401 and nothing else.
+    if let Some(expected) = &partner.profile.basic_auth_in {
+        if !crate::basic_auth::matches(req.headers.get("authorization"), expected) {
+            inc(&ctx.metrics.received_failed);
+            warn!(peer = %req.peer, station = %station.as2_id, partner = %partner.as2_id, message_id = %info.message_id, "refused: the partner's HTTP Basic credentials are missing or wrong");
+            let mut resp = Resp::text(
+                401,
+                "HTTP Basic credentials are required for this partner\n",
+            );
+            resp.headers
+                .push(("WWW-Authenticate".into(), "Basic realm=\"as2box\"".into()));
+            return resp;
+        }
+    }
     let key = ctx.keys.station_key(&station);
     let policy = partner.profile.inbound;
+    let refuse_weak_algorithms = partner.profile.as2_version == crate::store::As2Version::V1_3;
     let body = req.body.clone();
     let headers = req.headers.clone();
     let info2 = info.clone();
@@ -123,6 +137,7 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
                 let mut rctx = ReceiveContext::new(keys, &certs, ValidityPolicy::at(now_unix()));
                 rctx.require_signature = policy.require_signature;
                 rctx.require_encryption = policy.require_encryption;
+                rctx.refuse_weak_algorithms = refuse_weak_algorithms;
                 rctx.max_decompressed_size = max_decompressed;
                 let grant = |total: usize| memory.grant(total);
                 rctx.memory = Some(MemoryGrant(&grant));
@@ -139,12 +154,10 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
         (Err(e), true) => {
             inc(&ctx.metrics.received_failed);
             warn!(station = %station.as2_id, partner = %partner.as2_id, message_id = %info.message_id, error = %e, "no memory left to decompress a message now; answering 503 so that the sender retries");
-            let mut resp = Resp::text(
-                503,
+            return Resp::retry_later(
                 "The gateway is receiving too much at once; please resend the message later.\n",
+                30,
             );
-            resp.headers.push(("Retry-After".into(), "30".into()));
-            return resp;
         }
         (Err(e), false) => {
             return refuse(
@@ -268,12 +281,10 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
         Err(mailbox::DeliverError::Store(e)) => {
             inc(&ctx.metrics.received_failed);
             warn!(station = %station.as2_id, partner = %partner.as2_id, message_id = %info.message_id, error = %e, "could not store a received message; answering 503 so that the sender retries");
-            let mut resp = Resp::text(
-                503,
+            Resp::retry_later(
                 "The message could not be stored; please resend it later.\n",
-            );
-            resp.headers.push(("Retry-After".into(), "60".into()));
-            resp
+                60,
+            )
         }
         Err(e) => {
             inc(&ctx.metrics.received_failed);
@@ -567,7 +578,7 @@ async fn answer(
         request: &info,
         disposition,
         mic,
-        reporting_ua: REPORTING_UA,
+        reporting_ua: super::PRODUCT,
         text,
         signer,
         smime_capabilities: true,
@@ -602,11 +613,7 @@ async fn answer(
                 id: record_for.unwrap_or(0),
                 partner_id: by.partner.id,
                 url,
-                headers: mdn
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                    .collect(),
+                headers: mdn.headers.to_pairs(),
                 body: mdn.body,
                 attempts: 0,
             };
@@ -625,144 +632,16 @@ async fn answer(
         }
         _ => Resp {
             status: 200,
-            headers: mdn
-                .headers
-                .iter()
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect(),
+            headers: mdn.headers.to_pairs(),
             body: mdn.body,
         },
     }
-}
-
-/// Starts one delivery attempt of an owed MDN if a slot is free ([`Ctx::owed_mdn_slots`]);
-/// otherwise a kept MDN waits in the store for the retry loop, and one for a resend is
-/// dropped (the sender's next resend gets it again).
-fn spawn_owed_mdn(
-    ctx: &Arc<Ctx>,
-    owed: OwedMdn,
-    kept: bool,
-    destinations: mdn_target::Destinations,
-) {
-    let Ok(slot) = ctx.owed_mdn_slots.clone().try_acquire_owned() else {
-        return warn!(
-            message = owed.id,
-            "too many async MDNs in flight; this one waits for the retry loop"
-        );
-    };
-    let ctx = ctx.clone();
-    tokio::spawn(async move {
-        deliver_owed_mdn(ctx, owed, kept, destinations).await;
-        drop(slot);
-    });
 }
 
 fn host_of(url: &str) -> Option<String> {
     url.parse::<hyper::Uri>()
         .ok()
         .and_then(|u| u.host().map(str::to_owned))
-}
-
-/// How long one attempt holds an owed MDN before another may take it: longer than a POST
-/// may take.
-fn lease_ms(ctx: &Ctx) -> i64 {
-    (ctx.config().serve.send_timeout_secs * 1000.0) as i64 + 30_000
-}
-
-/// One attempt to POST an owed async MDN; `kept` says whether the store holds it (then the
-/// outcome is recorded there: done, or retried with the send backoff, or given up).
-async fn deliver_owed_mdn(
-    ctx: Arc<Ctx>,
-    owed: OwedMdn,
-    kept: bool,
-    destinations: mdn_target::Destinations,
-) {
-    let config = ctx.config();
-    let timeout = std::time::Duration::from_secs_f64(config.serve.send_timeout_secs);
-    let mut headers = Headers::new();
-    for (k, v) in &owed.headers {
-        headers.push(k, v.clone());
-    }
-    let url = owed.url.clone();
-    // The partner's answer to an MDN is an acknowledgment: nothing of it is used.
-    let target = super::http::PostTarget {
-        destinations,
-        max_answer_bytes: 64 << 10,
-    };
-    let outcome =
-        match super::http::post(&url, &headers, owed.body.clone(), None, timeout, target).await {
-            Ok(r) if (200..300).contains(&r.status) => Ok(()),
-            Ok(r) => Err(format!("HTTP {}", r.status)),
-            Err(e) => Err(e.0),
-        };
-    let attempt = owed.attempts + 1;
-    let (store, id) = (ctx.store.clone(), owed.id);
-    let backoff = super::Backoff {
-        base: std::time::Duration::from_secs_f64(config.serve.retry_base_secs),
-        ceiling: std::time::Duration::from_secs_f64(config.serve.retry_max_secs),
-        max_attempts: config.serve.max_attempts,
-    };
-    let recorded = match outcome {
-        Ok(()) => {
-            info!(message = id, %url, attempt, "async MDN delivered");
-            if !kept {
-                return;
-            }
-            blocking(move || store.owed_mdn_done(id)).await
-        }
-        Err(why) if !kept => {
-            return warn!(%url, %why, "async MDN (for a resend) not delivered; the sender's next resend gets it again");
-        }
-        Err(why) => match backoff.next_delay(attempt) {
-            Some(delay) => {
-                warn!(message = id, %url, %why, attempt, retry_in_secs = delay.as_secs_f64(), "async MDN not delivered; will retry");
-                let next = now_ms() + delay.as_millis() as i64;
-                blocking(move || store.owed_mdn_retry(id, next)).await
-            }
-            None => {
-                warn!(message = id, %url, %why, attempt, "giving up on an async MDN; the partner can resend the message to get it again");
-                blocking(move || store.owed_mdn_done(id)).await
-            }
-        },
-    };
-    if let Err(e) = recorded {
-        warn!(message = id, error = %e, "cannot record the outcome of an async MDN");
-    }
-}
-
-/// Tries the owed async MDNs whose time has come (after a failed attempt, or left by a
-/// stopped daemon). Called periodically by the sender loop.
-pub async fn retry_owed_mdns(ctx: &Arc<Ctx>) {
-    let store = ctx.store.clone();
-    let now = now_ms();
-    let lease = now + lease_ms(ctx);
-    let owed = match blocking(move || store.claim_owed_mdns(now, lease, 16)).await {
-        Ok(o) => o,
-        Err(e) => return warn!(error = %e, "cannot read the async MDNs we owe"),
-    };
-    for o in owed {
-        let (store, pid) = (ctx.store.clone(), o.partner_id);
-        let partner = blocking(move || store.partner_by_id(pid)).await;
-        let allowed = match &partner {
-            Ok(Some(p)) => mdn_target::check(&o.url, p).map_err(|e| e.to_string()),
-            Ok(None) => Err("the partner was removed".into()),
-            Err(e) => {
-                warn!(error = %e, "cannot read the partner of an owed MDN");
-                continue;
-            }
-        };
-        match allowed {
-            Ok(d) => spawn_owed_mdn(ctx, o, true, d),
-            Err(why) => {
-                inc(&ctx.metrics.mdn_url_refused);
-                warn!(message = o.id, "giving up on an owed async MDN: {why}");
-                let (store, id) = (ctx.store.clone(), o.id);
-                if let Err(e) = blocking(move || store.owed_mdn_done(id)).await {
-                    warn!(message = id, error = %e, "cannot record the outcome of an async MDN");
-                }
-            }
-        }
-    }
 }
 
 /// An async MDN for a message we sent. It settles the message only when it comes from the
@@ -828,7 +707,7 @@ pub async fn async_mdn(ctx: Arc<Ctx>, req: Req) -> Resp {
     // Not only `awaiting-mdn`: a quick partner's MDN can arrive before the sender recorded
     // that its POST was answered (`sending`), or for an earlier attempt of a message now
     // waiting to be retried (`queued`); either way the partner has it.
-    if !matches!(sent.state.as_str(), "awaiting-mdn" | "sending" | "queued") {
+    if !sent.state.is_unsettled() {
         return Resp::text(
             200,
             format!(
@@ -859,7 +738,7 @@ pub async fn async_mdn(ctx: Arc<Ctx>, req: Req) -> Resp {
     })
     .await;
     let outcome = match checked {
-        Ok(mdn) => super::send::judge_mdn(&mdn, &expected_mics(sent.mics.as_deref())),
+        Ok(mdn) => outcome::judge_mdn(&mdn, &outcome::expected_mics(sent.mics.as_deref())),
         Err(e) => {
             return reject(
                 403,
@@ -872,15 +751,6 @@ pub async fn async_mdn(ctx: Arc<Ctx>, req: Req) -> Resp {
     };
     let mdn_text = String::from_utf8_lossy(&req.body).into_owned();
     super::archive::keep_or_warn(&ctx, sent.id, ArchiveKind::Mdn, &req.headers, req.body).await;
-    super::send::record_outcome(&ctx, sent.id, 0, outcome, Some(mdn_text)).await;
+    outcome::record_outcome(&ctx, sent.id, 0, outcome, Some(mdn_text)).await;
     Resp::text(200, "MDN received\n")
-}
-
-/// The MICs stored with a sent message (one per line).
-pub fn expected_mics(stored: Option<&str>) -> Vec<Mic> {
-    stored
-        .unwrap_or("")
-        .lines()
-        .filter_map(|l| Mic::parse(l).ok())
-        .collect()
 }

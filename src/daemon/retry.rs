@@ -29,6 +29,15 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// The policy the `[serve]` settings describe (for messages and for async MDNs alike).
+    pub fn from_settings(serve: &crate::config::ServeConfig) -> Backoff {
+        Backoff {
+            base: Duration::from_secs_f64(serve.retry_base_secs),
+            ceiling: Duration::from_secs_f64(serve.retry_max_secs),
+            max_attempts: serve.max_attempts,
+        }
+    }
+
     /// The delay after failed attempt number `attempt` (from 1), or `None` when that was the
     /// last one allowed.
     pub fn next_delay(&self, attempt: u32) -> Option<Duration> {

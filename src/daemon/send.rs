@@ -8,16 +8,16 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::metrics::inc;
-use super::retry::{classify_status, explanation, Attempt, Backoff};
+use super::outcome::{expected_mics, judge_mdn, record_outcome, unverifiable_mdn};
+use super::retry::{classify_status, explanation, Attempt};
 use super::{blocking, Ctx};
 use crate::as2::algorithms::{DigestAlgorithm, EncryptionAlgorithm};
 use crate::as2::certs::ValidityPolicy;
-use crate::as2::mdn::{parse_mdn, MicCheck, ReceivedMdn};
+use crate::as2::mdn::parse_mdn;
 use crate::as2::message::{build_message, Attachment, CompressionOrder, MdnMode, SendProfile};
-use crate::as2::mic::Mic;
 use crate::store::{
-    ArchiveKind, Claimed, CompressOption, EncryptOption, MdnOption, Partner, SignOption, Station,
+    ArchiveKind, As2Version, Claimed, CompressOption, EncryptOption, MdnOption, MicalgSpelling,
+    Partner, SignOption, Station,
 };
 use crate::timefmt::now_ms;
 
@@ -57,7 +57,7 @@ pub async fn run(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
         }
         if last_mdn_check.elapsed() > Duration::from_secs(1) {
             last_mdn_check = std::time::Instant::now();
-            super::receive::retry_owed_mdns(&ctx).await;
+            super::owed_mdn::retry_owed_mdns(&ctx).await;
         }
         if last_timeout_check.elapsed() > Duration::from_secs(5) {
             last_timeout_check = std::time::Instant::now();
@@ -106,10 +106,29 @@ fn cipher(e: EncryptOption) -> Option<EncryptionAlgorithm> {
 }
 
 /// Builds the AS2 profile of a partner.
-fn profile(ctx: &Ctx, station: &Station, partner: &Partner) -> Result<SendProfile, String> {
+fn profile(
+    ctx: &Ctx,
+    station: &Station,
+    partner: &Partner,
+    message_name: &str,
+) -> Result<SendProfile, String> {
     let p = &partner.profile;
     let mut profile = SendProfile::new(&station.as2_id, &partner.as2_id);
-    profile.subject = format!("AS2 message from {}", station.as2_id);
+    // A file name may hold control characters (even a line break); a header may not.
+    let name: String = message_name.chars().filter(|c| !c.is_control()).collect();
+    profile.subject = p
+        .subject_template
+        .as_deref()
+        .unwrap_or("AS2 message from {station}")
+        .replace("{station}", &station.as2_id)
+        .replace("{partner}", &partner.as2_id)
+        .replace("{name}", &name);
+    profile.binary_canonicalization = p.binary_canonicalization;
+    profile.micalg_compact = p.micalg_spelling == MicalgSpelling::Compact;
+    profile.extra_headers = p.extra_headers.clone();
+    if p.as2_version == As2Version::V1_3 {
+        profile.as2_1_3_product = Some(super::PRODUCT.to_owned());
+    }
     profile.sign = digest(p.sign);
     profile.encrypt = cipher(p.encrypt);
     profile.compress = match p.compress {
@@ -146,56 +165,6 @@ fn profile(ctx: &Ctx, station: &Station, partner: &Partner) -> Result<SendProfil
 
 /// The largest answer to a POST of ours that is read (a sync MDN, or an error page).
 const SYNC_ANSWER_MAX_BYTES: usize = 4 << 20;
-
-/// The outcome for a receipt (sync or async) that does not parse or verify: failed, with a
-/// one-sentence reason (OpenSSL's error queue, with its source paths, stays in the log).
-pub fn unverifiable_mdn(e: &crate::as2::error::As2Error) -> Attempt {
-    let full = e.to_string();
-    warn!(error = %full, "the partner's receipt (MDN) could not be verified");
-    let short = full
-        .split(": error:")
-        .next()
-        .unwrap_or(&full)
-        .trim_end_matches('.');
-    Attempt::Final(format!(
-        "The partner's receipt (MDN) could not be verified: {short}."
-    ))
-}
-
-/// Judges a parsed MDN against the MICs we accept.
-pub fn judge_mdn(mdn: &ReceivedMdn, expected: &[Mic]) -> Attempt {
-    if !mdn.disposition.is_processed() {
-        // The reason is one sentence quoting the disposition; the partner's free text (often
-        // several sentences) goes to the log and stays in the stored MDN.
-        let field = mdn.disposition.to_field();
-        let status = field.rsplit(';').next().unwrap_or(&field).trim().to_owned();
-        let text = mdn.text.split_whitespace().collect::<Vec<_>>().join(" ");
-        warn!(original_message_id = %mdn.original_message_id, disposition = %status, partner_text = %text, "negative receipt (MDN)");
-        return Attempt::Final(format!(
-            "The partner refused the message: its receipt (MDN) reports \"{status}\"."
-        ));
-    }
-    let signed = match (&mdn.signature, mdn.signed) {
-        (Some(_), _) => "a signed receipt (MDN)",
-        (None, true) => "a signed receipt (MDN), signature not checked",
-        (None, false) => "an unsigned receipt (MDN)",
-    };
-    match (mdn.check_mic(expected), &mdn.mic) {
-        (MicCheck::Mismatch, _) => Attempt::Final(format!(
-            "The partner's receipt returned MIC {} but we computed {}: the partner may have received different content.",
-            mdn.mic.as_ref().map(|m| m.to_header_value()).unwrap_or_default(),
-            expected.first().map(|m| m.to_header_value()).unwrap_or_default()
-        )),
-        // The detail is the only record of the MIC check an operator sees (`messages list`).
-        (MicCheck::Match, Some(mic)) => Attempt::Delivered(format!(
-            "the partner confirmed receipt with {signed}; its MIC {} matches ours",
-            mic.to_header_value()
-        )),
-        _ => Attempt::Delivered(format!(
-            "the partner confirmed receipt with {signed}; it returned no MIC"
-        )),
-    }
-}
 
 async fn process(ctx: Arc<Ctx>, c: Claimed) {
     let id = c.id;
@@ -235,7 +204,7 @@ async fn attempt(ctx: &Arc<Ctx>, c: Claimed) -> (Attempt, Option<String>) {
             None,
         );
     };
-    let profile = match profile(ctx, &station, &partner) {
+    let profile = match profile(ctx, &station, &partner, &c.name) {
         Ok(p) => p,
         Err(e) => return (Attempt::Final(format!("Not sent: {e}.")), None),
     };
@@ -349,7 +318,7 @@ async fn attempt(ctx: &Arc<Ctx>, c: Claimed) -> (Attempt, Option<String>) {
         match blocking(move || store.message_prepared(c.id, &mid, Some(&mics_text), &headers_text))
             .await
         {
-            Ok(all) => super::receive::expected_mics(all.as_deref()),
+            Ok(all) => expected_mics(all.as_deref()),
             Err(e) => return (Attempt::Transient(format!("store error: {e}")), None),
         };
     let trust = match &partner.profile.trust_path {
@@ -365,7 +334,20 @@ async fn attempt(ctx: &Arc<Ctx>, c: Claimed) -> (Attempt, Option<String>) {
     }
     info!(message = c.id, attempt = c.attempts, %url, message_id = %msg.message_id, bytes, since_queued_ms, "sending");
     // A sync MDN is a few KiB; the bound is for a partner that answers with a stream.
-    let target = super::http::PostTarget::partner(SYNC_ANSWER_MAX_BYTES);
+    let mut target = super::http::PostTarget::partner(SYNC_ANSWER_MAX_BYTES);
+    target.chunked = partner.profile.chunked;
+    target.authorization = partner
+        .profile
+        .basic_auth_out
+        .as_ref()
+        .map(|c| crate::basic_auth::authorization_value(&c.user, &c.password));
+    if let Some(t) = &partner.profile.tls_client {
+        let what = format!("TLS client certificate for partner {}", partner.as2_id);
+        match ctx.keys.key_pair(&t.key_path, &t.cert_path, &what) {
+            Ok(identity) => target.client_identity = Some(identity),
+            Err(e) => return (Attempt::Final(format!("Not sent: {e}.")), None),
+        }
+    }
     // Kept before the POST; a disk that refuses the copy does not hold up the sending.
     let body =
         super::archive::keep_or_warn(ctx, c.id, ArchiveKind::Request, &msg.headers, msg.body).await;
@@ -418,77 +400,5 @@ async fn attempt(ctx: &Arc<Ctx>, c: Claimed) -> (Attempt, Option<String>) {
                 Err(e) => (unverifiable_mdn(&e), Some(mdn_text)),
             }
         }
-    }
-}
-
-/// Records what an attempt came to. `attempts` 0 means "from an async MDN or a timeout".
-pub async fn record_outcome(
-    ctx: &Arc<Ctx>,
-    id: i64,
-    attempts: u32,
-    outcome: Attempt,
-    mdn: Option<String>,
-) {
-    let store = ctx.store.clone();
-    let backoff = Backoff {
-        base: Duration::from_secs_f64(ctx.config().serve.retry_base_secs),
-        ceiling: Duration::from_secs_f64(ctx.config().serve.retry_max_secs),
-        max_attempts: ctx.config().serve.max_attempts,
-    };
-    let alert = super::alerts::for_send_outcome(id, attempts, &outcome, mdn.is_some(), &backoff);
-    let m = &ctx.metrics;
-    match &outcome {
-        Attempt::Delivered(_) => {
-            inc(&m.sent_delivered);
-            if mdn.is_some() {
-                inc(&m.mdn_positive);
-            }
-        }
-        Attempt::Final(_) => {
-            inc(&m.sent_failed);
-            if mdn.is_some() {
-                inc(&m.mdn_negative);
-            }
-        }
-        Attempt::AwaitingMdn => {}
-        Attempt::Transient(_) => inc(&m.sent_retried),
-    }
-    let result = blocking(move || match outcome {
-        Attempt::Delivered(detail) => {
-            info!(message = id, %detail, "delivered");
-            store.message_delivered(id, mdn.as_deref(), &detail)
-        }
-        Attempt::AwaitingMdn => store.message_awaiting_mdn(id),
-        Attempt::Transient(why) => match backoff.next_delay(attempts) {
-            Some(delay) => {
-                warn!(message = id, attempt = attempts, %why, retry_in_secs = delay.as_secs_f64(), "send failed; will retry");
-                let detail = format!("{why}; next attempt in {:.1} s", delay.as_secs_f64());
-                store.message_retry(id, &detail, now_ms() + delay.as_millis() as i64)
-            }
-            None => {
-                let plural = if attempts == 1 { "" } else { "s" };
-                let reason = format!("Not delivered after {attempts} attempt{plural}; the last one failed: {why}.");
-                warn!(message = id, %reason, "giving up");
-                store.message_failed(id, &reason, mdn.as_deref())
-            }
-        },
-        Attempt::Final(reason) => {
-            warn!(message = id, %reason, "failed");
-            store.message_failed(id, &reason, mdn.as_deref())
-        }
-    })
-    .await;
-    match result {
-        Ok(true) => {
-            if let Some(a) = alert {
-                super::alerts::raise_about_message(ctx, id, a).await;
-            }
-        }
-        // E.g. the async MDN arrived before the POST's answer was recorded: it stands.
-        Ok(false) => info!(
-            message = id,
-            "outcome not recorded: the message was settled meanwhile"
-        ),
-        Err(e) => warn!(message = id, error = %e, "cannot record the outcome of a send"),
     }
 }

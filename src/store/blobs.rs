@@ -329,15 +329,8 @@ impl BlobStore {
     }
 }
 
-/// Lowercase hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
+/// Lowercase hex of `bytes` (blob names are the hex of their sha256).
+pub use crate::as2::encoding::hex_lower as hex;
 
 /// sha256 of `data` as lowercase hex.
 pub fn sha256_hex(data: &[u8]) -> String {

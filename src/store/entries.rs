@@ -5,7 +5,10 @@ use std::collections::HashSet;
 
 use rusqlite::{params, OptionalExtension, Row, Transaction};
 
-use super::{BoxKind, BoxRef, Entry, EntryState, Message, MessageFile, Result, Store, StoreError};
+use super::{
+    BoxKind, BoxRef, Direction, Entry, EntryState, Message, MessageFile, MessageState, Result,
+    Store, StoreError,
+};
 use crate::timefmt::{now_ms, rfc3339};
 
 const ENTRY_COLS: &str = "id, user_id, station_id, partner_id, box, parent, name, is_dir, state, blob, size, mtime_ms, created_ms, until_ms, message_id";
@@ -317,9 +320,9 @@ fn insert_message(
     files: &[PickupFile],
 ) -> Result<i64> {
     let (direction, state, detail) = match kind {
-        NewMessage::Queued => ("out", "queued", None),
-        NewMessage::Failed(reason) => ("out", "failed", Some(reason)),
-        NewMessage::Received => ("in", "received", None),
+        NewMessage::Queued => (Direction::Out, MessageState::Queued, None),
+        NewMessage::Failed(reason) => (Direction::Out, MessageState::Failed, Some(reason)),
+        NewMessage::Received => (Direction::In, MessageState::Received, None),
     };
     let now = now_ms();
     tx.execute(
@@ -349,7 +352,10 @@ fn insert_message(
 
 /// The received messages that were stored (not refused): a refused request's Message-ID
 /// stays free, so that a forged copy sent first cannot make the genuine one a "duplicate".
-pub(super) const DELIVERED_INBOUND: &str = "direction = 'in' AND state <> 'refused'";
+/// Binds `?3` and `?4`: pass [`DELIVERED_INBOUND_PARAMS`] after the query's own two.
+pub(super) const DELIVERED_INBOUND: &str = "direction = ?3 AND state <> ?4";
+pub(super) const DELIVERED_INBOUND_PARAMS: (Direction, MessageState) =
+    (Direction::In, MessageState::Refused);
 
 impl Store {
     /// The entry with row id `id`.
@@ -676,7 +682,12 @@ impl Store {
                 let earlier: Option<i64> = tx
                     .query_row(
                         &format!("SELECT id FROM messages WHERE {DELIVERED_INBOUND} AND partner_id = ?1 AND as2_message_id = ?2 ORDER BY id LIMIT 1"),
-                        params![inbox.partner_id, o.as2_message_id],
+                        params![
+                            inbox.partner_id,
+                            o.as2_message_id,
+                            DELIVERED_INBOUND_PARAMS.0,
+                            DELIVERED_INBOUND_PARAMS.1
+                        ],
                         |r| r.get(0),
                     )
                     .optional()?;
@@ -731,7 +742,7 @@ impl Store {
     pub fn resend_message(&self, id: i64) -> Result<i64> {
         let _guard = self.blobs().guard();
         self.write(|tx| {
-            let row: Option<(String, i64, i64, i64, String)> = tx
+            let row: Option<(Direction, i64, i64, i64, String)> = tx
                 .query_row(
                     "SELECT direction, user_id, station_id, partner_id, name FROM messages WHERE id = ?1",
                     [id],
@@ -741,7 +752,7 @@ impl Store {
             let Some((direction, user_id, station_id, partner_id, name)) = row else {
                 return Err(StoreError::NotFound(format!("message {id}")));
             };
-            if direction != "out" {
+            if direction != Direction::Out {
                 return Err(StoreError::NotApplicable(format!(
                     "message {id} was received, not sent: only sent messages can be resent"
                 )));
@@ -845,11 +856,19 @@ impl Store {
         let mut report = self.write(|tx| {
             let expired_files = tx.execute(
                 "DELETE FROM entries WHERE box IN (?1, ?2) AND is_dir = 0 AND created_ms < ?3",
-                params![BoxKind::Inbox.code(), BoxKind::Failed.code(), files_cutoff_ms],
+                params![
+                    BoxKind::Inbox.code(),
+                    BoxKind::Failed.code(),
+                    files_cutoff_ms
+                ],
             )? + tx.execute(
                 "DELETE FROM entries WHERE box IN (?1, ?2) AND is_dir = 1 AND created_ms < ?3
                  AND NOT EXISTS (SELECT 1 FROM entries c WHERE c.parent = entries.id)",
-                params![BoxKind::Inbox.code(), BoxKind::Failed.code(), files_cutoff_ms],
+                params![
+                    BoxKind::Inbox.code(),
+                    BoxKind::Failed.code(),
+                    files_cutoff_ms
+                ],
             )?;
             let lingering_removed = tx.execute(
                 "DELETE FROM entries WHERE state = ?1 AND until_ms <= ?2 AND is_dir = 0",
@@ -860,8 +879,13 @@ impl Store {
                 params![EntryState::Lingering.code(), now],
             )?;
             let messages_removed = tx.execute(
-                "DELETE FROM messages WHERE updated_ms < ?1 AND state NOT IN ('queued', 'sending', 'awaiting-mdn')",
-                [messages_cutoff_ms],
+                "DELETE FROM messages WHERE updated_ms < ?1 AND state NOT IN (?2, ?3, ?4)",
+                params![
+                    messages_cutoff_ms,
+                    MessageState::UNSETTLED[0],
+                    MessageState::UNSETTLED[1],
+                    MessageState::UNSETTLED[2]
+                ],
             )?;
             let report = SweepReport {
                 expired_files,

@@ -105,7 +105,7 @@ impl StoreError {
 /// The result type of the store.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-const SCHEMA_VERSION: i64 = 7;
+const SCHEMA_VERSION: i64 = 8;
 
 /// Steps from each older schema version to the next: `MIGRATIONS[v - 1]` takes a version `v`
 /// database to `v + 1`. A fresh database gets the schemas and the current version directly.
@@ -153,6 +153,19 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE stations ADD COLUMN pickup TEXT NOT NULL DEFAULT 'close';",
     // 6 -> 7: the non-repudiation archive (raw requests and MDNs per message).
     archive::ARCHIVE_SCHEMA,
+    // 7 -> 8: the per-partner switches partners' software needs (issue 13).
+    "ALTER TABLE partners ADD COLUMN binary_canonicalization INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE partners ADD COLUMN micalg_spelling TEXT NOT NULL DEFAULT 'sha-256';
+     ALTER TABLE partners ADD COLUMN chunked INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE partners ADD COLUMN extra_headers TEXT NOT NULL DEFAULT '';
+     ALTER TABLE partners ADD COLUMN subject_template TEXT;
+     ALTER TABLE partners ADD COLUMN as2_version TEXT NOT NULL DEFAULT '1.2';
+     ALTER TABLE partners ADD COLUMN basic_auth_out_user TEXT;
+     ALTER TABLE partners ADD COLUMN basic_auth_out_password TEXT;
+     ALTER TABLE partners ADD COLUMN basic_auth_in_user TEXT;
+     ALTER TABLE partners ADD COLUMN basic_auth_in_hash TEXT;
+     ALTER TABLE partners ADD COLUMN tls_client_cert TEXT;
+     ALTER TABLE partners ADD COLUMN tls_client_key TEXT;",
 ];
 
 /// Brings both databases to [`SCHEMA_VERSION`] on root's connection, each step in its own
@@ -227,6 +240,18 @@ CREATE TABLE IF NOT EXISTS partners (
     require_signature INTEGER NOT NULL DEFAULT 1,
     require_encryption INTEGER NOT NULL DEFAULT 1,
     mdn_url_allow TEXT NOT NULL DEFAULT '',
+    binary_canonicalization INTEGER NOT NULL DEFAULT 0,
+    micalg_spelling TEXT NOT NULL DEFAULT 'sha-256',
+    chunked INTEGER NOT NULL DEFAULT 0,
+    extra_headers TEXT NOT NULL DEFAULT '',
+    subject_template TEXT,
+    as2_version TEXT NOT NULL DEFAULT '1.2',
+    basic_auth_out_user TEXT,
+    basic_auth_out_password TEXT,
+    basic_auth_in_user TEXT,
+    basic_auth_in_hash TEXT,
+    tls_client_cert TEXT,
+    tls_client_key TEXT,
     created_ms INTEGER NOT NULL,
     UNIQUE (user_id, as2_id, test)
 );
@@ -572,8 +597,18 @@ pub(crate) fn test_store(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// The names at the top of box `b`, in listing order.
+    pub(crate) fn names_at_top(store: &Store, b: BoxRef) -> Vec<String> {
+        store
+            .entries(b, 0)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect()
+    }
 
     fn setup() -> (tempfile::TempDir, Store, i64, BoxRef) {
         test_store("acme", "ACME", "BIG")
@@ -791,13 +826,7 @@ mod tests {
             kind: BoxKind::Failed,
             ..outbox
         };
-        let names: Vec<String> = store
-            .entries(failed, 0)
-            .unwrap()
-            .into_iter()
-            .map(|e| e.name)
-            .collect();
-        assert_eq!(names, ["a.edi", "a.edi.reason.txt"]);
+        assert_eq!(names_at_top(&store, failed), ["a.edi", "a.edi.reason.txt"]);
         assert!(store.entries(outbox, 0).unwrap().is_empty());
         let m = &store.messages(None, 1).unwrap()[0];
         assert_eq!(

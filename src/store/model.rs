@@ -2,6 +2,70 @@
 
 use serde::Serialize;
 
+/// The spelling of a typed value in the database and in what users see, both ways.
+macro_rules! stored_names {
+    ($ty:ident, $what:literal, { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            /// Every value, in declaration order.
+            #[allow(dead_code)]
+            pub const ALL: &'static [$ty] = &[$($ty::$variant),+];
+
+            /// The name stored in the database and shown to users.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name),+
+                }
+            }
+
+            /// Parses [`Self::as_str`] output.
+            pub fn parse(s: &str) -> Option<$ty> {
+                match s {
+                    $($name => Some($ty::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        // Lets scripts and tests compare with the spelling users see (`m.state == "failed"`).
+        impl PartialEq<str> for $ty {
+            fn eq(&self, other: &str) -> bool {
+                self.as_str() == other
+            }
+        }
+
+        impl PartialEq<&str> for $ty {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+
+        impl rusqlite::types::ToSql for $ty {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(self.as_str().into())
+            }
+        }
+
+        impl rusqlite::types::FromSql for $ty {
+            fn column_result(
+                value: rusqlite::types::ValueRef<'_>,
+            ) -> rusqlite::types::FromSqlResult<Self> {
+                let text = value.as_str()?;
+                $ty::parse(text).ok_or_else(|| {
+                    rusqlite::types::FromSqlError::Other(
+                        format!(concat!("unknown ", $what, " {:?} in the database"), text).into(),
+                    )
+                })
+            }
+        }
+    };
+}
+
 /// A mailbox user, backed by a system account of the same name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct User {
@@ -19,38 +83,30 @@ pub struct User {
     pub created_ms: i64,
 }
 
-/// How a station's inboxes name delivered files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum InboxLayout {
-    /// `inbox/<stamp>/<name>`
-    PerMessage,
-    /// `inbox/<stamp>-<name>`
-    Prefixed,
-    /// `inbox/<name>`, replacing an earlier file of the same name.
-    Plain,
+/// Declares a settings enum stored by its kebab-case name.
+macro_rules! setting_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+        pub enum $name {
+            $($(#[$vdoc])* #[value(name = $text)] #[serde(rename = $text)] $variant),+
+        }
+
+        stored_names!($name, "setting", { $($variant => $text),+ });
+    };
 }
 
-impl InboxLayout {
-    /// The name stored in the database and shown to users.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            InboxLayout::PerMessage => "per-message",
-            InboxLayout::Prefixed => "prefixed",
-            InboxLayout::Plain => "plain",
-        }
+setting_enum!(
+    /// How a station's inboxes name delivered files.
+    InboxLayout {
+        /// `inbox/<stamp>/<name>`
+        PerMessage = "per-message",
+        /// `inbox/<stamp>-<name>`
+        Prefixed = "prefixed",
+        /// `inbox/<name>`, replacing an earlier file of the same name.
+        Plain = "plain",
     }
-
-    /// Parses [`InboxLayout::as_str`] output.
-    pub fn parse(s: &str) -> Option<InboxLayout> {
-        match s {
-            "per-message" => Some(InboxLayout::PerMessage),
-            "prefixed" => Some(InboxLayout::Prefixed),
-            "plain" => Some(InboxLayout::Plain),
-            _ => None,
-        }
-    }
-}
+);
 
 /// One of our AS2 identities, owned by a user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -120,6 +176,59 @@ pub struct PartnerProfile {
     /// the partner may be POSTed: URL prefixes. Loopback, link-local and private addresses
     /// are reached only through an entry listed here.
     pub mdn_url_allow: Vec<String>,
+    /// Sign what we send exactly as uploaded, text too (no CRLF conversion; IBM Sterling).
+    pub binary_canonicalization: bool,
+    /// How we spell the MIC algorithm we ask for in `Disposition-Notification-Options`.
+    pub micalg_spelling: MicalgSpelling,
+    /// Send with `Transfer-Encoding: chunked` instead of `Content-Length`.
+    pub chunked: bool,
+    /// More HTTP header fields on what we send (never an AS2 or HTTP framing field).
+    pub extra_headers: Vec<(String, String)>,
+    /// The `Subject` of what we send, with `{station}`, `{partner}` and `{name}` filled in;
+    /// `None`: `AS2 message from {station}`.
+    pub subject_template: Option<String>,
+    /// The AS2-Version we speak with the partner; 1.3 also sends `AS2-Product` and refuses
+    /// SHA-1, 3DES and RC2 both ways.
+    pub as2_version: As2Version,
+    /// HTTP Basic credentials we send to the partner's URL.
+    pub basic_auth_out: Option<BasicCredentials>,
+    /// HTTP Basic credentials the partner must send to ours (checked before anything of the
+    /// request is parsed).
+    pub basic_auth_in: Option<InboundCredentials>,
+    /// The TLS client certificate (and its key) we present to the partner's HTTPS server.
+    pub tls_client: Option<TlsClientIdentity>,
+}
+
+/// A TLS client certificate and its private key (PEM files), for a partner's HTTPS
+/// endpoint that asks for one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TlsClientIdentity {
+    /// The certificate (PEM; a chain after it is sent too).
+    pub cert_path: std::path::PathBuf,
+    /// Its private key (PEM).
+    pub key_path: std::path::PathBuf,
+}
+
+/// HTTP Basic credentials we present. The password stays in `config.db` (root-owned,
+/// readable by the daemon's group, never by SFTP users) and is never printed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BasicCredentials {
+    /// User name.
+    pub user: String,
+    /// Password.
+    #[serde(skip)]
+    pub password: String,
+}
+
+/// HTTP Basic credentials a partner must present: the user name and a salted hash of the
+/// password (`crate::basic_auth`), never the password itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InboundCredentials {
+    /// User name.
+    pub user: String,
+    /// `salt$sha256` in hex, as `crate::basic_auth::hash_password` makes it.
+    #[serde(skip)]
+    pub password_hash: String,
 }
 
 /// What a partner must prove on each message it sends us (checked before anything is
@@ -154,31 +263,17 @@ impl Default for PartnerProfile {
             content_type: "application/octet-stream".into(),
             inbound: InboundPolicy::default(),
             mdn_url_allow: Vec::new(),
+            binary_canonicalization: false,
+            micalg_spelling: MicalgSpelling::Dashed,
+            chunked: false,
+            extra_headers: Vec::new(),
+            subject_template: None,
+            as2_version: As2Version::V1_2,
+            basic_auth_out: None,
+            basic_auth_in: None,
+            tls_client: None,
         }
     }
-}
-
-/// Declares a settings enum stored by its kebab-case name.
-macro_rules! setting_enum {
-    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
-        pub enum $name {
-            $($(#[$vdoc])* #[value(name = $text)] #[serde(rename = $text)] $variant),+
-        }
-
-        impl $name {
-            /// The stored and displayed name.
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $text),+ }
-            }
-
-            /// Parses [`Self::as_str`] output.
-            pub fn parse(s: &str) -> Option<Self> {
-                match s { $($text => Some($name::$variant),)+ _ => None }
-            }
-        }
-    };
 }
 
 setting_enum!(
@@ -238,6 +333,26 @@ setting_enum!(
         BeforeSign = "before-sign",
         /// Signed, then compressed.
         AfterSign = "after-sign",
+    }
+);
+
+setting_enum!(
+    /// How the MIC algorithm we ask for is spelled (`signed-receipt-micalg`).
+    MicalgSpelling {
+        /// `sha-256`, as RFC 5751 spells it.
+        Dashed = "sha-256",
+        /// `sha256`, as pyas2lib and some older products expect.
+        Compact = "sha256",
+    }
+);
+
+setting_enum!(
+    /// The AS2-Version spoken with a partner.
+    As2Version {
+        /// RFC 4130 with compression (RFC 5402).
+        V1_2 = "1.2",
+        /// The RFC 4130 revision: sends `AS2-Product`, refuses SHA-1, 3DES and RC2.
+        V1_3 = "1.3",
     }
 );
 
@@ -377,13 +492,71 @@ pub struct Entry {
     pub message_id: Option<i64>,
 }
 
+/// Which way a message went. Stored as `out` / `in`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Direction {
+    /// From an outbox to a partner.
+    Out,
+    /// From a partner into an inbox.
+    In,
+}
+
+/// Where a message is in its life. Outgoing: `queued → sending → awaiting-mdn →
+/// delivered`, back to `queued` for a retry, or `failed`. Incoming: `received`, or
+/// `refused` (nothing stored). Stored as the kebab-case name (`awaiting-mdn`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MessageState {
+    /// Outgoing, picked up, waiting for its (next) attempt.
+    Queued,
+    /// Outgoing, taken by the sender.
+    Sending,
+    /// Outgoing, accepted by the partner's server; the async MDN is still to come.
+    AwaitingMdn,
+    /// Outgoing, the partner confirmed receipt.
+    Delivered,
+    /// Outgoing, will not be delivered (files in `failed/`).
+    Failed,
+    /// Incoming, delivered to an inbox.
+    Received,
+    /// Incoming, refused before anything was stored.
+    Refused,
+}
+
+stored_names!(Direction, "message direction", { Out => "out", In => "in" });
+stored_names!(MessageState, "message state", {
+    Queued => "queued",
+    Sending => "sending",
+    AwaitingMdn => "awaiting-mdn",
+    Delivered => "delivered",
+    Failed => "failed",
+    Received => "received",
+    Refused => "refused",
+});
+
+impl MessageState {
+    /// States from which an outgoing message may still end as delivered or failed; the
+    /// retention sweep keeps them whatever their age.
+    pub const UNSETTLED: &'static [MessageState] = &[
+        MessageState::Queued,
+        MessageState::Sending,
+        MessageState::AwaitingMdn,
+    ];
+
+    /// Whether an outcome (delivered, failed) may still be recorded.
+    pub fn is_unsettled(self) -> bool {
+        MessageState::UNSETTLED.contains(&self)
+    }
+}
+
 /// A sent or received message.
 #[derive(Debug, Clone, Serialize)]
 pub struct Message {
     /// Row id.
     pub id: i64,
     /// `out` (from an outbox) or `in` (delivered to an inbox).
-    pub direction: String,
+    pub direction: Direction,
     /// User name.
     pub user: String,
     /// Station AS2 id.
@@ -394,8 +567,8 @@ pub struct Message {
     pub test: bool,
     /// The name of the file or folder it came from / was delivered as.
     pub name: String,
-    /// `queued`, `sending`, `awaiting-mdn`, `delivered`, `failed`, `received`.
-    pub state: String,
+    /// Where it is in its life.
+    pub state: MessageState,
     /// Why it is in that state (for `failed`).
     pub detail: Option<String>,
     /// The files.
@@ -415,4 +588,33 @@ pub struct MessageFile {
     pub size: u64,
     /// Content hash (also the blob name).
     pub sha256: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_message_state_reads_back_as_itself() {
+        for state in MessageState::ALL {
+            assert_eq!(MessageState::parse(state.as_str()), Some(*state));
+        }
+        assert_eq!(MessageState::AwaitingMdn.as_str(), "awaiting-mdn");
+        assert_eq!(MessageState::parse("Queued"), None);
+        for direction in Direction::ALL {
+            assert_eq!(Direction::parse(direction.as_str()), Some(*direction));
+        }
+    }
+
+    #[test]
+    fn an_unknown_state_in_the_database_is_an_error_not_a_default() {
+        let c = rusqlite::Connection::open_in_memory().unwrap();
+        let read: rusqlite::Result<MessageState> = c.query_row("SELECT 'lost'", [], |r| r.get(0));
+        let err = read.unwrap_err().to_string();
+        assert!(err.contains("unknown message state \"lost\""), "{err}");
+        let read: MessageState = c
+            .query_row("SELECT ?1", [MessageState::AwaitingMdn], |r| r.get(0))
+            .unwrap();
+        assert_eq!(read, MessageState::AwaitingMdn);
+    }
 }

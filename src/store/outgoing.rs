@@ -6,7 +6,7 @@
 use rusqlite::{params, OptionalExtension, Transaction};
 use serde::Serialize;
 
-use super::{BoxKind, BoxRef, MessageFile, Result, Store, StoreError};
+use super::{BoxKind, BoxRef, Direction, MessageFile, MessageState, Result, Store, StoreError};
 use crate::timefmt::{now_ms, rfc3339};
 
 /// A message the sender has taken to send.
@@ -43,7 +43,7 @@ pub struct SentRecord {
     /// The station it was sent from.
     pub station_id: i64,
     /// Its state.
-    pub state: String,
+    pub state: MessageState,
     /// The MICs we accept back, one per line.
     pub mics: Option<String>,
 }
@@ -96,12 +96,17 @@ pub struct Event {
     /// When (RFC 3339).
     pub at: String,
     /// The state entered.
-    pub state: String,
+    pub state: MessageState,
     /// Why, or what happened.
     pub detail: Option<String>,
 }
 
-fn set_state(tx: &Transaction<'_>, id: i64, state: &str, detail: Option<&str>) -> Result<()> {
+fn set_state(
+    tx: &Transaction<'_>,
+    id: i64,
+    state: MessageState,
+    detail: Option<&str>,
+) -> Result<()> {
     let now = now_ms();
     let n = tx.execute(
         "UPDATE messages SET state = ?2, detail = ?3, updated_ms = ?4 WHERE id = ?1",
@@ -120,18 +125,15 @@ fn set_state(tx: &Transaction<'_>, id: i64, state: &str, detail: Option<&str>) -
 /// Whether an outcome may still be recorded for message `id`: its state is one of `from`.
 /// Outcomes race: a partner's async MDN can arrive before the sender recorded that its POST
 /// was answered, and a timeout can fire as the MDN arrives; the first outcome stands.
-fn state_is(tx: &Transaction<'_>, id: i64, from: &[&str]) -> Result<bool> {
-    let state: String = tx
+fn state_is(tx: &Transaction<'_>, id: i64, from: &[MessageState]) -> Result<bool> {
+    let state: MessageState = tx
         .query_row("SELECT state FROM messages WHERE id = ?1", [id], |r| {
             r.get(0)
         })
         .optional()?
         .ok_or_else(|| StoreError::NotFound(format!("message {id}")))?;
-    Ok(from.contains(&state.as_str()))
+    Ok(from.contains(&state))
 }
-
-/// States from which a message may still end as delivered or failed.
-const UNSETTLED: &[&str] = &["queued", "sending", "awaiting-mdn"];
 
 fn files_of(tx: &rusqlite::Connection, id: i64) -> Result<Vec<MessageFile>> {
     let mut st = tx.prepare_cached(
@@ -154,10 +156,10 @@ impl Store {
         // behind it) tells whether there is anything to claim.
         let due = self.read(|c| {
             Ok(c.prepare_cached(
-                "SELECT 1 FROM messages WHERE state = 'queued' AND direction = 'out'
+                "SELECT 1 FROM messages WHERE state = ?2 AND direction = ?3
                  AND (next_attempt_ms IS NULL OR next_attempt_ms <= ?1) LIMIT 1",
             )?
-            .exists([now])?)
+            .exists(params![now, MessageState::Queued, Direction::Out])?)
         })?;
         if !due {
             return Ok(None);
@@ -166,9 +168,9 @@ impl Store {
             let row = tx
                 .query_row(
                     "SELECT id, user_id, station_id, partner_id, name, attempts, as2_message_id, created_ms FROM messages
-                     WHERE direction = 'out' AND state = 'queued' AND (next_attempt_ms IS NULL OR next_attempt_ms <= ?1)
+                     WHERE direction = ?3 AND state = ?2 AND (next_attempt_ms IS NULL OR next_attempt_ms <= ?1)
                      ORDER BY id LIMIT 1",
-                    [now],
+                    params![now, MessageState::Queued, Direction::Out],
                     |r| {
                         Ok(Claimed {
                             id: r.get(0)?,
@@ -189,7 +191,7 @@ impl Store {
                 "UPDATE messages SET attempts = ?2 WHERE id = ?1",
                 params![c.id, c.attempts],
             )?;
-            set_state(tx, c.id, "sending", Some(&format!("attempt {}", c.attempts)))?;
+            set_state(tx, c.id, MessageState::Sending, Some(&format!("attempt {}", c.attempts)))?;
             c.files = files_of(tx, c.id)?;
             Ok(Some(c))
         })
@@ -222,9 +224,8 @@ impl Store {
     pub fn requeue_sending(&self, max_attempts: u32) -> Result<usize> {
         let (requeued, exhausted) = self.write(|tx| {
             let rows: Vec<(i64, u32)> = {
-                let mut st =
-                    tx.prepare("SELECT id, attempts FROM messages WHERE state = 'sending'")?;
-                let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                let mut st = tx.prepare("SELECT id, attempts FROM messages WHERE state = ?1")?;
+                let rows = st.query_map([MessageState::Sending], |r| Ok((r.get(0)?, r.get(1)?)))?;
                 rows.collect::<rusqlite::Result<_>>()?
             };
             let mut requeued = 0;
@@ -237,7 +238,7 @@ impl Store {
                 set_state(
                     tx,
                     id,
-                    "queued",
+                    MessageState::Queued,
                     Some("requeued: the sender stopped during this attempt"),
                 )?;
                 requeued += 1;
@@ -294,10 +295,10 @@ impl Store {
     /// MDN that came first has settled the message already. Returns whether it was recorded.
     pub fn message_awaiting_mdn(&self, id: i64) -> Result<bool> {
         self.write(|tx| {
-            if !state_is(tx, id, &["sending"])? {
+            if !state_is(tx, id, &[MessageState::Sending])? {
                 return Ok(false);
             }
-            set_state(tx, id, "awaiting-mdn", None)?;
+            set_state(tx, id, MessageState::AwaitingMdn, None)?;
             Ok(true)
         })
     }
@@ -307,8 +308,8 @@ impl Store {
     pub fn outgoing_by_as2_id(&self, as2_message_id: &str) -> Result<Option<SentRecord>> {
         self.read(|c| {
             Ok(c.query_row(
-                "SELECT id, partner_id, state, mic, station_id FROM messages WHERE direction = 'out' AND as2_message_id = ?1 ORDER BY id DESC LIMIT 1",
-                [as2_message_id],
+                "SELECT id, partner_id, state, mic, station_id FROM messages WHERE direction = ?2 AND as2_message_id = ?1 ORDER BY id DESC LIMIT 1",
+                params![as2_message_id, Direction::Out],
                 |r| {
                     Ok(SentRecord {
                         id: r.get(0)?,
@@ -327,9 +328,12 @@ impl Store {
     pub fn awaiting_mdn_before(&self, cutoff_ms: i64) -> Result<Vec<i64>> {
         self.read(|c| {
             let mut st = c.prepare(
-                "SELECT id FROM messages WHERE direction = 'out' AND state = 'awaiting-mdn' AND updated_ms < ?1",
+                "SELECT id FROM messages WHERE direction = ?2 AND state = ?3 AND updated_ms < ?1",
             )?;
-            let rows = st.query_map([cutoff_ms], |r| r.get(0))?;
+            let rows = st.query_map(
+                params![cutoff_ms, Direction::Out, MessageState::AwaitingMdn],
+                |r| r.get(0),
+            )?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
         })
     }
@@ -348,18 +352,18 @@ impl Store {
         self.write(|tx| {
             tx.execute(
                 "INSERT INTO messages (direction, user_id, station_id, partner_id, user_name, station, partner, test, name, state, detail, as2_message_id, created_ms, updated_ms)
-                 SELECT 'in', u.id, s.id, p.id, u.name, s.as2_id, p.as2_id, p.test, ?3, 'refused', ?4, ?3, ?5, ?5
+                 SELECT ?6, u.id, s.id, p.id, u.name, s.as2_id, p.as2_id, p.test, ?3, ?7, ?4, ?3, ?5, ?5
                  FROM stations s JOIN partners p ON p.user_id = s.user_id JOIN users u ON u.id = s.user_id
                  WHERE s.id = ?1 AND p.id = ?2",
-                params![station_id, partner_id, as2_message_id, reason, now],
+                params![station_id, partner_id, as2_message_id, reason, now, Direction::In, MessageState::Refused],
             )?;
             if tx.changes() == 0 {
                 return Err(StoreError::NotFound("the station or partner (removed meanwhile?)".into()));
             }
             let id = tx.last_insert_rowid();
             tx.execute(
-                "INSERT INTO message_events (message_id, at_ms, state, detail) VALUES (?1, ?2, 'refused', ?3)",
-                params![id, now, reason],
+                "INSERT INTO message_events (message_id, at_ms, state, detail) VALUES (?1, ?2, ?3, ?4)",
+                params![id, now, MessageState::Refused, reason],
             )?;
             Ok(id)
         })
@@ -375,7 +379,12 @@ impl Store {
         self.read(|c| {
             Ok(c.query_row(
                 &format!("SELECT id, mic, mdn FROM messages WHERE {} AND partner_id = ?1 AND as2_message_id = ?2 ORDER BY id LIMIT 1", super::entries::DELIVERED_INBOUND),
-                params![partner_id, as2_message_id],
+                params![
+                    partner_id,
+                    as2_message_id,
+                    super::entries::DELIVERED_INBOUND_PARAMS.0,
+                    super::entries::DELIVERED_INBOUND_PARAMS.1
+                ],
                 |r| {
                     Ok(ReceivedRecord {
                         id: r.get(0)?,
@@ -501,7 +510,7 @@ impl Store {
     }
 
     /// Message counts by direction and state (for metrics).
-    pub fn message_counts(&self) -> Result<Vec<(String, String, u64)>> {
+    pub fn message_counts(&self) -> Result<Vec<(Direction, MessageState, u64)>> {
         self.read(|c| {
             let mut st = c.prepare(
                 "SELECT direction, state, COUNT(*) FROM messages GROUP BY direction, state ORDER BY direction, state",
@@ -517,14 +526,14 @@ impl Store {
     /// `sending`; returns whether it was recorded.
     pub fn message_retry(&self, id: i64, detail: &str, next_attempt_ms: i64) -> Result<bool> {
         self.write(|tx| {
-            if !state_is(tx, id, &["sending"])? {
+            if !state_is(tx, id, &[MessageState::Sending])? {
                 return Ok(false);
             }
             tx.execute(
                 "UPDATE messages SET next_attempt_ms = ?2 WHERE id = ?1",
                 params![id, next_attempt_ms],
             )?;
-            set_state(tx, id, "queued", Some(detail))?;
+            set_state(tx, id, MessageState::Queued, Some(detail))?;
             Ok(true)
         })
     }
@@ -533,14 +542,14 @@ impl Store {
     /// whether it was recorded.
     pub fn message_delivered(&self, id: i64, mdn: Option<&str>, detail: &str) -> Result<bool> {
         self.write(|tx| {
-            if !state_is(tx, id, UNSETTLED)? {
+            if !state_is(tx, id, MessageState::UNSETTLED)? {
                 return Ok(false);
             }
             tx.execute(
                 "UPDATE messages SET mdn = ?2 WHERE id = ?1",
                 params![id, mdn],
             )?;
-            set_state(tx, id, "delivered", Some(detail))?;
+            set_state(tx, id, MessageState::Delivered, Some(detail))?;
             Ok(true)
         })
     }
@@ -553,7 +562,7 @@ impl Store {
         let reason_blob = self.blobs().put_bytes(reason_text.as_bytes())?;
         let _guard = self.blobs().guard();
         self.write(|tx| {
-            if !state_is(tx, id, UNSETTLED)? {
+            if !state_is(tx, id, MessageState::UNSETTLED)? {
                 return Ok(false);
             }
             let (user_id, station_id, partner_id, name): (i64, i64, i64, String) = tx.query_row(
@@ -565,7 +574,7 @@ impl Store {
                 "UPDATE messages SET mdn = ?2 WHERE id = ?1",
                 params![id, mdn],
             )?;
-            set_state(tx, id, "failed", Some(reason))?;
+            set_state(tx, id, MessageState::Failed, Some(reason))?;
             let partner_exists: bool = tx
                 .query_row("SELECT 1 FROM partners WHERE id = ?1", [partner_id], |_| {
                     Ok(true)
@@ -618,6 +627,15 @@ mod tests {
     use super::*;
     use crate::store::{sha256_hex, EntryState, NewFile};
 
+    fn event_states(store: &Store, id: i64) -> Vec<MessageState> {
+        store
+            .message_events(id)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.state)
+            .collect()
+    }
+
     fn queued() -> (tempfile::TempDir, Store, i64, BoxRef) {
         let (dir, store, user, outbox) = crate::store::test_store("u", "S", "P");
         let blob = store.blobs().put_bytes(b"payload").unwrap();
@@ -662,21 +680,16 @@ mod tests {
         store
             .message_delivered(id, Some("mdn"), "processed")
             .unwrap();
-        let states: Vec<String> = store
-            .message_events(id)
-            .unwrap()
-            .into_iter()
-            .map(|e| e.state)
-            .collect();
+        let states = event_states(&store, id);
         assert_eq!(
             states,
             [
-                "queued",
-                "sending",
-                "queued",
-                "sending",
-                "awaiting-mdn",
-                "delivered"
+                MessageState::Queued,
+                MessageState::Sending,
+                MessageState::Queued,
+                MessageState::Sending,
+                MessageState::AwaitingMdn,
+                MessageState::Delivered
             ]
         );
     }
@@ -782,13 +795,15 @@ mod tests {
         assert!(!store.message_awaiting_mdn(id).unwrap());
         assert!(!store.message_retry(id, "timeout", now_ms()).unwrap());
         assert!(!store.message_failed(id, "No receipt.", None).unwrap());
-        let states: Vec<String> = store
-            .message_events(id)
-            .unwrap()
-            .into_iter()
-            .map(|e| e.state)
-            .collect();
-        assert_eq!(states, ["queued", "sending", "delivered"]);
+        let states = event_states(&store, id);
+        assert_eq!(
+            states,
+            [
+                MessageState::Queued,
+                MessageState::Sending,
+                MessageState::Delivered
+            ]
+        );
         assert!(store.claim_queued(now_ms() + 1).unwrap().is_none());
     }
 
@@ -898,13 +913,10 @@ mod tests {
             kind: BoxKind::Failed,
             ..outbox
         };
-        let names: Vec<String> = store
-            .entries(failed, 0)
-            .unwrap()
-            .into_iter()
-            .map(|e| e.name)
-            .collect();
-        assert_eq!(names, ["order.edi", "order.edi.reason.txt"]);
+        assert_eq!(
+            crate::store::tests::names_at_top(&store, failed),
+            ["order.edi", "order.edi.reason.txt"]
+        );
         let m = &store.messages(None, 1).unwrap()[0];
         assert_eq!(m.state, "failed");
     }

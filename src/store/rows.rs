@@ -67,6 +67,39 @@ fn partner_from_row(r: &Row<'_>) -> rusqlite::Result<Partner> {
                 require_encryption: r.get(15)?,
             },
             mdn_url_allow: lines(r.get(16)?),
+            binary_canonicalization: r.get(17)?,
+            micalg_spelling: r.get(18)?,
+            chunked: r.get(19)?,
+            extra_headers: lines(r.get(20)?)
+                .iter()
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .collect(),
+            subject_template: r.get(21)?,
+            as2_version: r.get(22)?,
+            basic_auth_out: match (r.get(23)?, r.get(24)?) {
+                (Some(user), Some(password)) => {
+                    Some(crate::store::BasicCredentials { user, password })
+                }
+                _ => None,
+            },
+            basic_auth_in: match (r.get(25)?, r.get(26)?) {
+                (Some(user), Some(password_hash)) => Some(crate::store::InboundCredentials {
+                    user,
+                    password_hash,
+                }),
+                _ => None,
+            },
+            tls_client: match (
+                r.get::<_, Option<String>>(27)?,
+                r.get::<_, Option<String>>(28)?,
+            ) {
+                (Some(cert), Some(key)) => Some(crate::store::TlsClientIdentity {
+                    cert_path: PathBuf::from(cert),
+                    key_path: PathBuf::from(key),
+                }),
+                _ => None,
+            },
         },
     })
 }
@@ -74,7 +107,7 @@ fn partner_from_row(r: &Row<'_>) -> rusqlite::Result<Partner> {
 const USER_COLS: &str = "id, name, uid, gid, quota, created_ms";
 const STATION_COLS: &str =
     "id, user_id, as2_id, inbox_layout, created_ms, key_path, cert_path, pickup";
-const PARTNER_COLS: &str = "id, user_id, as2_id, test, url, created_ms, certs, trust_path, sign, encrypt, compress, mdn, mdn_signed, content_type, require_signature, require_encryption, mdn_url_allow";
+const PARTNER_COLS: &str = "id, user_id, as2_id, test, url, created_ms, certs, trust_path, sign, encrypt, compress, mdn, mdn_signed, content_type, require_signature, require_encryption, mdn_url_allow, binary_canonicalization, micalg_spelling, chunked, extra_headers, subject_template, as2_version, basic_auth_out_user, basic_auth_out_password, basic_auth_in_user, basic_auth_in_hash, tls_client_cert, tls_client_key";
 
 /// One stored public key of a user.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -499,9 +532,18 @@ impl Store {
                 .collect(),
         )?;
         let allow = joined(p.mdn_url_allow.clone())?;
+        let extra_headers = joined(
+            p.extra_headers
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect(),
+        )?;
         self.write(|tx| {
             tx.execute(
-                "UPDATE partners SET certs = ?2, trust_path = ?3, sign = ?4, encrypt = ?5, compress = ?6, mdn = ?7, mdn_signed = ?8, content_type = ?9, require_signature = ?10, require_encryption = ?11, mdn_url_allow = ?12 WHERE id = ?1",
+                "UPDATE partners SET certs = ?2, trust_path = ?3, sign = ?4, encrypt = ?5, compress = ?6, mdn = ?7, mdn_signed = ?8, content_type = ?9, require_signature = ?10, require_encryption = ?11, mdn_url_allow = ?12,
+                 binary_canonicalization = ?13, micalg_spelling = ?14, chunked = ?15, extra_headers = ?16, subject_template = ?17, as2_version = ?18,
+                 basic_auth_out_user = ?19, basic_auth_out_password = ?20, basic_auth_in_user = ?21, basic_auth_in_hash = ?22,
+                 tls_client_cert = ?23, tls_client_key = ?24 WHERE id = ?1",
                 params![
                     partner_id,
                     certs,
@@ -514,7 +556,19 @@ impl Store {
                     p.content_type,
                     p.inbound.require_signature,
                     p.inbound.require_encryption,
-                    allow
+                    allow,
+                    p.binary_canonicalization,
+                    p.micalg_spelling,
+                    p.chunked,
+                    extra_headers,
+                    p.subject_template,
+                    p.as2_version,
+                    p.basic_auth_out.as_ref().map(|c| &c.user),
+                    p.basic_auth_out.as_ref().map(|c| &c.password),
+                    p.basic_auth_in.as_ref().map(|c| &c.user),
+                    p.basic_auth_in.as_ref().map(|c| &c.password_hash),
+                    p.tls_client.as_ref().map(|t| t.cert_path.to_string_lossy().into_owned()),
+                    p.tls_client.as_ref().map(|t| t.key_path.to_string_lossy().into_owned()),
                 ],
             )?;
             Ok(())

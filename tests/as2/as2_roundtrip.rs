@@ -747,7 +747,7 @@ fn base64_envelope_without_transfer_encoding_header() {
     );
     let mut h = m.headers.clone();
     h.0.retain(|(k, _)| !k.eq_ignore_ascii_case("content-transfer-encoding"));
-    let b64 = as2box::as2::mime::base64_encode_lines(&m.body);
+    let b64 = as2box::as2::encoding::base64_encode_lines(&m.body);
     let mut t = m.clone();
     t.headers = h.clone();
     t.body = b64.clone();

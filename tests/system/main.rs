@@ -18,6 +18,7 @@ mod daemon_loopback;
 mod daemon_ops;
 mod daemon_pyas2lib;
 mod daemon_security;
+mod daemon_wire;
 mod doctor;
 mod fs_durability;
 mod fs_inbox;

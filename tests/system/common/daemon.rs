@@ -355,3 +355,60 @@ pub fn send_through(
     );
     arrived
 }
+
+/// Runs a command (through the harness's spawn helper) and asserts that it succeeded.
+pub fn run_ok(args: &[&str]) {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let out = run(&args, &[], None, Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        args[0],
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A self-signed TLS certificate for 127.0.0.1: (cert, key) under `dir` named `name`.
+pub fn tls_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let (cert, key) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    run_ok(&[
+        "openssl",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "30",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-addext",
+        "subjectAltName=IP:127.0.0.1",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        cert.to_str().unwrap(),
+    ]);
+    (cert, key)
+}
+
+/// Points `from`'s partner entry at `to`'s station behind `url`.
+pub fn link(fx: &Fixture, from: &Mailbox, to: &Mailbox, url: &str, extra: &[&str]) {
+    let cert = station_cert(fx, &to.station).display().to_string();
+    let mut args = vec![
+        "partner",
+        "set",
+        "--user",
+        &from.user.name,
+        &from.partner,
+        "--url",
+        url,
+        "--cert",
+        &cert,
+    ];
+    args.extend_from_slice(extra);
+    fx.cli_ok(&args);
+}

@@ -1,483 +1,22 @@
-//! Building outgoing AS2 messages and parsing incoming ones (RFC 4130).
-//!
-//! Layering of an outgoing message (RFC 4130 §3, RFC 5402 §3): payload entity
-//! (one attachment, or `multipart/related` for several, RFC 6362) → optional
-//! compression (before or after signing) → optional `multipart/signed`
-//! (RFC 5751 §3.5) → optional `application/pkcs7-mime` enveloped-data. The
-//! outermost entity's header fields become HTTP header fields (RFC 4130 §5.2).
-//!
-//! MIC rules (RFC 4130 §7.3.1, RFC 5402 §4.1), as [`MicRule`]:
-//! * signed: over the signed MIME entity (headers + content), canonical form;
-//! * encrypted, unsigned: over the decrypted MIME entity (headers + content);
-//! * neither: over the content without MIME headers;
-//! * compressed and unsigned: RFC 5402 says over the uncompressed MIME entity
-//!   including its headers, which differs from RFC 4130. We compute both and
-//!   return the RFC 5402 value as primary and the RFC 4130 one as alternative.
-//!
-//! The MIC algorithm is the signature's digest for signed messages (what
-//! pyas2lib, Mendelson and Sterling do), otherwise the first supported
-//! `signed-receipt-micalg` the sender asked for, else SHA-1 (RFC 4130 §7.3.1).
+//! The receiving side: the AS2 envelope of a request, then its body layer by layer
+//! (decrypt, verify, decompress, split attachments) with every layer bounded, and the MIC
+//! to return.
 
 use bytes::Bytes;
 use openssl::x509::X509;
 
-use super::algorithms::{DigestAlgorithm, EncryptionAlgorithm};
-use super::certs::{KeyPair, ValidityPolicy};
-use super::cms::{self, CmsKind, SignOptions, SignatureInfo};
-use super::error::{As2Error, Result};
-use super::headers::{
-    find_header_end, format_date, normalize_message_id, quote_as2_name, unquote_as2_name, Headers,
-    NotificationOptions,
+use super::super::algorithms::{DigestAlgorithm, EncryptionAlgorithm};
+use super::super::certs::{KeyPair, ValidityPolicy};
+use super::super::cms::{self, CmsKind, SignatureInfo};
+use super::super::error::{As2Error, Result};
+use super::super::headers::{
+    find_header_end, normalize_message_id, unquote_as2_name, Headers, NotificationOptions,
 };
-use super::mic::Mic;
-use super::mime::{
-    base64_encode_lines, canonicalize_crlf, canonicalize_headers, has_bare_lf, hex_string,
-    is_text_type, make_boundary, Entity,
+use super::super::mic::Mic;
+use super::super::mime::{
+    canonicalize_crlf, canonicalize_headers, has_bare_lf, is_text_type, Entity,
 };
-
-/// The AS2-Version we speak (RFC 4130 §6.1: 1.2 adds compression, RFC 5402).
-pub const AS2_VERSION: &str = "1.2";
-/// The EDIINT-Features we implement (RFC 6017): multiple attachments (RFC 6362).
-pub const EDIINT_FEATURES: &str = "multiple-attachments";
-
-/// One file to send.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Attachment {
-    /// File name for `Content-Disposition` (`None`: no disposition header).
-    pub filename: Option<String>,
-    /// MIME type, e.g. `application/edi-x12` or `application/octet-stream`.
-    pub content_type: String,
-    /// The bytes.
-    pub data: Vec<u8>,
-}
-
-/// Where compression goes relative to signing (RFC 5402 §3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CompressionOrder {
-    /// Compress the payload, then sign the compressed entity.
-    BeforeSigning,
-    /// Sign, then compress the multipart/signed entity.
-    AfterSigning,
-}
-
-/// Whether and how an MDN is requested (RFC 4130 §7.3).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MdnMode {
-    /// No MDN requested.
-    None,
-    /// Synchronous MDN in the HTTP response.
-    Sync,
-    /// Asynchronous MDN POSTed to this URL (`Receipt-Delivery-Option`).
-    Async(String),
-}
-
-/// A trading partner profile as far as building a message is concerned.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SendProfile {
-    /// Our AS2 name (`AS2-From`).
-    pub as2_from: String,
-    /// The partner's AS2 name (`AS2-To`).
-    pub as2_to: String,
-    /// `Subject`.
-    pub subject: String,
-    /// Sign with this digest.
-    pub sign: Option<DigestAlgorithm>,
-    /// Encrypt with this cipher.
-    pub encrypt: Option<EncryptionAlgorithm>,
-    /// Compress, and where.
-    pub compress: Option<CompressionOrder>,
-    /// MDN request.
-    pub mdn: MdnMode,
-    /// MIC algorithms to ask for a *signed* MDN with; empty asks for an
-    /// unsigned MDN (no `Disposition-Notification-Options`).
-    pub signed_mdn_micalgs: Vec<DigestAlgorithm>,
-    /// `Disposition-Notification-To` value (an address; AS2 ignores it).
-    pub disposition_notification_to: String,
-    /// Domain part of generated Message-IDs.
-    pub message_id_domain: String,
-    /// Include SMIMECapabilities in signatures (Sterling: off).
-    pub smime_capabilities: bool,
-    /// Include the RFC 6211 CMSAlgorithmProtection attribute (Sterling: off).
-    pub algorithm_protection: bool,
-    /// Treat every payload as binary: never CRLF-canonicalize text (Sterling).
-    pub binary_canonicalization: bool,
-    /// Use RSAES-OAEP key transport instead of RSA PKCS#1 v1.5 (pyas2lib
-    /// cannot decrypt it; OpenSSL and most commercial peers can).
-    pub rsa_oaep: bool,
-}
-
-impl SendProfile {
-    /// A profile with the usual defaults: no security, sync unsigned MDN.
-    pub fn new(as2_from: &str, as2_to: &str) -> Self {
-        Self {
-            as2_from: as2_from.into(),
-            as2_to: as2_to.into(),
-            subject: "AS2 Message".into(),
-            sign: None,
-            encrypt: None,
-            compress: None,
-            mdn: MdnMode::Sync,
-            signed_mdn_micalgs: Vec::new(),
-            disposition_notification_to: "as2box@localhost".into(),
-            message_id_domain: "as2box.local".into(),
-            smime_capabilities: true,
-            algorithm_protection: false,
-            binary_canonicalization: false,
-            rsa_oaep: false,
-        }
-    }
-}
-
-/// Which RFC rule a MIC was computed by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum MicRule {
-    /// RFC 4130 §7.3.1, signed message: over the signed entity.
-    Signed,
-    /// RFC 4130 §7.3.1, encrypted unsigned: over the decrypted entity.
-    EncryptedEntity,
-    /// RFC 4130 §7.3.1, plain: over the content without headers.
-    PlainContent,
-    /// RFC 5402 §4.1, compressed unsigned: over the uncompressed entity.
-    CompressedEntity,
-}
-
-impl MicRule {
-    /// A stable name for logs and JSON.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Signed => "rfc4130-signed",
-            Self::EncryptedEntity => "rfc4130-encrypted-entity",
-            Self::PlainContent => "rfc4130-plain-content",
-            Self::CompressedEntity => "rfc5402-uncompressed-entity",
-        }
-    }
-}
-
-/// A built message ready to POST.
-#[derive(Debug, Clone)]
-pub struct OutgoingMessage {
-    /// Message-ID without angle brackets.
-    pub message_id: String,
-    /// HTTP header fields (AS2 headers and the outer entity's Content-Type etc.).
-    pub headers: Headers,
-    /// HTTP body.
-    pub body: Vec<u8>,
-    /// The MIC the receiver should return, if one can be predicted.
-    pub mic: Option<Mic>,
-    /// Other MICs a receiver may legitimately compute (see [`MicRule`]).
-    pub mic_alternatives: Vec<(MicRule, Mic)>,
-}
-
-impl OutgoingMessage {
-    /// Every acceptable MIC (primary first).
-    pub fn acceptable_mics(&self) -> Vec<Mic> {
-        self.mic
-            .iter()
-            .cloned()
-            .chain(self.mic_alternatives.iter().map(|(_, m)| m.clone()))
-            .collect()
-    }
-}
-
-/// Generates a Message-ID (without brackets) from the time and openssl's RNG.
-pub fn generate_message_id(now_unix: i64, domain: &str) -> String {
-    let mut b = [0u8; 12];
-    let _ = openssl::rand::rand_bytes(&mut b);
-    format!("as2box-{now_unix}-{}@{domain}", hex_string(&b))
-}
-
-fn disposition_filename(name: &str) -> String {
-    let simple = name
-        .chars()
-        .all(|c| c.is_ascii() && !c.is_ascii_control() && c != '"' && c != '\\');
-    if simple {
-        format!("attachment; filename=\"{name}\"")
-    } else {
-        let enc: String = name
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect();
-        format!("attachment; filename*=UTF-8''{enc}")
-    }
-}
-
-fn entity_bytes(headers: &[(&str, String)], body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + 256);
-    for (k, v) in headers {
-        out.extend_from_slice(k.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(v.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
-    out
-}
-
-fn check_header_value(name: &str, v: &str) -> Result<()> {
-    if v.chars().any(|c| c == '\r' || c == '\n') {
-        return Err(As2Error::InvalidInput(format!(
-            "{name} contains a line break"
-        )));
-    }
-    Ok(())
-}
-
-/// Builds the payload entity and returns (entity bytes, content without headers).
-fn payload_entity(attachments: &[Attachment], binary: bool) -> Result<(Vec<u8>, Vec<u8>)> {
-    let part = |a: &Attachment| -> Result<Vec<u8>> {
-        check_header_value("content type", &a.content_type)?;
-        let media = a.content_type.split(';').next().unwrap_or("").trim();
-        let data = if !binary && is_text_type(media) {
-            canonicalize_crlf(&a.data)
-        } else {
-            a.data.clone()
-        };
-        let mut h: Vec<(&str, String)> = vec![
-            ("Content-Type", a.content_type.clone()),
-            ("Content-Transfer-Encoding", "binary".into()),
-        ];
-        if let Some(name) = &a.filename {
-            check_header_value("file name", name)?;
-            h.push(("Content-Disposition", disposition_filename(name)));
-        }
-        Ok(entity_bytes(&h, &data))
-    };
-    match attachments {
-        [] => Err(As2Error::InvalidInput("no attachments".into())),
-        [one] => {
-            let e = part(one)?;
-            let content = Entity::parse(&e)?.body().to_vec();
-            Ok((e, content))
-        }
-        many => {
-            let boundary = make_boundary();
-            let mut body = Vec::new();
-            for a in many {
-                body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
-                body.extend(part(a)?);
-                body.extend_from_slice(b"\r\n");
-            }
-            body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-            let root = many[0].content_type.split(';').next().unwrap_or("").trim();
-            let ct = format!("multipart/related; boundary=\"{boundary}\"; type=\"{root}\"");
-            Ok((entity_bytes(&[("Content-Type", ct)], &body), body))
-        }
-    }
-}
-
-fn compressed_entity(inner: &[u8]) -> Result<Vec<u8>> {
-    let der = cms::compress(inner)?;
-    Ok(entity_bytes(
-        &[
-            (
-                "Content-Type",
-                "application/pkcs7-mime; smime-type=compressed-data; name=\"smime.p7z\"".into(),
-            ),
-            ("Content-Transfer-Encoding", "binary".into()),
-            (
-                "Content-Disposition",
-                "attachment; filename=\"smime.p7z\"".into(),
-            ),
-        ],
-        &der,
-    ))
-}
-
-/// Builds a `multipart/signed` entity around `inner` (signed exactly as given).
-pub(crate) fn signed_entity(inner: &[u8], signer: &KeyPair, opts: &SignOptions) -> Result<Vec<u8>> {
-    let sig = cms::sign_detached(inner, signer, opts)?;
-    let boundary = make_boundary();
-    let mut body = Vec::with_capacity(inner.len() + sig.len() * 2 + 512);
-    body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
-    body.extend_from_slice(inner);
-    body.extend_from_slice(format!("\r\n--{boundary}\r\n").as_bytes());
-    body.extend(entity_bytes(
-        &[
-            (
-                "Content-Type",
-                "application/pkcs7-signature; name=\"smime.p7s\"; smime-type=signed-data".into(),
-            ),
-            ("Content-Transfer-Encoding", "base64".into()),
-            (
-                "Content-Disposition",
-                "attachment; filename=\"smime.p7s\"".into(),
-            ),
-        ],
-        &base64_encode_lines(&sig),
-    ));
-    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    let ct = format!(
-        "multipart/signed; protocol=\"application/pkcs7-signature\"; micalg={}; boundary=\"{boundary}\"",
-        opts.digest.micalg()
-    );
-    Ok(entity_bytes(&[("Content-Type", ct)], &body))
-}
-
-/// Builds an outgoing message. `signer` is our key (needed when the profile
-/// signs), `recipient` the partner's encryption certificate (needed when it
-/// encrypts). `now_unix` feeds `Date` and the signing time; `message_id`
-/// (without brackets) overrides the generated one.
-pub fn build_message(
-    attachments: &[Attachment],
-    profile: &SendProfile,
-    signer: Option<&KeyPair>,
-    recipient: Option<&X509>,
-    now_unix: i64,
-    message_id: Option<&str>,
-) -> Result<OutgoingMessage> {
-    for (n, v) in [
-        ("AS2-From", &profile.as2_from),
-        ("AS2-To", &profile.as2_to),
-        ("Subject", &profile.subject),
-        (
-            "Disposition-Notification-To",
-            &profile.disposition_notification_to,
-        ),
-        ("Message-ID domain", &profile.message_id_domain),
-    ] {
-        check_header_value(n, v)?;
-    }
-    if profile.as2_from.is_empty() || profile.as2_to.is_empty() {
-        return Err(As2Error::InvalidInput("empty AS2 name".into()));
-    }
-    if profile.as2_from.len() > 128 || profile.as2_to.len() > 128 {
-        return Err(As2Error::InvalidInput(
-            "AS2 name longer than 128 characters".into(),
-        ));
-    }
-    let (payload, content) = payload_entity(attachments, profile.binary_canonicalization)?;
-    let sign_opts = |digest| SignOptions {
-        digest,
-        smime_capabilities: profile.smime_capabilities,
-        algorithm_protection: profile.algorithm_protection,
-        signing_time: now_unix,
-    };
-    let unsigned_alg = profile
-        .signed_mdn_micalgs
-        .first()
-        .copied()
-        .unwrap_or(DigestAlgorithm::Sha1);
-
-    let mut entity = payload.clone();
-    let mut mic = None;
-    let mut alternatives = Vec::new();
-    if profile.compress == Some(CompressionOrder::BeforeSigning) {
-        entity = compressed_entity(&entity)?;
-    }
-    if let Some(digest) = profile.sign {
-        let key = signer.ok_or_else(|| As2Error::InvalidInput("signing needs our key".into()))?;
-        mic = Some(Mic::compute(&entity, digest)?);
-        entity = signed_entity(&entity, key, &sign_opts(digest))?;
-    }
-    if profile.compress == Some(CompressionOrder::AfterSigning) {
-        entity = compressed_entity(&entity)?;
-    }
-    if profile.sign.is_none() {
-        let rfc4130 = if profile.encrypt.is_some() {
-            (
-                MicRule::EncryptedEntity,
-                Mic::compute(&entity, unsigned_alg)?,
-            )
-        } else {
-            let body = Entity::parse(&entity)?.body().to_vec();
-            let body = if profile.compress.is_some() {
-                body
-            } else {
-                content
-            };
-            (MicRule::PlainContent, Mic::compute(&body, unsigned_alg)?)
-        };
-        if profile.compress.is_some() {
-            mic = Some(Mic::compute(&payload, unsigned_alg)?);
-            alternatives.push(rfc4130);
-        } else {
-            mic = Some(rfc4130.1);
-        }
-    }
-    if let Some(alg) = profile.encrypt {
-        let cert = recipient.ok_or_else(|| {
-            As2Error::InvalidInput("encryption needs the partner certificate".into())
-        })?;
-        let der = if profile.rsa_oaep {
-            cms::encrypt_oaep(&entity, cert, alg)?
-        } else {
-            cms::encrypt(&entity, cert, alg)?
-        };
-        entity = entity_bytes(
-            &[
-                (
-                    "Content-Type",
-                    "application/pkcs7-mime; smime-type=enveloped-data; name=\"smime.p7m\"".into(),
-                ),
-                ("Content-Transfer-Encoding", "binary".into()),
-                (
-                    "Content-Disposition",
-                    "attachment; filename=\"smime.p7m\"".into(),
-                ),
-            ],
-            &der,
-        );
-    }
-    let top = Entity::parse(&entity)?;
-    let message_id = match message_id {
-        Some(m) => normalize_message_id(m),
-        None => generate_message_id(now_unix, &profile.message_id_domain),
-    };
-    check_header_value("Message-ID", &message_id)?;
-    let mut h = Headers::new();
-    h.push("AS2-Version", AS2_VERSION);
-    h.push("EDIINT-Features", EDIINT_FEATURES);
-    h.push("Message-ID", format!("<{message_id}>"));
-    h.push("AS2-From", quote_as2_name(&profile.as2_from));
-    h.push("AS2-To", quote_as2_name(&profile.as2_to));
-    h.push("Subject", profile.subject.clone());
-    h.push("Date", format_date(now_unix));
-    h.push("MIME-Version", "1.0");
-    for (k, v) in top.headers.iter() {
-        h.push(k, v);
-    }
-    match &profile.mdn {
-        MdnMode::None => {}
-        mode => {
-            h.push(
-                "Disposition-Notification-To",
-                profile.disposition_notification_to.clone(),
-            );
-            if !profile.signed_mdn_micalgs.is_empty() {
-                let algs: Vec<&str> = profile
-                    .signed_mdn_micalgs
-                    .iter()
-                    .map(|a| a.micalg())
-                    .collect();
-                h.push(
-                    "Disposition-Notification-Options",
-                    format!(
-                        "signed-receipt-protocol=optional, pkcs7-signature; signed-receipt-micalg=optional, {}",
-                        algs.join(", ")
-                    ),
-                );
-            }
-            if let MdnMode::Async(url) = mode {
-                check_header_value("Receipt-Delivery-Option", url)?;
-                h.push("Receipt-Delivery-Option", url.clone());
-            }
-        }
-    }
-    Ok(OutgoingMessage {
-        message_id,
-        headers: h,
-        body: top.body().to_vec(),
-        mic,
-        mic_alternatives: alternatives,
-    })
-}
+use super::MicRule;
 
 /// What the sender of an incoming message asked for in its headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -563,7 +102,7 @@ impl RequestInfo {
 pub const MAX_NESTING: usize = 8;
 
 /// Most attachments in one message (the parts of its payload multipart). Each becomes a
-/// file with its own blob; see also [`super::mime::MAX_PARTS`].
+/// file with its own blob; see also [`super::super::mime::MAX_PARTS`].
 pub const MAX_ATTACHMENTS: usize = 1000;
 
 /// The default [`ReceiveContext::max_decompressed_size`] when no body size is known: the
@@ -604,6 +143,9 @@ pub struct ReceiveContext<'a> {
     pub require_signature: bool,
     /// Reject unencrypted messages (`insufficient-message-security`).
     pub require_encryption: bool,
+    /// AS2 1.3: reject messages signed with SHA-1 or MD5, or encrypted with 3DES, RC2 or a
+    /// cipher we cannot name (`insufficient-message-security`).
+    pub refuse_weak_algorithms: bool,
     /// Largest decompressed size accepted, all compression layers together; inflating
     /// stops as soon as it is passed.
     pub max_decompressed_size: usize,
@@ -625,6 +167,7 @@ impl<'a> ReceiveContext<'a> {
             validity,
             require_signature: false,
             require_encryption: false,
+            refuse_weak_algorithms: false,
             max_decompressed_size: DEFAULT_MAX_DECOMPRESSED,
             memory: None,
         }
@@ -713,7 +256,7 @@ pub fn parse_body(
 
 /// [`parse_body`] of a body the caller already holds as [`Bytes`]. Work and memory are
 /// bounded whatever the sender does: layers ([`MAX_NESTING`]), parts and header blocks
-/// ([`super::mime::MAX_PARTS`], [`super::mime::MAX_HEADER_BYTES`]), attachments
+/// ([`super::super::mime::MAX_PARTS`], [`super::super::mime::MAX_HEADER_BYTES`]), attachments
 /// ([`MAX_ATTACHMENTS`]) and decompressed bytes (`ctx.max_decompressed_size`,
 /// `ctx.memory`). The payload is not copied on the way to the attachments when it was
 /// encrypted or compressed (the decrypted or inflated buffer becomes the attachment), and
@@ -755,7 +298,7 @@ pub fn parse_body_shared(
             let mut der = entity.decoded_shared()?;
             // Some peers send base64 without saying so (no transfer encoding).
             if der.first() != Some(&0x30) {
-                if let Ok(d) = super::mime::base64_decode(&der) {
+                if let Ok(d) = super::super::encoding::base64_decode(&der) {
                     if d.first() == Some(&0x30) {
                         der = Bytes::from(d);
                     }
@@ -959,6 +502,11 @@ pub fn parse_body_shared(
                 "compressed unsigned message: returning the RFC 5402 MIC; RFC 4130 would give the alternative"
             );
         }
+        if ctx.refuse_weak_algorithms {
+            if let Some(why) = weak_algorithm(encryption, signature.as_ref()) {
+                return Err(As2Error::InsufficientSecurity(why));
+            }
+        }
         return Ok(ReceivedMessage {
             info,
             encryption,
@@ -979,7 +527,7 @@ pub fn parse_body_shared(
 /// The MIC of an entity with its header lines in canonical (CRLF) form and its body as it
 /// is (RFC 4130 §7.3.1, encrypted unsigned), without making the canonical copy: the same
 /// digest as over [`canonicalize_headers`]`(raw)`.
-fn mic_with_crlf_headers(raw: &[u8], alg: DigestAlgorithm) -> Result<Mic> {
+pub(super) fn mic_with_crlf_headers(raw: &[u8], alg: DigestAlgorithm) -> Result<Mic> {
     use openssl::hash::Hasher;
     let err = |e: openssl::error::ErrorStack| As2Error::Crypto(format!("digest: {e}"));
     let (hlen, body_start) = find_header_end(raw);
@@ -1014,7 +562,7 @@ fn mic_with_crlf_headers(raw: &[u8], alg: DigestAlgorithm) -> Result<Mic> {
         .map_err(err)?;
     let d = h.finish().map_err(err)?;
     Ok(Mic {
-        digest_b64: super::mime::base64_encode(&d),
+        digest_b64: super::super::encoding::base64_encode(&d),
         algorithm: alg,
     })
 }
@@ -1071,141 +619,28 @@ fn verify_with_fallbacks(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::as2::error::DispositionModifier;
-    use crate::as2::mime::MAX_PARTS;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    fn info() -> RequestInfo {
-        RequestInfo::from_headers(&Headers::from_pairs([
-            ("AS2-From", "a"),
-            ("AS2-To", "b"),
-            ("Message-ID", "<m@x>"),
-        ]))
-        .unwrap()
-    }
-
-    fn parse(content_type: &str, body: &[u8], ctx: &ReceiveContext<'_>) -> Result<ReceivedMessage> {
-        let h = Headers::from_pairs([("Content-Type", content_type)]);
-        parse_body_shared(info(), &h, Bytes::copy_from_slice(body), ctx)
-    }
-
-    const P7Z: &str = "application/pkcs7-mime; smime-type=compressed-data";
-
-    #[test]
-    fn nesting_is_capped() {
-        let mut entity = b"Content-Type: text/plain\r\n\r\nhi".to_vec();
-        for _ in 0..MAX_NESTING {
-            let der = cms::compress(&entity).unwrap();
-            entity = entity_bytes(&[("Content-Type", P7Z.into())], &der);
+/// What AS2 1.3 does not allow in a message we received, if anything: a SHA-1 or MD5
+/// signature, 3DES encryption, or a cipher we cannot name (RC2 and other legacy ones).
+pub fn weak_algorithm(
+    encryption: Option<Option<EncryptionAlgorithm>>,
+    signature: Option<&SignatureInfo>,
+) -> Option<String> {
+    match encryption {
+        Some(Some(EncryptionAlgorithm::TripleDes)) => {
+            return Some("encrypted with 3DES, which AS2 1.3 does not allow".into())
         }
-        let ctx = ReceiveContext::new(&[], &[], ValidityPolicy::at(0));
-        // MAX_NESTING layers of compression around the payload: one too many.
-        let top = Entity::parse(&entity).unwrap();
-        let err = parse(P7Z, top.body(), &ctx).unwrap_err();
-        assert!(err.to_string().contains("nesting deeper than 8"), "{err}");
-        // One layer fewer is fine.
-        let inner = cms::decompress(top.body(), 1 << 20).unwrap();
-        let inner = Entity::parse(&inner).unwrap();
-        let m = parse(P7Z, inner.body(), &ctx).unwrap();
-        assert_eq!(m.attachments[0].data, b"hi");
-    }
-
-    #[test]
-    fn parts_and_attachments_are_capped() {
-        let body = |n: usize| {
-            let mut b = Vec::new();
-            for i in 0..n {
-                b.extend_from_slice(
-                    format!("--B\r\nContent-Type: text/plain\r\n\r\n{i}\r\n").as_bytes(),
-                );
-            }
-            b.extend_from_slice(b"--B--\r\n");
-            b
-        };
-        let ctx = ReceiveContext::new(&[], &[], ValidityPolicy::at(0));
-        let ct = "multipart/related; boundary=B";
-        assert_eq!(
-            parse(ct, &body(MAX_PARTS), &ctx).unwrap().attachments.len(),
-            MAX_PARTS
-        );
-        for n in [MAX_PARTS + 1, 100_000] {
-            let err = parse(ct, &body(n), &ctx).unwrap_err();
-            assert!(err.to_string().contains("more than 1000 parts"), "{err}");
-            assert_eq!(
-                err.disposition_modifier(),
-                DispositionModifier::UnexpectedProcessingError
-            );
+        Some(None) => {
+            return Some(
+                "encrypted with a legacy cipher (RC2 or another not allowed by AS2 1.3)".into(),
+            )
         }
-        const { assert!(MAX_ATTACHMENTS <= MAX_PARTS) };
+        _ => {}
     }
-
-    #[test]
-    fn decompression_is_bounded_by_the_context_and_asks_for_memory() {
-        let mut entity = b"Content-Type: application/octet-stream\r\n\r\n".to_vec();
-        entity.resize(entity.len() + (3 << 20), b'z');
-        let der = cms::compress(&entity).unwrap();
-        let mut ctx = ReceiveContext::new(&[], &[], ValidityPolicy::at(0));
-        ctx.max_decompressed_size = 2 << 20;
-        let err = parse(P7Z, &der, &ctx).unwrap_err();
-        assert_eq!(
-            err.disposition_modifier(),
-            DispositionModifier::DecompressionFailed
-        );
-        assert!(
-            err.to_string().contains("larger than the limit of 2097152"),
-            "{err}"
-        );
-
-        // The grant sees the growth and can stop it before the size limit does.
-        let asked = AtomicUsize::new(0);
-        let grant = |total: usize| {
-            asked.fetch_max(total, Ordering::Relaxed);
-            total <= 1 << 20
-        };
-        ctx.max_decompressed_size = 100 << 20;
-        ctx.memory = Some(MemoryGrant(&grant));
-        let err = parse(P7Z, &der, &ctx).unwrap_err();
-        assert_eq!(
-            err.disposition_modifier(),
-            DispositionModifier::DecompressionFailed
-        );
-        let asked = asked.load(Ordering::Relaxed);
-        assert!(
-            asked > 1 << 20 && asked <= (1 << 20) + cms::DECOMPRESS_STEP,
-            "{asked}"
-        );
-
-        // Within both: the inflated buffer is the attachment.
-        let ok = |t: usize| t <= 4 << 20;
-        ctx.memory = Some(MemoryGrant(&ok));
-        let m = parse(P7Z, &der, &ctx).unwrap();
-        assert_eq!(m.attachments[0].data.len(), 3 << 20);
-        assert!(m.compressed);
-        assert_eq!(decompressed_size_limit(1 << 20, 100, 16 << 20), 100 << 20);
-        assert_eq!(decompressed_size_limit(1 << 10, 100, 16 << 20), 16 << 20);
-        assert_eq!(decompressed_size_limit(usize::MAX, 100, 0), usize::MAX);
-    }
-
-    #[test]
-    fn the_encrypted_entity_mic_is_the_canonical_headers_mic() {
-        for raw in [
-            &b"Content-Type: text/plain\nX: y\n\nbody\nwith LF"[..],
-            b"Content-Type: text/plain\r\n\r\nbody\r\n",
-            b"A: b\rC: d\r\n\nx",
-            b"no blank line at all\n",
-            b"",
-            b"\r\nonly body",
-        ] {
-            for alg in [DigestAlgorithm::Sha1, DigestAlgorithm::Sha256] {
-                assert_eq!(
-                    mic_with_crlf_headers(raw, alg).unwrap(),
-                    Mic::compute(&canonicalize_headers(raw), alg).unwrap(),
-                    "{raw:?}"
-                );
-            }
-        }
+    match signature.and_then(|s| s.digest) {
+        Some(d @ (DigestAlgorithm::Sha1 | DigestAlgorithm::Md5)) => Some(format!(
+            "signed with {}, which AS2 1.3 does not allow",
+            d.micalg()
+        )),
+        _ => None,
     }
 }
