@@ -557,7 +557,7 @@ fn verify_commands(
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "STATION_KEY.pem".into());
     let digest = mic_algorithm.unwrap_or("sha256").replace('-', "");
-    let inbound = m.direction == "in";
+    let inbound = m.direction == crate::store::Direction::In;
     let mut c = vec!["sha256sum -c SHA256SUMS".to_string()];
     if let Some(t) = at(ArchiveKind::Request).filter(|_| inbound) {
         c.push(format!("openssl cms -decrypt -binary -inform SMIME -in request.smime -inkey {key} -recip station.pem -out decrypted.mime && cmp decrypted.mime request-decrypted.mime"));

@@ -83,6 +83,14 @@ fn caller(req: &Request) -> Caller {
     }
 }
 
+/// Answers a request that returns nothing but success or an errno.
+fn empty(r: Result<(), FuseErrno>, reply: ReplyEmpty) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
 fn name_str(name: &OsStr) -> Result<&str, FuseErrno> {
     // Names are UTF-8 in SFTP (draft-ietf-secsh-filexfer-13 §6) and in our database.
     name.to_str().ok_or(FuseErrno::EINVAL)
@@ -237,20 +245,14 @@ impl Filesystem for FuseAdapter {
         let r = self.named("unlink", parent, name, |n| {
             self.core.unlink(&caller(req), parent.0, n)
         });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        empty(r, reply);
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let r = self.named("rmdir", parent, name, |n| {
             self.core.rmdir(&caller(req), parent.0, n)
         });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        empty(r, reply);
     }
 
     fn symlink(
@@ -288,10 +290,7 @@ impl Filesystem for FuseAdapter {
         let r = self.named("rename", parent, name, |n| {
             (self.core).rename(&caller(req), parent.0, n, newparent.0, nn, mode)
         });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        empty(r, reply);
     }
 
     fn link(
@@ -358,10 +357,8 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        match self.core.flush(&caller(req), fh.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(self.fail("flush", ino.0, None, e)),
-        }
+        let r = self.core.flush(&caller(req), fh.0);
+        empty(r.map_err(|e| self.fail("flush", ino.0, None, e)), reply);
     }
 
     fn release(
@@ -386,10 +383,8 @@ impl Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.core.fsync(fh.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(self.fail("fsync", ino.0, None, e)),
-        }
+        let r = self.core.fsync(fh.0);
+        empty(r.map_err(|e| self.fail("fsync", ino.0, None, e)), reply);
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

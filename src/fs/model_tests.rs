@@ -223,7 +223,7 @@ proptest! {
         messages.reverse();
         prop_assert_eq!(messages.len(), model.queued.len());
         for (m, (name, data)) in messages.iter().zip(&model.queued) {
-            prop_assert_eq!(&m.state, "queued");
+            prop_assert_eq!(m.state, crate::store::MessageState::Queued);
             prop_assert_eq!(&m.files[0].name, name);
             prop_assert_eq!(&m.files[0].sha256, &crate::store::sha256_hex(data));
         }

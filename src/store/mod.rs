@@ -793,7 +793,7 @@ pub(crate) mod tests {
         assert_eq!(e.message_id, m);
         let msgs = store.messages(None, 10).unwrap();
         assert_eq!(msgs.len(), 1);
-        assert_eq!(msgs[0].state, "queued");
+        assert_eq!(msgs[0].state, MessageState::Queued);
         assert_eq!(msgs[0].files[0].sha256, blob);
         assert_eq!(msgs[0].files[0].size, 9);
         assert_eq!(store.usage(user).unwrap(), 9);

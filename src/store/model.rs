@@ -32,19 +32,6 @@ macro_rules! stored_names {
             }
         }
 
-        // Lets scripts and tests compare with the spelling users see (`m.state == "failed"`).
-        impl PartialEq<str> for $ty {
-            fn eq(&self, other: &str) -> bool {
-                self.as_str() == other
-            }
-        }
-
-        impl PartialEq<&str> for $ty {
-            fn eq(&self, other: &&str) -> bool {
-                self.as_str() == *other
-            }
-        }
-
         impl rusqlite::types::ToSql for $ty {
             fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
                 Ok(self.as_str().into())

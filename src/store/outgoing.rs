@@ -709,7 +709,7 @@ mod tests {
         assert_eq!(c.as2_message_id, None, "a resend gets a new Message-ID");
         assert_eq!(c.files[0].sha256, sha256_hex(b"payload"));
         let original = store.message(id).unwrap().unwrap();
-        assert_eq!(original.state, "failed");
+        assert_eq!(original.state, MessageState::Failed);
         let first = &store.message_events(new).unwrap()[0];
         assert_eq!(
             first.detail.as_deref(),
@@ -751,7 +751,10 @@ mod tests {
             store.message_events(done).unwrap().is_empty(),
             "events go with it"
         );
-        assert_eq!(store.message(in_flight).unwrap().unwrap().state, "queued");
+        assert_eq!(
+            store.message(in_flight).unwrap().unwrap().state,
+            MessageState::Queued
+        );
     }
 
     #[test]
@@ -918,6 +921,6 @@ mod tests {
             ["order.edi", "order.edi.reason.txt"]
         );
         let m = &store.messages(None, 1).unwrap()[0];
-        assert_eq!(m.state, "failed");
+        assert_eq!(m.state, MessageState::Failed);
     }
 }
