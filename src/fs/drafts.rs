@@ -12,7 +12,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use openssl::sha::Sha256;
@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 
 use super::closer;
 use super::core::{lock, Attr, Caller, Errno, Handle, MailboxFs, Owner, Result, SetAttr};
-use super::core::{EACCES, ENOENT, EPERM};
+use super::core::{EACCES, EPERM};
 use super::inodes::Key;
 use super::paths::{errno_name, join, stale, Detail};
 use super::running_hash::RunningHash;
@@ -41,6 +41,8 @@ pub(super) struct Draft {
     /// lookups in other outboxes never touch this draft's locks.
     pub(super) b: BoxRef,
     place: Mutex<Place>,
+    /// Signalled when the stage leaves `Closing`.
+    closed: Condvar,
     content: Mutex<Content>,
     size: AtomicU64,
     mtime_ms: AtomicI64,
@@ -188,12 +190,15 @@ impl MailboxFs {
         let (key, o, b, folder) = self.creatable(c, parent)?;
         Self::check_name(name)?;
         let outbox = self.outbox_lock(b);
-        let guard = lock(&outbox);
-        if let Some(d) = self.find_draft(b, folder, name) {
-            // O_CREAT without O_EXCL on a name that appeared meanwhile: open it.
+        let mut guard = lock(&outbox);
+        while let Some(d) = self.find_draft(b, folder, name) {
+            // O_CREAT without O_EXCL on a name being uploaded: open it, or, if its upload
+            // is being committed right now, wait for that and look again.
             drop(guard);
-            let fh = self.open_draft(c, &d, true, truncate)?;
-            return Ok((self.draft_attr(&d, &o), fh));
+            match self.open_draft(c, &d, true, truncate) {
+                Err(e) if e.is(libc::ESTALE) => guard = lock(&outbox),
+                r => return r.map(|fh| (self.draft_attr(&d, &o), fh)),
+            }
         }
         let user = key.user().unwrap_or(0);
         let existing = self.store.entry_by_name(b, folder, name)?;
@@ -269,6 +274,7 @@ impl MailboxFs {
                 unlinked: false,
                 stage: Stage::Open,
             }),
+            closed: Condvar::new(),
             content: Mutex::new(Content {
                 file: Arc::new(file),
                 spool,
@@ -289,10 +295,16 @@ impl MailboxFs {
                 let mut p = lock(&d.place);
                 match p.stage {
                     Stage::Open => p.writers += 1,
-                    // Its last writer is committing it right now; the name will be a
-                    // stored file in a moment.
-                    Stage::Closing => return Err(Errno::new(libc::EBUSY)),
-                    Stage::Done => return Err(ENOENT),
+                    // Its last writer is committing it right now: wait for that, then
+                    // the caller looks again (ESTALE: the kernel walks the path again;
+                    // `create` retries itself).
+                    Stage::Closing => {
+                        while p.stage == Stage::Closing {
+                            p = d.closed.wait(p).unwrap_or_else(|e| e.into_inner());
+                        }
+                        return Err(Errno::new(libc::ESTALE));
+                    }
+                    Stage::Done => return Err(Errno::new(libc::ESTALE)),
                 }
             }
             if truncate {
@@ -506,12 +518,6 @@ impl MailboxFs {
         if stage != Stage::Open {
             return Ok(());
         }
-        // A refused write (quota, size) fails every close of the upload, even when the
-        // kernel's write-back sent it after the writer's own write() had returned; the
-        // upload itself is discarded when its last descriptor goes.
-        if let Some(e) = lock(&draft.content).error.clone() {
-            return Err(e);
-        }
         let closer = if writers <= 1 && opener.is_some() {
             closer::probe(c.pid, draft.ino, *lock(&self.mount_id))
         } else {
@@ -522,7 +528,16 @@ impl MailboxFs {
                 self.finish_draft(&draft, c, cl.exiting)
             }
             _ => {
-                let file = lock(&draft.content).file.clone();
+                // A refused write (quota, size) fails every close of the upload, even when
+                // the kernel's write-back sent it after the writer's write() had returned;
+                // the upload is discarded when its last descriptor goes.
+                let (file, error) = {
+                    let content = lock(&draft.content);
+                    (content.file.clone(), content.error.clone())
+                };
+                if let Some(e) = error {
+                    return Err(e);
+                }
                 file.sync_data().map_err(Errno::io)
             }
         }
@@ -558,6 +573,7 @@ impl MailboxFs {
     /// Forgets an upload: its spool file goes, and its inode if nothing else had it.
     fn discard_draft(&self, d: &Draft, p: &mut Place) {
         p.stage = Stage::Done;
+        d.closed.notify_all();
         self.store.blobs().discard_spool(&lock(&d.content).spool);
         lock(&self.drafts).remove(&d.ino);
         if p.replaces.is_none() {
@@ -693,6 +709,7 @@ impl MailboxFs {
         };
         let (id, settled) = pickup::commit_upload(&self.store, &self.config, &upload, now_ms())?;
         p.stage = Stage::Done;
+        d.closed.notify_all();
         lock(&self.drafts).remove(&d.ino);
         lock(&self.inodes).rekey(d.ino, Key::Entry { user: d.user, id });
         lock(&self.usage).remove(&d.user);
