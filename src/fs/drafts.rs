@@ -30,6 +30,9 @@ use crate::names;
 use crate::store::{hex, BoxKind, BoxRef, Entry, EntryState, NewFile, SpoolName};
 use crate::timefmt::now_ms;
 
+/// How long opening an upload waits for its commit by another close to end.
+const CLOSING_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Large uploads are handed to the kernel's writeback every this many bytes.
 const WRITEBACK_STEP: u64 = 16 << 20;
 
@@ -297,10 +300,21 @@ impl MailboxFs {
                     Stage::Open => p.writers += 1,
                     // Its last writer is committing it right now: wait for that, then
                     // the caller looks again (ESTALE: the kernel walks the path again;
-                    // `create` retries itself).
+                    // `create` retries itself). The wait is bounded: a FUSE thread must
+                    // not be held for the whole commit of a huge file (a user could
+                    // occupy every thread that way); then the answer is EBUSY.
                     Stage::Closing => {
+                        let deadline = Instant::now() + CLOSING_WAIT;
                         while p.stage == Stage::Closing {
-                            p = d.closed.wait(p).unwrap_or_else(|e| e.into_inner());
+                            let left = deadline.saturating_duration_since(Instant::now());
+                            if left.is_zero() {
+                                return Err(Errno::new(libc::EBUSY));
+                            }
+                            p = d
+                                .closed
+                                .wait_timeout(p, left)
+                                .unwrap_or_else(|e| e.into_inner())
+                                .0;
                         }
                         return Err(Errno::new(libc::ESTALE));
                     }
