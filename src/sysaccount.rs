@@ -36,6 +36,27 @@ pub struct Account {
     pub gid: u32,
 }
 
+/// Whether group `name` exists in the group database.
+pub fn group_exists(name: &str) -> bool {
+    let Ok(c) = CString::new(name) else {
+        return false;
+    };
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 65536];
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: getgrnam_r writes into grp/buf, both owned here.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            c.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    rc == 0 && !result.is_null()
+}
+
 /// Looks up `name` in the passwd database: (uid, gid, comment).
 pub fn lookup(name: &str) -> Option<(u32, u32, String)> {
     let c = CString::new(name).ok()?;

@@ -503,9 +503,4 @@ impl MailboxFs {
     pub fn root(&self) -> u64 {
         ROOT_INO
     }
-
-    /// How many inodes the mount knows (for tests of `forget`).
-    pub fn known_inodes(&self) -> usize {
-        lock(&self.inodes).len()
-    }
 }

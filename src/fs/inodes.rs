@@ -158,6 +158,7 @@ impl Inodes {
     }
 
     /// How many inodes are known.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.by_ino.len()
     }

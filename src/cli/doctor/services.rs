@@ -191,26 +191,6 @@ pub(super) fn check_serve(listen: &str) -> Check {
 // Accounts
 // ---------------------------------------------------------------------------------------
 
-fn group_exists(name: &str) -> bool {
-    let Ok(c) = std::ffi::CString::new(name) else {
-        return false;
-    };
-    let mut grp: libc::group = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 65536];
-    let mut result: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: getgrnam_r writes into grp/buf, both owned here.
-    let rc = unsafe {
-        libc::getgrnam_r(
-            c.as_ptr(),
-            &mut grp,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    rc == 0 && !result.is_null()
-}
-
 pub(super) fn check_accounts(
     service_user: &str,
     service_exists: bool,
@@ -227,7 +207,7 @@ pub(super) fn check_accounts(
             format!("{sysusers} (or: useradd --system --user-group --no-create-home --shell /usr/sbin/nologin {service_user}), then as2box init --service-user {service_user}"),
         )
     });
-    checks.push(if group_exists(sftp_group) {
+    checks.push(if crate::sysaccount::group_exists(sftp_group) {
         ok("accounts", format!("SFTP group {sftp_group} exists"))
     } else {
         fail(
