@@ -910,15 +910,20 @@ fn listing_a_huge_inbox_and_deleting_it_leaves_the_mount_near_its_starting_memor
     assert_eq!(fx.as_user(&mb.user, || list_long(&mb.inbox())), 0);
     // The kernel forgets the entries it no longer has (as it would under memory pressure).
     drop_kernel_caches();
+    // Without `forget` the mount keeps well over half of what the listings took (the
+    // inode table: 43 of 74 MB measured); with it, what stays is allocator slack, which
+    // varies with the machine's load, hence a share rather than a fixed size.
+    let taken = listed.saturating_sub(start);
+    let kept_at_most = taken * 2 / 5;
     let mut end = rss_kib(pid);
     let settle = Instant::now();
-    while end > start + 16 * 1024 && settle.elapsed() < Duration::from_secs(10) {
+    while end.saturating_sub(start) > kept_at_most && settle.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(200));
         end = rss_kib(pid);
     }
     assert!(
-        end <= start + 16 * 1024,
-        "the mount kept {} KiB more than at the start ({start} KiB, {listed} KiB after the listings, {end} KiB after deleting and forgetting)",
+        end.saturating_sub(start) <= kept_at_most,
+        "the mount kept {} KiB of the {taken} KiB the listings took (more than 40%): {start} KiB at the start, {listed} KiB after the listings, {end} KiB after deleting and forgetting",
         end.saturating_sub(start)
     );
     println!("mount RSS: {start} KiB at the start, {listed} KiB after 10 listings, {end} KiB at the end ({:?})", t.elapsed());
