@@ -242,8 +242,7 @@ async fn attempt(ctx: &Arc<Ctx>, c: Claimed) -> (Attempt, Option<String>) {
                 let mut data = Vec::with_capacity(f.size as usize);
                 use std::io::Read;
                 store
-                    .blobs()
-                    .open_blob(&f.sha256)?
+                    .open_content(&f.sha256)?
                     .read_to_end(&mut data)
                     .map_err(|e| crate::store::StoreError::Io {
                         context: format!("read blob {}", f.sha256),

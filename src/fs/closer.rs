@@ -6,8 +6,15 @@
 //! `execve` (which holds its `exec_update_lock` while it closes close-on-exec descriptors
 //! and waits for our answer to that very flush): the reads run on a helper thread and are
 //! given up after [`PROBE_TIMEOUT`], which is then treated as "not the last close".
+//!
+//! The helper is one long-lived thread fed through a channel, not a thread per probe (two
+//! probes per upload, one at open and one at close, made thread creation a visible part of
+//! the time of small uploads). A helper that did not answer in time is abandoned (it may be
+//! blocked for as long as that `execve` takes) and the next probe starts a fresh one, so a
+//! stuck read never delays the probes after it.
 
 use std::sync::mpsc;
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// How long `flush` waits for `/proc` before deferring the decision to `release`.
@@ -24,16 +31,58 @@ pub struct Closer {
     pub other_descriptor: bool,
 }
 
-/// Runs `f` on a helper thread and waits at most [`PROBE_TIMEOUT`] for its answer.
-fn with_timeout<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-    let (tx, rx) = mpsc::channel();
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The helper thread's queue; `None` until the first probe or after a helper was abandoned.
+static HELPER: Mutex<Option<mpsc::Sender<Job>>> = Mutex::new(None);
+
+fn start_helper() -> Option<mpsc::Sender<Job>> {
+    let (tx, rx) = mpsc::channel::<Job>();
     std::thread::Builder::new()
         .name("as2box-proc".into())
         .spawn(move || {
-            let _ = tx.send(f());
+            // Ends when its sender is dropped (abandoned, or the process ends).
+            for job in rx {
+                job();
+            }
         })
         .ok()?;
-    rx.recv_timeout(PROBE_TIMEOUT).ok()
+    Some(tx)
+}
+
+/// Runs `f` on the helper thread and waits at most [`PROBE_TIMEOUT`] for its answer.
+/// Probes from several FUSE threads queue behind each other (each is a few small reads of
+/// `/proc`); one that times out takes its helper out of service.
+fn with_timeout<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let (answer_tx, answer_rx) = mpsc::sync_channel(1);
+    let job: Job = Box::new(move || {
+        let _ = answer_tx.send(f());
+    });
+    {
+        let mut helper = HELPER.lock().unwrap_or_else(|e| e.into_inner());
+        if helper.is_none() {
+            *helper = start_helper();
+        }
+        let sent = helper.as_ref().map(|h| h.send(job));
+        match sent {
+            Some(Ok(())) => {}
+            // The helper is gone (it cannot be, short of a panic in a probe): start anew.
+            Some(Err(mpsc::SendError(job))) => {
+                *helper = start_helper();
+                helper.as_ref()?.send(job).ok()?;
+            }
+            None => return None,
+        }
+    }
+    match answer_rx.recv_timeout(PROBE_TIMEOUT) {
+        Ok(v) => Some(v),
+        Err(_) => {
+            // Blocked in /proc: abandon this helper; the next probe starts another. (If a
+            // probe queued behind the stuck one, it times out too and does the same.)
+            *HELPER.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            None
+        }
+    }
 }
 
 /// Inspects task `pid` closing a file with inode `ino` on mount `mnt_id` (if known); `None`
@@ -145,6 +194,27 @@ mod tests {
         let kept = closed.into_temp_path();
         assert!(!probe(me, closed_ino, None).unwrap().other_descriptor);
         drop(kept);
+    }
+
+    #[test]
+    fn probes_reuse_one_helper_thread() {
+        let helpers = || {
+            std::fs::read_dir("/proc/self/task")
+                .unwrap()
+                .flatten()
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.trim() == "as2box-proc")
+                })
+                .count()
+        };
+        let me = std::process::id();
+        for _ in 0..50 {
+            assert_eq!(tgid(me), Some(me));
+        }
+        // One helper (a test beside this one may have abandoned another that is ending).
+        let n = helpers();
+        assert!((1..=2).contains(&n), "{n} helper threads after 50 probes");
     }
 
     #[test]

@@ -27,7 +27,9 @@ use super::running_hash::RunningHash;
 use crate::mailbox::pickup::{self, ClosedUpload, Settled};
 use crate::mailbox::{self, NodeClass};
 use crate::names;
-use crate::store::{hex, BoxKind, BoxRef, Entry, EntryState, NewFile, SpoolName};
+use crate::store::{
+    hex, sha256_hex, BoxKind, BoxRef, Entry, EntryState, NewFile, SpoolName, INLINE_MAX,
+};
 use crate::timefmt::now_ms;
 
 /// How long opening an upload waits for its commit by another close to end.
@@ -257,7 +259,7 @@ impl MailboxFs {
         if let (Some(e), false) = (replaces, truncate) {
             // Resuming or rewriting a held upload: start from its current content.
             if let Some(blob) = &e.blob {
-                let mut src = self.store.blobs().open_blob(blob)?;
+                let mut src = self.store.open_content(blob)?;
                 let mut dst = &file;
                 std::io::copy(&mut src, &mut dst).map_err(Errno::io)?;
                 size = e.size;
@@ -364,7 +366,7 @@ impl MailboxFs {
                     return self.reopen_held(c, ino, *user, &e, truncate);
                 }
                 let blob = e.blob.as_deref().ok_or(Errno::new(libc::EIO))?;
-                let file = self.store.blobs().open_blob(blob)?;
+                let file = self.store.open_content(blob)?;
                 let path = self.key_path(&key);
                 let detail = Detail::bytes(e.size, "ok".into());
                 self.audit_user(c, *user, "get", path, detail);
@@ -684,18 +686,30 @@ impl MailboxFs {
         let size = d.size();
         // Where the time of a close goes (debug log): the spool's fsync, the hash if it
         // must be computed now, the blob's rename and folder fsync, the SQLite commit.
+        // A small content skips the first and the third: it is committed inside the
+        // database transaction, whose one fsync makes it durable with its entry.
         let started = Instant::now();
-        file.sync_all().map_err(Errno::io)?;
+        let inline = if size <= INLINE_MAX {
+            let mut bytes = vec![0u8; size as usize];
+            file.read_exact_at(&mut bytes, 0).map_err(Errno::io)?;
+            Some(bytes)
+        } else {
+            file.sync_all().map_err(Errno::io)?;
+            None
+        };
         let synced = started.elapsed();
-        let sha = match hash.finish(size) {
-            Some(h) => hex(&h),
-            None => {
+        let sha = match (hash.finish(size), &inline) {
+            (Some(h), _) => hex(&h),
+            (None, Some(bytes)) => sha256_hex(bytes),
+            (None, None) => {
                 debug!(user = d.user, size, "hashing at close");
                 hash_file(&file).map_err(Errno::io)?
             }
         };
         let hashed = started.elapsed();
-        self.store.blobs().commit_spool(&spool, &sha)?;
+        if inline.is_none() {
+            self.store.blobs().commit_spool(&spool, &sha)?;
+        }
         let stored = started.elapsed();
         let mode = self.station_of(d.user, d.b.station_id)?.pickup;
         let outbox = self.outbox_lock(d.b);
@@ -717,11 +731,16 @@ impl MailboxFs {
                 mtime_ms: d.mtime_ms(),
                 state: EntryState::Held,
                 replaces: p.replaces,
+                content: inline,
             },
             writer_exiting,
             mode,
         };
         let (id, settled) = pickup::commit_upload(&self.store, &self.config, &upload, now_ms())?;
+        if upload.file.content.is_some() {
+            // Committed inside the database: the spool file is a leftover.
+            self.store.blobs().discard_spool(&spool);
+        }
         p.stage = Stage::Done;
         d.closed.notify_all();
         lock(&self.drafts).remove(&d.ino);

@@ -275,6 +275,7 @@ mod tests {
                 mtime_ms: 0,
                 state: EntryState::Held,
                 replaces: None,
+                content: None,
             },
             writer_exiting: false,
             mode: PickupMode::Close,

@@ -194,8 +194,7 @@ impl Store {
     pub fn read_archived(&self, item: &ArchiveItem) -> Result<Vec<u8>> {
         use std::io::Read;
         let mut data = Vec::with_capacity(item.size as usize);
-        self.blobs()
-            .open_blob(&item.sha256)?
+        self.open_content(&item.sha256)?
             .read_to_end(&mut data)
             .map_err(|source| StoreError::Io {
                 context: format!("read archived blob {}", item.sha256),

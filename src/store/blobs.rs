@@ -89,7 +89,7 @@ pub fn is_blob_name(name: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-fn check_name(sha256: &str) -> Result<(), StoreError> {
+pub(super) fn check_name(sha256: &str) -> Result<(), StoreError> {
     if is_blob_name(sha256) {
         Ok(())
     } else {

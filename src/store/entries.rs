@@ -56,6 +56,10 @@ pub struct NewFile {
     pub state: EntryState,
     /// An existing entry this one replaces (a file rewritten, or a rename target).
     pub replaces: Option<i64>,
+    /// The content itself, when at most [`super::INLINE_MAX`] bytes: stored in the
+    /// database in the same transaction as the entry (no blob file). `None`: `blob` is
+    /// stored already.
+    pub content: Option<Vec<u8>>,
 }
 
 /// A file that becomes part of a message.
@@ -434,6 +438,9 @@ impl Store {
     ) -> Result<(i64, Option<i64>)> {
         let _guard = self.blobs().guard();
         self.write(|tx| {
+            if let Some(content) = &f.content {
+                super::contents::insert_inline(tx, &f.blob, content)?;
+            }
             if let Some(old) = f.replaces {
                 tx.execute("DELETE FROM entries WHERE id = ?1", [old])?;
             }
@@ -770,7 +777,11 @@ impl Store {
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             drop(st);
-            if files.is_empty() || files.iter().any(|f| !self.blobs().has_blob(&f.blob)) {
+            let mut missing = false;
+            for f in &files {
+                missing |= !super::contents::content_exists(self, tx, &f.blob)?;
+            }
+            if files.is_empty() || missing {
                 return Err(StoreError::NotFound(format!(
                     "the files of message {id} (no longer kept)"
                 )));
@@ -896,6 +907,8 @@ impl Store {
             Ok(report)
         })?;
         report.blobs_removed = self.blobs().sweep(std::time::Duration::from_secs(600), || {
+            // Under the sweep's lock, like the files: unreferenced inline contents go too.
+            self.write(|tx| super::contents::sweep_inline(tx))?;
             self.read(|c| {
                 let mut set = HashSet::new();
                 let mut st = c.prepare(

@@ -127,13 +127,26 @@ impl ReadOnlyStore {
         Ok(problems)
     }
 
-    /// The blob names that entries and message files refer to.
+    /// The blob files that entries and message files refer to (contents stored inside
+    /// the database excluded).
     pub fn referenced_blobs(&self) -> Result<BTreeSet<String>> {
+        // Contents stored inside the database have no file (a database before schema 9
+        // has no such table).
+        let has_inline: bool = self.ops.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'inline_blobs')",
+            [],
+            |r| r.get(0),
+        )?;
+        let inline = if has_inline {
+            " EXCEPT SELECT sha256 FROM inline_blobs"
+        } else {
+            ""
+        };
         let names = self
             .ops
-            .prepare(
-                "SELECT blob FROM entries WHERE blob IS NOT NULL UNION SELECT blob FROM message_files",
-            )?
+            .prepare(&format!(
+                "SELECT blob FROM entries WHERE blob IS NOT NULL UNION SELECT blob FROM message_files{inline}"
+            ))?
             .query_map([], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
         Ok(names)

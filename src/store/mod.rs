@@ -17,6 +17,7 @@
 
 mod archive;
 mod blobs;
+mod contents;
 mod entries;
 mod inspect;
 mod model;
@@ -33,6 +34,7 @@ use rusqlite::{Connection, OpenFlags};
 
 pub use archive::{ArchiveItem, ArchiveKind, ArchivedBlob};
 pub use blobs::{fsync_dir, hex, is_blob_name, sha256_hex, BlobGuard, BlobStore, Role, SpoolName};
+pub use contents::INLINE_MAX;
 pub use entries::{InboundOrigin, NewFile, PickupFile, Placement, RenamePickup, SweepReport};
 pub use inspect::{InboundRequirements, PartnerFiles, ReadOnlyStore, StationFiles};
 pub use model::*;
@@ -105,7 +107,7 @@ impl StoreError {
 /// The result type of the store.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-const SCHEMA_VERSION: i64 = 8;
+const SCHEMA_VERSION: i64 = 9;
 
 /// Steps from each older schema version to the next: `MIGRATIONS[v - 1]` takes a version `v`
 /// database to `v + 1`. A fresh database gets the schemas and the current version directly.
@@ -166,6 +168,8 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE partners ADD COLUMN basic_auth_in_hash TEXT;
      ALTER TABLE partners ADD COLUMN tls_client_cert TEXT;
      ALTER TABLE partners ADD COLUMN tls_client_key TEXT;",
+    // 8 -> 9: small contents stored inside the database (issue 12).
+    contents::INLINE_SCHEMA,
 ];
 
 /// Brings both databases to [`SCHEMA_VERSION`] on root's connection, each step in its own
@@ -182,6 +186,7 @@ fn migrate(conn: &mut Connection) -> Result<()> {
         tx.execute_batch(CONFIG_SCHEMA)?;
         tx.execute_batch(OPS_SCHEMA)?;
         tx.execute_batch(archive::ARCHIVE_SCHEMA)?;
+        tx.execute_batch(contents::INLINE_SCHEMA)?;
         tx.execute_batch(&set_version(SCHEMA_VERSION))?;
         return Ok(tx.commit()?);
     }
@@ -194,6 +199,7 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     conn.execute_batch(CONFIG_SCHEMA)?;
     conn.execute_batch(OPS_SCHEMA)?;
     conn.execute_batch(archive::ARCHIVE_SCHEMA)?;
+    conn.execute_batch(contents::INLINE_SCHEMA)?;
     Ok(())
 }
 
@@ -690,6 +696,7 @@ pub(crate) mod tests {
             tables(&dir.path().join("data/as2box.db")),
             [
                 "entries",
+                "inline_blobs",
                 "message_archive",
                 "message_events",
                 "message_files",
@@ -786,6 +793,7 @@ pub(crate) mod tests {
             mtime_ms: 5,
             state: EntryState::Held,
             replaces: None,
+            content: None,
         };
         let (id, m) = store.commit_file(&f, Some(i64::MAX)).unwrap();
         let e = store.entry(id).unwrap().unwrap();
@@ -813,6 +821,7 @@ pub(crate) mod tests {
             mtime_ms: 0,
             state: EntryState::Held,
             replaces: None,
+            content: None,
         };
         let (id, _) = store.commit_file(&f, None).unwrap();
         let e = store.entry(id).unwrap().unwrap();

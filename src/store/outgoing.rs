@@ -649,6 +649,7 @@ mod tests {
             mtime_ms: 0,
             state: EntryState::Held,
             replaces: None,
+            content: None,
         };
         let (_, m) = store.commit_file(&f, Some(0)).unwrap();
         (dir, store, m.unwrap(), outbox)
@@ -739,6 +740,7 @@ mod tests {
             mtime_ms: 0,
             state: EntryState::Held,
             replaces: None,
+            content: None,
         };
         let (_, in_flight) = store.commit_file(&f, Some(0)).unwrap();
         let in_flight = in_flight.unwrap();
