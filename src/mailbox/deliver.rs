@@ -3,7 +3,8 @@
 
 use crate::names::{dedupe, sanitize_attachment_name, shorten};
 use crate::store::{
-    BoxKind, BoxRef, InboundOrigin, InboxLayout, PickupFile, Placement, Store, StoreError,
+    sha256_hex, BoxKind, BoxRef, InboundOrigin, InboxLayout, PickupFile, Placement, Store,
+    StoreError, INLINE_MAX,
 };
 use crate::timefmt;
 
@@ -77,8 +78,9 @@ pub fn inbox_names(
 }
 
 /// Delivers `files` as one received message into the inbox of `station_id` for the partner
-/// `partner` (production or test) of the station's user. Blobs are written and fsync'd first;
-/// one transaction then makes the whole message visible.
+/// `partner` (production or test) of the station's user. Larger contents are written to
+/// blob files and fsync'd first; one transaction then stores the small ones (at most
+/// [`INLINE_MAX`] bytes) and makes the whole message visible.
 pub fn deliver(
     store: &Store,
     station_as2_id: &str,
@@ -117,17 +119,29 @@ pub fn deliver(
     dedupe(&mut names);
     let mut stored = Vec::with_capacity(files.len());
     for (f, name) in files.into_iter().zip(&names) {
-        // Each file's bytes are freed as soon as they are in their blob.
-        let (blob, size) = match f {
-            IncomingFile::Bytes { data, .. } => {
-                (store.blobs().put_bytes(&data)?, data.len() as u64)
+        // A small file goes into the delivery's own transaction (one fsync for the whole
+        // message); a larger one into a blob file first. Each file's bytes are freed as
+        // soon as they are in their blob.
+        let (blob, size, content) = match f {
+            IncomingFile::Bytes { data, .. } if data.len() as u64 <= INLINE_MAX => {
+                (sha256_hex(&data), data.len() as u64, Some(data.to_vec()))
             }
-            IncomingFile::Path { path, .. } => store.blobs().put_file(&path)?,
+            IncomingFile::Bytes { data, .. } => {
+                (store.blobs().put_bytes(&data)?, data.len() as u64, None)
+            }
+            IncomingFile::Path { path, .. } => match read_small(&path)? {
+                Some(data) => (sha256_hex(&data), data.len() as u64, Some(data)),
+                None => {
+                    let (blob, size) = store.blobs().put_file(&path)?;
+                    (blob, size, None)
+                }
+            },
         };
         stored.push(PickupFile {
             name: name.clone(),
             blob,
             size,
+            content,
         });
     }
     let stamp = timefmt::unique_stamp(timefmt::now_ms());
@@ -161,6 +175,25 @@ pub fn deliver(
         })
         .collect();
     Ok(Delivered { message_id, paths })
+}
+
+/// The content of the file at `path` if it has at most [`INLINE_MAX`] bytes (read with a
+/// bound: the file may grow while it is read).
+fn read_small(path: &std::path::Path) -> Result<Option<Vec<u8>>, DeliverError> {
+    use std::io::Read;
+    let io = |source| StoreError::Io {
+        context: format!("read {}", path.display()),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    if file.metadata().map_err(io)?.len() > INLINE_MAX {
+        return Ok(None);
+    }
+    let mut data = Vec::new();
+    file.take(INLINE_MAX + 1)
+        .read_to_end(&mut data)
+        .map_err(io)?;
+    Ok((data.len() as u64 <= INLINE_MAX).then_some(data))
 }
 
 #[cfg(test)]

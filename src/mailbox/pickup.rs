@@ -71,6 +71,7 @@ pub fn pickup_list(files: &[Entry]) -> Vec<(i64, PickupFile)> {
                     name: f.name.clone(),
                     blob: f.blob.clone().unwrap_or_default(),
                     size: f.size,
+                    content: None,
                 },
             )
         })
@@ -155,6 +156,7 @@ pub fn rename(
             name: new_name.to_owned(),
             blob: e.blob.clone().unwrap_or_default(),
             size: e.size,
+            content: None,
         },
     )];
     let message = store.rename_entry(

@@ -234,6 +234,7 @@ mod tests {
                 name: "p".into(),
                 blob,
                 size: 7,
+                content: None,
             },
         )];
         let id = store

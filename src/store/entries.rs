@@ -71,6 +71,10 @@ pub struct PickupFile {
     pub blob: String,
     /// Bytes.
     pub size: u64,
+    /// The content itself, for a delivery of at most [`super::INLINE_MAX`] bytes: stored
+    /// in the database in the delivery's transaction (no blob file). `None`: `blob` is
+    /// stored already.
+    pub content: Option<Vec<u8>>,
 }
 
 /// Where a delivered message's files go in the inbox.
@@ -450,6 +454,7 @@ impl Store {
                         name: f.name.clone(),
                         blob: f.blob.clone(),
                         size: f.size,
+                        content: None,
                     }];
                     let m = insert_message(
                         tx,
@@ -667,7 +672,8 @@ impl Store {
         })
     }
 
-    /// Delivers a received message into an inbox: every file's blob must already be stored.
+    /// Delivers a received message into an inbox: every file's blob must already be stored,
+    /// or come with its `content` (small files).
     /// `files` pairs each file's name in the inbox with its content. Returns the message id.
     /// With an `origin` whose Message-ID this partner's messages already have, nothing is
     /// stored and the answer is [`StoreError::AlreadyReceived`].
@@ -682,6 +688,11 @@ impl Store {
     ) -> Result<i64> {
         let _guard = self.blobs().guard();
         self.write(|tx| {
+            for (_, f) in files {
+                if let Some(content) = &f.content {
+                    super::contents::insert_inline(tx, &f.blob, content)?;
+                }
+            }
             if let Some(o) = origin {
                 // Checked again inside the write transaction (SQLite has one writer): two
                 // copies of one message arriving at once both pass the daemon's earlier
@@ -773,6 +784,7 @@ impl Store {
                         name: r.get(0)?,
                         blob: r.get(1)?,
                         size: r.get::<_, i64>(2)?.max(0) as u64,
+                        content: None,
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;

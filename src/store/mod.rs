@@ -829,6 +829,7 @@ pub(crate) mod tests {
             name: "a.edi".into(),
             blob,
             size: 1,
+            content: None,
         };
         store.fail_entries(&e, &[(id, file)], "Too big.").unwrap();
         let failed = BoxRef {
@@ -856,6 +857,7 @@ pub(crate) mod tests {
             name: "x".into(),
             blob,
             size: 2,
+            content: None,
         };
         store
             .deliver(

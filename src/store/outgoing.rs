@@ -874,6 +874,7 @@ mod tests {
                 name: "x.edi".into(),
                 blob,
                 size: 1,
+                content: None,
             },
         )];
         let origin = crate::store::InboundOrigin {
