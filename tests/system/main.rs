@@ -31,6 +31,7 @@ mod sftp_interrupted;
 mod sftp_keys;
 mod sftp_partner_ops;
 mod sftp_refusals;
+mod sftp_small_files;
 mod sftp_throttle;
 
 /// Not a test: the harness's spawn helper (see common/spawner.rs), which the harness starts

@@ -275,6 +275,14 @@ impl Env {
         }
     }
 
+    /// Kills the mount with SIGKILL, detaches the dead mount and starts a new one (what a
+    /// crash and `as2box mount` again do).
+    pub fn kill_and_restart_mount(&mut self) {
+        self.kill_mount();
+        detach(&self.mnt);
+        self.start_mount();
+    }
+
     /// Kills the mount with SIGKILL under a live session of `u` and restarts it in the same
     /// sshd, checking on the way what clients see:
     /// - the live session (paramiko, connected before the kill, with a file open for reading
