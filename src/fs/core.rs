@@ -461,6 +461,13 @@ impl MailboxFs {
         self.owner(user).map_or(true, |o| o.quota.is_some())
     }
 
+    /// Whether the kernel may keep what it cached of the file across opens: stored files
+    /// (immutable; a held file rewritten through the mount changes the kernel's cache
+    /// itself), so that reading a file again, or right after uploading it, costs no reads.
+    pub fn keep_cache(&self, fh: u64) -> bool {
+        matches!(lock(&self.handles).get(&fh), Some(Handle::Blob(_)))
+    }
+
     // ---- the kernel's caches ----------------------------------------------------------------
 
     /// Sets how to drop the kernel's cached attributes of an inode, once mounted.

@@ -21,6 +21,11 @@ use tracing::warn;
 /// changes and deliveries by other processes show within a second.
 const TTL: Duration = Duration::from_secs(1);
 
+/// How long the kernel may remember that a name is absent from a folder whose names are
+/// fixed (`MailboxFs::names_are_fixed`). sftp-server in its chroot looks up `/etc/passwd`
+/// and `/etc/group` for every line of `ls -l`; without this, each was a request.
+const ABSENT_TTL: Duration = Duration::from_secs(60);
+
 /// The cache time for a node: none for nodes only some callers may see.
 fn ttl(a: &Attr) -> &'static Duration {
     const NONE: Duration = Duration::ZERO;
@@ -69,6 +74,8 @@ impl FuseAdapter {
     fn open_flags(&self, fh: u64) -> FopenFlags {
         if self.core.direct_io(fh) {
             FopenFlags::FOPEN_DIRECT_IO
+        } else if self.core.keep_cache(fh) {
+            FopenFlags::FOPEN_KEEP_CACHE
         } else {
             FopenFlags::empty()
         }
@@ -120,6 +127,20 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
+/// The answer to a lookup of a name that does not exist, as a negative entry (inode 0).
+fn absent_attr() -> FileAttr {
+    file_attr(&Attr {
+        ino: 0,
+        kind: Kind::File,
+        size: 0,
+        mode: 0,
+        uid: 0,
+        gid: 0,
+        mtime_ms: 0,
+        cacheable: true,
+    })
+}
+
 fn time_ms(t: TimeOrNow) -> i64 {
     match t {
         TimeOrNow::SpecificTime(t) => system_time_ms(t),
@@ -155,6 +176,10 @@ impl Filesystem for FuseAdapter {
             Ok(a) => {
                 self.core.remember(a.ino);
                 reply.entry(ttl(&a), &file_attr(&a), Generation(0))
+            }
+            // Inode 0: "no such name", with a time the kernel may remember it.
+            Err(FuseErrno::ENOENT) if self.core.names_are_fixed(parent.0) => {
+                reply.entry(&ABSENT_TTL, &absent_attr(), Generation(0))
             }
             Err(e) => reply.error(e),
         }

@@ -47,6 +47,13 @@ impl MailboxFs {
             .ok_or(ENOENT)
     }
 
+    /// Whether the names in folder `ino` are fixed for the life of the mount: a user's home
+    /// holds `.ssh` and `as2gateway`, `.ssh` holds `authorized_keys`, and nothing can be
+    /// made there. A name absent there stays absent, so the kernel may remember that.
+    pub(super) fn names_are_fixed(&self, ino: u64) -> bool {
+        matches!(self.key(ino), Ok(Key::Home(_) | Key::Ssh(_)))
+    }
+
     pub(super) fn child_key(&self, parent: &Key, name: &str) -> Result<Key> {
         match parent {
             Key::Root => {

@@ -154,3 +154,98 @@ fn retention_and_deletion_remove_inline_contents() {
         "message records expired too"
     );
 }
+
+#[test]
+fn a_held_file_rewritten_reads_back_new_content_though_the_kernel_keeps_stored_files_cached() {
+    // Stored files are opened with FOPEN_KEEP_CACHE: what the kernel cached of a held
+    // file must never outlive a rewrite through the mount.
+    let Some(mut env) = sftp_env!() else {
+        return;
+    };
+    let u = env.user();
+    let pd = partner_dir(&u.name);
+    let first = random_bytes(10_000);
+    let second = random_bytes(3_000);
+    let third = random_bytes(20_000);
+    let (a, b, c) = (
+        env.local("first", &first),
+        env.local("second", &second),
+        env.local("third", &third),
+    );
+    let back = env.dir.join("back");
+    std::fs::create_dir(&back).unwrap();
+    let get = |env: &Env, n: u32| -> Vec<u8> {
+        let to = back.join(format!("got-{n}"));
+        env.sftp_ok(
+            &u,
+            &format!("get {pd}/outbox/held.edi.part {}\n", to.display()),
+        );
+        std::fs::read(to).unwrap()
+    };
+    env.sftp_ok(
+        &u,
+        &format!("put {} {pd}/outbox/held.edi.part\n", a.display()),
+    );
+    assert!(get(&env, 1) == first, "first content");
+    assert!(get(&env, 2) == first, "first content, read again");
+    env.sftp_ok(
+        &u,
+        &format!("put {} {pd}/outbox/held.edi.part\n", b.display()),
+    );
+    assert!(
+        get(&env, 3) == second,
+        "the shorter rewrite, not the cached first"
+    );
+    env.sftp_ok(
+        &u,
+        &format!("put {} {pd}/outbox/held.edi.part\n", c.display()),
+    );
+    assert!(get(&env, 4) == third, "the longer rewrite");
+}
+
+#[test]
+fn ls_l_in_the_chroot_shows_every_file_and_absent_names_in_the_home_stay_absent() {
+    let Some(mut env) = sftp_env!() else {
+        return;
+    };
+    let u = env.user();
+    let pd = partner_dir(&u.name);
+    // `ls -l` in the chroot makes sftp-server look up /etc/passwd and /etc/group for each
+    // line: the home answers "absent" in a way the kernel may remember.
+    let files: Vec<(String, Vec<u8>)> = (0..300)
+        .map(|i| (format!("m{i:03}.edi"), random_bytes(100 + i)))
+        .collect();
+    let locals: Vec<_> = files
+        .iter()
+        .map(|(n, d)| env.local(n, d).display().to_string())
+        .collect();
+    let (st, pa) = (sshd::station(&u.name), sshd::partner(&u.name));
+    let mut args = vec!["deliver", "--station", &st, "--partner", &pa];
+    args.extend(locals.iter().map(String::as_str));
+    env.ok(&args);
+    let out = env.sftp_ok(&u, &format!("ls -l {pd}/inbox/*/\n"));
+    let lines: Vec<&str> = out.lines().filter(|l| l.contains(".edi")).collect();
+    assert_eq!(lines.len(), files.len(), "{out}");
+    for (name, data) in &files {
+        let line = lines
+            .iter()
+            .find(|l| l.ends_with(name.as_str()))
+            .unwrap_or_else(|| panic!("{name} missing from ls -l: {out}"));
+        assert!(
+            line.split_whitespace().any(|w| w == data.len().to_string()),
+            "{name} has size {} but ls -l shows {line}",
+            data.len()
+        );
+    }
+    // Absent names stay absent, asked twice (the second answer may come from the
+    // kernel's memory); the fixed names are there.
+    for _ in 0..2 {
+        let o = env.sftp(&u.name, &u.key, "ls /etc\n");
+        assert!(!o.status.success(), "{}", sshd::text(&o));
+        assert!(sshd::text(&o).contains("not found"), "{}", sshd::text(&o));
+    }
+    let out = env.sftp_ok(&u, "ls -1a /\n");
+    assert!(out.contains("as2gateway") && out.contains(".ssh"), "{out}");
+    let out = env.sftp_ok(&u, "ls -1 /as2gateway\n");
+    assert!(out.contains(&st), "{out}");
+}
