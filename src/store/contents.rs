@@ -202,5 +202,21 @@ mod tests {
             content: Some(big),
         };
         assert!(store.commit_file(&f, None).is_err());
+        // One written there by other means (the daemon's account can write the table) is
+        // refused when read.
+        let sha = f.blob.clone();
+        store
+            .write(|tx| {
+                tx.execute(
+                    "INSERT INTO inline_blobs (sha256, content) VALUES (?1, ?2)",
+                    params![sha, f.content.as_deref().unwrap()],
+                )?;
+                Ok(())
+            })
+            .unwrap();
+        assert!(matches!(
+            store.open_content(&sha),
+            Err(StoreError::Unsafe(_))
+        ));
     }
 }

@@ -169,7 +169,9 @@ fn compromised_daemon_account_an_upload_is_never_moved_through_a_blob_folder_sym
     let svc = ServiceAccount::share(&fx);
     let (dir, _, _) = victim(&fx, "victim");
     // The account knows (or guesses) what a user will upload, hence its blob's folder.
-    let data = format!("* * * * * root touch {}/owned\n", fx.dir.display()).into_bytes();
+    // (Padded past INLINE_MAX: smaller contents are stored in the database, never renamed.)
+    let mut data = format!("* * * * * root touch {}/owned\n", fx.dir.display()).into_bytes();
+    data.resize(as2box::store::INLINE_MAX as usize + 1000, b'#');
     let sha = sha256_hex(&data);
     let prefix = fx.state_dir.join("blobs").join(&sha[..2]);
     svc.run(&["rm", "-rf", &prefix.to_string_lossy()]);
@@ -204,7 +206,9 @@ fn compromised_daemon_account_a_blob_name_it_sets_serves_nothing_outside_the_blo
     let svc = ServiceAccount::share(&fx);
     let (_, file, secret) = victim(&fx, "victim");
     let names = ["absolute.edi", "dotdot.edi", "linked.edi"];
-    let contents: Vec<Vec<u8>> = names.iter().map(|_| random_bytes(100)).collect();
+    // Past INLINE_MAX, so that each has a blob file (smaller ones live in the database).
+    let size = as2box::store::INLINE_MAX as usize + 100;
+    let contents: Vec<Vec<u8>> = names.iter().map(|_| random_bytes(size)).collect();
     let files: Vec<(&str, &[u8])> = names
         .iter()
         .zip(&contents)
