@@ -157,3 +157,60 @@ fn a_signature_the_receiver_cannot_verify_fails_the_message_into_failed_with_the
     let inbox_b = b.inbox();
     assert!(fx.as_user(&b.user, || files_in(&inbox_b)).is_empty());
 }
+
+#[test]
+fn a_small_file_stored_inside_the_database_is_sent_and_received_byte_for_byte() {
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
+    let (a, b) = pair(&fx);
+    let cert_a = station_cert(&fx, &a.station).display().to_string();
+    let cert_b = station_cert(&fx, &b.station).display().to_string();
+    let daemon = start_daemon(&fx);
+    set_partner(&fx, &a.user, &b.station, daemon.port, &cert_b);
+    set_partner(&fx, &b.user, &a.station, daemon.port, &cert_a);
+    // At most INLINE_MAX: stored in the database by the mount, read from there by the
+    // daemon to send it, stored in the database again by the receiving delivery.
+    let mut data = random_bytes(3000);
+    data.extend_from_slice(b"UNB+UNOC:3\nline\r\nend\n");
+    assert!(data.len() as u64 <= as2box::store::INLINE_MAX);
+    fx.as_user(&a.user, || {
+        ok(ops::put(&a.outbox().join("small.edi"), &data), "put")
+    });
+    let inbox_b = b.inbox();
+    let delivered = wait_for("the file in B's inbox", Duration::from_secs(30), || {
+        fx.as_user(&b.user, || {
+            files_in(&inbox_b)
+                .into_iter()
+                .find(|p| p.ends_with("small.edi"))
+        })
+    });
+    let got = fx.as_user(&b.user, || ok(ops::read(&delivered), "read delivered"));
+    assert!(
+        got == data,
+        "delivered {} bytes of {}",
+        got.len(),
+        data.len()
+    );
+    let sha = sha256_hex(&data);
+    let store = as2box::store::Store::open(&fx.state_dir).unwrap();
+    assert!(store.is_inline(&sha).unwrap(), "stored inside the database");
+    assert!(
+        !fx.state_dir
+            .join("blobs")
+            .join(&sha[..2])
+            .join(&sha)
+            .exists(),
+        "no blob file for a small content"
+    );
+    let out = wait_for(
+        "the sent message to be delivered",
+        Duration::from_secs(30),
+        || {
+            fx.out_messages(&a.user)
+                .into_iter()
+                .find(|m| m.state == "delivered")
+        },
+    );
+    assert_eq!(out.files[0].sha256, sha);
+}
