@@ -33,6 +33,12 @@ pub(super) fn insert_inline(tx: &Transaction<'_>, sha256: &str, content: &[u8]) 
             content.len()
         )));
     }
+    // A content filed under another hash would be served for that hash: never.
+    if super::sha256_hex(content) != sha256 {
+        return Err(StoreError::NotApplicable(format!(
+            "content given as {sha256} has another sha256; not stored"
+        )));
+    }
     tx.execute(
         "INSERT OR IGNORE INTO inline_blobs (sha256, content) VALUES (?1, ?2)",
         params![sha256, content],
@@ -183,6 +189,25 @@ mod tests {
         store.sweep(i64::MAX / 2, 0, 0).unwrap();
         assert!(!store.is_inline(&sha).unwrap());
         assert!(store.open_content(&sha).is_err());
+    }
+
+    #[test]
+    fn content_under_another_hash_is_refused() {
+        let (_dir, store, user, outbox) = crate::store::test_store("u", "S", "P");
+        let f = crate::store::NewFile {
+            user_id: user,
+            boxref: outbox,
+            parent: 0,
+            name: "a.edi".into(),
+            blob: super::super::sha256_hex(b"what the hash says"),
+            size: 5,
+            mtime_ms: 1,
+            state: crate::store::EntryState::Held,
+            replaces: None,
+            content: Some(b"other".to_vec()),
+        };
+        assert!(store.commit_file(&f, None).is_err());
+        assert!(!store.is_inline(&f.blob).unwrap());
     }
 
     #[test]

@@ -38,29 +38,26 @@ fn set_partner(fx: &Fixture, user: &User, partner: &str, port: u16, cert: &str) 
     ]);
 }
 
-#[test]
-fn an_outbox_file_reaches_the_partners_inbox_over_as2_with_a_signed_mdn() {
-    let Some(fx) = fixture!(Settings::default()) else {
-        return;
-    };
-    let (a, b) = pair(&fx);
-    let cert_a = station_cert(&fx, &a.station).display().to_string();
-    let cert_b = station_cert(&fx, &b.station).display().to_string();
-    let daemon = start_daemon(&fx);
-    set_partner(&fx, &a.user, &b.station, daemon.port, &cert_b);
-    set_partner(&fx, &b.user, &a.station, daemon.port, &cert_a);
-    // Binary content with bare LFs and CRs: it must arrive byte for byte.
-    let mut data = random_bytes(100_000);
-    data.extend_from_slice(b"UNB+UNOC:3\nline\r\nend\n");
+/// Two users' stations as each other's partners through one daemon; `data` put into A's
+/// outbox as `name` must arrive in B's inbox byte for byte. Returns the pair and the daemon.
+fn send_through_the_loopback(
+    fx: &Fixture,
+    name: &str,
+    data: &[u8],
+) -> ((Mailbox, Mailbox), Daemon) {
+    let (a, b) = pair(fx);
+    let cert_a = station_cert(fx, &a.station).display().to_string();
+    let cert_b = station_cert(fx, &b.station).display().to_string();
+    let daemon = start_daemon(fx);
+    set_partner(fx, &a.user, &b.station, daemon.port, &cert_b);
+    set_partner(fx, &b.user, &a.station, daemon.port, &cert_a);
     fx.as_user(&a.user, || {
-        ok(ops::put(&a.outbox().join("order.edi"), &data), "put")
+        ok(ops::put(&a.outbox().join(name), data), "put")
     });
     let inbox_b = b.inbox();
     let delivered = wait_for("the file in B's inbox", Duration::from_secs(30), || {
         fx.as_user(&b.user, || {
-            files_in(&inbox_b)
-                .into_iter()
-                .find(|p| p.ends_with("order.edi"))
+            files_in(&inbox_b).into_iter().find(|p| p.ends_with(name))
         })
     });
     let got = fx.as_user(&b.user, || ok(ops::read(&delivered), "read delivered"));
@@ -70,6 +67,18 @@ fn an_outbox_file_reaches_the_partners_inbox_over_as2_with_a_signed_mdn() {
         got.len(),
         data.len()
     );
+    ((a, b), daemon)
+}
+
+#[test]
+fn an_outbox_file_reaches_the_partners_inbox_over_as2_with_a_signed_mdn() {
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
+    // Binary content with bare LFs and CRs: it must arrive byte for byte.
+    let mut data = random_bytes(100_000);
+    data.extend_from_slice(b"UNB+UNOC:3\nline\r\nend\n");
+    let ((a, b), daemon) = send_through_the_loopback(&fx, "order.edi", &data);
     let out = wait_for(
         "the sent message to be delivered",
         Duration::from_secs(30),
@@ -163,35 +172,12 @@ fn a_small_file_stored_inside_the_database_is_sent_and_received_byte_for_byte() 
     let Some(fx) = fixture!(Settings::default()) else {
         return;
     };
-    let (a, b) = pair(&fx);
-    let cert_a = station_cert(&fx, &a.station).display().to_string();
-    let cert_b = station_cert(&fx, &b.station).display().to_string();
-    let daemon = start_daemon(&fx);
-    set_partner(&fx, &a.user, &b.station, daemon.port, &cert_b);
-    set_partner(&fx, &b.user, &a.station, daemon.port, &cert_a);
     // At most INLINE_MAX: stored in the database by the mount, read from there by the
     // daemon to send it, stored in the database again by the receiving delivery.
     let mut data = random_bytes(3000);
     data.extend_from_slice(b"UNB+UNOC:3\nline\r\nend\n");
     assert!(data.len() as u64 <= as2box::store::INLINE_MAX);
-    fx.as_user(&a.user, || {
-        ok(ops::put(&a.outbox().join("small.edi"), &data), "put")
-    });
-    let inbox_b = b.inbox();
-    let delivered = wait_for("the file in B's inbox", Duration::from_secs(30), || {
-        fx.as_user(&b.user, || {
-            files_in(&inbox_b)
-                .into_iter()
-                .find(|p| p.ends_with("small.edi"))
-        })
-    });
-    let got = fx.as_user(&b.user, || ok(ops::read(&delivered), "read delivered"));
-    assert!(
-        got == data,
-        "delivered {} bytes of {}",
-        got.len(),
-        data.len()
-    );
+    let ((a, _), _daemon) = send_through_the_loopback(&fx, "small.edi", &data);
     let sha = sha256_hex(&data);
     let store = as2box::store::Store::open(&fx.state_dir).unwrap();
     assert!(store.is_inline(&sha).unwrap(), "stored inside the database");
