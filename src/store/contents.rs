@@ -113,7 +113,7 @@ impl Store {
     pub fn open_content(&self, sha256: &str) -> Result<File> {
         super::blobs::check_name(sha256)?;
         let inline: Option<Vec<u8>> = self.read(|c| {
-            Ok(c.query_row(
+            c.query_row(
                 "SELECT content FROM inline_blobs WHERE sha256 = ?1",
                 [sha256],
                 |r| {
@@ -124,7 +124,7 @@ impl Store {
             )
             .optional()?
             .map(|b| b.ok_or_else(|| StoreError::Unsafe(format!("inline content {sha256} is larger than {INLINE_MAX} bytes: refused (was the database tampered with?)"))))
-            .transpose()?)
+            .transpose()
         })?;
         match inline {
             Some(bytes) => memory_file(sha256, &bytes),

@@ -920,7 +920,7 @@ impl Store {
         })?;
         report.blobs_removed = self.blobs().sweep(std::time::Duration::from_secs(600), || {
             // Under the sweep's lock, like the files: unreferenced inline contents go too.
-            self.write(|tx| super::contents::sweep_inline(tx))?;
+            self.write(super::contents::sweep_inline)?;
             self.read(|c| {
                 let mut set = HashSet::new();
                 let mut st = c.prepare(
