@@ -17,6 +17,7 @@
 
 mod archive;
 mod blobs;
+
 mod entries;
 mod inspect;
 mod model;
@@ -334,6 +335,11 @@ pub struct Store {
     state_dir: PathBuf,
     role: Role,
     pool: Mutex<Vec<Connection>>,
+    /// Held by this process's writer: SQLite admits one writer, and a second one of ours
+    /// would only poll for the lock in `busy_timeout`'s sleeps (1 to 100 ms each, so a
+    /// freed lock is seen late); waiting here hands the lock over at once. Writers of the
+    /// other process still meet `busy_timeout`.
+    writer: Mutex<()>,
     blobs: BlobStore,
 }
 
@@ -495,6 +501,7 @@ impl Store {
             state_dir: state_dir.to_owned(),
             role: Role::Admin,
             pool: Mutex::new(vec![conn]),
+            writer: Mutex::new(()),
             blobs: BlobStore::open(&state, Role::Admin)?,
         })
     }
@@ -531,6 +538,7 @@ impl Store {
             state_dir: state_dir.to_owned(),
             role: Role::Service,
             pool: Mutex::new(vec![conn]),
+            writer: Mutex::new(()),
             blobs,
         })
     }
@@ -560,6 +568,8 @@ impl Store {
     /// Runs `f` in one immediate (write-locking) transaction.
     fn write<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
         let mut conn = self.conn()?;
+        // A writer that panicked left no transaction open (it rolled back on drop).
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let value = f(&tx)?;
         tx.commit()?;
