@@ -17,7 +17,7 @@
 
 mod archive;
 mod blobs;
-
+mod doorbell;
 mod entries;
 mod inspect;
 mod model;
