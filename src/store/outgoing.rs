@@ -498,13 +498,27 @@ impl Store {
         })
     }
 
-    /// Stores the MDN we answered a received message with.
-    pub fn set_inbound_mdn(&self, id: i64, mdn: &str) -> Result<()> {
+    /// Stores the MDN we answered a received message with, and links its capture (stored
+    /// before with [`Store::archive_capture`]; None when the disk refused it) in the same
+    /// transaction: one durable commit instead of two on every receive.
+    pub fn set_inbound_mdn(
+        &self,
+        id: i64,
+        mdn: &str,
+        capture: Option<&super::ArchivedBlob>,
+    ) -> Result<()> {
+        // Held from before the commit that references the blob (see `archive`).
+        let _guard = capture.map(|_| self.blobs().guard());
         self.write(|tx| {
             tx.execute(
                 "UPDATE messages SET mdn = ?2 WHERE id = ?1",
                 params![id, mdn],
             )?;
+            if let Some(blob) = capture {
+                if tx.changes() > 0 {
+                    super::archive::link(tx, id, super::ArchiveKind::Mdn, blob)?;
+                }
+            }
             Ok(())
         })
     }
