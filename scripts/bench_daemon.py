@@ -389,7 +389,7 @@ class Perf:
             argv = (os.environ["BENCH_STRACE"].split() + ["-o", f"{out_dir}/{name}.strace"]
                     + [x for p in pids for x in ("-p", str(p))]
                     if os.environ.get("BENCH_STRACE") else
-                    ["perf", "record", "-q", "-F", "499", "-g", "-o", f"{out_dir}/{name}.data",
+                    ["perf", "record", "-q", "-F", "1999", "-g", "-o", f"{out_dir}/{name}.data",
                      "-p", ",".join(str(p) for p in pids)])
             self.proc = subprocess.Popen(argv,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -409,13 +409,16 @@ def pct(sorted_values, p):
 
 
 def main():
+    global BIN
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", "--messages", type=int, default=40, help="messages per measurement (default 40)")
     ap.add_argument("-c", "--clients", type=int, default=4, help="concurrent HTTP clients (default 4)")
     ap.add_argument("--samples", type=int, default=100, help="latency samples (default 100)")
+    ap.add_argument("--binary", default=BIN, help="the as2box to measure (default: this tree's release build)")
     ap.add_argument("--only", choices=("receive", "send", "latency"), help="run one measurement only")
     ap.add_argument("--perf", metavar="DIR", help="record perf profiles of the daemon into DIR")
     a = ap.parse_args()
+    BIN = a.binary
     base = Path("/srv/as2box-bench")
     base.mkdir(exist_ok=True)
     os.chmod(base, 0o755)
