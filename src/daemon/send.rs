@@ -39,7 +39,10 @@ pub async fn run(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
     let mut next_queue_read = std::time::Instant::now();
     loop {
         if woken || std::time::Instant::now() >= next_queue_read {
-            let poll = Duration::from_secs_f64(ctx.config().serve.queue_poll_secs);
+            // At most daily: any longer is as good as never, and must not overflow.
+            let poll = Duration::try_from_secs_f64(ctx.config().serve.queue_poll_secs)
+                .unwrap_or(Duration::MAX)
+                .min(Duration::from_secs(86_400));
             next_queue_read = std::time::Instant::now() + poll;
             claim_all_due(&ctx, &slots).await;
         }

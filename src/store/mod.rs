@@ -583,15 +583,54 @@ impl Store {
         })
     }
 
-    /// Runs `f` in one immediate (write-locking) transaction.
+    /// Runs `f` in one immediate (write-locking) transaction, durable when it returns.
     fn write<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
+        self.write_with(true, f)
+    }
+
+    /// [`Store::write`] for a change a crash may lose: its commit does not wait for the
+    /// disk (`synchronous=NORMAL` for this one commit; WAL keeps the database consistent
+    /// either way). It becomes durable with the next commit of either process, as an
+    /// `fsync` of the WAL covers every frame before it. Only for changes whose loss merely
+    /// repeats work (a claim: the message is claimed again).
+    fn write_unsynced<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        self.write_with(false, f)
+    }
+
+    fn write_with<T>(
+        &self,
+        durable: bool,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
         let mut conn = self.conn()?;
         // A writer that panicked left no transaction open (it rolled back on drop).
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let value = f(&tx)?;
-        tx.commit()?;
-        Ok(value)
+        let in_transaction = |conn: &mut Connection| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let value = f(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        };
+        if durable {
+            return in_transaction(&mut conn);
+        }
+        let ops = match self.role {
+            Role::Admin => "ops",
+            Role::Service => "main",
+        };
+        conn.execute_batch(&format!("PRAGMA {ops}.synchronous=NORMAL"))?;
+        let result = in_transaction(&mut conn);
+        if conn
+            .execute_batch(&format!("PRAGMA {ops}.synchronous=FULL"))
+            .is_err()
+        {
+            // Never pooled again: every other commit must wait for the disk.
+            drop(conn.conn.take());
+        }
+        result
     }
 
     /// Runs `f` with a read snapshot.
@@ -627,6 +666,29 @@ pub(crate) fn test_store(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn an_unsynced_write_leaves_its_connection_waiting_for_the_disk_again() {
+        let (_dir, store, _, _) = test_store("u", "S", "P");
+        let synchronous = |store: &Store| {
+            store
+                .read(|c| Ok(c.query_row("PRAGMA ops.synchronous", [], |r| r.get::<_, i64>(0))?))
+                .unwrap()
+        };
+        // 2: FULL, every commit waits for the disk.
+        assert_eq!(synchronous(&store), 2);
+        let seen = store
+            .write_unsynced(|tx| {
+                Ok(tx.query_row("PRAGMA ops.synchronous", [], |r| r.get::<_, i64>(0))?)
+            })
+            .unwrap();
+        assert_eq!(seen, 1, "NORMAL inside the unsynced write");
+        assert_eq!(synchronous(&store), 2, "FULL again for the next user");
+        let failed: Result<()> =
+            store.write_unsynced(|_| Err(StoreError::NotFound("on purpose".into())));
+        assert!(failed.is_err());
+        assert_eq!(synchronous(&store), 2, "FULL again after a failed write");
+    }
 
     /// The names at the top of box `b`, in listing order.
     pub(crate) fn names_at_top(store: &Store, b: BoxRef) -> Vec<String> {

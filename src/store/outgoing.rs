@@ -164,7 +164,10 @@ impl Store {
         if !due {
             return Ok(None);
         }
-        self.write(|tx| {
+        // Not durable by itself: a claim lost in a crash only makes the message be claimed
+        // again, and the commit that records its Message-ID before the POST is durable
+        // and carries this one to disk with it.
+        self.write_unsynced(|tx| {
             let row = tx
                 .query_row(
                     "SELECT id, user_id, station_id, partner_id, name, attempts, as2_message_id, created_ms FROM messages
