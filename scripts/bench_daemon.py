@@ -11,7 +11,16 @@ synchronous MDN, over loopback:
   pyas2lib building and POSTing the same number of messages, both to the same as2box
   receiver (so both figures include as2box's receiving work);
 * the latency from the close() of a file in an outbox to the first byte of its POST
-  arriving at the partner (p50, p99), measured outside as2box.
+  arriving at the partner (p50, p99), measured outside as2box;
+* the crypto floor of one received message, from `openssl speed` in the same run: the
+  RSA key-transport decrypt, AES-256-CBC decrypt of 1 MiB, one SHA-256 pass over 1 MiB (the
+  signature's digest; the MIC is the digest of the same bytes, so a second pass is waste,
+  not floor), the signature's RSA verify and the RSA signature of the MDN. The floor rate
+  is what all cores do at that cost alone (cores / floor seconds), with nothing left for
+  HTTP, MIME, storage or the client generating the load on the same machine.
+
+`--perf DIR` records `perf record -g` of the daemon (and the mount while sending) during
+the two throughput phases into DIR, for `perf report`.
 
 Not a test: nothing here fails on a figure.
 """
@@ -339,16 +348,77 @@ def bench_latency(s, samples):
     return sorted(lat)
 
 
+def openssl_speed(*args):
+    """`openssl speed -mr` figures: {name: ops or bytes per second}."""
+    r = subprocess.run(["openssl", "speed", "-mr", "-seconds", "1", *args],
+                       capture_output=True, text=True, check=True)
+    out = {}
+    for line in r.stdout.splitlines():
+        f = line.split(":")
+        if line.startswith("+F:"):  # +F:<n>:<name>:<bytes/s per block size>...
+            out[f[2]] = float(f[3])
+        elif line.startswith("+F2:"):  # +F2:<n>:<bits>:<sign/s>:<verify/s>
+            out["rsa-sign"], out["rsa-verify"] = float(f[3]), float(f[4])
+    return out
+
+
+def crypto_floor(size):
+    """Seconds of crypto one received message needs at least (see the module docs), and
+    the parts."""
+    aes = openssl_speed("-bytes", str(size), "-decrypt", "-evp", "aes-256-cbc")["AES-256-CBC"]
+    sha = openssl_speed("-bytes", str(size), "-evp", "sha256")["sha256"]
+    rsa = openssl_speed("rsa2048")
+    parts = {
+        "rsa2048 decrypt (key transport)": 1 / rsa["rsa-sign"],  # a private-key operation
+        "aes-256-cbc decrypt 1 MiB": size / aes,
+        "sha256 1 MiB": size / sha,
+        "rsa2048 verify": 1 / rsa["rsa-verify"],
+        "rsa2048 sign (MDN)": 1 / rsa["rsa-sign"],
+    }
+    return sum(parts.values()), parts
+
+
+class Perf:
+    """`perf record` of some processes while a phase runs, when asked for."""
+
+    def __init__(self, out_dir, name, pids):
+        self.proc = None
+        if out_dir:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            # BENCH_STRACE=1: count the system calls (and their time) instead.
+            argv = (os.environ["BENCH_STRACE"].split() + ["-o", f"{out_dir}/{name}.strace"]
+                    + [x for p in pids for x in ("-p", str(p))]
+                    if os.environ.get("BENCH_STRACE") else
+                    ["perf", "record", "-q", "-F", "1999", "-g", "-o", f"{out_dir}/{name}.data",
+                     "-p", ",".join(str(p) for p in pids)])
+            self.proc = subprocess.Popen(argv,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc:
+            self.proc.send_signal(2)
+            self.proc.wait(60)
+
+
 def pct(sorted_values, p):
     return sorted_values[min(len(sorted_values) - 1, int(round(p / 100 * (len(sorted_values) - 1))))]
 
 
 def main():
+    global BIN
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", "--messages", type=int, default=40, help="messages per measurement (default 40)")
     ap.add_argument("-c", "--clients", type=int, default=4, help="concurrent HTTP clients (default 4)")
     ap.add_argument("--samples", type=int, default=100, help="latency samples (default 100)")
+    ap.add_argument("--binary", default=BIN, help="the as2box to measure (default: this tree's release build)")
+    ap.add_argument("--only", choices=("receive", "send", "latency"), help="run one measurement only")
+    ap.add_argument("--perf", metavar="DIR", help="record perf profiles of the daemon into DIR")
     a = ap.parse_args()
+    BIN = a.binary
     base = Path("/srv/as2box-bench")
     base.mkdir(exist_ok=True)
     os.chmod(base, 0o755)
@@ -362,17 +432,31 @@ def main():
         print(f"as2box daemon vs pyas2lib {importlib.metadata.version('pyas2lib')}: "
               f"{a.messages} messages of 1 MiB, signed sha256 + aes256-cbc, signed sync MDN, "
               f"{a.clients} clients, loopback")
-        t_box, bad_box, t_py, bad_py = bench_receive(s, payloads, a.clients)
-        print(f"received/s  as2box {a.messages / t_box:7.1f}   pyas2lib {a.messages / t_py:7.1f}   "
-              f"ratio {t_py / t_box:5.1f}x   (bad MDNs: as2box {bad_box}, pyas2lib {bad_py})")
-        t_box, bad_box, t_py, bad_py = bench_send(s, payloads, a.clients)
-        print(f"sent/s      as2box {a.messages / t_box:7.1f}   pyas2lib {a.messages / t_py:7.1f}   "
-              f"ratio {t_py / t_box:5.1f}x   (failed: as2box {bad_box}, pyas2lib {bad_py}; "
-              f"as2box: put through the mount, both received by as2box)")
-        lat = bench_latency(s, a.samples)
-        print(f"outbox close -> first byte of POST ({len(lat)} samples, 4 KiB): "
-              f"p50 {pct(lat, 50) * 1000:.0f} ms, p99 {pct(lat, 99) * 1000:.0f} ms, "
-              f"max {lat[-1] * 1000:.0f} ms")
+        floor, parts = crypto_floor(1 << 20)
+        cores = os.cpu_count()
+        floor_rate = cores / floor
+        print(f"crypto floor per received message (openssl speed, this run): {floor * 1000:.2f} ms = "
+              + " + ".join(f"{k} {v * 1000:.3f}" for k, v in parts.items()))
+        print(f"floor rate: {cores} cores / {floor * 1000:.2f} ms = {floor_rate:.0f} msg/s")
+        serve_pid, mount_pid = s.procs[1].pid, s.procs[0].pid
+        if a.only in (None, "receive"):
+            with Perf(a.perf, "receive", [serve_pid]):
+                t_box, bad_box, t_py, bad_py = bench_receive(s, payloads, a.clients)
+            rate = a.messages / t_box
+            print(f"received/s  as2box {rate:7.1f}   pyas2lib {a.messages / t_py:7.1f}   "
+                  f"ratio {t_py / t_box:5.1f}x   (bad MDNs: as2box {bad_box}, pyas2lib {bad_py})   "
+                  f"as2box / floor rate {rate / floor_rate:.2f}")
+        if a.only in (None, "send"):
+            with Perf(a.perf, "send", [serve_pid, mount_pid]):
+                t_box, bad_box, t_py, bad_py = bench_send(s, payloads, a.clients)
+            print(f"sent/s      as2box {a.messages / t_box:7.1f}   pyas2lib {a.messages / t_py:7.1f}   "
+                f"ratio {t_py / t_box:5.1f}x   (failed: as2box {bad_box}, pyas2lib {bad_py}; "
+                f"as2box: put through the mount, both received by as2box)")
+        if a.only in (None, "latency"):
+            lat = bench_latency(s, a.samples)
+            print(f"outbox close -> first byte of POST ({len(lat)} samples, 4 KiB): "
+                  f"p50 {pct(lat, 50) * 1000:.0f} ms, p99 {pct(lat, 99) * 1000:.0f} ms, "
+                  f"max {lat[-1] * 1000:.0f} ms")
     finally:
         s.stop()
         subprocess.run(["rm", "-rf", str(work)])

@@ -196,6 +196,10 @@ pub struct ServeConfig {
     pub max_body_memory_bytes: usize,
     /// Messages being sent at once (each holds its files in memory while in flight).
     pub max_parallel_sends: usize,
+    /// How often the send queue is read when nothing woke the daemon. The mount and the
+    /// CLI ring a doorbell when they queue a message and retries are timed in the daemon,
+    /// so this is only the fallback for a lost ring.
+    pub queue_poll_secs: f64,
     /// A received message may decompress to this many times its body size (all
     /// compression layers together), but see `min_decompressed_bytes`. Inflating stops as
     /// soon as the limit is passed and the message is refused (`decompression-failed`).
@@ -224,6 +228,7 @@ impl Default for ServeConfig {
             max_connections: 256,
             max_body_memory_bytes: 512 << 20,
             max_parallel_sends: 16,
+            queue_poll_secs: 1.0,
             max_decompression_ratio: 100,
             min_decompressed_bytes: 16 << 20,
         }
@@ -305,6 +310,7 @@ impl Config {
         }
         for (key, value) in [
             ("serve.send_timeout_secs", self.serve.send_timeout_secs),
+            ("serve.queue_poll_secs", self.serve.queue_poll_secs),
             (
                 "serve.request_timeout_secs",
                 self.serve.request_timeout_secs,

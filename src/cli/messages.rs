@@ -197,8 +197,9 @@ pub fn run(g: &Global, c: MessagesCommand) -> anyhow::Result<()> {
         MessagesCommand::Export(args) => super::export::run(&store, &args),
         MessagesCommand::Resend { id } => {
             let new = store.resend_message(id)?;
+            store.ring_doorbell();
             println!(
-                "queued as message {new}: `as2box serve` sends it within a second; follow it with `as2box messages show {new}`"
+                "queued as message {new}: `as2box serve` sends it now if it is running; follow it with `as2box messages show {new}`"
             );
             Ok(())
         }

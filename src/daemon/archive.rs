@@ -55,3 +55,29 @@ pub async fn keep_or_warn<B: AsRef<[u8]> + Send + 'static>(
     }
     body
 }
+
+/// Records `text` as the MDN we answer received message `message_id` with and keeps its
+/// capture (`headers`, `body`), in one transaction; gives `body` back. A capture the disk
+/// refused is logged and the text still recorded, as with [`keep_or_warn`].
+pub async fn record_inbound_mdn(
+    ctx: &Arc<Ctx>,
+    message_id: i64,
+    text: String,
+    headers: &Headers,
+    body: Vec<u8>,
+) -> Vec<u8> {
+    let (store, block) = (ctx.store.clone(), headers.to_bytes());
+    let (body, captured, recorded) = blocking(move || {
+        let captured = store.archive_capture(&block, &body);
+        let recorded = store.set_inbound_mdn(message_id, &text, captured.as_ref().ok());
+        (body, captured, recorded)
+    })
+    .await;
+    if let Err(e) = captured {
+        warn!(message = message_id, kind = ArchiveKind::Mdn.as_str(), error = %e, "cannot archive this capture of the message; its record keeps the text only");
+    }
+    if let Err(e) = recorded {
+        warn!(message = message_id, error = %e, "cannot record the MDN we answered with");
+    }
+    body
+}

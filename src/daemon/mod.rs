@@ -6,10 +6,12 @@
 //! - `receive`: incoming messages and async MDNs
 //! - `send`: the send queue, retries, failures into `failed/`
 //! - `keycache`: station keys and partner certificates, reloaded when their files change
+//! - `doorbell`: wakes the send queue when root's side queued a message
 //! - `metrics`, `retry`: counters and the backoff policy
 
 pub mod alerts;
 mod archive;
+mod doorbell;
 mod failpoint;
 mod header_case;
 mod http;
@@ -80,6 +82,9 @@ pub struct Ctx {
     pub refusals_recorded: std::sync::Mutex<std::collections::HashMap<i64, (i64, u32)>>,
     /// Alerts waiting for their webhook or command, and their counters.
     pub alerts: alerts::Alerts,
+    /// Wakes the send loop: a message was queued (the doorbell), a retry is due or a send
+    /// slot came free. Its poll remains for a wake that was lost.
+    pub queue_bell: Arc<tokio::sync::Notify>,
 }
 
 /// How many async MDNs we owe are POSTed at once.
@@ -252,6 +257,7 @@ async fn run(
         owed_mdn_slots: Arc::new(tokio::sync::Semaphore::new(OWED_MDNS_IN_FLIGHT)),
         refusals_recorded: Default::default(),
         alerts: Default::default(),
+        queue_bell: Arc::new(tokio::sync::Notify::new()),
         live: Arc::new(live::LiveConfig::new(config_path, config, tls)),
     });
     let refused = ctx.metrics.connections_refused.clone();
@@ -288,6 +294,11 @@ async fn run(
         )));
     }
     tasks.push(tokio::spawn(live::watch(ctx.live.clone(), stop_rx.clone())));
+    tasks.push(tokio::spawn(doorbell::listen(
+        ctx.store.doorbell_path(),
+        ctx.queue_bell.clone(),
+        stop_rx.clone(),
+    )));
     tasks.push(tokio::spawn(send::run(ctx.clone(), stop_rx.clone())));
     tasks.push(tokio::spawn(alerts::run(ctx.clone(), stop_rx.clone())));
     tasks.push(tokio::spawn(alerts::watch_certificates(

@@ -84,6 +84,10 @@ pub async fn record_outcome(
     let store = ctx.store.clone();
     let backoff = Backoff::from_settings(&ctx.config().serve);
     let alert = super::alerts::for_send_outcome(id, attempts, &outcome, mdn.is_some(), &backoff);
+    let retry_in = match &outcome {
+        Attempt::Transient(_) => backoff.next_delay(attempts),
+        _ => None,
+    };
     let m = &ctx.metrics;
     match &outcome {
         Attempt::Delivered(_) => {
@@ -128,6 +132,14 @@ pub async fn record_outcome(
     .await;
     match result {
         Ok(true) => {
+            if let Some(delay) = retry_in {
+                // The retry is sent when due, not at the next poll of the queue.
+                let bell = ctx.queue_bell.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    bell.notify_one();
+                });
+            }
             if let Some(a) = alert {
                 super::alerts::raise_about_message(ctx, id, a).await;
             }

@@ -599,11 +599,8 @@ async fn answer(
             String::from_utf8_lossy(&mdn.headers.to_bytes()),
             String::from_utf8_lossy(&mdn.body)
         );
-        let store = ctx.store.clone();
-        let _ = blocking(move || store.set_inbound_mdn(id, &text)).await;
         let body = std::mem::take(&mut mdn.body);
-        mdn.body =
-            super::archive::keep_or_warn(ctx, id, ArchiveKind::Mdn, &mdn.headers, body).await;
+        mdn.body = super::archive::record_inbound_mdn(ctx, id, text, &mdn.headers, body).await;
     }
     match (mdn.async_url.clone(), destinations) {
         (Some(url), Some(destinations)) => {

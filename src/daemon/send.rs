@@ -21,12 +21,10 @@ use crate::store::{
 };
 use crate::timefmt::now_ms;
 
-/// Sends until `stop` turns true: claims due messages (polling every `poll`, and at once
-/// after a message), and fails messages whose async MDN never came.
+/// Sends until `stop` turns true: claims due messages when woken (`Ctx::queue_bell`: the
+/// doorbell, a due retry, a freed slot) and at least every `serve.queue_poll_secs`, and
+/// fails messages whose async MDN never came.
 pub async fn run(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
-    // A cheap indexed read (see `claim_queued`): 20 a second keeps pickup-to-POST well
-    // under the one-second goal without a channel between the mount and the daemon.
-    let poll = Duration::from_millis(50);
     let mut last_timeout_check = std::time::Instant::now();
     // At start too: async MDNs a stopped daemon still owed go out at once.
     let mut last_mdn_check = std::time::Instant::now()
@@ -37,23 +35,16 @@ pub async fn run(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(
         ctx.config().serve.max_parallel_sends,
     ));
+    let mut woken = true;
+    let mut next_queue_read = std::time::Instant::now();
     loop {
-        if let Ok(slot) = slots.clone().try_acquire_owned() {
-            let store = ctx.store.clone();
-            let claimed = blocking(move || store.claim_queued(now_ms())).await;
-            match claimed {
-                Ok(Some(c)) => {
-                    let ctx = ctx.clone();
-                    // One task per message: a slow partner does not hold up the others.
-                    tokio::spawn(async move {
-                        let _slot = slot;
-                        process(ctx, c).await
-                    });
-                    continue;
-                }
-                Ok(None) => {}
-                Err(e) => warn!(error = %e, "cannot read the send queue"),
-            }
+        if woken || std::time::Instant::now() >= next_queue_read {
+            // At most daily: any longer is as good as never, and must not overflow.
+            let poll = Duration::try_from_secs_f64(ctx.config().serve.queue_poll_secs)
+                .unwrap_or(Duration::MAX)
+                .min(Duration::from_secs(86_400));
+            next_queue_read = std::time::Instant::now() + poll;
+            claim_all_due(&ctx, &slots).await;
         }
         if last_mdn_check.elapsed() > Duration::from_secs(1) {
             last_mdn_check = std::time::Instant::now();
@@ -63,9 +54,38 @@ pub async fn run(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
             last_timeout_check = std::time::Instant::now();
             expire_async_mdns(&ctx).await;
         }
-        tokio::select! {
+        // Owed MDNs and async MDN timeouts are checked at least every second.
+        let nap = next_queue_read
+            .saturating_duration_since(std::time::Instant::now())
+            .min(Duration::from_secs(1));
+        woken = tokio::select! {
             _ = stop.changed() => break,
-            _ = tokio::time::sleep(poll) => {}
+            _ = ctx.queue_bell.notified() => true,
+            _ = tokio::time::sleep(nap) => false,
+        };
+    }
+}
+
+/// Claims due messages while there are free slots, each sent by a task of its own (a slow
+/// partner does not hold up the others).
+async fn claim_all_due(ctx: &Arc<Ctx>, slots: &Arc<tokio::sync::Semaphore>) {
+    while let Ok(slot) = slots.clone().try_acquire_owned() {
+        let store = ctx.store.clone();
+        match blocking(move || store.claim_queued(now_ms())).await {
+            Ok(Some(c)) => {
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    process(ctx.clone(), c).await;
+                    drop(slot);
+                    // The queue may hold more than there were slots.
+                    ctx.queue_bell.notify_one();
+                });
+            }
+            Ok(None) => break,
+            Err(e) => {
+                warn!(error = %e, "cannot read the send queue");
+                break;
+            }
         }
     }
 }

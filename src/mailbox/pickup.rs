@@ -55,6 +55,13 @@ pub struct ClosedUpload {
     pub mode: PickupMode,
 }
 
+/// Message `message` was queued (its transaction committed): the daemon is woken to send
+/// it now rather than at its next poll.
+fn queued(store: &Store, message: i64) -> Settled {
+    store.ring_doorbell();
+    Settled::Queued { message }
+}
+
 /// When entries picked up at `now_ms` stop being shown.
 pub fn linger_until(config: &Config, now_ms: i64) -> i64 {
     now_ms + (config.outbox.linger_secs * 1000.0) as i64
@@ -120,7 +127,7 @@ pub fn commit_upload(
             let e = stored_entry(store, id)?;
             move_to_failed(store, &e, std::slice::from_ref(&e), reason)?
         }
-        (_, Some(message)) => Settled::Queued { message },
+        (_, Some(message)) => queued(store, message),
         _ if outcome == CloseOutcome::Interrupted => Settled::Interrupted,
         _ => Settled::Held,
     };
@@ -171,7 +178,7 @@ pub fn rename(
         }),
     )?;
     Ok(match message {
-        Some(message) => Settled::Queued { message },
+        Some(message) => queued(store, message),
         None => Settled::Held,
     })
 }
@@ -196,7 +203,7 @@ pub fn try_folder(
             let name = batch_name(&folder.name);
             let until = linger_until(config, now_ms);
             let message = store.pickup_folder(folder, name, &pickup_list(&files), until)?;
-            Settled::Queued { message }
+            queued(store, message)
         }
         Err(reason) => move_to_failed(store, folder, &files, reason)?,
     };

@@ -164,7 +164,10 @@ impl Store {
         if !due {
             return Ok(None);
         }
-        self.write(|tx| {
+        // Not durable by itself: a claim lost in a crash only makes the message be claimed
+        // again, and the commit that records its Message-ID before the POST is durable
+        // and carries this one to disk with it.
+        self.write_unsynced(|tx| {
             let row = tx
                 .query_row(
                     "SELECT id, user_id, station_id, partner_id, name, attempts, as2_message_id, created_ms FROM messages
@@ -498,13 +501,27 @@ impl Store {
         })
     }
 
-    /// Stores the MDN we answered a received message with.
-    pub fn set_inbound_mdn(&self, id: i64, mdn: &str) -> Result<()> {
+    /// Stores the MDN we answered a received message with, and links its capture (stored
+    /// before with [`Store::archive_capture`]; None when the disk refused it) in the same
+    /// transaction: one durable commit instead of two on every receive.
+    pub fn set_inbound_mdn(
+        &self,
+        id: i64,
+        mdn: &str,
+        capture: Option<&super::ArchivedBlob>,
+    ) -> Result<()> {
+        // Held from before the commit that references the blob (see `archive`).
+        let _guard = capture.map(|_| self.blobs().guard());
         self.write(|tx| {
             tx.execute(
                 "UPDATE messages SET mdn = ?2 WHERE id = ?1",
                 params![id, mdn],
             )?;
+            if let Some(blob) = capture {
+                if tx.changes() > 0 {
+                    super::archive::link(tx, id, super::ArchiveKind::Mdn, blob)?;
+                }
+            }
             Ok(())
         })
     }

@@ -13,6 +13,7 @@ mod config_file;
 mod daemon_alerts;
 mod daemon_archive;
 mod daemon_bounds;
+mod daemon_doorbell;
 mod daemon_failures;
 mod daemon_loopback;
 mod daemon_ops;
