@@ -15,10 +15,10 @@ use crate::store::{ArchiveKind, ArchivedBlob, StoreError};
 pub async fn capture_request(
     ctx: &Arc<Ctx>,
     headers: &Headers,
-    body: bytes::Bytes,
+    mut body: impl std::io::Read + Send + 'static,
 ) -> Result<ArchivedBlob, StoreError> {
     let (store, block) = (ctx.store.clone(), headers.to_bytes());
-    blocking(move || store.archive_capture(&block, &body)).await
+    blocking(move || store.archive_capture_reader(&block, &mut body)).await
 }
 
 /// Keeps `body` with its `headers` as message `message_id`'s `kind`; gives `body` back.
