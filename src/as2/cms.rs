@@ -14,7 +14,7 @@ use std::ptr;
 
 use foreign_types::ForeignType;
 use openssl::asn1::Asn1Time;
-use openssl::cms::{CMSOptions, CmsContentInfo};
+use openssl::cms::CmsContentInfo;
 use openssl::error::ErrorStack;
 use openssl::stack::Stack;
 use openssl::x509::X509;
@@ -49,12 +49,6 @@ extern "C" {
         md: *const ffi::EVP_MD,
         flags: std::os::raw::c_uint,
     ) -> *mut std::ffi::c_void;
-    fn CMS_final(
-        cms: *mut ffi::CMS_ContentInfo,
-        data: *mut ffi::BIO,
-        dcont: *mut ffi::BIO,
-        flags: std::os::raw::c_uint,
-    ) -> std::os::raw::c_int;
     fn CMS_signed_add1_attr_by_NID(
         si: *mut std::ffi::c_void,
         nid: std::os::raw::c_int,
@@ -78,12 +72,6 @@ extern "C" {
     );
     fn i2d_X509_ALGOR(a: *const ffi::X509_ALGOR, out: *mut *mut u8) -> std::os::raw::c_int;
     fn ASN1_STRING_type(x: *const ffi::ASN1_STRING) -> std::os::raw::c_int;
-    fn CMS_add1_recipient_cert(
-        cms: *mut ffi::CMS_ContentInfo,
-        recip: *mut ffi::X509,
-        flags: std::os::raw::c_uint,
-    ) -> *mut std::ffi::c_void;
-    fn CMS_RecipientInfo_get0_pkey_ctx(ri: *mut std::ffi::c_void) -> *mut ffi::EVP_PKEY_CTX;
 }
 
 fn ossl(what: &str) -> As2Error {
@@ -103,33 +91,19 @@ pub struct SignOptions {
     pub signing_time: i64,
 }
 
-/// Completes a CMS structure made with `CMS_PARTIAL` over `data` (`len` bytes) and
-/// returns its DER.
-///
-/// # Safety
-/// `cms` must be a live structure made with `CMS_PARTIAL` and `flags`, and `len` must be
-/// `data.len()`.
-unsafe fn finish_partial(
-    cms: &CmsContentInfo,
-    data: &[u8],
-    len: std::os::raw::c_int,
-    flags: std::os::raw::c_uint,
-) -> Result<Vec<u8>> {
-    let bio = ffi::BIO_new_mem_buf(data.as_ptr() as *const std::ffi::c_void, len);
-    if bio.is_null() {
-        return Err(ossl("BIO_new_mem_buf"));
-    }
-    let ok = CMS_final(cms.as_ptr(), bio, ptr::null_mut(), flags);
-    ffi::BIO_free_all(bio);
-    if ok != 1 {
-        return Err(ossl("CMS_final"));
-    }
-    cms.to_der().map_err(|_| ossl("i2d CMS"))
-}
-
 /// Makes a detached CMS SignedData (DER) over `data` exactly as given (the
 /// caller canonicalizes; `CMS_BINARY` stops OpenSSL from touching line ends).
 pub fn sign_detached(data: &[u8], signer: &KeyPair, opts: &SignOptions) -> Result<Vec<u8>> {
+    sign_detached_reader(&mut &data[..], signer, opts)
+}
+
+/// [`sign_detached`] over the content `content` gives (OpenSSL reads it through a BIO
+/// and digests it as it streams by).
+pub fn sign_detached_reader(
+    content: &mut dyn std::io::Read,
+    signer: &KeyPair,
+    opts: &SignOptions,
+) -> Result<Vec<u8>> {
     let mut flags = ffi::CMS_DETACHED | ffi::CMS_BINARY | ffi::CMS_PARTIAL;
     if !opts.smime_capabilities {
         flags |= ffi::CMS_NOSMIMECAP;
@@ -138,8 +112,6 @@ pub fn sign_detached(data: &[u8], signer: &KeyPair, opts: &SignOptions) -> Resul
     for c in &signer.chain {
         chain.push(c.clone()).map_err(|_| ossl("stack"))?;
     }
-    let len = std::os::raw::c_int::try_from(data.len())
-        .map_err(|_| As2Error::InvalidInput("content too large to sign".into()))?;
     let signing_time = Asn1Time::from_unix(opts.signing_time).map_err(|_| ossl("signing time"))?;
     // SAFETY: every pointer passed below is either owned by a live Rust
     // wrapper (cert, key, chain, signing_time, cms) or checked for NULL; the
@@ -211,7 +183,7 @@ pub fn sign_detached(data: &[u8], signer: &KeyPair, opts: &SignOptions) -> Resul
                 return Err(ossl("algorithm protection attribute"));
             }
         }
-        finish_partial(&cms, data, len, flags)
+        super::cms_stream::finish_partial_reader(&cms, content, flags)
     }
 }
 
@@ -273,48 +245,20 @@ pub fn verify_attached(
 }
 
 /// Encrypts `data` for `recipient` (RSA PKCS#1 v1.5 key transport). AES-GCM
-/// gives AuthEnvelopedData; the others EnvelopedData.
+/// gives AuthEnvelopedData; the others EnvelopedData. See
+/// [`super::cms_stream::encrypt_stream`].
 pub fn encrypt(data: &[u8], recipient: &X509, alg: EncryptionAlgorithm) -> Result<Vec<u8>> {
-    let mut stack = Stack::<X509>::new().map_err(|_| ossl("stack"))?;
-    stack.push(recipient.clone()).map_err(|_| ossl("stack"))?;
-    let cms = CmsContentInfo::encrypt(&stack, data, alg.cipher(), CMSOptions::BINARY)
-        .map_err(|e| As2Error::Crypto(format!("CMS_encrypt: {e}")))?;
-    cms.to_der()
-        .map_err(|e| As2Error::Crypto(format!("i2d CMS: {e}")))
+    let mut out = Vec::with_capacity(data.len() + 1024);
+    super::cms_stream::encrypt_stream(&mut &data[..], &mut out, recipient, alg, false)?;
+    Ok(out)
 }
 
 /// Like [`encrypt`] with RSAES-OAEP key transport (RFC 3560; SHA-1 and
 /// MGF1-SHA-1, the default parameters every implementation understands).
 pub fn encrypt_oaep(data: &[u8], recipient: &X509, alg: EncryptionAlgorithm) -> Result<Vec<u8>> {
-    let flags = ffi::CMS_BINARY | ffi::CMS_PARTIAL | ffi::CMS_KEY_PARAM;
-    let len = std::os::raw::c_int::try_from(data.len())
-        .map_err(|_| As2Error::InvalidInput("content too large to encrypt".into()))?;
-    // SAFETY: the CMS object is wrapped at once (freed on every path); the
-    // recipient certificate outlives the calls; the BIO is freed after use;
-    // the key context belongs to the recipient info inside `cms`.
-    unsafe {
-        let raw = ffi::CMS_encrypt(
-            ptr::null_mut(),
-            ptr::null_mut(),
-            alg.cipher().as_ptr(),
-            flags,
-        );
-        if raw.is_null() {
-            return Err(ossl("CMS_encrypt"));
-        }
-        let cms = CmsContentInfo::from_ptr(raw);
-        let ri = CMS_add1_recipient_cert(cms.as_ptr(), recipient.as_ptr(), flags);
-        if ri.is_null() {
-            return Err(ossl("CMS_add1_recipient_cert"));
-        }
-        let pctx = CMS_RecipientInfo_get0_pkey_ctx(ri);
-        if pctx.is_null()
-            || ffi::EVP_PKEY_CTX_set_rsa_padding(pctx, ffi::RSA_PKCS1_OAEP_PADDING) <= 0
-        {
-            return Err(ossl("RSA-OAEP padding"));
-        }
-        finish_partial(&cms, data, len, flags)
-    }
+    let mut out = Vec::with_capacity(data.len() + 1024);
+    super::cms_stream::encrypt_stream(&mut &data[..], &mut out, recipient, alg, true)?;
+    Ok(out)
 }
 
 /// Decrypts an EnvelopedData/AuthEnvelopedData held in memory with the first of `keys`
@@ -421,25 +365,12 @@ pub fn embedded_certificates(der_bytes: &[u8]) -> Result<Vec<X509>> {
     Ok(out)
 }
 
-/// Builds RFC 3274 CompressedData (zlib) around `data`.
+/// Builds RFC 3274 CompressedData (zlib) around `data`: see
+/// [`super::cms_stream::compress_stream`].
 pub fn compress(data: &[u8]) -> Result<Vec<u8>> {
-    use flate2::write::ZlibEncoder;
-    use std::io::Write;
-    let mut enc = ZlibEncoder::new(Vec::new(), flate2::Compression::default());
-    enc.write_all(data)
-        .map_err(|e| As2Error::Crypto(format!("zlib: {e}")))?;
-    let z = enc
-        .finish()
-        .map_err(|e| As2Error::Crypto(format!("zlib: {e}")))?;
-    let alg = der::encode_tlv(0x30, &der::encode_oid(OID_ZLIB));
-    let mut encap = der::encode_oid(OID_DATA);
-    encap.extend(der::encode_tlv(0xa0, &der::encode_tlv(0x04, &z)));
-    let mut cd = der::encode_tlv(0x02, &[0]);
-    cd.extend(alg);
-    cd.extend(der::encode_tlv(0x30, &encap));
-    let mut ci = der::encode_oid(OID_COMPRESSED_DATA);
-    ci.extend(der::encode_tlv(0xa0, &der::encode_tlv(0x30, &cd)));
-    Ok(der::encode_tlv(0x30, &ci))
+    let mut out = Vec::new();
+    super::cms_stream::compress_stream(&mut &data[..], &mut out, std::io::Cursor::new(Vec::new()))?;
+    Ok(out)
 }
 
 /// Undoes RFC 3274 CompressedData held in memory; output larger than `max_len` is refused

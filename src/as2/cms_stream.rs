@@ -968,3 +968,235 @@ pub fn verify_detached_reader(
     }
     Err(last_err.unwrap_or_else(|| As2Error::AuthenticationFailed("no certificate".into())))
 }
+
+unsafe extern "C" fn bio_write(
+    bio: *mut ffi::BIO,
+    buf: *const std::os::raw::c_char,
+    len: std::os::raw::c_int,
+) -> std::os::raw::c_int {
+    let sink = ffi::BIO_get_data(bio) as *mut BioSink<'_>;
+    if sink.is_null() || buf.is_null() || len < 0 {
+        return -1;
+    }
+    // SAFETY: the data pointer is the BioSink that outlives the BIO (set in
+    // `with_writer_bio`), and OpenSSL gives `len` bytes.
+    let sink = &mut *sink;
+    let data = std::slice::from_raw_parts(buf as *const u8, len as usize);
+    match sink.writer.write_all(data) {
+        Ok(()) => len,
+        Err(e) => {
+            sink.error = Some(As2Error::Io(format!("write a spool file: {e}")));
+            -1
+        }
+    }
+}
+
+/// What a writer BIO writes to: the writer, and the error it gave if any.
+struct BioSink<'a> {
+    writer: &'a mut dyn Write,
+    error: Option<As2Error>,
+}
+
+#[allow(non_snake_case)]
+extern "C" {
+    fn BIO_meth_set_write(
+        biom: *mut ffi::BIO_METHOD,
+        write: unsafe extern "C" fn(
+            *mut ffi::BIO,
+            *const std::os::raw::c_char,
+            std::os::raw::c_int,
+        ) -> std::os::raw::c_int,
+    ) -> std::os::raw::c_int;
+    fn i2d_CMS_bio_stream(
+        out: *mut ffi::BIO,
+        cms: *mut ffi::CMS_ContentInfo,
+        input: *mut ffi::BIO,
+        flags: std::os::raw::c_int,
+    ) -> std::os::raw::c_int;
+}
+
+/// Runs `f` with a write-only BIO over `writer`.
+fn with_writer_bio<T>(
+    writer: &mut dyn Write,
+    f: impl FnOnce(*mut ffi::BIO) -> T,
+) -> Result<(T, Option<As2Error>)> {
+    let mut sink = BioSink {
+        writer,
+        error: None,
+    };
+    // SAFETY: as in `with_reader_bio`.
+    unsafe {
+        let name = c"as2box writer";
+        let method = ffi::BIO_meth_new(0x0400 | 0x80, name.as_ptr());
+        if method.is_null() {
+            return Err(As2Error::Crypto("BIO_meth_new".into()));
+        }
+        if BIO_meth_set_write(method, bio_write) != 1 || BIO_meth_set_ctrl(method, bio_ctrl) != 1 {
+            ffi::BIO_meth_free(method);
+            return Err(As2Error::Crypto("BIO_meth_set".into()));
+        }
+        let bio = ffi::BIO_new(method);
+        if bio.is_null() {
+            ffi::BIO_meth_free(method);
+            return Err(As2Error::Crypto("BIO_new".into()));
+        }
+        ffi::BIO_set_data(bio, &mut sink as *mut BioSink<'_> as *mut std::ffi::c_void);
+        ffi::BIO_set_init(bio, 1);
+        let out = f(bio);
+        ffi::BIO_free_all(bio);
+        ffi::BIO_meth_free(method);
+        Ok((out, sink.error))
+    }
+}
+
+/// Completes a CMS structure made with `CMS_PARTIAL` over the content `content` gives,
+/// read through a BIO (OpenSSL digests it as it streams by), and returns its DER.
+///
+/// # Safety
+/// `cms` must be a live structure made with `CMS_PARTIAL` and `flags`.
+pub(super) unsafe fn finish_partial_reader(
+    cms: &CmsContentInfo,
+    content: &mut dyn Read,
+    flags: std::os::raw::c_uint,
+) -> Result<Vec<u8>> {
+    #[allow(non_snake_case)]
+    extern "C" {
+        fn CMS_final(
+            cms: *mut ffi::CMS_ContentInfo,
+            data: *mut ffi::BIO,
+            dcont: *mut ffi::BIO,
+            flags: std::os::raw::c_uint,
+        ) -> std::os::raw::c_int;
+    }
+    let (ok, read_error) = with_reader_bio(content, |bio| {
+        CMS_final(cms.as_ptr(), bio, ptr::null_mut(), flags)
+    })?;
+    if let Some(e) = read_error {
+        let _ = openssl::error::ErrorStack::get();
+        return Err(e);
+    }
+    if ok != 1 {
+        return Err(As2Error::Crypto(format!(
+            "CMS_final: {}",
+            openssl::error::ErrorStack::get()
+        )));
+    }
+    cms.to_der()
+        .map_err(|e| As2Error::Crypto(format!("i2d CMS: {e}")))
+}
+
+/// Encrypts what `content` gives for `recipient` into `out` (BER, streaming: OpenSSL reads
+/// the content through a BIO and writes the envelope as it goes, indefinite lengths).
+/// RSA PKCS#1 v1.5 key transport, or RSAES-OAEP with `oaep`; AES-GCM gives
+/// AuthEnvelopedData, the others EnvelopedData.
+pub fn encrypt_stream(
+    content: &mut dyn Read,
+    out: &mut dyn Write,
+    recipient: &X509,
+    alg: EncryptionAlgorithm,
+    oaep: bool,
+) -> Result<()> {
+    #[allow(non_snake_case)]
+    extern "C" {
+        fn CMS_add1_recipient_cert(
+            cms: *mut ffi::CMS_ContentInfo,
+            recip: *mut ffi::X509,
+            flags: std::os::raw::c_uint,
+        ) -> *mut std::ffi::c_void;
+        fn CMS_RecipientInfo_get0_pkey_ctx(ri: *mut std::ffi::c_void) -> *mut ffi::EVP_PKEY_CTX;
+    }
+    let ossl =
+        |what: &str| As2Error::Crypto(format!("{what}: {}", openssl::error::ErrorStack::get()));
+    let flags = ffi::CMS_BINARY | ffi::CMS_PARTIAL | ffi::CMS_STREAM | ffi::CMS_KEY_PARAM;
+    // SAFETY: the CMS object is wrapped at once (freed on every path); the recipient
+    // certificate outlives the calls; the BIOs live inside the closures; the key context
+    // belongs to the recipient info inside `cms`.
+    unsafe {
+        let raw = ffi::CMS_encrypt(
+            ptr::null_mut(),
+            ptr::null_mut(),
+            alg.cipher().as_ptr(),
+            flags,
+        );
+        if raw.is_null() {
+            return Err(ossl("CMS_encrypt"));
+        }
+        let cms = CmsContentInfo::from_ptr(raw);
+        let ri = CMS_add1_recipient_cert(cms.as_ptr(), recipient.as_ptr(), flags);
+        if ri.is_null() {
+            return Err(ossl("CMS_add1_recipient_cert"));
+        }
+        if oaep {
+            let pctx = CMS_RecipientInfo_get0_pkey_ctx(ri);
+            if pctx.is_null()
+                || ffi::EVP_PKEY_CTX_set_rsa_padding(pctx, ffi::RSA_PKCS1_OAEP_PADDING) <= 0
+            {
+                return Err(ossl("RSA-OAEP padding"));
+            }
+        }
+        let (result, write_error) = with_writer_bio(out, |out_bio| {
+            with_reader_bio(content, |in_bio| {
+                i2d_CMS_bio_stream(out_bio, cms.as_ptr(), in_bio, flags as std::os::raw::c_int)
+            })
+        })?;
+        let (ok, read_error) = result?;
+        if let Some(e) = read_error.or(write_error) {
+            let _ = openssl::error::ErrorStack::get();
+            return Err(e);
+        }
+        if ok != 1 {
+            return Err(ossl("i2d_CMS_bio_stream"));
+        }
+        Ok(())
+    }
+}
+
+/// Writes RFC 3274 CompressedData (zlib, definite lengths) of what `content` gives to
+/// `out`, using `scratch` for the compressed stream (its length goes before it).
+pub fn compress_stream<F: Read + Write + std::io::Seek>(
+    content: &mut dyn Read,
+    out: &mut dyn Write,
+    mut scratch: F,
+) -> Result<()> {
+    use super::stream::{copy_all, io_error};
+    let mut z = flate2::write::ZlibEncoder::new(&mut scratch, flate2::Compression::default());
+    copy_all(content, &mut z)?;
+    z.finish().map_err(io_error("compress"))?;
+    let z_len = scratch
+        .stream_position()
+        .map_err(io_error("seek in a spool file"))?;
+    scratch
+        .seek(std::io::SeekFrom::Start(0))
+        .map_err(io_error("seek in a spool file"))?;
+    // ContentInfo { compressedData, [0] CompressedData { 0, zlib, { data, [0] OCTETS } } }
+    let octets = der::header(0x04, z_len);
+    let explicit = der::header(0xa0, octets.len() as u64 + z_len);
+    let data_oid = der::encode_oid(super::cms::OID_DATA);
+    let encap_len = data_oid.len() as u64 + explicit.len() as u64 + octets.len() as u64 + z_len;
+    let encap = der::header(0x30, encap_len);
+    let version = der::encode_tlv(0x02, &[0]);
+    let alg = der::encode_tlv(0x30, &der::encode_oid(OID_ZLIB));
+    let cd_len = (version.len() + alg.len() + encap.len()) as u64 + encap_len;
+    let cd = der::header(0x30, cd_len);
+    let ci_explicit = der::header(0xa0, cd.len() as u64 + cd_len);
+    let type_oid = der::encode_oid(OID_COMPRESSED_DATA);
+    let ci_len = (type_oid.len() + ci_explicit.len() + cd.len()) as u64 + cd_len;
+    let mut head = der::header(0x30, ci_len);
+    for part in [
+        type_oid,
+        ci_explicit,
+        cd,
+        version,
+        alg,
+        encap,
+        data_oid,
+        explicit,
+        octets,
+    ] {
+        head.extend(part);
+    }
+    out.write_all(&head)
+        .map_err(io_error("write a spool file"))?;
+    copy_all(&mut (&mut scratch).take(z_len), out)?;
+    Ok(())
+}

@@ -119,7 +119,10 @@ pub fn read_header_block(reader: &mut impl Read) -> Result<(Headers, Vec<u8>, u6
 }
 
 /// Copies all of `reader` into `writer`; returns the bytes copied.
-pub fn copy_all(reader: &mut impl Read, writer: &mut impl Write) -> Result<u64> {
+pub fn copy_all<R: Read + ?Sized, W: Write + ?Sized>(
+    reader: &mut R,
+    writer: &mut W,
+) -> Result<u64> {
     let mut buf = vec![0u8; CHUNK];
     let mut total = 0u64;
     loop {
@@ -135,7 +138,7 @@ pub fn copy_all(reader: &mut impl Read, writer: &mut impl Write) -> Result<u64> 
 }
 
 /// One read, retried on interruption.
-pub fn read_some(reader: &mut impl Read, buf: &mut [u8]) -> Result<usize> {
+pub fn read_some<R: Read + ?Sized>(reader: &mut R, buf: &mut [u8]) -> Result<usize> {
     loop {
         match reader.read(buf) {
             Ok(n) => return Ok(n),

@@ -55,3 +55,31 @@ pub async fn keep_or_warn<B: AsRef<[u8]> + Send + 'static>(
     }
     body
 }
+
+/// [`keep_or_warn`] of a spool file (a message of any size, read with positioned reads);
+/// gives the file back as the body to POST.
+pub async fn keep_file_or_warn(
+    ctx: &Arc<Ctx>,
+    message_id: i64,
+    kind: ArchiveKind,
+    headers: &Headers,
+    body: std::fs::File,
+) -> super::http::OutgoingBody {
+    let (store, block) = (ctx.store.clone(), headers.to_bytes());
+    let (body, kept) = blocking(move || {
+        let kept = store
+            .archive_reader(
+                message_id,
+                kind,
+                &block,
+                &mut crate::positioned::PositionedReader::new(&body),
+            )
+            .map(drop);
+        (body, kept)
+    })
+    .await;
+    if let Err(e) = kept {
+        warn!(message = message_id, kind = kind.as_str(), error = %e, "cannot archive this capture of the message; its record keeps the text only");
+    }
+    super::http::OutgoingBody::File(body)
+}

@@ -73,35 +73,12 @@ impl SpooledBody {
 
     /// A reader of the whole body from its start.
     pub fn reader(&self) -> BodyReader {
-        BodyReader {
-            file: self.file.clone(),
-            pos: 0,
-            end: self.len,
-        }
+        crate::positioned::PositionedReader::with_len(self.file.clone(), self.len)
     }
 }
 
 /// Reads a [`SpooledBody`] from its start.
-#[derive(Debug)]
-pub struct BodyReader {
-    file: Arc<std::fs::File>,
-    pos: u64,
-    end: u64,
-}
-
-impl std::io::Read for BodyReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        use std::os::unix::fs::FileExt;
-        let left = self.end.saturating_sub(self.pos);
-        let want = (buf.len() as u64).min(left) as usize;
-        if want == 0 {
-            return Ok(0);
-        }
-        let n = self.file.read_at(&mut buf[..want], self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
+pub type BodyReader = crate::positioned::PositionedReader<Arc<std::fs::File>>;
 
 /// Makes an unlinked spool file for a request body.
 pub type SpoolMaker = Arc<dyn Fn() -> std::io::Result<std::fs::File> + Send + Sync>;
@@ -388,7 +365,7 @@ pub struct TransportError(pub String);
 pub async fn post(
     url: &str,
     headers: &Headers,
-    body: Vec<u8>,
+    body: OutgoingBody,
     trust: Option<&X509>,
     timeout: Duration,
     target: PostTarget,
@@ -433,23 +410,110 @@ impl PostTarget {
     }
 }
 
-/// A body of unknown length: hyper sends it chunked.
-struct UnsizedBody(Option<Bytes>);
+/// What a POST sends: bytes in memory, or a spool file (a message of any size, read in
+/// chunks as the connection takes them).
+#[derive(Debug)]
+pub enum OutgoingBody {
+    /// Bytes in memory.
+    Bytes(Vec<u8>),
+    /// All of an open file, from its start.
+    File(std::fs::File),
+}
 
-impl hyper::body::Body for UnsizedBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
-        std::task::Poll::Ready(self.0.take().map(|b| Ok(hyper::body::Frame::data(b))))
+impl From<Vec<u8>> for OutgoingBody {
+    fn from(b: Vec<u8>) -> Self {
+        Self::Bytes(b)
     }
 }
 
-/// What a POST sends: a sized body (`Content-Length`) or an unsized one (chunked).
-type PostBody = http_body_util::Either<Full<Bytes>, UnsizedBody>;
+/// The body of a POST: sized (`Content-Length`) or not (hyper sends it chunked).
+struct PostBody {
+    source: PostSource,
+    len: u64,
+    sized: bool,
+}
+
+enum PostSource {
+    Bytes(Option<Bytes>),
+    File {
+        file: tokio::fs::File,
+        left: u64,
+        buf: Vec<u8>,
+    },
+}
+
+impl PostBody {
+    fn new(body: OutgoingBody, sized: bool) -> std::io::Result<PostBody> {
+        Ok(match body {
+            OutgoingBody::Bytes(b) => PostBody {
+                len: b.len() as u64,
+                source: PostSource::Bytes(Some(Bytes::from(b))),
+                sized,
+            },
+            OutgoingBody::File(mut f) => {
+                use std::io::Seek;
+                let len = f.seek(std::io::SeekFrom::End(0))?;
+                f.seek(std::io::SeekFrom::Start(0))?;
+                PostBody {
+                    len,
+                    source: PostSource::File {
+                        file: tokio::fs::File::from_std(f),
+                        left: len,
+                        buf: vec![0u8; 256 * 1024],
+                    },
+                    sized,
+                }
+            }
+        })
+    }
+}
+
+impl hyper::body::Body for PostBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+        use std::task::Poll;
+        match &mut self.source {
+            PostSource::Bytes(b) => Poll::Ready(b.take().map(|b| Ok(hyper::body::Frame::data(b)))),
+            PostSource::File { file, left, buf } => {
+                if *left == 0 {
+                    return Poll::Ready(None);
+                }
+                let want = (*left).min(buf.len() as u64) as usize;
+                let mut read_buf = tokio::io::ReadBuf::new(&mut buf[..want]);
+                match tokio::io::AsyncRead::poll_read(Pin::new(file), cx, &mut read_buf) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+                    Poll::Ready(Ok(())) => {
+                        let got = read_buf.filled();
+                        if got.is_empty() {
+                            return Poll::Ready(Some(Err(std::io::Error::new(
+                                std::io::ErrorKind::UnexpectedEof,
+                                "the message file is shorter than it was",
+                            ))));
+                        }
+                        *left -= got.len() as u64;
+                        Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::copy_from_slice(
+                            got,
+                        )))))
+                    }
+                }
+            }
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        if self.sized {
+            hyper::body::SizeHint::with_exact(self.len)
+        } else {
+            hyper::body::SizeHint::default()
+        }
+    }
+}
 
 /// Resolves `host` and connects, to an address `destinations` allows (checked on the
 /// resolved addresses, so a name that resolves to an internal address is refused).
@@ -489,7 +553,7 @@ async fn connect(
 async fn post_inner(
     url: &str,
     headers: &Headers,
-    body: Vec<u8>,
+    body: OutgoingBody,
     trust: Option<&X509>,
     target: PostTarget,
 ) -> Result<ClientResponse, TransportError> {
@@ -533,11 +597,8 @@ async fn post_inner(
     if let Some(authorization) = &target.authorization {
         req = req.header("Authorization", authorization);
     }
-    let body = if target.chunked {
-        PostBody::Right(UnsizedBody(Some(Bytes::from(body))))
-    } else {
-        PostBody::Left(Full::new(Bytes::from(body)))
-    };
+    let body = PostBody::new(body, !target.chunked)
+        .map_err(|e| TransportError(format!("cannot read the message to send: {e}")))?;
     let mut req = req
         .body(body)
         .map_err(|e| TransportError(format!("cannot build the request: {e}")))?;

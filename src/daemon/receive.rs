@@ -405,17 +405,15 @@ fn refusal_fix(e: &crate::as2::error::As2Error, partner: &Partner) -> String {
 
 /// The SHA-256 (hex) of a whole open file, read with positioned reads.
 fn sha256_of_file(file: &std::fs::File) -> std::io::Result<String> {
-    use std::os::unix::fs::FileExt;
+    let mut reader = crate::positioned::PositionedReader::new(file);
     let mut hasher = openssl::sha::Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
-    let mut pos = 0u64;
     loop {
-        let n = file.read_at(&mut buf, pos)?;
+        let n = std::io::Read::read(&mut reader, &mut buf)?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
-        pos += n as u64;
     }
     Ok(crate::as2::encoding::hex_lower(&hasher.finish()))
 }

@@ -133,10 +133,9 @@ pub fn deliver(
                 (store.blobs().put_bytes(&data)?, data.len() as u64)
             }
             IncomingFile::Path { path, .. } => store.blobs().put_file(&path)?,
-            IncomingFile::Open { file, .. } => store.blobs().put_reader(&mut PositionedReader {
-                file: &file,
-                pos: 0,
-            })?,
+            IncomingFile::Open { file, .. } => store
+                .blobs()
+                .put_reader(&mut crate::positioned::PositionedReader::new(&*file))?,
         };
         stored.push(PickupFile {
             name: name.clone(),
@@ -216,20 +215,5 @@ mod tests {
         let s = timefmt::unique_stamp(1_795_835_700_123);
         assert!(s.starts_with("20261128T031500.123Z-"), "{s}");
         assert_eq!(s.len(), "20261128T031500.123Z-".len() + 6);
-    }
-}
-
-/// Reads a shared file from its start without moving its offset.
-struct PositionedReader<'a> {
-    file: &'a std::fs::File,
-    pos: u64,
-}
-
-impl std::io::Read for PositionedReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        use std::os::unix::fs::FileExt;
-        let n = self.file.read_at(buf, self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
     }
 }

@@ -160,7 +160,18 @@ impl Store {
         header_block: &[u8],
         body: &[u8],
     ) -> Result<ArchivedBlob> {
-        let blob = self.archive_capture(header_block, body)?;
+        self.archive_reader(message_id, kind, header_block, &mut &body[..])
+    }
+
+    /// [`Store::archive`] of a body read from `body`, in bounded memory.
+    pub fn archive_reader(
+        &self,
+        message_id: i64,
+        kind: ArchiveKind,
+        header_block: &[u8],
+        body: &mut dyn std::io::Read,
+    ) -> Result<ArchivedBlob> {
+        let blob = self.archive_capture_reader(header_block, body)?;
         let _guard = self.blobs().guard();
         self.write(|tx| {
             let exists: bool = tx.query_row(
