@@ -294,6 +294,13 @@ async fn attempt(ctx: &Arc<Ctx>, c: Claimed) -> (Attempt, Option<String>) {
     .await;
     let msg = match built {
         Ok(m) => m,
+        // Our spool failed (disk full, I/O error): passing, so the message waits.
+        Err(crate::as2::error::As2Error::Io(e)) => {
+            return (
+                Attempt::Transient(format!("the message could not be built now: {e}")),
+                None,
+            )
+        }
         Err(e) => {
             return (
                 Attempt::Final(format!("The message could not be built: {e}.")),
