@@ -839,33 +839,44 @@ fn with_reader_bio<T>(
         reader,
         error: None,
     };
-    // SAFETY: the method and BIO are freed before return; the BIO's data points to
-    // `source`, which lives until then; the callbacks only use it through that pointer.
-    unsafe {
-        let name = c"as2box reader";
-        let method = ffi::BIO_meth_new(0x0400 | 0x80, name.as_ptr());
-        if method.is_null() {
-            return Err(As2Error::Crypto("BIO_meth_new".into()));
-        }
-        if BIO_meth_set_read(method, bio_read) != 1 || BIO_meth_set_ctrl(method, bio_ctrl) != 1 {
-            ffi::BIO_meth_free(method);
-            return Err(As2Error::Crypto("BIO_meth_set".into()));
-        }
-        let bio = ffi::BIO_new(method);
-        if bio.is_null() {
-            ffi::BIO_meth_free(method);
-            return Err(As2Error::Crypto("BIO_new".into()));
-        }
-        ffi::BIO_set_data(
-            bio,
-            &mut source as *mut BioSource<'_> as *mut std::ffi::c_void,
-        );
-        ffi::BIO_set_init(bio, 1);
-        let out = f(bio);
-        ffi::BIO_free_all(bio);
-        ffi::BIO_meth_free(method);
-        Ok((out, source.error))
+    let data = &mut source as *mut BioSource<'_> as *mut std::ffi::c_void;
+    // SAFETY: `source` outlives the BIO (freed inside `with_bio`); `bio_read` uses the data
+    // pointer as a `BioSource`.
+    let out = unsafe { with_bio(|m| BIO_meth_set_read(m, bio_read) == 1, data, f) }?;
+    Ok((out, source.error))
+}
+
+/// Runs `f` with a BIO whose method `set` completes (its read or write callback) and whose
+/// data is `data`; frees both after.
+///
+/// # Safety
+/// `data` must stay valid until this returns and be what the callbacks `set` installs
+/// expect.
+unsafe fn with_bio<T>(
+    set: impl FnOnce(*mut ffi::BIO_METHOD) -> bool,
+    data: *mut std::ffi::c_void,
+    f: impl FnOnce(*mut ffi::BIO) -> T,
+) -> Result<T> {
+    let name = c"as2box stream";
+    let method = ffi::BIO_meth_new(0x0400 | 0x80, name.as_ptr());
+    if method.is_null() {
+        return Err(As2Error::Crypto("BIO_meth_new".into()));
     }
+    if !set(method) || BIO_meth_set_ctrl(method, bio_ctrl) != 1 {
+        ffi::BIO_meth_free(method);
+        return Err(As2Error::Crypto("BIO_meth_set".into()));
+    }
+    let bio = ffi::BIO_new(method);
+    if bio.is_null() {
+        ffi::BIO_meth_free(method);
+        return Err(As2Error::Crypto("BIO_new".into()));
+    }
+    ffi::BIO_set_data(bio, data);
+    ffi::BIO_set_init(bio, 1);
+    let out = f(bio);
+    ffi::BIO_free_all(bio);
+    ffi::BIO_meth_free(method);
+    Ok(out)
 }
 
 /// Content that can be read from its start again (once per partner certificate tried).
@@ -1015,7 +1026,8 @@ extern "C" {
     ) -> std::os::raw::c_int;
 }
 
-/// Runs `f` with a write-only BIO over `writer`.
+/// Runs `f` with a write-only BIO over `writer`; gives back what `f` returned and the
+/// writer's error, if it had one.
 fn with_writer_bio<T>(
     writer: &mut dyn Write,
     f: impl FnOnce(*mut ffi::BIO) -> T,
@@ -1024,29 +1036,11 @@ fn with_writer_bio<T>(
         writer,
         error: None,
     };
-    // SAFETY: as in `with_reader_bio`.
-    unsafe {
-        let name = c"as2box writer";
-        let method = ffi::BIO_meth_new(0x0400 | 0x80, name.as_ptr());
-        if method.is_null() {
-            return Err(As2Error::Crypto("BIO_meth_new".into()));
-        }
-        if BIO_meth_set_write(method, bio_write) != 1 || BIO_meth_set_ctrl(method, bio_ctrl) != 1 {
-            ffi::BIO_meth_free(method);
-            return Err(As2Error::Crypto("BIO_meth_set".into()));
-        }
-        let bio = ffi::BIO_new(method);
-        if bio.is_null() {
-            ffi::BIO_meth_free(method);
-            return Err(As2Error::Crypto("BIO_new".into()));
-        }
-        ffi::BIO_set_data(bio, &mut sink as *mut BioSink<'_> as *mut std::ffi::c_void);
-        ffi::BIO_set_init(bio, 1);
-        let out = f(bio);
-        ffi::BIO_free_all(bio);
-        ffi::BIO_meth_free(method);
-        Ok((out, sink.error))
-    }
+    let data = &mut sink as *mut BioSink<'_> as *mut std::ffi::c_void;
+    // SAFETY: `sink` outlives the BIO (freed inside `with_bio`); `bio_write` uses the data
+    // pointer as a `BioSink`.
+    let out = unsafe { with_bio(|m| BIO_meth_set_write(m, bio_write) == 1, data, f) }?;
+    Ok((out, sink.error))
 }
 
 /// Completes a CMS structure made with `CMS_PARTIAL` over the content `content` gives,

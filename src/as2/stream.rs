@@ -89,6 +89,52 @@ impl Region {
     }
 }
 
+/// The spool files of one message (received: the body, then one per layer opened; sent:
+/// one per layer built), addressed by [`Region`]s.
+#[derive(Debug)]
+pub struct SpoolFiles<F> {
+    files: Vec<F>,
+}
+
+impl<F> Default for SpoolFiles<F> {
+    fn default() -> Self {
+        Self { files: Vec::new() }
+    }
+}
+
+impl<F: Read + Write + Seek> SpoolFiles<F> {
+    /// Adds a file written to its end; returns the region of all of it.
+    pub fn add(&mut self, mut file: F) -> Result<Region> {
+        let end = file
+            .seek(SeekFrom::End(0))
+            .map_err(io_error("seek in a spool file"))?;
+        self.files.push(file);
+        Ok(Region {
+            file: self.files.len() - 1,
+            start: 0,
+            end,
+        })
+    }
+
+    /// A reader of exactly the bytes of `region`.
+    pub fn open(&mut self, region: Region) -> Result<io::Take<&mut F>> {
+        let file = self
+            .files
+            .get_mut(region.file)
+            .ok_or_else(|| As2Error::Io("no such spool file".into()))?;
+        open_region(file, region)
+    }
+
+    /// Takes the file of `region` back, if it is the last one added.
+    pub fn take_last(&mut self, region: Region) -> Option<F> {
+        if region.file + 1 == self.files.len() {
+            self.files.pop()
+        } else {
+            None
+        }
+    }
+}
+
 /// Positions `file` at `region` and gives a reader of exactly its bytes.
 pub fn open_region<F: Read + Seek>(file: &mut F, region: Region) -> Result<io::Take<&mut F>> {
     file.seek(SeekFrom::Start(region.start))
@@ -283,7 +329,10 @@ pub fn has_bare_lf_in(reader: &mut impl Read) -> Result<bool> {
 }
 
 /// Copies `reader` to `writer` in canonical form (see [`CrlfCanonicalizer`]).
-pub fn canonicalize_into(reader: &mut impl Read, writer: &mut impl Write) -> Result<()> {
+pub fn canonicalize_into<R: Read + ?Sized, W: Write + ?Sized>(
+    reader: &mut R,
+    writer: &mut W,
+) -> Result<()> {
     copy_all(&mut CanonicalReader::new(reader), writer).map(drop)
 }
 

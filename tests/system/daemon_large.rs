@@ -121,12 +121,18 @@ fn write_keys(dir: &Path, name: &str, kp: &as2box::as2::certs::KeyPair) -> Keys 
     Keys { key, cert }
 }
 
-#[test]
-fn large_a_1_gib_signed_encrypted_message_is_received_byte_exact_within_128_mib() {
-    let _alone = common::gate::enter_alone(common::gate::Kind::MountDescriptors);
-    let Some(fx) = fixture!(Settings::default()) else {
-        return;
-    };
+/// A user with a station (the test station key) and a partner `LARGE-PEER` (the test
+/// partner key, not yet set up), and a work folder under the fixture's.
+struct Setup {
+    work: PathBuf,
+    station_keys: Keys,
+    peer_keys: Keys,
+    user: User,
+    station: String,
+    peer: &'static str,
+}
+
+fn setup(fx: &Fixture) -> Setup {
     let work = fx.dir.join("large");
     std::fs::create_dir_all(&work).unwrap();
     let (ours, theirs) = as2_common::test_keys();
@@ -145,6 +151,30 @@ fn large_a_1_gib_signed_encrypted_message_is_received_byte_exact_within_128_mib(
     ]);
     let peer = "LARGE-PEER";
     fx.add_partner_id(&user, peer, false);
+    Setup {
+        work,
+        station_keys,
+        peer_keys,
+        user,
+        station,
+        peer,
+    }
+}
+
+#[test]
+fn large_a_1_gib_signed_encrypted_message_is_received_byte_exact_within_128_mib() {
+    let _alone = common::gate::enter_alone(common::gate::Kind::MountDescriptors);
+    let Some(fx) = fixture!(Settings::default()) else {
+        return;
+    };
+    let Setup {
+        work,
+        station_keys,
+        peer_keys,
+        user,
+        station,
+        peer,
+    } = setup(&fx);
     fx.cli_ok(&[
         "partner",
         "set",
@@ -314,24 +344,14 @@ fn large_a_1_gib_message_is_sent_signed_and_encrypted_within_128_mib() {
     }) else {
         return;
     };
-    let work = fx.dir.join("large");
-    std::fs::create_dir_all(&work).unwrap();
-    let (ours, theirs) = as2_common::test_keys();
-    let station_keys = write_keys(&work, "station", ours);
-    let peer_keys = write_keys(&work, "peer", theirs);
-    let user = fx.add_user(None);
-    let station = fx.add_station(&user, None);
-    fx.cli_ok(&[
-        "station",
-        "set",
-        &station,
-        "--key",
-        &station_keys.key.display().to_string(),
-        "--cert",
-        &station_keys.cert.display().to_string(),
-    ]);
-    let peer = "LARGE-PEER";
-    fx.add_partner_id(&user, peer, false);
+    let Setup {
+        work,
+        station_keys,
+        peer_keys,
+        user,
+        station,
+        peer,
+    } = setup(&fx);
     let (listener, port) = as2_common::listen();
     let url = format!("http://127.0.0.1:{port}/as2");
     fx.cli_ok(&[

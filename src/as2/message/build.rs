@@ -1,7 +1,7 @@
 //! The sending side: payload entity, compression, signature and encryption, in the order
 //! the profile asks for, and the MICs the receiver may return.
 
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, Write};
 
 use openssl::x509::X509;
 
@@ -14,7 +14,7 @@ use super::super::error::{As2Error, Result};
 use super::super::headers::{normalize_message_id, quote_as2_name, Headers};
 use super::super::mic::Mic;
 use super::super::mime::{is_text_type, make_boundary};
-use super::super::stream::{self, MemorySpool, Region, Spool};
+use super::super::stream::{self, MemorySpool, Region, Spool, SpoolFiles};
 use super::{MicRule, AS2_VERSION, AS2_VERSION_1_3, EDIINT_FEATURES};
 
 /// One file to send.
@@ -479,44 +479,13 @@ impl Built {
     }
 }
 
-/// The spool files of a message being built.
-struct Out<F> {
-    files: Vec<F>,
-}
+type Out<F> = SpoolFiles<F>;
 
-impl<F: Read + Write + Seek> Out<F> {
-    fn add(&mut self, mut file: F) -> Result<Region> {
-        let end = file
-            .seek(SeekFrom::End(0))
-            .map_err(stream::io_error("seek in a spool file"))?;
-        self.files.push(file);
-        Ok(Region {
-            file: self.files.len() - 1,
-            start: 0,
-            end,
-        })
-    }
-
-    fn open(&mut self, region: Region) -> Result<std::io::Take<&mut F>> {
-        let file = self
-            .files
-            .get_mut(region.file)
-            .ok_or_else(|| As2Error::Io("no such spool file".into()))?;
-        stream::open_region(file, region)
-    }
-
+impl<F: Read + Write + Seek> SpoolFiles<F> {
     /// The whole entity (header block and body) as a reader.
-    fn entity(&mut self, e: &Built) -> Result<impl Read + '_> {
+    fn built(&mut self, e: &Built) -> Result<impl Read + '_> {
         let head = e.head();
         Ok(std::io::Cursor::new(head).chain(self.open(e.body)?))
-    }
-
-    fn take(&mut self, region: Region) -> Option<F> {
-        if region.file + 1 == self.files.len() {
-            self.files.pop()
-        } else {
-            None
-        }
     }
 }
 
@@ -525,6 +494,21 @@ fn fields(pairs: &[(&str, String)]) -> Vec<(String, String)> {
         .iter()
         .map(|(k, v)| (k.to_string(), v.clone()))
         .collect()
+}
+
+/// The header fields of an `application/pkcs7-mime` entity (RFC 5751 §3.2).
+fn pkcs7_mime_fields(smime_type: &str, name: &str) -> Vec<(String, String)> {
+    fields(&[
+        (
+            "Content-Type",
+            format!("application/pkcs7-mime; smime-type={smime_type}; name=\"{name}\""),
+        ),
+        ("Content-Transfer-Encoding", "binary".into()),
+        (
+            "Content-Disposition",
+            format!("attachment; filename=\"{name}\""),
+        ),
+    ])
 }
 
 fn part_fields(content_type: &str, filename: Option<&str>) -> Result<Vec<(String, String)>> {
@@ -562,7 +546,7 @@ pub fn build_message_streaming<S: Spool>(
         f.write_all(bytes)
             .map_err(stream::io_error("write a spool file"))
     };
-    let mut out = Out { files: Vec::new() };
+    let mut out = Out::default();
     // The payload entity: one attachment, or multipart/related of several (RFC 6362).
     let canonical = |media: &str| !profile.binary_canonicalization && is_text_type(media);
     let payload = match attachments.len() {
@@ -573,19 +557,8 @@ pub fn build_message_streaming<S: Spool>(
                 .next()
                 .ok_or_else(|| As2Error::InvalidInput("no attachments".into()))?;
             let f = part_fields(&a.content_type, a.filename.as_deref())?;
-            let media = a
-                .content_type
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_string();
             let mut file = new_file(spool)?;
-            if canonical(&media) {
-                stream::canonicalize_into(&mut a.data, &mut file).map_err(read_error)?;
-            } else {
-                stream::copy_all(&mut a.data, &mut file).map_err(read_error)?;
-            }
+            write_attachment(&mut a, canonical, &mut file)?;
             Built {
                 fields: f,
                 body: out.add(file)?,
@@ -613,18 +586,7 @@ pub fn build_message_streaming<S: Spool>(
                 };
                 write(&mut file, format!("--{boundary}\r\n").as_bytes())?;
                 write(&mut file, &part.head())?;
-                let media = a
-                    .content_type
-                    .split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_string();
-                if canonical(&media) {
-                    stream::canonicalize_into(&mut a.data, &mut file).map_err(read_error)?;
-                } else {
-                    stream::copy_all(&mut a.data, &mut file).map_err(read_error)?;
-                }
+                write_attachment(&mut a, canonical, &mut file)?;
                 write(&mut file, b"\r\n")?;
             }
             write(&mut file, format!("--{boundary}--\r\n").as_bytes())?;
@@ -651,19 +613,9 @@ pub fn build_message_streaming<S: Spool>(
     let compress = |e: &Built, out: &mut Out<S::File>, spool: &mut S| -> Result<Built> {
         let mut file = new_file(spool)?;
         let scratch = new_file(spool)?;
-        cms_stream::compress_stream(&mut out.entity(e)?, &mut file, scratch)?;
+        cms_stream::compress_stream(&mut out.built(e)?, &mut file, scratch)?;
         Ok(Built {
-            fields: fields(&[
-                (
-                    "Content-Type",
-                    "application/pkcs7-mime; smime-type=compressed-data; name=\"smime.p7z\"".into(),
-                ),
-                ("Content-Transfer-Encoding", "binary".into()),
-                (
-                    "Content-Disposition",
-                    "attachment; filename=\"smime.p7z\"".into(),
-                ),
-            ]),
+            fields: pkcs7_mime_fields("compressed-data", "smime.p7z"),
             body: out.add(file)?,
         })
     };
@@ -678,12 +630,12 @@ pub fn build_message_streaming<S: Spool>(
     }
     if let Some(digest) = profile.sign {
         let key = signer.ok_or_else(|| As2Error::InvalidInput("signing needs our key".into()))?;
-        mic = Some(stream::mic_of_reader(&mut out.entity(&entity)?, digest)?);
-        let sig = cms::sign_detached_reader(&mut out.entity(&entity)?, key, &sign_opts(digest))?;
+        mic = Some(stream::mic_of_reader(&mut out.built(&entity)?, digest)?);
+        let sig = cms::sign_detached_reader(&mut out.built(&entity)?, key, &sign_opts(digest))?;
         let boundary = make_boundary();
         let mut file = new_file(spool)?;
         write(&mut file, format!("--{boundary}\r\n").as_bytes())?;
-        stream::copy_all(&mut out.entity(&entity)?, &mut file)?;
+        stream::copy_all(&mut out.built(&entity)?, &mut file)?;
         write(&mut file, format!("\r\n--{boundary}\r\n").as_bytes())?;
         write(
             &mut file,
@@ -722,7 +674,7 @@ pub fn build_message_streaming<S: Spool>(
         let rfc4130 = if profile.encrypt.is_some() {
             (
                 MicRule::EncryptedEntity,
-                stream::mic_of_reader(&mut out.entity(&entity)?, unsigned_alg)?,
+                stream::mic_of_reader(&mut out.built(&entity)?, unsigned_alg)?,
             )
         } else {
             // The content without headers: the compressed entity's body when compressed,
@@ -739,7 +691,7 @@ pub fn build_message_streaming<S: Spool>(
         };
         if profile.compress.is_some() {
             mic = Some(stream::mic_of_reader(
-                &mut out.entity(&payload)?,
+                &mut out.built(&payload)?,
                 unsigned_alg,
             )?);
             alternatives.push(rfc4130);
@@ -753,29 +705,19 @@ pub fn build_message_streaming<S: Spool>(
         })?;
         let mut file = new_file(spool)?;
         cms_stream::encrypt_stream(
-            &mut out.entity(&entity)?,
+            &mut out.built(&entity)?,
             &mut file,
             cert,
             alg,
             profile.rsa_oaep,
         )?;
         entity = Built {
-            fields: fields(&[
-                (
-                    "Content-Type",
-                    "application/pkcs7-mime; smime-type=enveloped-data; name=\"smime.p7m\"".into(),
-                ),
-                ("Content-Transfer-Encoding", "binary".into()),
-                (
-                    "Content-Disposition",
-                    "attachment; filename=\"smime.p7m\"".into(),
-                ),
-            ]),
+            fields: pkcs7_mime_fields("enveloped-data", "smime.p7m"),
             body: out.add(file)?,
         };
     }
     let body = out
-        .take(entity.body)
+        .take_last(entity.body)
         .ok_or_else(|| As2Error::Io("the message body is not the last spool file".into()))?;
     let headers = http_headers(profile, &entity.fields, now_unix, message_id)?;
     Ok(OutgoingMessage {
@@ -787,6 +729,23 @@ pub fn build_message_streaming<S: Spool>(
         mic,
         mic_alternatives: alternatives,
     })
+}
+
+/// Writes an attachment's bytes, in canonical form when `canonical` says so of its media
+/// type (text, RFC 5751 §3.1.1), else as they are.
+fn write_attachment(
+    a: &mut AttachmentSource<'_>,
+    canonical: impl Fn(&str) -> bool,
+    out: &mut impl Write,
+) -> Result<()> {
+    let media = a.content_type.split(';').next().unwrap_or("").trim();
+    if canonical(media) {
+        stream::canonicalize_into(&mut a.data, out).map_err(read_error)
+    } else {
+        stream::copy_all(&mut a.data, out)
+            .map(drop)
+            .map_err(read_error)
+    }
 }
 
 fn read_error(e: As2Error) -> As2Error {

@@ -2,7 +2,7 @@
 //! (decrypt, verify, decompress, split attachments) with every layer bounded, and the MIC
 //! to return.
 
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, Write};
 
 use openssl::x509::X509;
 
@@ -19,7 +19,7 @@ use super::super::headers::{
 };
 use super::super::mic::Mic;
 use super::super::mime::{is_text_type, Entity};
-use super::super::stream::{self, MemorySpool, Region, Spool};
+use super::super::stream::{self, MemorySpool, Region, Spool, SpoolFiles};
 use super::MicRule;
 
 /// What the sender of an incoming message asked for in its headers.
@@ -281,32 +281,9 @@ impl Layer {
     }
 }
 
-/// The spool files of one message: the body as received, then one per layer opened.
-struct Files<F> {
-    files: Vec<F>,
-}
+type Files<F> = SpoolFiles<F>;
 
-impl<F: Read + Write + Seek> Files<F> {
-    fn add(&mut self, mut file: F) -> Result<Region> {
-        let end = file
-            .seek(SeekFrom::End(0))
-            .map_err(stream::io_error("seek in a spool file"))?;
-        self.files.push(file);
-        Ok(Region {
-            file: self.files.len() - 1,
-            start: 0,
-            end,
-        })
-    }
-
-    fn open(&mut self, region: Region) -> Result<std::io::Take<&mut F>> {
-        let file = self
-            .files
-            .get_mut(region.file)
-            .ok_or_else(|| As2Error::Io("no such spool file".into()))?;
-        stream::open_region(file, region)
-    }
-
+impl<F: Read + Write + Seek> SpoolFiles<F> {
     /// The entity (header block, blank line, body) stored at `region`.
     fn entity(&mut self, region: Region) -> Result<Layer> {
         let (headers, head, body_start) = stream::read_header_block(&mut self.open(region)?)?;
@@ -369,7 +346,7 @@ pub fn parse_body_streaming<S: Spool>(
     }
     let requested = info.mdn.as_ref().and_then(MdnRequest::preferred_micalg);
     let unsigned_alg = requested.unwrap_or(DigestAlgorithm::Sha1);
-    let mut files = Files { files: Vec::new() };
+    let mut files = Files::default();
     let whole = files.add(body)?;
     let mut layer = Layer {
         headers: headers.clone(),
