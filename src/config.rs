@@ -187,12 +187,14 @@ pub struct ServeConfig {
     pub send_timeout_secs: f64,
     /// Time for a client to send us a whole request.
     pub request_timeout_secs: f64,
-    /// Largest request body accepted.
+    /// Largest request body accepted. Bodies stream to the spool on the state folder's
+    /// disk (never whole into memory), so this bounds disk use per request, not memory.
     pub max_body_bytes: usize,
     /// Connections served at once.
     pub max_connections: usize,
-    /// Request bodies held in memory at once, across all connections; a request that would
-    /// go over waits briefly, then is answered 503 with Retry-After.
+    /// Retired in 0.x (streaming): request bodies and what is made from them go to spool
+    /// files, so no body is held in memory. Still accepted so that older configuration
+    /// files load; it has no effect.
     pub max_body_memory_bytes: usize,
     /// Messages being sent at once (each holds its files in memory while in flight).
     pub max_parallel_sends: usize,
@@ -203,8 +205,7 @@ pub struct ServeConfig {
     /// A received message may decompress to this many times its body size (all
     /// compression layers together), but see `min_decompressed_bytes`. Inflating stops as
     /// soon as the limit is passed and the message is refused (`decompression-failed`).
-    /// Decompressed bytes also count, twice (the inflated buffer and the attachments made
-    /// from it), against `max_body_memory_bytes`.
+    /// Decompressed bytes go to the spool, not to memory.
     pub max_decompression_ratio: usize,
     /// The decompression limit of small messages: never less than this many bytes.
     pub min_decompressed_bytes: usize,
@@ -224,7 +225,7 @@ impl Default for ServeConfig {
             async_mdn_timeout_secs: 7200.0,
             send_timeout_secs: 120.0,
             request_timeout_secs: 300.0,
-            max_body_bytes: 100 << 20,
+            max_body_bytes: 4 << 30,
             max_connections: 256,
             max_body_memory_bytes: 512 << 20,
             max_parallel_sends: 16,
@@ -327,12 +328,6 @@ impl Config {
             return Err(invalid(
                 "serve.max_attempts/max_connections/max_parallel_sends",
                 "must be at least 1",
-            ));
-        }
-        if self.serve.max_body_memory_bytes < self.serve.max_body_bytes {
-            return Err(invalid(
-                "serve.max_body_memory_bytes",
-                "must be at least serve.max_body_bytes (one largest request must fit)",
             ));
         }
         if self.serve.max_decompression_ratio == 0 {

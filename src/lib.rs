@@ -12,6 +12,7 @@ pub mod fs;
 pub mod keys;
 pub mod mailbox;
 pub mod names;
+pub mod positioned;
 pub mod sftp;
 pub mod store;
 pub mod sysaccount;

@@ -82,6 +82,11 @@ impl DigestAlgorithm {
     }
 
     /// The OpenSSL digest.
+    /// The digest for OpenSSL's key contexts (RSA-OAEP).
+    pub fn md(self) -> &'static openssl::md::MdRef {
+        openssl::md::Md::from_nid(self.message_digest().type_()).unwrap_or(openssl::md::Md::sha1())
+    }
+
     pub fn message_digest(self) -> MessageDigest {
         match self {
             Self::Md5 => MessageDigest::md5(),
@@ -173,6 +178,11 @@ impl EncryptionAlgorithm {
     }
 
     /// The OpenSSL cipher.
+    /// Whether it is AES-GCM (AuthEnvelopedData, RFC 5083).
+    pub fn is_gcm(self) -> bool {
+        matches!(self, Self::Aes128Gcm | Self::Aes256Gcm)
+    }
+
     pub fn cipher(self) -> Cipher {
         match self {
             Self::TripleDes => Cipher::des_ede3_cbc(),

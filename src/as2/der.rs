@@ -221,9 +221,15 @@ fn encode_base128(mut v: u64, out: &mut Vec<u8>) {
 
 /// Encodes one DER element with a definite length.
 pub fn encode_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(content.len() + 10);
+    let mut out = header(tag, content.len() as u64);
+    out.extend_from_slice(content);
+    out
+}
+
+/// The identifier and (definite, DER) length octets of an element of `len` content bytes.
+pub fn header(tag: u8, len: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(10);
     out.push(tag);
-    let len = content.len();
     if len < 0x80 {
         out.push(len as u8);
     } else {
@@ -232,7 +238,6 @@ pub fn encode_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
         out.push(0x80 | (bytes.len() - skip) as u8);
         out.extend_from_slice(&bytes[skip..]);
     }
-    out.extend_from_slice(content);
     out
 }
 

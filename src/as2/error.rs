@@ -112,6 +112,10 @@ pub enum As2Error {
     /// Invalid arguments to a builder (no attachments, empty AS2 name, ...).
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// Reading or writing a spool file failed (disk full, I/O error): the receiver's fault,
+    /// not the message's.
+    #[error("spool I/O failed: {0}")]
+    Io(String),
 }
 
 impl As2Error {
@@ -131,7 +135,8 @@ impl As2Error {
             | Self::Credentials(_)
             | Self::NotAnMdn(_)
             | Self::Crypto(_)
-            | Self::InvalidInput(_) => D::UnexpectedProcessingError,
+            | Self::InvalidInput(_)
+            | Self::Io(_) => D::UnexpectedProcessingError,
         }
     }
 }

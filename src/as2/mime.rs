@@ -201,20 +201,7 @@ pub fn decode_transfer(body: &[u8], cte: &str) -> Result<Vec<u8>> {
 /// (RFC 5751 §3.1.1). Existing CRLF pairs are kept.
 pub fn canonicalize_crlf(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() + data.len() / 32);
-    let mut i = 0;
-    while i < data.len() {
-        match data[i] {
-            b'\r' => {
-                out.extend_from_slice(b"\r\n");
-                if data.get(i + 1) == Some(&b'\n') {
-                    i += 1;
-                }
-            }
-            b'\n' => out.extend_from_slice(b"\r\n"),
-            c => out.push(c),
-        }
-        i += 1;
-    }
+    super::stream::CrlfCanonicalizer::default().push(data, &mut out);
     out
 }
 
@@ -251,80 +238,10 @@ pub fn split_multipart<'a>(body: &'a [u8], boundary: &str) -> Result<Vec<&'a [u8
 
 /// [`split_multipart`] as ranges of `body`.
 pub fn split_multipart_ranges(body: &[u8], boundary: &str) -> Result<Vec<std::ops::Range<usize>>> {
-    if boundary.is_empty() || boundary.len() > 200 {
-        return Err(As2Error::MalformedMime("invalid multipart boundary".into()));
-    }
-    let delim: Vec<u8> = [b"--".as_slice(), boundary.as_bytes()].concat();
-    // Positions of delimiter lines: (line_start, after_line, is_close).
-    let mut delims: Vec<(usize, usize, bool)> = Vec::new();
-    let mut line_start = 0usize;
-    loop {
-        if body
-            .get(line_start..)
-            .is_some_and(|rest| rest.starts_with(&delim))
-        {
-            let after = line_start + delim.len();
-            let is_close = body.get(after..after + 2) == Some(b"--".as_slice());
-            let eol = body
-                .get(after..)
-                .and_then(|r| r.iter().position(|&c| c == b'\n'))
-                .map(|p| after + p + 1)
-                .unwrap_or(body.len());
-            // Only transport padding may follow the boundary on its line.
-            let tail_start = if is_close { after + 2 } else { after };
-            let tail = body.get(tail_start..eol).unwrap_or(&[]);
-            if tail.iter().all(|c| c.is_ascii_whitespace()) {
-                delims.push((line_start, eol, is_close));
-                if is_close {
-                    break;
-                }
-                // n + 1 delimiters open n + 1 parts: one too many already.
-                if delims.len() > MAX_PARTS {
-                    return Err(As2Error::MalformedMime(format!(
-                        "multipart body has more than {MAX_PARTS} parts; send fewer \
-                         attachments per message"
-                    )));
-                }
-            }
-        }
-        match body
-            .get(line_start..)
-            .and_then(|r| r.iter().position(|&c| c == b'\n'))
-        {
-            Some(p) => line_start = line_start + p + 1,
-            None => break,
-        }
-    }
-    let closed = delims.last().is_some_and(|d| d.2);
-    if delims.is_empty() || (delims.len() == 1 && closed) {
-        return Err(As2Error::MalformedMime(format!(
-            "multipart body has no parts for boundary {boundary:?}"
-        )));
-    }
-    if !closed {
-        return Err(As2Error::MalformedMime(
-            "multipart body has no closing delimiter (truncated?)".into(),
-        ));
-    }
-    let mut parts = Vec::with_capacity(delims.len() - 1);
-    for w in delims.windows(2) {
-        let (start, end) = (w[0].1, w[1].0);
-        let mut e = end;
-        // The line break before a delimiter belongs to the delimiter.
-        if e > start && body.get(e - 1) == Some(&b'\n') {
-            e -= 1;
-            if e > start && body.get(e - 1) == Some(&b'\r') {
-                e -= 1;
-            }
-        }
-        parts.push(start..e.max(start));
-    }
-    if parts.is_empty() {
-        return Err(As2Error::MalformedMime(
-            "multipart body has no parts".into(),
-        ));
-    }
-    Ok(parts)
+    Ok(super::stream::multipart_ranges(&mut &body[..], boundary)?
+        .into_iter()
+        .map(|r| r.start as usize..r.end as usize)
+        .collect())
 }
 
 /// Makes a fresh boundary from openssl's RNG (`----=_as2box_<hex>`).

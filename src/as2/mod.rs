@@ -11,6 +11,7 @@
 pub mod algorithms;
 pub mod certs;
 pub mod cms;
+pub mod cms_stream;
 pub mod der;
 pub mod encoding;
 pub mod error;
@@ -19,6 +20,7 @@ pub mod mdn;
 pub mod message;
 pub mod mic;
 pub mod mime;
+pub mod stream;
 
 pub use algorithms::{DigestAlgorithm, EncryptionAlgorithm};
 pub use certs::{KeyPair, ValidityPolicy};

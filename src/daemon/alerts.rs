@@ -332,7 +332,7 @@ async fn post_webhook(config: &AlertsConfig, url: &str, body: Vec<u8>) -> Result
     let timeout = Duration::from_secs_f64(config.timeout_secs);
     // Admin configuration, so any address (unlike the URLs partners name).
     let target = super::http::PostTarget::partner(WEBHOOK_ANSWER_MAX_BYTES);
-    match super::http::post(url, &headers, body, None, timeout, target).await {
+    match super::http::post(url, &headers, body.into(), None, timeout, target).await {
         Ok(r) if (200..300).contains(&r.status) => Ok(format!("HTTP {}", r.status)),
         Ok(r) => Err(format!("{url} answered HTTP {}", r.status)),
         Err(e) => Err(e.0),

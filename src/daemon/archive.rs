@@ -15,10 +15,10 @@ use crate::store::{ArchiveKind, ArchivedBlob, StoreError};
 pub async fn capture_request(
     ctx: &Arc<Ctx>,
     headers: &Headers,
-    body: bytes::Bytes,
+    mut body: impl std::io::Read + Send + 'static,
 ) -> Result<ArchivedBlob, StoreError> {
     let (store, block) = (ctx.store.clone(), headers.to_bytes());
-    blocking(move || store.archive_capture(&block, &body)).await
+    blocking(move || store.archive_capture_reader(&block, &mut body)).await
 }
 
 /// Keeps `body` with its `headers` as message `message_id`'s `kind`; gives `body` back.
@@ -80,4 +80,32 @@ pub async fn record_inbound_mdn(
         warn!(message = message_id, error = %e, "cannot record the MDN we answered with");
     }
     body
+}
+
+/// [`keep_or_warn`] of a spool file (a message of any size, read with positioned reads);
+/// gives the file back as the body to POST.
+pub async fn keep_file_or_warn(
+    ctx: &Arc<Ctx>,
+    message_id: i64,
+    kind: ArchiveKind,
+    headers: &Headers,
+    body: std::fs::File,
+) -> super::http::OutgoingBody {
+    let (store, block) = (ctx.store.clone(), headers.to_bytes());
+    let (body, kept) = blocking(move || {
+        let kept = store
+            .archive_reader(
+                message_id,
+                kind,
+                &block,
+                &mut crate::positioned::PositionedReader::new(&body),
+            )
+            .map(drop);
+        (body, kept)
+    })
+    .await;
+    if let Err(e) = kept {
+        warn!(message = message_id, kind = kind.as_str(), error = %e, "cannot archive this capture of the message; its record keeps the text only");
+    }
+    super::http::OutgoingBody::File(body)
 }

@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io::Read as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +16,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use openssl::ssl::{Ssl, SslAcceptor, SslConnector, SslMethod, SslVerifyMode};
 use openssl::x509::X509;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio_openssl::SslStream;
 use tracing::{debug, warn};
 
@@ -45,14 +46,42 @@ pub struct Req {
     pub path: String,
     /// Header fields in order, duplicates kept.
     pub headers: Headers,
-    /// The body.
-    pub body: Bytes,
+    /// The body, in a spool file (never in memory whole: a message may be larger than
+    /// the memory of the gateway).
+    pub body: SpooledBody,
     /// The peer's address.
     pub peer: std::net::SocketAddr,
-    /// The request's share of the body budget (it holds the body); handlers grow it for
-    /// memory they make from the body.
-    pub memory: MemoryShare,
 }
+
+/// A request body in an unlinked spool file: gone from the disk when the last handle is
+/// closed, whatever happens to the request.
+#[derive(Debug)]
+pub struct SpooledBody {
+    /// The file, read with positioned reads (`read_at`), so that clones share no offset.
+    pub file: Arc<std::fs::File>,
+    /// Its length.
+    pub len: u64,
+}
+
+impl SpooledBody {
+    /// The first `max` bytes at most.
+    pub fn prefix(&self, max: u64) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.reader().take(max).read_to_end(&mut out)?;
+        Ok(out)
+    }
+
+    /// A reader of the whole body from its start.
+    pub fn reader(&self) -> BodyReader {
+        crate::positioned::PositionedReader::with_len(self.file.clone(), self.len)
+    }
+}
+
+/// Reads a [`SpooledBody`] from its start.
+pub type BodyReader = crate::positioned::PositionedReader<Arc<std::fs::File>>;
+
+/// Makes an unlinked spool file for a request body.
+pub type SpoolMaker = Arc<dyn Fn() -> std::io::Result<std::fs::File> + Send + Sync>;
 
 /// A response from a handler.
 #[derive(Debug)]
@@ -97,8 +126,8 @@ pub struct Endpoint {
     pub handler: Handler,
     /// The limits in force now.
     pub limits: Arc<dyn Fn() -> Limits + Send + Sync>,
-    /// Shared by all listeners.
-    pub budget: BodyBudget,
+    /// Where request bodies go.
+    pub spool: SpoolMaker,
 }
 
 fn to_headers(map: &hyper::HeaderMap) -> Headers {
@@ -125,141 +154,6 @@ async fn build_response(r: Resp) -> Response<Full<Bytes>> {
     response
 }
 
-/// Request bodies held in memory at once, across all connections: a budget in KiB, so that
-/// `max_connections` slow uploads cannot together take `max_connections × max_body` bytes.
-#[derive(Clone)]
-pub struct BodyBudget {
-    kib: Arc<Semaphore>,
-    total_kib: u32,
-    wait: Duration,
-}
-
-impl BodyBudget {
-    /// A budget of `bytes`; a request waits up to `wait` for its share before it is answered
-    /// 503.
-    pub fn new(bytes: usize, wait: Duration) -> BodyBudget {
-        large_buffers_from_mmap();
-        let total_kib = (bytes / 1024).clamp(1, u32::MAX as usize >> 4) as u32;
-        BodyBudget {
-            kib: Arc::new(Semaphore::new(total_kib as usize)),
-            total_kib,
-            wait,
-        }
-    }
-
-    /// Reserves room for `bytes` more (at most the whole budget), merged into `held`.
-    async fn reserve(&self, held: &mut Option<OwnedSemaphorePermit>, bytes: u64) -> bool {
-        let held_kib = held.as_ref().map_or(0, |p| p.num_permits() as u64);
-        let want = bytes.div_ceil(1024).min(self.total_kib as u64);
-        if want <= held_kib {
-            return true;
-        }
-        let more = (want - held_kib) as u32;
-        match tokio::time::timeout(self.wait, self.kib.clone().acquire_many_owned(more)).await {
-            Ok(Ok(p)) => {
-                match held {
-                    Some(h) => h.merge(p),
-                    None => *held = Some(p),
-                }
-                true
-            }
-            _ => false,
-        }
-    }
-}
-
-/// Whether a share of the budget could grow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Grow {
-    /// Reserved (or held already).
-    Granted,
-    /// Other requests hold too much of the budget now; it may fit later.
-    Busy,
-    /// More than the whole budget: it will never fit.
-    TooLarge,
-}
-
-impl BodyBudget {
-    /// Reserves room for `bytes` in all (at most the whole budget) without waiting: for
-    /// handlers on blocking threads, which must not sit on part of the budget while they
-    /// wait for more (two of them could wait for each other).
-    fn try_reserve(&self, held: &mut Option<OwnedSemaphorePermit>, bytes: u64) -> Grow {
-        let held_kib = held.as_ref().map_or(0, |p| p.num_permits() as u64);
-        let want = bytes.div_ceil(1024);
-        if want > self.total_kib as u64 {
-            return Grow::TooLarge;
-        }
-        if want <= held_kib {
-            return Grow::Granted;
-        }
-        match self
-            .kib
-            .clone()
-            .try_acquire_many_owned((want - held_kib) as u32)
-        {
-            Ok(p) => {
-                match held {
-                    Some(h) => h.merge(p),
-                    None => *held = Some(p),
-                }
-                Grow::Granted
-            }
-            Err(_) => Grow::Busy,
-        }
-    }
-}
-
-/// One request's share of the [`BodyBudget`]: its body, and what its handler adds (the
-/// decompressed content of a message). Released when the last clone is dropped.
-#[derive(Clone)]
-pub struct MemoryShare {
-    budget: BodyBudget,
-    held: Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>,
-    body: u64,
-}
-
-impl std::fmt::Debug for MemoryShare {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryShare")
-            .field("body", &self.body)
-            .finish_non_exhaustive()
-    }
-}
-
-impl MemoryShare {
-    /// Makes the share cover the body plus `extra` bytes, without waiting.
-    pub fn try_grow(&self, extra: u64) -> Grow {
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        self.budget
-            .try_reserve(&mut held, self.body.saturating_add(extra))
-    }
-
-    /// Bytes of the budget this request holds now.
-    #[cfg(test)]
-    fn held_bytes(&self) -> u64 {
-        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        held.as_ref().map_or(0, |p| p.num_permits() as u64 * 1024)
-    }
-}
-
-/// Makes glibc serve every allocation of 256 KiB or more (request bodies, decrypted and
-/// decompressed buffers) with its own mapping, for the whole process. Otherwise glibc
-/// raises that threshold as such buffers are freed, and then carves them from its arenas:
-/// a buffer that grows (decompression) is copied to a new place at each step and freed
-/// buffers stay resident, so the process holds far more than the budget counts (measured:
-/// 20 compression bombs at once took the budget + 84 MiB). With a fixed threshold a
-/// growing buffer is remapped in place and a freed one goes back to the system at once.
-fn large_buffers_from_mmap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        // SAFETY: mallopt only changes a setting of the allocator; called once.
-        ONCE.call_once(|| unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
-        });
-    }
-}
-
 fn too_big(limit: usize) -> Resp {
     Resp::text(
         413,
@@ -267,49 +161,44 @@ fn too_big(limit: usize) -> Resp {
     )
 }
 
-fn busy() -> Resp {
-    Resp::retry_later(
-        "the gateway is receiving too much at once; retry this request later\n",
-        30,
-    )
-}
-
-/// Reads a whole body within the size limit, holding budget for it while it is in memory.
+/// Streams a whole body within the size limit into a spool file: memory per request stays
+/// one frame, whatever the size of the body.
 async fn read_body(
     mut body: Incoming,
-    declared: Option<u64>,
     limits: &Limits,
-    budget: &BodyBudget,
-) -> Result<(Bytes, Option<OwnedSemaphorePermit>), Resp> {
-    let mut held = None;
-    // With a Content-Length (what AS2 clients send) the whole share is taken up front, so
-    // concurrent requests never each hold half of what they need.
-    if !budget.reserve(&mut held, declared.unwrap_or(0)).await {
-        return Err(busy());
-    }
-    let mut buf = bytes::BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+    spool: &SpoolMaker,
+) -> Result<SpooledBody, Resp> {
+    use tokio::io::AsyncWriteExt;
+    let no_spool = |e: std::io::Error| {
+        warn!(error = %e, "cannot write a request body to the spool");
+        Resp::retry_later(
+            "the gateway cannot store this request now; retry it later\n",
+            60,
+        )
+    };
+    let file = spool().map_err(no_spool)?;
+    let mut writer = tokio::io::BufWriter::with_capacity(
+        256 * 1024,
+        tokio::fs::File::from_std(file.try_clone().map_err(no_spool)?),
+    );
+    let mut len = 0u64;
     while let Some(frame) = body.frame().await {
         let frame =
             frame.map_err(|e| Resp::text(400, format!("cannot read the request body: {e}\n")))?;
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        if buf.len() + data.len() > limits.max_body {
+        len += data.len() as u64;
+        if len > limits.max_body as u64 {
             return Err(too_big(limits.max_body));
         }
-        // Without a length, grow the share in 1 MiB steps as the bytes come (with one,
-        // hyper stops at the declared length, which is reserved already).
-        let need = (buf.len() + data.len()) as u64;
-        if declared.is_none()
-            && !budget
-                .reserve(&mut held, need.next_multiple_of(1 << 20))
-                .await
-        {
-            return Err(busy());
-        }
-        buf.extend_from_slice(&data);
+        writer.write_all(&data).await.map_err(no_spool)?;
     }
-    Ok((buf.freeze(), held))
+    writer.flush().await.map_err(no_spool)?;
+    Ok(SpooledBody {
+        file: Arc::new(file),
+        len,
+    })
 }
 
 async fn handle(
@@ -317,7 +206,7 @@ async fn handle(
     peer: std::net::SocketAddr,
     handler: Handler,
     limits: Limits,
-    budget: BodyBudget,
+    spool: SpoolMaker,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
     // hyper's buffer limit bounds memory but not exactly the header block (it depends on
@@ -345,12 +234,8 @@ async fn handle(
     if declared.is_some_and(|len| len > limits.max_body as u64) {
         return Ok(build_response(too_big(limits.max_body)).await);
     }
-    let read = tokio::time::timeout(
-        limits.body_timeout,
-        read_body(body, declared, &limits, &budget),
-    )
-    .await;
-    let (body, share) = match read {
+    let read = tokio::time::timeout(limits.body_timeout, read_body(body, &limits, &spool)).await;
+    let body = match read {
         Err(_) => {
             return Ok(
                 build_response(Resp::text(408, "the request body did not arrive in time\n")).await,
@@ -359,20 +244,12 @@ async fn handle(
         Ok(Err(resp)) => return Ok(build_response(resp).await),
         Ok(Ok(b)) => b,
     };
-    // The share is held until the handler is done with the body (and with what it made
-    // from it).
-    let memory = MemoryShare {
-        budget,
-        held: Arc::new(std::sync::Mutex::new(share)),
-        body: body.len() as u64,
-    };
     let r = Req {
         method: parts.method.as_str().to_owned(),
         path: parts.uri.path().to_owned(),
         headers: to_headers(&parts.headers),
         body,
         peer,
-        memory,
     };
     Ok(build_response(handler(r).await).await)
 }
@@ -388,7 +265,7 @@ pub async fn serve(
         tls,
         handler,
         limits,
-        budget,
+        spool,
     } = endpoint;
     let slots = Arc::new(Semaphore::new(limits().max_connections));
     loop {
@@ -409,11 +286,11 @@ pub async fn serve(
             continue;
         };
         // Settings as they are now: a reload applies to the next connection.
-        let (handler, tls, limits, budget) = (
+        let (handler, tls, limits, spool) = (
             handler.clone(),
             tls.as_ref().map(|t| t()),
             limits(),
-            budget.clone(),
+            spool.clone(),
         );
         if tls.as_ref().is_some_and(|t| t.is_none()) {
             continue;
@@ -421,7 +298,7 @@ pub async fn serve(
         tokio::spawn(async move {
             let _permit = permit;
             let service = hyper::service::service_fn(move |req| {
-                handle(req, peer, handler.clone(), limits, budget.clone())
+                handle(req, peer, handler.clone(), limits, spool.clone())
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
@@ -488,7 +365,7 @@ pub struct TransportError(pub String);
 pub async fn post(
     url: &str,
     headers: &Headers,
-    body: Vec<u8>,
+    body: OutgoingBody,
     trust: Option<&X509>,
     timeout: Duration,
     target: PostTarget,
@@ -533,23 +410,110 @@ impl PostTarget {
     }
 }
 
-/// A body of unknown length: hyper sends it chunked.
-struct UnsizedBody(Option<Bytes>);
+/// What a POST sends: bytes in memory, or a spool file (a message of any size, read in
+/// chunks as the connection takes them).
+#[derive(Debug)]
+pub enum OutgoingBody {
+    /// Bytes in memory.
+    Bytes(Vec<u8>),
+    /// All of an open file, from its start.
+    File(std::fs::File),
+}
 
-impl hyper::body::Body for UnsizedBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
-        std::task::Poll::Ready(self.0.take().map(|b| Ok(hyper::body::Frame::data(b))))
+impl From<Vec<u8>> for OutgoingBody {
+    fn from(b: Vec<u8>) -> Self {
+        Self::Bytes(b)
     }
 }
 
-/// What a POST sends: a sized body (`Content-Length`) or an unsized one (chunked).
-type PostBody = http_body_util::Either<Full<Bytes>, UnsizedBody>;
+/// The body of a POST: sized (`Content-Length`) or not (hyper sends it chunked).
+struct PostBody {
+    source: PostSource,
+    len: u64,
+    sized: bool,
+}
+
+enum PostSource {
+    Bytes(Option<Bytes>),
+    File {
+        file: tokio::fs::File,
+        left: u64,
+        buf: Vec<u8>,
+    },
+}
+
+impl PostBody {
+    fn new(body: OutgoingBody, sized: bool) -> std::io::Result<PostBody> {
+        Ok(match body {
+            OutgoingBody::Bytes(b) => PostBody {
+                len: b.len() as u64,
+                source: PostSource::Bytes(Some(Bytes::from(b))),
+                sized,
+            },
+            OutgoingBody::File(mut f) => {
+                use std::io::Seek;
+                let len = f.seek(std::io::SeekFrom::End(0))?;
+                f.seek(std::io::SeekFrom::Start(0))?;
+                PostBody {
+                    len,
+                    source: PostSource::File {
+                        file: tokio::fs::File::from_std(f),
+                        left: len,
+                        buf: vec![0u8; 256 * 1024],
+                    },
+                    sized,
+                }
+            }
+        })
+    }
+}
+
+impl hyper::body::Body for PostBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+        use std::task::Poll;
+        match &mut self.source {
+            PostSource::Bytes(b) => Poll::Ready(b.take().map(|b| Ok(hyper::body::Frame::data(b)))),
+            PostSource::File { file, left, buf } => {
+                if *left == 0 {
+                    return Poll::Ready(None);
+                }
+                let want = (*left).min(buf.len() as u64) as usize;
+                let mut read_buf = tokio::io::ReadBuf::new(&mut buf[..want]);
+                match tokio::io::AsyncRead::poll_read(Pin::new(file), cx, &mut read_buf) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+                    Poll::Ready(Ok(())) => {
+                        let got = read_buf.filled();
+                        if got.is_empty() {
+                            return Poll::Ready(Some(Err(std::io::Error::new(
+                                std::io::ErrorKind::UnexpectedEof,
+                                "the message file is shorter than it was",
+                            ))));
+                        }
+                        *left -= got.len() as u64;
+                        Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::copy_from_slice(
+                            got,
+                        )))))
+                    }
+                }
+            }
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        if self.sized {
+            hyper::body::SizeHint::with_exact(self.len)
+        } else {
+            hyper::body::SizeHint::default()
+        }
+    }
+}
 
 /// Resolves `host` and connects, to an address `destinations` allows (checked on the
 /// resolved addresses, so a name that resolves to an internal address is refused).
@@ -589,7 +553,7 @@ async fn connect(
 async fn post_inner(
     url: &str,
     headers: &Headers,
-    body: Vec<u8>,
+    body: OutgoingBody,
     trust: Option<&X509>,
     target: PostTarget,
 ) -> Result<ClientResponse, TransportError> {
@@ -633,11 +597,8 @@ async fn post_inner(
     if let Some(authorization) = &target.authorization {
         req = req.header("Authorization", authorization);
     }
-    let body = if target.chunked {
-        PostBody::Right(UnsizedBody(Some(Bytes::from(body))))
-    } else {
-        PostBody::Left(Full::new(Bytes::from(body)))
-    };
+    let body = PostBody::new(body, !target.chunked)
+        .map_err(|e| TransportError(format!("cannot read the message to send: {e}")))?;
     let mut req = req
         .body(body)
         .map_err(|e| TransportError(format!("cannot build the request: {e}")))?;
@@ -712,86 +673,4 @@ where
         .send_request(req)
         .await
         .map_err(|e| TransportError(format!("the request failed: {e}")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap()
-    }
-
-    #[test]
-    fn the_body_budget_is_shared_and_a_request_over_it_is_refused_after_the_wait() {
-        rt().block_on(async {
-            let budget = BodyBudget::new(4 << 20, Duration::from_millis(50));
-            let mut first = None;
-            assert!(budget.reserve(&mut first, 3 << 20).await);
-            let mut second = None;
-            assert!(
-                !budget.reserve(&mut second, 2 << 20).await,
-                "3 MiB + 2 MiB exceed a 4 MiB budget"
-            );
-            assert!(second.is_none(), "a refused request holds nothing");
-            assert!(budget.reserve(&mut second, 1 << 20).await);
-            drop(first);
-            let mut third = None;
-            assert!(
-                budget.reserve(&mut third, 3 << 20).await,
-                "released on drop"
-            );
-        });
-    }
-
-    #[test]
-    fn a_share_grows_without_waiting_and_says_why_it_cannot() {
-        rt().block_on(async {
-            let budget = BodyBudget::new(4 << 20, Duration::from_millis(50));
-            let mut held = None;
-            assert!(budget.reserve(&mut held, 1 << 20).await);
-            let share = MemoryShare {
-                budget: budget.clone(),
-                held: Arc::new(std::sync::Mutex::new(held)),
-                body: 1 << 20,
-            };
-            assert_eq!(share.try_grow(2 << 20), Grow::Granted);
-            assert_eq!(share.held_bytes(), 3 << 20);
-            assert_eq!(share.try_grow(1 << 20), Grow::Granted, "already covered");
-            assert_eq!(share.held_bytes(), 3 << 20);
-            assert_eq!(
-                share.try_grow(4 << 20),
-                Grow::TooLarge,
-                "over the whole budget"
-            );
-            let mut other = None;
-            assert!(budget.reserve(&mut other, 1 << 20).await);
-            assert_eq!(
-                share.try_grow(3 << 20),
-                Grow::Busy,
-                "the other request holds 1 MiB"
-            );
-            drop(other);
-            assert_eq!(share.try_grow(3 << 20), Grow::Granted);
-            drop(share);
-            let mut all = None;
-            assert!(budget.reserve(&mut all, 4 << 20).await, "released on drop");
-        });
-    }
-
-    #[test]
-    fn a_growing_body_adds_to_its_share() {
-        rt().block_on(async {
-            let budget = BodyBudget::new(4 << 20, Duration::from_millis(50));
-            let mut held = None;
-            assert!(budget.reserve(&mut held, 1 << 20).await);
-            assert!(budget.reserve(&mut held, 2 << 20).await);
-            assert_eq!(held.as_ref().unwrap().num_permits(), 2048);
-            assert!(budget.reserve(&mut held, 1 << 10).await, "already covered");
-            assert_eq!(held.as_ref().unwrap().num_permits(), 2048);
-        });
-    }
 }

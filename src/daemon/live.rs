@@ -3,8 +3,8 @@
 //!
 //! What reloads: everything the daemon reads per message or per request (retries,
 //! timeouts, `public_url`, body limits) and the HTTPS certificate and key. What needs a
-//! restart: listen addresses, `max_connections`, `max_body_memory_bytes` and
-//! `max_parallel_sends` (the sockets, the pools and the memory budget are made once); a reload that changes them says so in the log. Station keys and partner
+//! restart: listen addresses, `max_connections` and
+//! `max_parallel_sends` (the sockets and the pools are made once); a reload that changes them says so in the log. Station keys and partner
 //! certificates need no watching: `keycache` checks their files' mtimes on every use.
 //!
 //! A config file that no longer parses is refused with a log line and the previous
@@ -103,9 +103,6 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if o.max_connections != n.max_connections {
         out.push("serve.max_connections");
-    }
-    if o.max_body_memory_bytes != n.max_body_memory_bytes {
-        out.push("serve.max_body_memory_bytes");
     }
     if o.max_parallel_sends != n.max_parallel_sends {
         out.push("serve.max_parallel_sends");

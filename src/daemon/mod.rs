@@ -249,7 +249,6 @@ async fn run(
     for w in keys_expiring(&store) {
         warn!("{w}");
     }
-    let budget = http::BodyBudget::new(config.serve.max_body_memory_bytes, Duration::from_secs(15));
     let ctx = Arc::new(Ctx {
         store,
         metrics: metrics::Metrics::default(),
@@ -272,7 +271,10 @@ async fn run(
             }),
             handler: handler(ctx.clone()),
             limits: Arc::new(move || limits(&live.get())),
-            budget: budget.clone(),
+            spool: {
+                let store = ctx.store.clone();
+                Arc::new(move || receive::ServeSpool::file(&store))
+            },
         }
     };
     let config = ctx.config();

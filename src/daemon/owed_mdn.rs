@@ -63,12 +63,20 @@ async fn deliver_owed_mdn(
         authorization: None,
         client_identity: None,
     };
-    let outcome =
-        match super::http::post(&url, &headers, owed.body.clone(), None, timeout, target).await {
-            Ok(r) if (200..300).contains(&r.status) => Ok(()),
-            Ok(r) => Err(format!("HTTP {}", r.status)),
-            Err(e) => Err(e.0),
-        };
+    let outcome = match super::http::post(
+        &url,
+        &headers,
+        owed.body.clone().into(),
+        None,
+        timeout,
+        target,
+    )
+    .await
+    {
+        Ok(r) if (200..300).contains(&r.status) => Ok(()),
+        Ok(r) => Err(format!("HTTP {}", r.status)),
+        Err(e) => Err(e.0),
+    };
     let attempt = owed.attempts + 1;
     let (store, id) = (ctx.store.clone(), owed.id);
     let backoff = super::Backoff::from_settings(&config.serve);

@@ -15,9 +15,10 @@ use crate::as2::certs::ValidityPolicy;
 use crate::as2::headers::unquote_as2_name;
 use crate::as2::mdn::{build_mdn, parse_mdn, Disposition, MdnParams};
 use crate::as2::message::{
-    decompressed_size_limit, parse_body_shared, MemoryGrant, ReceiveContext, RequestInfo,
+    decompressed_size_limit, parse_body_streaming, ReceiveContext, RequestInfo,
 };
 use crate::as2::mic::Mic;
+use crate::as2::stream::Spool;
 use crate::as2::DispositionModifier;
 use crate::as2::Headers;
 use crate::mailbox::{self, IncomingFile};
@@ -41,8 +42,18 @@ fn looks_like_mdn(req: &Req) -> bool {
     media == "multipart/report"
         || (media == "multipart/signed"
             && req.headers.get("disposition-notification-to").is_none()
-            && memfind(&req.body, b"disposition-notification"))
+            && req
+                .body
+                .prefix(MDN_SNIFF_BYTES)
+                .is_ok_and(|p| memfind(&p, b"disposition-notification")))
 }
+
+/// How much of a signed body is looked at to tell an MDN from a message: the report part
+/// of an MDN comes first and is small.
+const MDN_SNIFF_BYTES: u64 = 64 * 1024;
+
+/// The largest async MDN read (into memory): MDNs are a few KiB.
+const MAX_MDN_BYTES: u64 = 1 << 20;
 
 fn memfind(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len())
@@ -117,19 +128,32 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
     let key = ctx.keys.station_key(&station);
     let policy = partner.profile.inbound;
     let refuse_weak_algorithms = partner.profile.as2_version == crate::store::As2Version::V1_3;
-    let body = req.body.clone();
+    let body = match req.body.file.try_clone() {
+        Ok(f) => f,
+        Err(e) => {
+            warn!(error = %e, "cannot reopen a request body");
+            return Resp::retry_later(
+                "The gateway cannot read the message now; please resend it later.\n",
+                60,
+            );
+        }
+    };
     let headers = req.headers.clone();
     let info2 = info.clone();
     let key2 = key.clone().ok();
-    let (max_decompressed, memory) = decompression_bounds(&ctx, &req);
+    let max_decompressed = decompressed_size_limit(
+        req.body.len as usize,
+        ctx.config().serve.max_decompression_ratio,
+        ctx.config().serve.min_decompressed_bytes,
+    );
+    let store = ctx.store.clone();
     let parsed = match ctx.keys.partner_certs(&partner) {
         // Fail closed: a signature we must check and nothing to check it with.
-        Err(why) if policy.require_signature => (
+        Err(why) if policy.require_signature => {
             Err(crate::as2::error::As2Error::AuthenticationFailed(format!(
                 "no certificate to verify the partner's signature with: {why}"
-            ))),
-            false,
-        ),
+            )))
+        }
         certs => {
             let certs = certs.unwrap_or_default();
             blocking(move || {
@@ -139,27 +163,27 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
                 rctx.require_encryption = policy.require_encryption;
                 rctx.refuse_weak_algorithms = refuse_weak_algorithms;
                 rctx.max_decompressed_size = max_decompressed;
-                let grant = |total: usize| memory.grant(total);
-                rctx.memory = Some(MemoryGrant(&grant));
-                let parsed = parse_body_shared(info2, &headers, body, &rctx);
-                (parsed, memory.busy())
+                let mut spool = ServeSpool { store };
+                // The archive reads the same file with positioned reads: the parser may
+                // move the shared offset.
+                parse_body_streaming(info2, &headers, body, &mut spool, &rctx)
             })
             .await
         }
     };
     let msg = match parsed {
-        (Ok(m), _) => m,
-        // Our memory budget was taken by other requests: a passing condition, like a full
-        // disk, so the sender is asked to retry rather than told the message is bad.
-        (Err(e), true) => {
+        Ok(m) => m,
+        // Our spool failed (disk full, I/O error): a passing condition, so the sender is
+        // asked to retry rather than told the message is bad.
+        Err(crate::as2::error::As2Error::Io(e)) => {
             inc(&ctx.metrics.received_failed);
-            warn!(station = %station.as2_id, partner = %partner.as2_id, message_id = %info.message_id, error = %e, "no memory left to decompress a message now; answering 503 so that the sender retries");
+            warn!(station = %station.as2_id, partner = %partner.as2_id, message_id = %info.message_id, error = %e, "cannot spool a received message now; answering 503 so that the sender retries");
             return Resp::retry_later(
-                "The gateway is receiving too much at once; please resend the message later.\n",
-                30,
+                "The gateway cannot store the message now; please resend it later.\n",
+                60,
             );
         }
-        (Err(e), false) => {
+        Err(e) => {
             return refuse(
                 &ctx,
                 &req,
@@ -186,34 +210,33 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
         let by = Answerer::authenticated(&station, &partner, key.as_deref().ok());
         return answer_resend(&ctx, &info, by, id, &files, &msg).await;
     }
-    let bytes: u64 = msg.attachments.iter().map(|a| a.data.len() as u64).sum();
-    // The attachments' bytes move into shared buffers (no copy): the delivery writes them,
-    // and a copy delivered first at the same time is compared with them below.
-    let mut msg = msg;
-    let shared: Vec<bytes::Bytes> = msg
-        .attachments
-        .iter_mut()
-        .map(|a| std::mem::take(&mut a.data).into())
-        .collect();
-    let count = msg.attachments.len();
-    let files: Vec<IncomingFile> = msg
+    let bytes: u64 = msg
         .attachments
         .iter()
-        .zip(&shared)
-        .enumerate()
-        .map(|(i, (a, data))| IncomingFile::Bytes {
-            name: a.filename.clone().unwrap_or_else(|| {
-                crate::names::unnamed_attachment_name(
-                    &info.message_id,
-                    i + 1,
-                    count,
-                    &a.content_type,
-                )
+        .map(|a| a.data.metadata().map(|m| m.len()).unwrap_or(0))
+        .sum();
+    let count = msg.attachments.len();
+    let mut files: Vec<IncomingFile> = Vec::with_capacity(count);
+    for (i, a) in msg.attachments.iter().enumerate() {
+        let name = a.filename.clone().unwrap_or_else(|| {
+            crate::names::unnamed_attachment_name(&info.message_id, i + 1, count, &a.content_type)
+        });
+        match a.data.try_clone() {
+            Ok(file) => files.push(IncomingFile::Open {
+                name,
+                file: std::sync::Arc::new(file),
             }),
-            data: data.clone(),
-        })
-        .collect();
-    let request = super::archive::capture_request(&ctx, &req.headers, req.body.clone()).await;
+            Err(e) => {
+                inc(&ctx.metrics.received_failed);
+                warn!(message_id = %info.message_id, error = %e, "cannot reopen a received attachment; answering 503");
+                return Resp::retry_later(
+                    "The message could not be stored; please resend it later.\n",
+                    60,
+                );
+            }
+        }
+    }
+    let request = super::archive::capture_request(&ctx, &req.headers, req.body.reader()).await;
     let origin = InboundOrigin {
         as2_message_id: info.message_id.clone(),
         mic: Some(msg.mic.to_header_value()),
@@ -255,9 +278,6 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
         Err(mailbox::DeliverError::Store(crate::store::StoreError::AlreadyReceived {
             message_id,
         })) => {
-            for (a, data) in msg.attachments.iter_mut().zip(shared) {
-                a.data = data.into();
-            }
             let store = ctx.store.clone();
             let files = blocking(move || store.message(message_id))
                 .await
@@ -383,45 +403,45 @@ fn refusal_fix(e: &crate::as2::error::As2Error, partner: &Partner) -> String {
     }
 }
 
-/// The decompression limit of this request (`[serve]` `max_decompression_ratio` times its
-/// body, at least `min_decompressed_bytes`), and the charge of what it inflates against
-/// the daemon's body budget: twice the decompressed bytes, the inflated buffer and the
-/// attachments made from it.
-fn decompression_bounds(ctx: &Ctx, req: &Req) -> (usize, DecompressionCharge) {
-    let config = ctx.config();
-    let limit = decompressed_size_limit(
-        req.body.len(),
-        config.serve.max_decompression_ratio,
-        config.serve.min_decompressed_bytes,
-    );
-    let charge = DecompressionCharge {
-        share: req.memory.clone(),
-        busy: std::sync::atomic::AtomicBool::new(false),
-    };
-    (limit, charge)
-}
-
-/// Counts a message's decompressed bytes against the body budget (see
-/// [`decompression_bounds`]) and remembers whether a refusal was only for now.
-struct DecompressionCharge {
-    share: super::http::MemoryShare,
-    busy: std::sync::atomic::AtomicBool,
-}
-
-impl DecompressionCharge {
-    fn grant(&self, total: usize) -> bool {
-        match self.share.try_grow((total as u64).saturating_mul(2)) {
-            super::http::Grow::Granted => true,
-            super::http::Grow::Busy => {
-                self.busy.store(true, std::sync::atomic::Ordering::Relaxed);
-                false
-            }
-            super::http::Grow::TooLarge => false,
+/// The SHA-256 (hex) of a whole open file, read with positioned reads.
+fn sha256_of_file(file: &std::fs::File) -> std::io::Result<String> {
+    let mut reader = crate::positioned::PositionedReader::new(file);
+    let mut hasher = openssl::sha::Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = std::io::Read::read(&mut reader, &mut buf)?;
+        if n == 0 {
+            break;
         }
+        hasher.update(&buf[..n]);
     }
+    Ok(crate::as2::encoding::hex_lower(&hasher.finish()))
+}
 
-    fn busy(&self) -> bool {
-        self.busy.load(std::sync::atomic::Ordering::Relaxed)
+/// The daemon's spool for the AS2 core: unlinked files in the store's spool folder (on the
+/// state folder's disk), gone when closed, whatever happens to the request.
+pub(super) struct ServeSpool {
+    pub(super) store: std::sync::Arc<crate::store::Store>,
+}
+
+impl ServeSpool {
+    /// A new unlinked spool file.
+    pub(super) fn file(store: &crate::store::Store) -> std::io::Result<std::fs::File> {
+        let blobs = store.blobs();
+        let (name, file) = blobs.spool_file().map_err(std::io::Error::other)?;
+        blobs.discard_spool(&name);
+        Ok(file)
+    }
+}
+
+impl Spool for ServeSpool {
+    type File = std::fs::File;
+    type Sealed = std::fs::File;
+    fn create(&mut self) -> std::io::Result<std::fs::File> {
+        Self::file(&self.store)
+    }
+    fn seal(&mut self, file: std::fs::File) -> std::io::Result<std::fs::File> {
+        Ok(file)
     }
 }
 
@@ -459,14 +479,18 @@ async fn answer_resend(
     by: Answerer<'_>,
     id: i64,
     files: &[crate::store::MessageFile],
-    msg: &crate::as2::message::ReceivedMessage,
+    msg: &crate::as2::message::ReceivedMessage<std::fs::File>,
 ) -> Resp {
     let mut ours: Vec<String> = files.iter().map(|f| f.sha256.clone()).collect();
-    let mut theirs: Vec<String> = msg
-        .attachments
-        .iter()
-        .map(|a| crate::store::sha256_hex(&a.data))
-        .collect();
+    let handles: Vec<std::io::Result<std::fs::File>> =
+        msg.attachments.iter().map(|a| a.data.try_clone()).collect();
+    let mut theirs: Vec<String> = blocking(move || {
+        handles
+            .into_iter()
+            .map(|h| h.and_then(|f| sha256_of_file(&f)).unwrap_or_default())
+            .collect()
+    })
+    .await;
     ours.sort();
     theirs.sort();
     if ours != theirs {
@@ -652,7 +676,20 @@ pub async fn async_mdn(ctx: Arc<Ctx>, req: Req) -> Resp {
         warn!(peer = %req.peer, "async MDN rejected: {why}");
         Resp::text(status, format!("{why}\n"))
     };
-    let (headers, body) = (req.headers.clone(), req.body.to_vec());
+    if req.body.len > MAX_MDN_BYTES {
+        return reject(
+            413,
+            format!(
+                "an MDN of {} bytes, more than the limit of {MAX_MDN_BYTES}",
+                req.body.len
+            ),
+        );
+    }
+    let body = match req.body.prefix(MAX_MDN_BYTES) {
+        Ok(b) => b,
+        Err(e) => return Resp::text(500, format!("cannot read the MDN from the spool: {e}\n")),
+    };
+    let headers = req.headers.clone();
     let first = {
         let (h, b) = (headers.clone(), body.clone());
         blocking(move || parse_mdn(&h, &b, &[], ValidityPolicy::at(now_unix()), false)).await
@@ -724,10 +761,11 @@ pub async fn async_mdn(ctx: Arc<Ctx>, req: Req) -> Resp {
         }
         Err(_) => Arc::new(Vec::new()),
     };
+    let body_for_check = body.clone();
     let checked = blocking(move || {
         parse_mdn(
             &headers,
-            &body,
+            &body_for_check,
             &certs,
             ValidityPolicy::at(now_unix()),
             require_signed,
@@ -746,8 +784,8 @@ pub async fn async_mdn(ctx: Arc<Ctx>, req: Req) -> Resp {
             )
         }
     };
-    let mdn_text = String::from_utf8_lossy(&req.body).into_owned();
-    super::archive::keep_or_warn(&ctx, sent.id, ArchiveKind::Mdn, &req.headers, req.body).await;
+    let mdn_text = String::from_utf8_lossy(&body).into_owned();
+    super::archive::keep_or_warn(&ctx, sent.id, ArchiveKind::Mdn, &req.headers, body).await;
     outcome::record_outcome(&ctx, sent.id, 0, outcome, Some(mdn_text)).await;
     Resp::text(200, "MDN received\n")
 }

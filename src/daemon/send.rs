@@ -14,7 +14,9 @@ use super::{blocking, Ctx};
 use crate::as2::algorithms::{DigestAlgorithm, EncryptionAlgorithm};
 use crate::as2::certs::ValidityPolicy;
 use crate::as2::mdn::parse_mdn;
-use crate::as2::message::{build_message, Attachment, CompressionOrder, MdnMode, SendProfile};
+use crate::as2::message::{
+    build_message_streaming, AttachmentSource, CompressionOrder, MdnMode, SendProfile,
+};
 use crate::store::{
     ArchiveKind, As2Version, Claimed, CompressOption, EncryptOption, MdnOption, MicalgSpelling,
     Partner, SignOption, Station,
@@ -255,29 +257,14 @@ async fn attempt(ctx: &Arc<Ctx>, c: Claimed) -> (Attempt, Option<String>) {
     // The default, application/octet-stream, is never rewritten; text types (EDI, XML)
     // are sent in MIME canonical form (CRLF line ends), as the partner's software expects.
     let content_type = partner.profile.content_type.clone();
-    let attachments = blocking(move || {
+    let opened = blocking(move || {
         files
             .iter()
-            .map(|f| {
-                let mut data = Vec::with_capacity(f.size as usize);
-                use std::io::Read;
-                store
-                    .open_content(&f.sha256)?
-                    .read_to_end(&mut data)
-                    .map_err(|e| crate::store::StoreError::Io {
-                        context: format!("read blob {}", f.sha256),
-                        source: e,
-                    })?;
-                Ok(Attachment {
-                    filename: Some(f.name.clone()),
-                    content_type: content_type.clone(),
-                    data,
-                })
-            })
+            .map(|f| Ok((f.name.clone(), store.open_content(&f.sha256)?)))
             .collect::<Result<Vec<_>, crate::store::StoreError>>()
     })
     .await;
-    let attachments = match attachments {
+    let opened = match opened {
         Ok(a) => a,
         Err(e) => {
             return (
@@ -286,7 +273,7 @@ async fn attempt(ctx: &Arc<Ctx>, c: Claimed) -> (Attempt, Option<String>) {
             )
         }
     };
-    let bytes: u64 = attachments.iter().map(|a| a.data.len() as u64).sum();
+    let bytes: u64 = c.files.iter().map(|f| f.size).sum();
     // During a rollover the partner's new certificate: the newest one that is valid now.
     let recipient = crate::as2::certs::newest_valid(&certs, now_ms() / 1000).cloned();
     if profile.encrypt.is_some() && recipient.is_none() {
@@ -304,19 +291,36 @@ async fn attempt(ctx: &Arc<Ctx>, c: Claimed) -> (Attempt, Option<String>) {
         recipient,
         c.as2_message_id.clone(),
     );
+    let store = ctx.store.clone();
     let built = blocking(move || {
-        build_message(
-            &attachments,
+        let sources = opened
+            .into_iter()
+            .map(|(name, file)| AttachmentSource {
+                filename: Some(name),
+                content_type: content_type.clone(),
+                data: Box::new(std::io::BufReader::with_capacity(256 * 1024, file)),
+            })
+            .collect();
+        build_message_streaming(
+            sources,
             &p2,
             s2.as_deref(),
             r2.as_ref(),
             now_ms() / 1000,
             mid.as_deref(),
+            &mut super::receive::ServeSpool { store },
         )
     })
     .await;
     let msg = match built {
         Ok(m) => m,
+        // Our spool failed (disk full, I/O error): passing, so the message waits.
+        Err(crate::as2::error::As2Error::Io(e)) => {
+            return (
+                Attempt::Transient(format!("the message could not be built now: {e}")),
+                None,
+            )
+        }
         Err(e) => {
             return (
                 Attempt::Final(format!("The message could not be built: {e}.")),
@@ -369,7 +373,8 @@ async fn attempt(ctx: &Arc<Ctx>, c: Claimed) -> (Attempt, Option<String>) {
     }
     // Kept before the POST; a disk that refuses the copy does not hold up the sending.
     let body =
-        super::archive::keep_or_warn(ctx, c.id, ArchiveKind::Request, &msg.headers, msg.body).await;
+        super::archive::keep_file_or_warn(ctx, c.id, ArchiveKind::Request, &msg.headers, msg.body)
+            .await;
     let mut resp =
         match super::http::post(&url, &msg.headers, body, trust.as_ref(), timeout, target).await {
             Ok(r) => r,

@@ -30,6 +30,14 @@ pub enum IncomingFile {
         /// Where the content is.
         path: std::path::PathBuf,
     },
+    /// An open file (a spool file of the daemon, perhaps unlinked), read from its start
+    /// with positioned reads.
+    Open {
+        /// Name as received.
+        name: String,
+        /// The content.
+        file: std::sync::Arc<std::fs::File>,
+    },
 }
 
 /// Why a delivery failed. Nothing is visible after a failure.
@@ -111,7 +119,9 @@ pub fn deliver(
         .enumerate()
         .map(|(i, f)| {
             let raw = match f {
-                IncomingFile::Bytes { name, .. } | IncomingFile::Path { name, .. } => name,
+                IncomingFile::Bytes { name, .. }
+                | IncomingFile::Path { name, .. }
+                | IncomingFile::Open { name, .. } => name,
             };
             sanitize_attachment_name(raw, i + 1)
         })
@@ -129,10 +139,25 @@ pub fn deliver(
             IncomingFile::Bytes { data, .. } => {
                 (store.blobs().put_bytes(&data)?, data.len() as u64, None)
             }
-            IncomingFile::Path { path, .. } => match read_small(&path)? {
+            IncomingFile::Path { path, .. } => {
+                let file = std::fs::File::open(&path).map_err(|source| StoreError::Io {
+                    context: format!("read {}", path.display()),
+                    source,
+                })?;
+                match read_small(&file, &path.display().to_string())? {
+                    Some(data) => (sha256_hex(&data), data.len() as u64, Some(data)),
+                    None => {
+                        let (blob, size) = store.blobs().put_file(&path)?;
+                        (blob, size, None)
+                    }
+                }
+            }
+            IncomingFile::Open { file, .. } => match read_small(&file, "a received file")? {
                 Some(data) => (sha256_hex(&data), data.len() as u64, Some(data)),
                 None => {
-                    let (blob, size) = store.blobs().put_file(&path)?;
+                    let (blob, size) = store
+                        .blobs()
+                        .put_reader(&mut crate::positioned::PositionedReader::new(&*file))?;
                     (blob, size, None)
                 }
             },
@@ -179,18 +204,19 @@ pub fn deliver(
 
 /// The content of the file at `path` if it has at most [`INLINE_MAX`] bytes (read with a
 /// bound: the file may grow while it is read).
-fn read_small(path: &std::path::Path) -> Result<Option<Vec<u8>>, DeliverError> {
+fn read_small(file: &std::fs::File, what: &str) -> Result<Option<Vec<u8>>, DeliverError> {
     use std::io::Read;
     let io = |source| StoreError::Io {
-        context: format!("read {}", path.display()),
+        context: format!("read {what}"),
         source,
     };
-    let file = std::fs::File::open(path).map_err(io)?;
     if file.metadata().map_err(io)?.len() > INLINE_MAX {
         return Ok(None);
     }
+    // Positioned reads: an open spool file may be shared with other readers.
     let mut data = Vec::new();
-    file.take(INLINE_MAX + 1)
+    crate::positioned::PositionedReader::new(file)
+        .take(INLINE_MAX + 1)
         .read_to_end(&mut data)
         .map_err(io)?;
     Ok((data.len() as u64 <= INLINE_MAX).then_some(data))

@@ -81,11 +81,6 @@ pub struct ArchiveItem {
     pub at_ms: i64,
 }
 
-/// The capture format: header lines, a blank line, the body.
-pub fn capture_bytes_len(header_block: &[u8], body: &[u8]) -> usize {
-    header_block.len() + 2 + body.len()
-}
-
 /// Links `blob` to message `message_id` as its `kind` inside a transaction (the inbound
 /// request is linked in the delivery's own transaction: durable before the positive MDN).
 pub(super) fn link(
@@ -105,6 +100,16 @@ impl Store {
     /// Stores a capture (`header_block`, which ends each line with CRLF, a blank line, then
     /// `body`) as a blob: spool, fsync, rename, like a payload. The body is not copied.
     pub fn archive_capture(&self, header_block: &[u8], body: &[u8]) -> Result<ArchivedBlob> {
+        self.archive_capture_reader(header_block, &mut &body[..])
+    }
+
+    /// [`Store::archive_capture`] of a body read from `body` (a spooled request of any
+    /// size), in bounded memory.
+    pub fn archive_capture_reader(
+        &self,
+        header_block: &[u8],
+        body: &mut dyn std::io::Read,
+    ) -> Result<ArchivedBlob> {
         use std::io::Write;
         let blobs = self.blobs();
         let (name, mut file) = blobs.spool_file()?;
@@ -114,19 +119,31 @@ impl Store {
                 move |source| StoreError::Io { context, source }
             };
             let mut hasher = openssl::sha::Sha256::new();
-            for part in [header_block, b"\r\n", body] {
+            let mut size = 0u64;
+            for part in [header_block, b"\r\n"] {
                 hasher.update(part);
                 file.write_all(part)
                     .map_err(io("write an archive capture to the spool"))?;
+                size += part.len() as u64;
+            }
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let n = match body.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(io("read a request to archive")(e)),
+                };
+                hasher.update(&buf[..n]);
+                file.write_all(&buf[..n])
+                    .map_err(io("write an archive capture to the spool"))?;
+                size += n as u64;
             }
             file.sync_all()
                 .map_err(io("fsync an archive capture in the spool"))?;
             let sha256 = super::hex(&hasher.finish());
             blobs.commit_spool(&name, &sha256)?;
-            Ok(ArchivedBlob {
-                sha256,
-                size: capture_bytes_len(header_block, body) as u64,
-            })
+            Ok(ArchivedBlob { sha256, size })
         })();
         if result.is_err() {
             blobs.discard_spool(&name);
@@ -143,7 +160,18 @@ impl Store {
         header_block: &[u8],
         body: &[u8],
     ) -> Result<ArchivedBlob> {
-        let blob = self.archive_capture(header_block, body)?;
+        self.archive_reader(message_id, kind, header_block, &mut &body[..])
+    }
+
+    /// [`Store::archive`] of a body read from `body`, in bounded memory.
+    pub fn archive_reader(
+        &self,
+        message_id: i64,
+        kind: ArchiveKind,
+        header_block: &[u8],
+        body: &mut dyn std::io::Read,
+    ) -> Result<ArchivedBlob> {
+        let blob = self.archive_capture_reader(header_block, body)?;
         let _guard = self.blobs().guard();
         self.write(|tx| {
             let exists: bool = tx.query_row(

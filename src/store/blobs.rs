@@ -259,17 +259,33 @@ impl BlobStore {
 
     /// Copies a file into the blob store; returns (sha256, size).
     pub fn put_file(&self, source: &std::path::Path) -> Result<(String, u64), StoreError> {
-        use std::io::{Read, Write};
         let mut src = File::open(source).map_err(io_err(format!("open {}", source.display())))?;
+        self.put_reader(&mut src).map_err(|e| match e {
+            StoreError::Io {
+                context,
+                source: err,
+            } if context == "read the content" => StoreError::Io {
+                context: format!("read {}", source.display()),
+                source: err,
+            },
+            e => e,
+        })
+    }
+
+    /// Copies what `src` gives into the blob store; returns (sha256, size).
+    pub fn put_reader(&self, src: &mut dyn std::io::Read) -> Result<(String, u64), StoreError> {
+        use std::io::Write;
         let (name, mut file) = self.spool_file()?;
         let result = (|| {
             let mut hasher = Sha256::new();
             let mut buf = vec![0u8; 1 << 20];
             let mut size = 0u64;
             loop {
-                let n = src
-                    .read(&mut buf)
-                    .map_err(io_err(format!("read {}", source.display())))?;
+                let n = match src.read(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(io_err("read the content")(e)),
+                };
                 if n == 0 {
                     break;
                 }

@@ -184,6 +184,34 @@ proptest! {
 }
 
 proptest! {
+    /// The streaming readers of CMS (envelope, compressed data) fail closed: a structure
+    /// cut anywhere is an error, never a success with part of the content, nor a panic.
+    #[test]
+    fn truncated_envelopes_and_compressed_data_are_errors(
+        c in proptest::sample::select(EncryptionAlgorithm::ALL.to_vec()),
+        oaep in any::<bool>(),
+        data in proptest::collection::vec(any::<u8>(), 0..5000),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let (_, theirs) = test_keys();
+        let env = if oaep {
+            as2box::as2::cms::encrypt_oaep(&data, &theirs.cert, c).unwrap()
+        } else {
+            as2box::as2::cms::encrypt(&data, &theirs.cert, c).unwrap()
+        };
+        let keys = [theirs.clone()];
+        prop_assert_eq!(&as2box::as2::cms::decrypt(&env, &keys).unwrap().0, &data);
+        let at = cut.index(env.len());
+        let err = as2box::as2::cms::decrypt(&env[..at], &keys).unwrap_err();
+        prop_assert!(matches!(err, as2box::as2::As2Error::DecryptionFailed(_)), "{}", err);
+        let z = as2box::as2::cms::compress(&data).unwrap();
+        let at = cut.index(z.len());
+        prop_assert!(as2box::as2::cms::decompress(&z[..at], 1 << 20).is_err());
+        prop_assert_eq!(as2box::as2::cms::decompress(&z, 1 << 20).unwrap(), data);
+    }
+}
+
+proptest! {
     // Few cases: each moves 10 MiB through compression, signing and encryption.
     #![proptest_config(ProptestConfig { cases: 2, ..ProptestConfig::default() })]
 

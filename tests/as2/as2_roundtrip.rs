@@ -5,6 +5,7 @@ use crate::common::as2 as as2_common;
 
 use as2_common::{test_keys, NOW};
 use as2box::as2::certs::ValidityPolicy;
+use as2box::as2::cms;
 use as2box::as2::headers::Headers;
 use as2box::as2::mdn::{build_mdn, parse_mdn, Disposition, MdnParams, MicCheck};
 use as2box::as2::message::{
@@ -757,4 +758,58 @@ fn base64_envelope_without_transfer_encoding_header() {
     h.push("Content-Transfer-Encoding", "base64");
     t.headers = h;
     assert_eq!(receive(&t).unwrap().attachments[0].data, b"x");
+}
+
+/// A wrong key, bad padding and a bad GCM tag give the same error: none tells a sender
+/// more than another (no padding oracle).
+#[test]
+fn every_decryption_failure_says_the_same() {
+    let kp = |cn: &str| as2_common::make_keypair(cn);
+    let (ours, other) = (kp("ours"), kp("other"));
+    for alg in [
+        as2box::as2::EncryptionAlgorithm::Aes256Cbc,
+        as2box::as2::EncryptionAlgorithm::Aes128Gcm,
+    ] {
+        let env = cms::encrypt(&[7u8; 1000], &ours.cert, alg).unwrap();
+        let wrong_key = cms::decrypt(&env, std::slice::from_ref(&other))
+            .unwrap_err()
+            .to_string();
+        // The last content byte before the end-of-contents octets (or the tag for GCM).
+        let (_, inner) = as2box::as2::der::content_info(&env).unwrap();
+        let kids = as2box::as2::der::children(inner.content).unwrap();
+        let eci = as2box::as2::der::children(
+            kids.iter()
+                .find(|k| {
+                    k.tag == 0x30
+                        && k.constructed
+                        && as2box::as2::der::children(k.content)
+                            .map(|c| c.len() >= 2 && c[0].tag == 0x06)
+                            .unwrap_or(false)
+                })
+                .unwrap()
+                .content,
+        )
+        .unwrap();
+        let content = eci.last().unwrap();
+        let last_segment = as2box::as2::der::children(content.content)
+            .unwrap()
+            .last()
+            .copied()
+            .unwrap_or(*content);
+        let end = last_segment.content.as_ptr() as usize - env.as_ptr() as usize
+            + last_segment.content.len();
+        let mut failures = 0;
+        for x in 1..=255u8 {
+            let mut bad = env.clone();
+            bad[end - 1] ^= x;
+            if let Err(e) = cms::decrypt(&bad, std::slice::from_ref(&ours)) {
+                assert_eq!(e.to_string(), wrong_key, "{alg:?}");
+                failures += 1;
+            }
+        }
+        assert!(
+            failures >= 250,
+            "{alg:?}: only {failures} of 255 damaged envelopes failed"
+        );
+    }
 }

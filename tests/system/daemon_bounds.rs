@@ -5,7 +5,8 @@
 //!
 //! - compression bombs (CMS compressed-data that inflates to 1 GiB from about 1 MiB),
 //!   one and 20 at once: refused, nothing stored, and the daemon's peak RSS (`VmHWM`)
-//!   stays within its body-memory budget plus a fixed allowance;
+//!   stays within 128 MiB plus a fixed allowance (inflating streams to spool files; the
+//!   retired `max_body_memory_bytes` is still set, to show an old setting still loads);
 //! - a message of 100,000 MIME parts: refused, nothing stored, the daemon still answers;
 //! - a compressed message within the bounds is delivered (the bounds refuse bombs, not
 //!   compression), one over its bound (the 16 MiB floor) is refused.

@@ -735,8 +735,9 @@ impl Drop for Immutable {
     }
 }
 
-/// Station B cannot store what it receives (the daemon's spool folder is made immutable):
-/// it answers HTTP 503 so that the sender tries again later, not a negative MDN that would
+/// Station B cannot store what it receives (the blob folder and its subfolders are made
+/// immutable: the daemon's spool stays writable, as sending streams through it too): it
+/// answers HTTP 503 so that the sender tries again later, not a negative MDN that would
 /// end the message; A retries, and once storage works again the message is delivered once.
 #[test]
 fn a_receiver_that_cannot_store_answers_503_and_the_sender_retries() {
@@ -756,7 +757,12 @@ fn a_receiver_that_cannot_store_answers_503_and_the_sender_retries() {
     fx.as_user(&a.user, || {
         ok(ops::put(&a.outbox().join("full.bin"), &data), "put")
     });
-    let spool = Immutable::new(&fx.state_dir.join("serve-spool"));
+    let blobs = fx.state_dir.join("blobs");
+    let mut frozen: Vec<Immutable> = std::fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| Immutable::new(&e.unwrap().path()))
+        .collect();
+    frozen.push(Immutable::new(&blobs));
     let daemon = Daemon::start(&fx, port, None);
     let m = fx.out_messages(&a.user).remove(0);
     wait_until("two refused attempts", WAIT, || {
@@ -771,7 +777,7 @@ fn a_receiver_that_cannot_store_answers_503_and_the_sender_retries() {
     });
     assert!(received(&fx, &b.user).is_empty());
     assert!(daemon.log().contains("could not store"), "{}", daemon.log());
-    drop(spool);
+    drop(frozen);
     let m = wait_out_state(&fx, &a.user, "delivered");
     let evs = events(&fx, m.id);
     let refused = evs

@@ -15,6 +15,7 @@ mod daemon_archive;
 mod daemon_bounds;
 mod daemon_doorbell;
 mod daemon_failures;
+mod daemon_large;
 mod daemon_loopback;
 mod daemon_ops;
 mod daemon_pyas2lib;

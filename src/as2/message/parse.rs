@@ -2,20 +2,24 @@
 //! (decrypt, verify, decompress, split attachments) with every layer bounded, and the MIC
 //! to return.
 
-use bytes::Bytes;
+use std::io::{Read, Seek, Write};
+
 use openssl::x509::X509;
 
 use super::super::algorithms::{DigestAlgorithm, EncryptionAlgorithm};
 use super::super::certs::{KeyPair, ValidityPolicy};
-use super::super::cms::{self, CmsKind, SignatureInfo};
+use super::super::cms::{
+    SignatureInfo, OID_AUTH_ENVELOPED_DATA, OID_COMPRESSED_DATA, OID_ENVELOPED_DATA,
+    OID_SIGNED_DATA,
+};
+use super::super::cms_stream::{open_content_info, verify_detached_reader, Reopen};
 use super::super::error::{As2Error, Result};
 use super::super::headers::{
-    find_header_end, normalize_message_id, unquote_as2_name, Headers, NotificationOptions,
+    normalize_message_id, unquote_as2_name, Headers, NotificationOptions, ParamValue,
 };
 use super::super::mic::Mic;
-use super::super::mime::{
-    canonicalize_crlf, canonicalize_headers, has_bare_lf, is_text_type, Entity,
-};
+use super::super::mime::{is_text_type, Entity};
+use super::super::stream::{self, MemorySpool, Region, Spool, SpoolFiles};
 use super::MicRule;
 
 /// What the sender of an incoming message asked for in its headers.
@@ -117,19 +121,6 @@ pub fn decompressed_size_limit(body_len: usize, ratio: usize, floor: usize) -> u
     body_len.saturating_mul(ratio).max(floor)
 }
 
-/// Asked before the parser holds more decompressed bytes of one message: the argument is
-/// the total it would then hold, all layers together; `false` refuses (the message then
-/// fails with `decompression-failed`). Lets a server count that memory against a budget
-/// shared by all requests.
-#[derive(Clone, Copy)]
-pub struct MemoryGrant<'a>(pub &'a (dyn Fn(usize) -> bool + Sync));
-
-impl std::fmt::Debug for MemoryGrant<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("MemoryGrant")
-    }
-}
-
 /// Keys, certificates and policy for receiving.
 #[derive(Debug, Clone)]
 pub struct ReceiveContext<'a> {
@@ -147,11 +138,8 @@ pub struct ReceiveContext<'a> {
     /// cipher we cannot name (`insufficient-message-security`).
     pub refuse_weak_algorithms: bool,
     /// Largest decompressed size accepted, all compression layers together; inflating
-    /// stops as soon as it is passed.
+    /// stops as soon as it is passed (the inflated bytes go to the spool, not to memory).
     pub max_decompressed_size: usize,
-    /// Asked before decompressed output grows (see [`MemoryGrant`]); `None`: only
-    /// `max_decompressed_size` applies.
-    pub memory: Option<MemoryGrant<'a>>,
 }
 
 impl<'a> ReceiveContext<'a> {
@@ -169,25 +157,25 @@ impl<'a> ReceiveContext<'a> {
             require_encryption: false,
             refuse_weak_algorithms: false,
             max_decompressed_size: DEFAULT_MAX_DECOMPRESSED,
-            memory: None,
         }
     }
 }
 
-/// A file recovered from an incoming message.
+/// A file recovered from an incoming message; its content is `D`: bytes in memory, or a
+/// sealed spool file of the caller's [`Spool`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReceivedAttachment {
+pub struct ReceivedAttachment<D = Vec<u8>> {
     /// File name from `Content-Disposition` / `Content-Type; name=`, sanitized.
     pub filename: Option<String>,
     /// The part's `Content-Type` value.
     pub content_type: String,
     /// The decoded bytes.
-    pub data: Vec<u8>,
+    pub data: D,
 }
 
 /// A successfully processed incoming message.
 #[derive(Debug, Clone)]
-pub struct ReceivedMessage {
+pub struct ReceivedMessage<D = Vec<u8>> {
     /// The AS2 envelope.
     pub info: RequestInfo,
     /// The cipher, when the message was encrypted (`Some(None)`: unknown cipher).
@@ -199,7 +187,7 @@ pub struct ReceivedMessage {
     /// Whether compression was inside the signature (before signing).
     pub compressed_before_signing: bool,
     /// The files.
-    pub attachments: Vec<ReceivedAttachment>,
+    pub attachments: Vec<ReceivedAttachment<D>>,
     /// The MIC to return in the MDN.
     pub mic: Mic,
     /// The rule the MIC was computed by.
@@ -243,50 +231,145 @@ pub fn parse_message(
     parse_body(info, headers, body, ctx)
 }
 
-/// Like [`parse_message`] with an already parsed [`RequestInfo`]. Copies `body` once;
-/// [`parse_body_shared`] does not.
+/// Like [`parse_message`] with an already parsed [`RequestInfo`], over a body in memory
+/// (the same path as [`parse_body_streaming`], on in-memory spool files).
 pub fn parse_body(
     info: RequestInfo,
     headers: &Headers,
     body: &[u8],
     ctx: &ReceiveContext<'_>,
 ) -> Result<ReceivedMessage> {
-    parse_body_shared(info, headers, Bytes::copy_from_slice(body), ctx)
+    parse_body_streaming(
+        info,
+        headers,
+        std::io::Cursor::new(body.to_vec()),
+        &mut MemorySpool,
+        ctx,
+    )
 }
 
-/// [`parse_body`] of a body the caller already holds as [`Bytes`]. Work and memory are
-/// bounded whatever the sender does: layers ([`MAX_NESTING`]), parts and header blocks
-/// ([`super::super::mime::MAX_PARTS`], [`super::super::mime::MAX_HEADER_BYTES`]), attachments
-/// ([`MAX_ATTACHMENTS`]) and decompressed bytes (`ctx.max_decompressed_size`,
-/// `ctx.memory`). The payload is not copied on the way to the attachments when it was
-/// encrypted or compressed (the decrypted or inflated buffer becomes the attachment), and
-/// copied once otherwise.
-pub fn parse_body_shared(
+/// The MIME entity being opened: its header fields, its header block as sent (empty for
+/// the HTTP layer) and where its body is.
+struct Layer {
+    headers: Headers,
+    head: Vec<u8>,
+    /// Whether a blank line separated the header block from the body.
+    body: Region,
+}
+
+impl Layer {
+    fn content_type(&self) -> ParamValue {
+        match self.headers.get("content-type") {
+            Some(v) => ParamValue::parse(v),
+            None => ParamValue::parse("text/plain"),
+        }
+    }
+
+    fn media_type(&self) -> String {
+        self.content_type().value_lower()
+    }
+
+    fn transfer_encoding(&self) -> String {
+        self.headers
+            .get("content-transfer-encoding")
+            .map(|v| v.trim().to_ascii_lowercase())
+            .unwrap_or_else(|| "7bit".into())
+    }
+
+    fn filename(&self) -> Option<String> {
+        Entity::from_parts(self.headers.clone(), &[]).filename()
+    }
+}
+
+type Files<F> = SpoolFiles<F>;
+
+impl<F: Read + Write + Seek> SpoolFiles<F> {
+    /// The entity (header block, blank line, body) stored at `region`.
+    fn entity(&mut self, region: Region) -> Result<Layer> {
+        let (headers, head, body_start) = stream::read_header_block(&mut self.open(region)?)?;
+        Ok(Layer {
+            headers,
+            head,
+            body: region.sub(body_start..region.len()),
+        })
+    }
+
+    /// The body of `layer` with its transfer encoding undone.
+    fn decoded(&mut self, layer: &Layer) -> Result<Box<dyn Read + '_>> {
+        let cte = layer.transfer_encoding();
+        stream::decoding_reader(self.open(layer.body)?, &cte)
+    }
+
+    fn mic(&mut self, region: Region, alg: DigestAlgorithm) -> Result<Mic> {
+        stream::mic_of_reader(&mut self.open(region)?, alg).map_err(reader_error)
+    }
+}
+
+/// A region of a message's spool files, to read from its start as often as needed.
+struct FileRegion<'a, F>(&'a mut Files<F>, Region);
+
+impl<F: Read + Write + Seek> Reopen for FileRegion<'_, F> {
+    fn reopen(&mut self) -> Result<Box<dyn Read + '_>> {
+        Ok(Box::new(self.0.open(self.1)?))
+    }
+}
+
+/// Bad base64 met while reading is malformed MIME, not an I/O failure.
+fn reader_error(e: As2Error) -> As2Error {
+    match e {
+        As2Error::Io(m) if m.contains("bad base64") => As2Error::MalformedMime(m),
+        e => e,
+    }
+}
+
+/// Most bytes of the signature part of a `multipart/signed` (a SignedData with its
+/// certificates), read into memory.
+pub const MAX_SIGNATURE_BYTES: u64 = 4 << 20;
+
+/// Parses an incoming AS2 request whose body is `body` (read from its start): decrypts,
+/// verifies, decompresses, splits attachments and computes the MIC, each layer streaming
+/// from one spool file into the next (made by `spool`), so that memory does not grow with
+/// the message. The attachments are sealed spool files. Work and memory are bounded
+/// whatever the sender does: layers ([`MAX_NESTING`]), parts and header blocks
+/// ([`super::super::mime::MAX_PARTS`], [`super::super::mime::MAX_HEADER_BYTES`]),
+/// attachments ([`MAX_ATTACHMENTS`]), the signature part ([`MAX_SIGNATURE_BYTES`]) and
+/// decompressed bytes (`ctx.max_decompressed_size`).
+pub fn parse_body_streaming<S: Spool>(
     info: RequestInfo,
     headers: &Headers,
-    body: Bytes,
+    body: S::File,
+    spool: &mut S,
     ctx: &ReceiveContext<'_>,
-) -> Result<ReceivedMessage> {
+) -> Result<ReceivedMessage<S::Sealed>> {
     if headers.get("content-type").is_none() {
         return Err(As2Error::MissingHeader("Content-Type"));
     }
     let requested = info.mdn.as_ref().and_then(MdnRequest::preferred_micalg);
     let unsigned_alg = requested.unwrap_or(DigestAlgorithm::Sha1);
-    let mut entity = Entity::from_parts_shared(headers.clone(), body);
+    let mut files = Files::default();
+    let whole = files.add(body)?;
+    let mut layer = Layer {
+        headers: headers.clone(),
+        head: Vec::new(),
+        body: whole,
+    };
+    let new_file = |spool: &mut S| {
+        spool
+            .create()
+            .map_err(stream::io_error("create a spool file"))
+    };
     let mut encryption = None;
     let mut signature: Option<SignatureInfo> = None;
     let mut compressed = false;
     let mut compressed_before_signing = false;
-    // Each MIC is computed as soon as its bytes are at hand, so that no copy of them is
-    // kept until the end.
     let mut signed_mic: Option<Mic> = None;
     let mut decrypted_mic: Option<Mic> = None;
     let mut uncompressed_mic: Option<Mic> = None;
     let mut outer_content_mic: Option<Mic> = None;
-    let mut decompressed_total = 0usize;
+    let mut decompressed_total = 0u64;
 
     for _depth in 0..MAX_NESTING {
-        let media = entity.media_type();
+        let media = layer.media_type();
         // Checked before any work on the layer (decompression, splitting): a partner that
         // must encrypt gets nothing of ours spent on what it sent in clear.
         if ctx.require_encryption && encryption.is_none() && !is_pkcs7_mime(&media) {
@@ -295,194 +378,160 @@ pub fn parse_body_shared(
             ));
         }
         if is_pkcs7_mime(&media) {
-            let mut der = entity.decoded_shared()?;
             // Some peers send base64 without saying so (no transfer encoding).
-            if der.first() != Some(&0x30) {
-                if let Ok(d) = super::super::encoding::base64_decode(&der) {
-                    if d.first() == Some(&0x30) {
-                        der = Bytes::from(d);
-                    }
+            let mut cte = layer.transfer_encoding();
+            if matches!(cte.as_str(), "7bit" | "8bit" | "binary" | "") {
+                let mut first = [0u8; 1];
+                let n = stream::read_some(&mut files.open(layer.body)?, &mut first)?;
+                if n == 1 && first[0] != 0x30 && first[0].is_ascii_alphanumeric() {
+                    cte = "base64".into();
                 }
             }
             let first_layer = encryption.is_none() && signature.is_none() && !compressed;
-            let kind = cms::inspect(&der).map_err(|e| {
-                match entity
-                    .content_type()
-                    .param("smime-type")
-                    .map(|s| s.to_ascii_lowercase())
-                    .as_deref()
-                {
-                    Some("enveloped-data") => As2Error::DecryptionFailed(e.to_string()),
-                    Some("compressed-data") => As2Error::DecompressionFailed(e.to_string()),
-                    _ => e,
-                }
+            let smime_type = layer
+                .content_type()
+                .param("smime-type")
+                .map(|s| s.to_ascii_lowercase());
+            let mut der = stream::decoding_reader(files.open(layer.body)?, &cte)?;
+            let ci = open_content_info(&mut der).map_err(|e| match smime_type.as_deref() {
+                Some("enveloped-data") => As2Error::DecryptionFailed(e.to_string()),
+                Some("compressed-data") => As2Error::DecompressionFailed(e.to_string()),
+                _ => reader_error(e),
             })?;
-            if ctx.require_encryption
-                && encryption.is_none()
-                && !matches!(kind, CmsKind::Enveloped { .. })
-            {
+            let kind = ci.content_type.clone();
+            let enveloped = kind == OID_ENVELOPED_DATA || kind == OID_AUTH_ENVELOPED_DATA;
+            if ctx.require_encryption && encryption.is_none() && !enveloped {
                 return Err(As2Error::InsufficientSecurity(
                     "message is not encrypted".into(),
                 ));
             }
-            match kind {
-                CmsKind::Enveloped { .. } => {
-                    let (plain, cipher, _) = cms::decrypt(&der, ctx.station_keys)?;
+            let mut out = new_file(spool)?;
+            match kind.as_str() {
+                _ if enveloped => {
+                    let (cipher, _) = ci.decrypt_into(ctx.station_keys, &mut out)?;
+                    drop(der);
+                    let plain = files.add(out)?;
                     encryption = Some(cipher);
                     if decrypted_mic.is_none() && signature.is_none() {
-                        decrypted_mic = Some(mic_with_crlf_headers(&plain, unsigned_alg)?);
+                        decrypted_mic = Some(stream::mic_with_crlf_headers(
+                            &mut files.open(plain)?,
+                            unsigned_alg,
+                        )?);
                     }
-                    entity = parse_inner_or_raw(plain);
-                }
-                CmsKind::Compressed => {
-                    if first_layer {
-                        outer_content_mic = Some(Mic::compute(&der, unsigned_alg)?);
-                    }
-                    let limit = ctx.max_decompressed_size.saturating_sub(decompressed_total);
-                    let plain = match ctx.memory {
-                        Some(MemoryGrant(grow)) => {
-                            let before = decompressed_total;
-                            cms::decompress_within(&der, limit, &|t| {
-                                grow(before.saturating_add(t))
-                            })?
-                        }
-                        None => cms::decompress(&der, limit)?,
+                    layer = match files.entity(plain) {
+                        Ok(e) if e.headers.get("content-type").is_some() => e,
+                        // Some peers (Mendelson) encrypt the bare payload without MIME
+                        // headers: one attachment of unknown type.
+                        _ => Layer {
+                            headers: Headers::from_pairs([(
+                                "Content-Type",
+                                "application/octet-stream",
+                            )]),
+                            head: Vec::new(),
+                            body: plain,
+                        },
                     };
-                    decompressed_total = decompressed_total.saturating_add(plain.len());
+                }
+                OID_COMPRESSED_DATA => {
+                    let limit =
+                        (ctx.max_decompressed_size as u64).saturating_sub(decompressed_total);
+                    let n = ci.decompress_into(&mut out, limit)?;
+                    drop(der);
+                    if first_layer {
+                        let mut der = stream::decoding_reader(files.open(layer.body)?, &cte)?;
+                        outer_content_mic = Some(
+                            stream::mic_of_reader(&mut der, unsigned_alg).map_err(reader_error)?,
+                        );
+                    }
+                    decompressed_total = decompressed_total.saturating_add(n);
+                    let plain = files.add(out)?;
                     compressed = true;
                     if signature.is_some() {
                         // Compression inside the signature happens before signing.
                         compressed_before_signing = true;
                     }
                     if uncompressed_mic.is_none() && signature.is_none() {
-                        uncompressed_mic = Some(Mic::compute(&plain, unsigned_alg)?);
+                        uncompressed_mic = Some(files.mic(plain, unsigned_alg)?);
                     }
-                    drop(der);
-                    entity = Entity::parse_shared(Bytes::from(plain))
+                    layer = files
+                        .entity(plain)
                         .map_err(|e| As2Error::DecompressionFailed(format!("not MIME: {e}")))?;
                 }
-                CmsKind::Signed { .. } => {
-                    let (sig, content) =
-                        cms::verify_attached(&der, ctx.partner_certs, ctx.validity)?;
+                OID_SIGNED_DATA => {
+                    let detached = ci.detach_signed_content(&mut out).map_err(|e| match e {
+                        As2Error::Io(m) => As2Error::Io(m),
+                        e => As2Error::AuthenticationFailed(format!("signature is not CMS: {e}")),
+                    })?;
+                    drop(der);
+                    let content = files.add(out)?;
+                    let sig = verify_detached_reader(
+                        &detached,
+                        &mut FileRegion(&mut files, content),
+                        ctx.partner_certs,
+                        ctx.validity,
+                    )?;
                     if signature.is_none() {
                         let alg = sig.digest.or(requested).unwrap_or(DigestAlgorithm::Sha1);
-                        signed_mic = Some(Mic::compute(&content, alg)?);
+                        signed_mic = Some(files.mic(content, alg)?);
                         signature = Some(sig);
                     }
-                    drop(der);
-                    entity = Entity::parse_shared(Bytes::from(content))?;
+                    layer = files.entity(content)?;
                 }
-                CmsKind::Other(oid) => {
+                other => {
                     return Err(As2Error::UnsupportedAlgorithm(format!(
-                        "CMS content type {oid}"
+                        "CMS content type {other}"
                     )))
                 }
             }
             continue;
         }
         if media == "multipart/signed" {
-            let ct = entity.content_type();
+            let ct = layer.content_type();
             let boundary = ct
                 .param("boundary")
                 .ok_or_else(|| As2Error::MalformedMime("multipart/signed without boundary".into()))?
                 .to_string();
-            let mut parts = entity.parts(&boundary)?;
+            let parts = stream::multipart_ranges(&mut files.open(layer.body)?, &boundary)?;
             if parts.len() != 2 {
                 return Err(As2Error::MalformedMime(format!(
                     "multipart/signed with {} parts",
                     parts.len()
                 )));
             }
-            let sig_part = Entity::parse_shared(parts.pop().unwrap_or_default())?;
-            let content = parts.pop().unwrap_or_default();
+            let content = layer.body.sub(parts[0].clone());
+            let sig_part = files.entity(layer.body.sub(parts[1].clone()))?;
             if !is_pkcs7_signature(&sig_part.media_type()) {
                 return Err(As2Error::MalformedMime(format!(
                     "second part of multipart/signed is {}",
                     sig_part.media_type()
                 )));
             }
-            let sig_der = sig_part.decoded_body()?;
-            let (info_sig, canonical) = verify_with_fallbacks(&sig_der, &content, ctx)?;
-            // What is delivered is what verified, never the bytes around it: the content as
-            // received (no copy), or the canonical form that verified instead.
-            let verified = match canonical {
-                Some(c) => bytes::Bytes::from(c),
-                None => content,
-            };
+            let mut sig_der = Vec::new();
+            files
+                .decoded(&sig_part)?
+                .take(MAX_SIGNATURE_BYTES + 1)
+                .read_to_end(&mut sig_der)
+                .map_err(stream::read_error)?;
+            if sig_der.len() as u64 > MAX_SIGNATURE_BYTES {
+                return Err(As2Error::MalformedMime(format!(
+                    "the signature part is larger than the limit of {MAX_SIGNATURE_BYTES} bytes"
+                )));
+            }
+            let (info_sig, verified) =
+                verify_with_fallbacks(&sig_der, content, &mut files, spool, ctx)?;
             let micalg = info_sig.digest.or_else(|| {
                 ct.param("micalg")
                     .and_then(|m| DigestAlgorithm::parse(m).ok())
             });
             if signature.is_none() {
                 let alg = micalg.or(requested).unwrap_or(DigestAlgorithm::Sha1);
-                signed_mic = Some(Mic::compute(&verified, alg)?);
+                signed_mic = Some(files.mic(verified, alg)?);
                 signature = Some(info_sig);
             }
-            entity = Entity::parse_shared(verified)?;
+            layer = files.entity(verified)?;
             continue;
         }
-        // Leaf or multipart of attachments. The MIC first: the attachments then take the
-        // entity's bytes over.
-        let is_multipart = media.starts_with("multipart/");
-        let (mic, mic_rule, alternatives) = if let Some(m) = signed_mic {
-            (m, MicRule::Signed, Vec::new())
-        } else {
-            let rfc4130 = match decrypted_mic {
-                Some(m) => (MicRule::EncryptedEntity, m),
-                None => {
-                    let m = match outer_content_mic {
-                        Some(m) => m,
-                        None if is_multipart => Mic::compute(entity.body(), unsigned_alg)?,
-                        None => Mic::compute(&entity.decoded_shared()?, unsigned_alg)?,
-                    };
-                    (MicRule::PlainContent, m)
-                }
-            };
-            match uncompressed_mic {
-                Some(u) => (u, MicRule::CompressedEntity, vec![rfc4130]),
-                None => (rfc4130.1, rfc4130.0, Vec::new()),
-            }
-        };
-        let attachments = if is_multipart {
-            let boundary = entity
-                .content_type()
-                .param("boundary")
-                .ok_or_else(|| As2Error::MalformedMime(format!("{media} without boundary")))?
-                .to_string();
-            let parts = entity.parts(&boundary)?;
-            if parts.len() > MAX_ATTACHMENTS {
-                return Err(As2Error::MalformedMime(format!(
-                    "the message has {} attachments, more than the limit of \
-                     {MAX_ATTACHMENTS}; send them in several messages",
-                    parts.len()
-                )));
-            }
-            drop(entity);
-            let mut out = Vec::with_capacity(parts.len());
-            for p in parts {
-                let e = Entity::parse_shared(p)?;
-                out.push(ReceivedAttachment {
-                    filename: e.filename(),
-                    content_type: e
-                        .headers
-                        .get("content-type")
-                        .unwrap_or("text/plain")
-                        .to_string(),
-                    data: e.into_decoded_body()?,
-                });
-            }
-            out
-        } else {
-            vec![ReceivedAttachment {
-                filename: entity.filename(),
-                content_type: entity
-                    .headers
-                    .get("content-type")
-                    .unwrap_or("text/plain")
-                    .to_string(),
-                data: entity.into_decoded_body()?,
-            }]
-        };
+        // Leaf or multipart of attachments.
         if ctx.require_signature && signature.is_none() {
             return Err(As2Error::InsufficientSecurity(
                 "message is not signed".into(),
@@ -493,6 +542,70 @@ pub fn parse_body_shared(
                 "message is not encrypted".into(),
             ));
         }
+        if ctx.refuse_weak_algorithms {
+            if let Some(why) = weak_algorithm(encryption, signature.as_ref()) {
+                return Err(As2Error::InsufficientSecurity(why));
+            }
+        }
+        let is_multipart = media.starts_with("multipart/");
+        let (mic, mic_rule, alternatives) = if let Some(m) = signed_mic {
+            (m, MicRule::Signed, Vec::new())
+        } else {
+            let rfc4130 = match decrypted_mic {
+                Some(m) => (MicRule::EncryptedEntity, m),
+                None => {
+                    let m = match outer_content_mic {
+                        Some(m) => m,
+                        None if is_multipart => files.mic(layer.body, unsigned_alg)?,
+                        None => stream::mic_of_reader(&mut files.decoded(&layer)?, unsigned_alg)
+                            .map_err(reader_error)?,
+                    };
+                    (MicRule::PlainContent, m)
+                }
+            };
+            match uncompressed_mic {
+                Some(u) => (u, MicRule::CompressedEntity, vec![rfc4130]),
+                None => (rfc4130.1, rfc4130.0, Vec::new()),
+            }
+        };
+        let leaves = if is_multipart {
+            let boundary = layer
+                .content_type()
+                .param("boundary")
+                .ok_or_else(|| As2Error::MalformedMime(format!("{media} without boundary")))?
+                .to_string();
+            let parts = stream::multipart_ranges(&mut files.open(layer.body)?, &boundary)?;
+            if parts.len() > MAX_ATTACHMENTS {
+                return Err(As2Error::MalformedMime(format!(
+                    "the message has {} attachments, more than the limit of \
+                     {MAX_ATTACHMENTS}; send them in several messages",
+                    parts.len()
+                )));
+            }
+            let mut leaves = Vec::with_capacity(parts.len());
+            for p in parts {
+                leaves.push(files.entity(layer.body.sub(p))?);
+            }
+            leaves
+        } else {
+            vec![layer]
+        };
+        let mut attachments = Vec::with_capacity(leaves.len());
+        for leaf in leaves {
+            let mut out = new_file(spool)?;
+            stream::copy_all(&mut files.decoded(&leaf)?, &mut out).map_err(reader_error)?;
+            attachments.push(ReceivedAttachment {
+                filename: leaf.filename(),
+                content_type: leaf
+                    .headers
+                    .get("content-type")
+                    .unwrap_or("text/plain")
+                    .to_string(),
+                data: spool
+                    .seal(out)
+                    .map_err(stream::io_error("finish a spool file"))?,
+            });
+        }
         if let Some((rule, alt)) = alternatives.first() {
             tracing::debug!(
                 message_id = %info.message_id,
@@ -501,11 +614,6 @@ pub fn parse_body_shared(
                 alternative_rule = rule.name(),
                 "compressed unsigned message: returning the RFC 5402 MIC; RFC 4130 would give the alternative"
             );
-        }
-        if ctx.refuse_weak_algorithms {
-            if let Some(why) = weak_algorithm(encryption, signature.as_ref()) {
-                return Err(As2Error::InsufficientSecurity(why));
-            }
         }
         return Ok(ReceivedMessage {
             info,
@@ -525,98 +633,78 @@ pub fn parse_body_shared(
 }
 
 /// The MIC of an entity with its header lines in canonical (CRLF) form and its body as it
-/// is (RFC 4130 §7.3.1, encrypted unsigned), without making the canonical copy: the same
-/// digest as over [`canonicalize_headers`]`(raw)`.
+/// is (RFC 4130 §7.3.1, encrypted unsigned): see [`stream::mic_with_crlf_headers`].
+#[cfg(test)]
 pub(super) fn mic_with_crlf_headers(raw: &[u8], alg: DigestAlgorithm) -> Result<Mic> {
-    use openssl::hash::Hasher;
-    let err = |e: openssl::error::ErrorStack| As2Error::Crypto(format!("digest: {e}"));
-    let (hlen, body_start) = find_header_end(raw);
-    let mut h = Hasher::new(alg.message_digest()).map_err(err)?;
-    let head = raw.get(..hlen).unwrap_or(&[]);
-    let mut start = 0;
-    let mut i = 0;
-    while i < head.len() {
-        match head[i] {
-            b'\r' => {
-                h.update(&head[start..i]).map_err(err)?;
-                h.update(b"\r\n").map_err(err)?;
-                if head.get(i + 1) == Some(&b'\n') {
-                    i += 1;
-                }
-                start = i + 1;
-            }
-            b'\n' => {
-                h.update(&head[start..i]).map_err(err)?;
-                h.update(b"\r\n").map_err(err)?;
-                start = i + 1;
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    h.update(head.get(start..).unwrap_or(&[])).map_err(err)?;
-    if body_start > hlen || hlen == 0 {
-        h.update(b"\r\n").map_err(err)?;
-    }
-    h.update(raw.get(body_start..).unwrap_or(&[]))
-        .map_err(err)?;
-    let d = h.finish().map_err(err)?;
-    Ok(Mic {
-        digest_b64: super::super::encoding::base64_encode(&d),
-        algorithm: alg,
-    })
+    stream::mic_with_crlf_headers(&mut &raw[..], alg)
 }
 
-/// Parses decrypted content as a MIME entity; some peers (Mendelson) encrypt
-/// the bare payload without MIME headers, which is then taken as one
-/// attachment of unknown type.
-fn parse_inner_or_raw(plain: Vec<u8>) -> Entity {
-    let plain = Bytes::from(plain);
-    match Entity::parse_shared(plain.clone()) {
-        Ok(e) if e.headers.get("content-type").is_some() => e,
-        _ => Entity::from_parts_shared(
-            Headers::from_pairs([("Content-Type", "application/octet-stream")]),
-            plain,
-        ),
-    }
-}
-
-/// Verifies a detached signature over the content as received; if that
-/// fails on content grounds, over canonical forms of it (peers that send
-/// bare LF but signed canonical text). Returns the canonical form when that
-/// is what verified (`None`: the content as received did), which is what the
-/// caller must deliver. Line ends in the body are canonicalized only for a
-/// text part: in a binary payload they are data, and a payload whose line
-/// ends were rewritten in transit is refused.
-fn verify_with_fallbacks(
+/// Verifies a detached signature over the content as received; if that fails on content
+/// grounds, over canonical forms of it (peers that send bare LF but signed canonical
+/// text). Returns where what verified is: the content as received, or a canonical copy,
+/// which is what the caller must deliver. Line ends in the body are canonicalized only for
+/// a text part: in a binary payload they are data, and a payload whose line ends were
+/// rewritten in transit is refused.
+fn verify_with_fallbacks<S: Spool>(
     sig_der: &[u8],
-    content: &[u8],
+    content: Region,
+    files: &mut Files<S::File>,
+    spool: &mut S,
     ctx: &ReceiveContext<'_>,
-) -> Result<(SignatureInfo, Option<Vec<u8>>)> {
-    match cms::verify_detached(sig_der, content, ctx.partner_certs, ctx.validity) {
-        Ok(i) => Ok((i, None)),
-        Err(As2Error::IntegrityCheckFailed(first)) if has_bare_lf(content) => {
-            let text_body = Entity::parse(content)
-                .map(|e| is_text_type(&e.media_type()))
-                .unwrap_or(false);
-            let mut candidates = vec![canonicalize_headers(content)];
-            if text_body {
-                candidates.push(canonicalize_crlf(content));
-            }
-            for candidate in candidates {
-                match cms::verify_detached(sig_der, &candidate, ctx.partner_certs, ctx.validity) {
-                    Ok(i) => return Ok((i, Some(candidate))),
-                    Err(As2Error::IntegrityCheckFailed(_)) => {}
-                    // The signature matches this form, but something else is wrong (an
-                    // expired certificate): that is the error, not the first form's
-                    // content mismatch.
-                    Err(e) => return Err(e),
-                }
-            }
-            Err(As2Error::IntegrityCheckFailed(first))
-        }
-        Err(e) => Err(e),
+) -> Result<(SignatureInfo, Region)> {
+    let verify = |files: &mut Files<S::File>, region: Region| {
+        verify_detached_reader(
+            sig_der,
+            &mut FileRegion(files, region),
+            ctx.partner_certs,
+            ctx.validity,
+        )
+    };
+    let first = match verify(files, content) {
+        Ok(i) => return Ok((i, content)),
+        Err(As2Error::IntegrityCheckFailed(first)) => first,
+        Err(e) => return Err(e),
+    };
+    if !stream::has_bare_lf_in(&mut files.open(content)?)? {
+        return Err(As2Error::IntegrityCheckFailed(first));
     }
+    let entity = files.entity(content).ok();
+    let text_body = entity
+        .as_ref()
+        .is_some_and(|e| is_text_type(&e.media_type()));
+    // The header block canonical, the body as it is.
+    let mut candidates = Vec::new();
+    if let Some(e) = &entity {
+        let mut out = spool
+            .create()
+            .map_err(stream::io_error("create a spool file"))?;
+        let mut head = Vec::new();
+        stream::CrlfCanonicalizer::default().push(&e.head, &mut head);
+        if e.body.start > content.start + e.head.len() as u64 || e.head.is_empty() {
+            head.extend_from_slice(b"\r\n");
+        }
+        out.write_all(&head)
+            .map_err(stream::io_error("write a spool file"))?;
+        stream::copy_all(&mut files.open(e.body)?, &mut out)?;
+        candidates.push(files.add(out)?);
+    }
+    if text_body {
+        let mut out = spool
+            .create()
+            .map_err(stream::io_error("create a spool file"))?;
+        stream::canonicalize_into(&mut files.open(content)?, &mut out)?;
+        candidates.push(files.add(out)?);
+    }
+    for candidate in candidates {
+        match verify(files, candidate) {
+            Ok(i) => return Ok((i, candidate)),
+            Err(As2Error::IntegrityCheckFailed(_)) => {}
+            // The signature matches this form, but something else is wrong (an expired
+            // certificate): that is the error, not the first form's content mismatch.
+            Err(e) => return Err(e),
+        }
+    }
+    Err(As2Error::IntegrityCheckFailed(first))
 }
 
 /// What AS2 1.3 does not allow in a message we received, if anything: a SHA-1 or MD5
