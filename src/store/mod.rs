@@ -20,6 +20,7 @@ mod blobs;
 mod entries;
 mod inspect;
 mod model;
+mod mount_status;
 mod outgoing;
 mod perms;
 mod rows;
@@ -36,6 +37,7 @@ pub use blobs::{fsync_dir, hex, is_blob_name, sha256_hex, BlobGuard, BlobStore, 
 pub use entries::{InboundOrigin, NewFile, PickupFile, Placement, RenamePickup, SweepReport};
 pub use inspect::{InboundRequirements, PartnerFiles, ReadOnlyStore, StationFiles};
 pub use model::*;
+pub use mount_status::{read_mount_status, write_mount_status, MOUNT_STATUS};
 pub use outgoing::{Claimed, Event, OwedMdn, ReceivedRecord, SentRecord, Transmission};
 pub use perms::share_state_dir;
 pub use rows::UserKey;
