@@ -185,7 +185,11 @@ impl Env {
         let config = dir.join("as2box.toml");
         std::fs::write(
             &config,
-            format!("[mount]\npath = \"{}\"\n{extra_toml}\n", mnt.display()),
+            format!(
+                "[mount]\npath = \"{}\"\n{}{extra_toml}\n",
+                mnt.display(),
+                crate::common::passthrough_override()
+            ),
         )
         .unwrap();
         let mut env = Env {
