@@ -123,21 +123,34 @@ fn put_and_get(fx: &Fixture, mb: &Mailbox, data: &[u8]) -> (u64, u64) {
     (after_put - before, after_get - after_put)
 }
 
-#[test]
-fn put_and_get_round_trip_without_the_data_passing_through_the_mount() {
-    let Some(fx) = fixture!(Settings {
+/// Room for a 32 MiB file, listed long after its close.
+fn round_trip_settings(passthrough_off: bool) -> Settings {
+    Settings {
         linger_secs: 600.0,
         max_bytes: Some(256 * MIB),
+        passthrough_off,
         ..Settings::default()
-    }) else {
+    }
+}
+
+/// [`put_and_get`] of 32 MiB of random data in a new mailbox: (wchar of the put, of the
+/// get, the data).
+fn round_trip(fx: &Fixture) -> (u64, u64, Vec<u8>) {
+    let mb = fx.mailbox();
+    let data = random_bytes(32 * MIB as usize);
+    let (put, get) = put_and_get(fx, &mb, &data);
+    (put, get, data)
+}
+
+#[test]
+fn put_and_get_round_trip_without_the_data_passing_through_the_mount() {
+    let Some(fx) = fixture!(round_trip_settings(false)) else {
         return;
     };
     if !passthrough_in_use(&fx) {
         return;
     }
-    let mb = fx.mailbox();
-    let data = random_bytes(32 * MIB as usize);
-    let (put, get) = put_and_get(&fx, &mb, &data);
+    let (put, get, data) = round_trip(&fx);
     println!("the mount wrote {put} bytes during the put, {get} during the get");
     let quarter = data.len() as u64 / 4;
     assert!(
@@ -160,18 +173,11 @@ fn put_and_get_round_trip_without_the_data_passing_through_the_mount() {
 /// data (so a passthrough that silently stopped working fails the test above).
 #[test]
 fn with_passthrough_off_the_data_passes_through_the_mount() {
-    let Some(fx) = fixture!(Settings {
-        linger_secs: 600.0,
-        max_bytes: Some(256 * MIB),
-        passthrough_off: true,
-        ..Settings::default()
-    }) else {
+    let Some(fx) = fixture!(round_trip_settings(true)) else {
         return;
     };
     assert_eq!(mount_status(&fx, "data_path"), "mount");
-    let mb = fx.mailbox();
-    let data = random_bytes(32 * MIB as usize);
-    let (put, get) = put_and_get(&fx, &mb, &data);
+    let (put, get, data) = round_trip(&fx);
     let size = data.len() as u64;
     assert!(
         put >= size,

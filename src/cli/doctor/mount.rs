@@ -180,17 +180,6 @@ pub(super) fn check_mount_point(mnt: &Path) -> Vec<Check> {
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mountinfo_escapes_are_undone() {
-        assert_eq!(unescape_mountinfo("/srv/a\\040b"), "/srv/a b");
-        assert_eq!(unescape_mountinfo("/plain"), "/plain");
-    }
-}
-
 /// Which FUSE data path the running mount uses (what it wrote to `mount.status` when the
 /// kernel answered its `init`): passthrough, or every byte through the mount process.
 pub(super) fn check_data_path(state_dir: &Path) -> Check {
@@ -241,5 +230,16 @@ pub(super) fn check_data_path(state_dir: &Path) -> Check {
             format!("through the mount process (pid {pid}): {why}; large uploads cost the mount CPU"),
             "Linux 6.9 or later with CONFIG_FUSE_PASSTHROUGH gives the kernel's passthrough (as2box mount needs CAP_SYS_ADMIN for it)",
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape_mountinfo("/srv/a\\040b"), "/srv/a b");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
     }
 }
