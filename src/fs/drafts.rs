@@ -741,6 +741,14 @@ impl MailboxFs {
         let (file, hash, spool, error) = {
             let mut content = lock(&d.content);
             let hash = std::mem::replace(&mut content.hash, RunningHash::unknown());
+            // Once the kernel wrote it directly, the writes we saw (through a handle that
+            // could not pass through) are not all of them, whatever the hash says after a
+            // truncation: the content is hashed from the file.
+            let hash = if d.passes_through() {
+                RunningHash::unknown()
+            } else {
+                hash
+            };
             let spool = SpoolName::clone(&content.spool);
             (content.file.clone(), hash, spool, content.error.clone())
         };
