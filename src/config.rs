@@ -99,6 +99,20 @@ pub struct MountConfig {
     pub path: PathBuf,
     /// FUSE worker threads.
     pub threads: usize,
+    /// Whether file data may bypass the mount process (kernel FUSE passthrough).
+    pub passthrough: PassthroughMode,
+}
+
+/// `[mount] passthrough`: how file data reaches the spool and blob files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PassthroughMode {
+    /// FUSE passthrough when the kernel offers it (Linux 6.9 and later): uploads are
+    /// written and stored files read by the kernel straight from their files; otherwise,
+    /// and for users with a quota, the mount copies the data itself.
+    Auto,
+    /// The mount copies every byte itself (with the kernel's write-back cache).
+    Off,
 }
 
 impl Default for MountConfig {
@@ -106,6 +120,7 @@ impl Default for MountConfig {
         MountConfig {
             path: PathBuf::from("/srv/as2box/mnt"),
             threads: 4,
+            passthrough: PassthroughMode::Auto,
         }
     }
 }

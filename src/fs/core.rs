@@ -219,6 +219,29 @@ pub struct MailboxFs {
     invalidate: OnceLock<Invalidator>,
     /// Much memory was freed since the last tick (see `trim_heap_if_shrank`).
     heap_shrank: AtomicBool,
+    /// The FUSE connection was set up for passthrough (see `set_data_path`).
+    passthrough_connection: AtomicBool,
+    /// Passthrough is in use: negotiated, and no backing file was refused since.
+    passthrough_active: AtomicBool,
+}
+
+/// How file data travels between the kernel and the spool and blob files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataPath {
+    /// Kernel FUSE passthrough: the kernel reads and writes the files itself.
+    Passthrough,
+    /// Every byte goes through the mount process (`read`/`write` requests).
+    Mount,
+}
+
+impl DataPath {
+    /// How `mount.status` and the log name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            DataPath::Passthrough => "passthrough",
+            DataPath::Mount => "mount",
+        }
+    }
 }
 
 /// A listing of at least this many items frees enough to return to the system.
@@ -253,7 +276,73 @@ impl MailboxFs {
             mount_id: Mutex::new(None),
             invalidate: OnceLock::new(),
             heap_shrank: AtomicBool::new(false),
+            passthrough_connection: AtomicBool::new(false),
+            passthrough_active: AtomicBool::new(false),
         }
+    }
+
+    // ---- the data path --------------------------------------------------------------------
+
+    /// Whether the configuration allows FUSE passthrough (asked once, at `init`).
+    pub fn passthrough_allowed(&self) -> bool {
+        self.config.mount.passthrough == crate::config::PassthroughMode::Auto
+    }
+
+    /// Records the data path the kernel agreed to at `init` (`why`: a few words on the
+    /// choice), logs it once and writes it to `mount.status` for `as2box doctor`.
+    pub fn set_data_path(&self, path: DataPath, why: &str) {
+        let on = path == DataPath::Passthrough;
+        self.passthrough_connection.store(on, Ordering::Release);
+        self.passthrough_active.store(on, Ordering::Release);
+        tracing::info!(data_path = path.name(), why, "FUSE data path chosen");
+        self.write_status(path, why);
+    }
+
+    /// A backing file was refused by the kernel (no CAP_SYS_ADMIN, say): from now on the
+    /// mount serves every byte itself, for good.
+    pub fn passthrough_failed(&self, e: &std::io::Error) {
+        if self.passthrough_active.swap(false, Ordering::AcqRel) {
+            let why = format!("the kernel refused a backing file ({e}); the mount copies the data");
+            tracing::warn!(error = %e, "FUSE passthrough refused by the kernel: the mount serves file data itself from now on");
+            self.write_status(DataPath::Mount, &why);
+        }
+    }
+
+    fn write_status(&self, path: DataPath, why: &str) {
+        let lines = [
+            ("pid", std::process::id().to_string()),
+            ("data_path", path.name().to_owned()),
+            ("why", why.replace('\n', " ")),
+        ];
+        if let Err(e) = crate::store::write_mount_status(self.store.state_dir(), &lines) {
+            tracing::warn!(error = %e, "cannot write mount.status (as2box doctor will not show the data path)");
+        }
+    }
+
+    /// Whether the connection runs without the write-back cache (passthrough was
+    /// negotiated): handles not passed through must then use direct I/O, as the kernel
+    /// refuses cached and passthrough opens of one inode at the same time.
+    pub fn passthrough_connection(&self) -> bool {
+        self.passthrough_connection.load(Ordering::Acquire)
+    }
+
+    /// The file the kernel may read and write directly for handle `fh`, if passthrough is
+    /// in use and the handle may bypass the mount: stored files, and the uploads of users
+    /// without a quota (a quota is checked on every write, so those writes must reach us).
+    /// An upload handed out this way is from then on sized and hashed from its spool file.
+    pub fn passthrough_file(&self, fh: u64) -> Option<Arc<std::fs::File>> {
+        if !self.passthrough_active.load(Ordering::Acquire) {
+            return None;
+        }
+        let draft = match lock(&self.handles).get(&fh) {
+            Some(Handle::Blob(f)) => return Some(f.clone()),
+            Some(Handle::Draft { draft, .. }) => draft.clone(),
+            _ => return None,
+        };
+        if self.owner(draft.user).map_or(true, |o| o.quota.is_some()) {
+            return None;
+        }
+        self.draft_passes_through(&draft)
     }
 
     // ---- identity and permissions -------------------------------------------------------
@@ -444,12 +533,17 @@ impl MailboxFs {
         Ok(n)
     }
 
-    /// Whether this handle must bypass the kernel's page cache:
+    /// Whether this handle must bypass the kernel's page cache (asked for handles not
+    /// passed through):
+    /// - every handle, on a passthrough connection (see `passthrough_connection`);
     /// - generated content (`authorized_keys`), whose size can change between opens;
     /// - uploads of a user with a quota: the kernel's write-back cache would accept writes
     ///   past the quota and report the failure only at close, and a write past the quota
     ///   must fail itself (SEMANTICS.md "Quota").
     pub fn direct_io(&self, fh: u64) -> bool {
+        if self.passthrough_connection() {
+            return true;
+        }
         let user = match lock(&self.handles).get(&fh) {
             Some(Handle::Bytes(_)) => return true,
             Some(Handle::Draft {

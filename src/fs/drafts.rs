@@ -11,7 +11,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
@@ -51,6 +51,12 @@ pub(super) struct Draft {
     content: Mutex<Content>,
     size: AtomicU64,
     mtime_ms: AtomicI64,
+    /// The spool file (the same as `content.file`), for reading its size and times
+    /// without the content lock.
+    spool_file: Arc<File>,
+    /// Handed to the kernel for passthrough: its writes no longer reach us, so its size
+    /// and modification time are the spool file's, and its hash is computed at close.
+    passthrough: AtomicBool,
 }
 
 struct Place {
@@ -91,11 +97,37 @@ impl Draft {
     }
 
     pub(super) fn size(&self) -> u64 {
+        if self.passes_through() {
+            if let Ok(m) = self.spool_file.metadata() {
+                return m.len();
+            }
+        }
         self.size.load(Ordering::Acquire)
     }
 
     pub(super) fn mtime_ms(&self) -> i64 {
+        if self.passes_through() {
+            if let Ok(t) = self.spool_file.metadata().and_then(|m| m.modified()) {
+                return crate::timefmt::system_time_ms(t);
+            }
+        }
         self.mtime_ms.load(Ordering::Relaxed)
+    }
+
+    fn passes_through(&self) -> bool {
+        self.passthrough.load(Ordering::Acquire)
+    }
+
+    /// Sets its modification time (`utimes`): on the spool file too once the kernel
+    /// writes it, so that the file's own time, which later writes advance, stays the one
+    /// shown.
+    fn set_mtime_ms(&self, ms: i64) {
+        self.mtime_ms.store(ms, Ordering::Relaxed);
+        if self.passes_through() {
+            let _ = self
+                .spool_file
+                .set_modified(crate::timefmt::ms_to_system_time(ms));
+        }
     }
 
     /// Whether it is still an upload, in folder `parent` (named `name`, if given).
@@ -267,6 +299,7 @@ impl MailboxFs {
             }
             mtime_ms = e.mtime_ms;
         }
+        let file = Arc::new(file);
         let draft = Arc::new(Draft {
             ino,
             user,
@@ -281,7 +314,7 @@ impl MailboxFs {
             }),
             closed: Condvar::new(),
             content: Mutex::new(Content {
-                file: Arc::new(file),
+                file: file.clone(),
                 spool,
                 hash,
                 flushed: 0,
@@ -289,6 +322,8 @@ impl MailboxFs {
             }),
             size: AtomicU64::new(size),
             mtime_ms: AtomicI64::new(mtime_ms),
+            spool_file: file,
+            passthrough: AtomicBool::new(false),
         });
         lock(&self.drafts).insert(ino, draft.clone());
         Ok(draft)
@@ -404,6 +439,46 @@ impl MailboxFs {
 
     // ---- data -----------------------------------------------------------------------------
 
+    /// Hands upload `d`'s spool file to the kernel for passthrough (see
+    /// `MailboxFs::passthrough_file`). From the first such handle on, its size and time are
+    /// read from the spool file and its hash is computed from it at close.
+    pub(super) fn draft_passes_through(&self, d: &Draft) -> Option<Arc<File>> {
+        if !d.passthrough.load(Ordering::Acquire) {
+            let mut content = lock(&d.content);
+            if !d.passthrough.load(Ordering::Acquire) {
+                content.hash = RunningHash::unknown();
+                // The spool file's own time is shown from now on: give it the upload's.
+                let ms = d.mtime_ms.load(Ordering::Relaxed);
+                let _ = d
+                    .spool_file
+                    .set_modified(crate::timefmt::ms_to_system_time(ms));
+                d.passthrough.store(true, Ordering::Release);
+            }
+        }
+        Some(d.spool_file.clone())
+    }
+
+    /// Starts the kernel's writeback of what the kernel wrote into passthrough uploads
+    /// since the last call (what `write` does for the uploads it sees), so that the fsync
+    /// at close has little left to wait for. Called a few times a second.
+    pub fn start_writeback(&self) {
+        let drafts: Vec<Arc<Draft>> = lock(&self.drafts)
+            .values()
+            .filter(|d| d.passes_through())
+            .cloned()
+            .collect();
+        for d in drafts {
+            let size = d.size();
+            let mut content = lock(&d.content);
+            if size >= content.flushed + WRITEBACK_STEP {
+                start_writeback(&content.file, content.flushed, size);
+                content.flushed = size;
+            } else if size < content.flushed {
+                content.flushed = size;
+            }
+        }
+    }
+
     /// Reads from an open file.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         let file = match lock(&self.handles).get(&fh) {
@@ -497,16 +572,7 @@ impl MailboxFs {
         if size >= content.flushed + WRITEBACK_STEP {
             // Start writing large uploads to disk while they arrive, so that the fsync at
             // close (the durability promise) has little left to wait for.
-            use std::os::fd::AsRawFd;
-            // SAFETY: a valid descriptor; SYNC_FILE_RANGE_WRITE only starts writeback.
-            unsafe {
-                libc::sync_file_range(
-                    content.file.as_raw_fd(),
-                    content.flushed as libc::off64_t,
-                    (size - content.flushed) as libc::off64_t,
-                    libc::SYNC_FILE_RANGE_WRITE,
-                )
-            };
+            start_writeback(&content.file, content.flushed, size);
             content.flushed = size;
         }
         Ok(data.len() as u32)
@@ -677,6 +743,14 @@ impl MailboxFs {
         let (file, hash, spool, error) = {
             let mut content = lock(&d.content);
             let hash = std::mem::replace(&mut content.hash, RunningHash::unknown());
+            // Once the kernel wrote it directly, the writes we saw (through a handle that
+            // could not pass through) are not all of them, whatever the hash says after a
+            // truncation: the content is hashed from the file.
+            let hash = if d.passes_through() {
+                RunningHash::unknown()
+            } else {
+                hash
+            };
             let spool = SpoolName::clone(&content.spool);
             (content.file.clone(), hash, spool, content.error.clone())
         };
@@ -684,29 +758,65 @@ impl MailboxFs {
             return Err(e);
         }
         let size = d.size();
-        // Where the time of a close goes (debug log): the spool's fsync, the hash if it
-        // must be computed now, the blob's rename and folder fsync, the SQLite commit.
-        // A small content skips the first and the third: it is committed inside the
-        // database transaction, whose one fsync makes it durable with its entry.
+        if d.passes_through() && has_gap(&file, size).map_err(Errno::io)? {
+            // The kernel wrote this upload without us seeing the writes, so a gap could
+            // not be refused when it was made (`check_growth`): it is refused here, before
+            // hashing would read every byte of it.
+            if !mailbox::may_extend_sparsely(size, &self.config) {
+                info!(
+                    user = d.user,
+                    size, "upload with a gap past outbox.max_bytes refused at close"
+                );
+                return Err(Errno::new(libc::EFBIG));
+            }
+        }
+        // Where the time of a close goes (debug log): the spool's fsync and, alongside it,
+        // the hash if it must be computed now (from the page cache), the blob's rename and
+        // folder fsync, the SQLite commit. A small content skips the fsync and the rename:
+        // it is committed inside the database transaction, whose one fsync makes it durable
+        // with its entry.
         let started = Instant::now();
-        let inline = if size <= INLINE_MAX {
+        let (inline, synced, sha, hashed) = if size <= INLINE_MAX {
             let mut bytes = vec![0u8; size as usize];
             file.read_exact_at(&mut bytes, 0).map_err(Errno::io)?;
-            Some(bytes)
+            let sha = match hash.finish(size) {
+                Some(h) => hex(&h),
+                None => sha256_hex(&bytes),
+            };
+            let read = started.elapsed();
+            (Some(bytes), read, sha, read)
         } else {
-            file.sync_all().map_err(Errno::io)?;
-            None
-        };
-        let synced = started.elapsed();
-        let sha = match (hash.finish(size), &inline) {
-            (Some(h), _) => hex(&h),
-            (None, Some(bytes)) => sha256_hex(bytes),
-            (None, None) => {
-                debug!(user = d.user, size, "hashing at close");
-                hash_file(&file).map_err(Errno::io)?
+            match hash.finish(size) {
+                Some(h) => {
+                    file.sync_all().map_err(Errno::io)?;
+                    let synced = started.elapsed();
+                    (None, synced, hex(&h), synced)
+                }
+                None => {
+                    debug!(user = d.user, size, "hashing at close");
+                    std::thread::scope(|scope| {
+                        let hasher = scope.spawn(|| {
+                            let sha = hash_file(&file);
+                            (sha, started.elapsed())
+                        });
+                        let synced = file.sync_all().map(|()| started.elapsed());
+                        let (sha, hashed) = hasher.join().unwrap_or_else(|_| {
+                            (
+                                Err(std::io::Error::other("hash panicked")),
+                                started.elapsed(),
+                            )
+                        });
+                        Ok::<_, Errno>((
+                            None,
+                            synced.map_err(Errno::io)?,
+                            sha.map_err(Errno::io)?,
+                            hashed,
+                        ))
+                    })?
+                }
             }
         };
-        let hashed = started.elapsed();
+        let hashed = hashed.max(synced);
         if inline.is_none() {
             self.store.blobs().commit_spool(&spool, &sha)?;
         }
@@ -751,7 +861,7 @@ impl MailboxFs {
         debug!(
             size,
             fsync_ms = synced.as_millis() as u64,
-            hash_ms = (hashed - synced).as_millis() as u64,
+            hashed_by_ms = hashed.as_millis() as u64,
             blob_ms = (stored - hashed).as_millis() as u64,
             commit_ms = (started.elapsed() - stored).as_millis() as u64,
             "upload committed"
@@ -791,7 +901,7 @@ impl MailboxFs {
         }
         if let Some(mtime) = s.mtime_ms {
             if let Some(d) = self.draft(ino) {
-                d.mtime_ms.store(mtime, Ordering::Relaxed);
+                d.set_mtime_ms(mtime);
             } else if let Key::Entry { id, user } = key {
                 self.store.set_mtime(id, mtime)?;
                 let path = self.key_path(&key);
@@ -836,6 +946,37 @@ impl MailboxFs {
         };
         join(&self.folder_path(d.b, parent), &name)
     }
+}
+
+/// Starts the kernel's writeback of bytes `from..to` of `file` (without waiting for it).
+fn start_writeback(file: &File, from: u64, to: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid descriptor; SYNC_FILE_RANGE_WRITE only starts writeback.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            from as libc::off64_t,
+            to.saturating_sub(from) as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        )
+    };
+}
+
+/// Whether `file` (of `size` bytes) has a gap: bytes never written (a hole), seen by
+/// `SEEK_HOLE` or by fewer allocated blocks than its size (filesystems without
+/// `SEEK_HOLE` report the whole file as data).
+fn has_gap(file: &File, size: u64) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: lseek on a valid descriptor; only pread/pwrite use it, never its offset.
+    let hole = unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_HOLE) };
+    if hole >= 0 && (hole as u64) < size {
+        return Ok(true);
+    }
+    // Allocation is in blocks: a file may have up to a block per extent less than its
+    // size; a missing megabyte is a gap.
+    let allocated = file.metadata()?.blocks().saturating_mul(512);
+    Ok(allocated.saturating_add(1 << 20) < size)
 }
 
 fn hash_file(file: &File) -> std::io::Result<String> {

@@ -1,19 +1,25 @@
 //! The `fuser::Filesystem` adapter: kernel requests in, `MailboxFs` calls, replies out. No
 //! policy lives here.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    AccessFlags, BsdFileFlags, Errno as FuseErrno, FileAttr, FileHandle, FileType, Filesystem,
-    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BackingId, BsdFileFlags, Errno as FuseErrno, FileAttr, FileHandle, FileType,
+    Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 
-use super::core::{Attr, Caller, Errno, Kind, MailboxFs, RenameMode, SetAttr, BLOCK};
+use super::core::{
+    lock, Attr, Caller, DataPath, Errno, Kind, MailboxFs, RenameMode, SetAttr, BLOCK,
+};
 use crate::timefmt::{ms_to_system_time, system_time_ms};
 use tracing::warn;
 
@@ -39,12 +45,92 @@ fn ttl(a: &Attr) -> &'static Duration {
 /// The adapter around the core.
 pub struct FuseAdapter {
     core: Arc<MailboxFs>,
+    backings: Mutex<Backings>,
+}
+
+/// The kernel's backing files for passthrough. The kernel allows one backing file per
+/// inode at a time (another is refused with EIO at open), so open handles of an inode share
+/// it; each handle keeps it registered until its release.
+#[derive(Default)]
+struct Backings {
+    /// Per inode: which file (device, inode) backs it, while any handle uses it.
+    by_inode: HashMap<u64, ((u64, u64), Weak<BackingId>)>,
+    by_handle: HashMap<u64, Arc<BackingId>>,
+}
+
+/// What an open is answered with.
+enum Opened {
+    /// Passed through to this backing file.
+    Passthrough(Arc<BackingId>),
+    /// Served by the mount, with these flags.
+    Mount(FopenFlags),
 }
 
 impl FuseAdapter {
     /// Wraps `core`.
     pub fn new(core: Arc<MailboxFs>) -> FuseAdapter {
-        FuseAdapter { core }
+        FuseAdapter {
+            core,
+            backings: Mutex::new(Backings::default()),
+        }
+    }
+
+    /// How to answer the open of handle `fh` on inode `ino`: passed through if the core
+    /// allows it and the inode has no other backing file right now; `register` is the
+    /// reply's `open_backing`.
+    fn opened(
+        &self,
+        ino: u64,
+        fh: u64,
+        register: impl FnOnce(&File) -> std::io::Result<BackingId>,
+    ) -> Opened {
+        let served = Opened::Mount(self.open_flags(fh));
+        let Some(file) = self.core.passthrough_file(fh) else {
+            return served;
+        };
+        let Ok(meta) = file.metadata() else {
+            return served;
+        };
+        let identity = (meta.dev(), meta.ino());
+        let mut b = lock(&self.backings);
+        let id = match b.by_inode.get(&ino) {
+            Some((known, id)) => match id.upgrade() {
+                Some(id) if *known == identity => Some(id),
+                // Another file backs this inode now (a held upload rewritten while the
+                // stored file is still read, say): the mount serves this handle.
+                Some(_) => return served,
+                None => None,
+            },
+            None => None,
+        };
+        let id = match id {
+            Some(id) => id,
+            None => match register(&file) {
+                Ok(id) => {
+                    let id = Arc::new(id);
+                    b.by_inode.insert(ino, (identity, Arc::downgrade(&id)));
+                    id
+                }
+                Err(e) => {
+                    self.core.passthrough_failed(&e);
+                    return served;
+                }
+            },
+        };
+        b.by_handle.insert(fh, id.clone());
+        Opened::Passthrough(id)
+    }
+
+    /// Drops handle `fh`'s hold on its backing file (the kernel's goes with the last one).
+    fn release_backing(&self, ino: u64, fh: u64) {
+        let mut b = lock(&self.backings);
+        if b.by_handle.remove(&fh).is_some()
+            && b.by_inode
+                .get(&ino)
+                .is_some_and(|(_, id)| id.strong_count() == 0)
+        {
+            b.by_inode.remove(&ino);
+        }
     }
 
     /// The errno for the kernel. An error that is ours rather than the caller's (it
@@ -70,7 +156,8 @@ impl FuseAdapter {
         f(n).map_err(|e| self.fail(op, parent.0, Some(n), e))
     }
 
-    /// How the kernel should treat an opened file: see `MailboxFs::direct_io`.
+    /// How the kernel should treat an opened file not passed through: see
+    /// `MailboxFs::direct_io`.
     fn open_flags(&self, fh: u64) -> FopenFlags {
         if self.core.direct_io(fh) {
             FopenFlags::FOPEN_DIRECT_IO
@@ -157,12 +244,38 @@ impl Filesystem for FuseAdapter {
         // writes every dirty page back before it sends the flush of a close, so the
         // upload's commit (at flush) still sees all of it. Handles that need every write
         // to reach us are opened with direct I/O (`MailboxFs::direct_io`).
-        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+        //
+        // With passthrough (which the kernel grants only without the write-back cache),
+        // the kernel reads and writes the spool and blob files itself: the mount sees no
+        // data at all. Handles it cannot pass through (users with a quota, generated
+        // files) then use direct I/O, so every write still reaches us and is checked.
+        let mut wanted = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_ATOMIC_O_TRUNC
-            | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_WRITEBACK_CACHE;
-        let _ = config.add_capabilities(wanted & config.capabilities());
+            | InitFlags::FUSE_PARALLEL_DIROPS;
+        let offered = config.capabilities();
+        let (path, why) = if !self.core.passthrough_allowed() {
+            (DataPath::Mount, "passthrough = \"off\" in [mount]")
+        } else if !offered.contains(InitFlags::FUSE_PASSTHROUGH) {
+            (
+                DataPath::Mount,
+                "the kernel offers no FUSE passthrough (Linux 6.9 or later has it)",
+            )
+        } else if config.set_max_stack_depth(2).is_err() {
+            (
+                DataPath::Mount,
+                "the kernel refused the stacking depth passthrough needs",
+            )
+        } else {
+            (DataPath::Passthrough, "the kernel offers FUSE passthrough")
+        };
+        if path == DataPath::Passthrough {
+            wanted |= InitFlags::FUSE_PASSTHROUGH;
+        } else {
+            wanted |= InitFlags::FUSE_WRITEBACK_CACHE;
+        }
+        let _ = config.add_capabilities(wanted & offered);
+        self.core.set_data_path(path, why);
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
         Ok(())
@@ -334,7 +447,12 @@ impl Filesystem for FuseAdapter {
         let write = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY);
         let truncate = flags.0 & libc::O_TRUNC != 0;
         match self.core.open(&caller(req), ino.0, write, truncate) {
-            Ok(fh) => reply.opened(FileHandle(fh), self.open_flags(fh)),
+            Ok(fh) => match self.opened(ino.0, fh, |f| reply.open_backing(f)) {
+                Opened::Passthrough(id) => {
+                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id)
+                }
+                Opened::Mount(flags) => reply.opened(FileHandle(fh), flags),
+            },
             Err(e) => reply.error(self.fail("open", ino.0, None, e)),
         }
     }
@@ -389,7 +507,7 @@ impl Filesystem for FuseAdapter {
     fn release(
         &self,
         req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
@@ -397,6 +515,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         self.core.release(&caller(req), fh.0);
+        self.release_backing(ino.0, fh.0);
         reply.ok();
     }
 
@@ -574,13 +693,23 @@ impl Filesystem for FuseAdapter {
         match r {
             Ok((a, fh)) => {
                 self.core.remember(a.ino);
-                reply.created(
-                    ttl(&a),
-                    &file_attr(&a),
-                    Generation(0),
-                    FileHandle(fh),
-                    self.open_flags(fh),
-                )
+                match self.opened(a.ino, fh, |f| reply.open_backing(f)) {
+                    Opened::Passthrough(id) => reply.created_passthrough(
+                        ttl(&a),
+                        &file_attr(&a),
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                        &id,
+                    ),
+                    Opened::Mount(flags) => reply.created(
+                        ttl(&a),
+                        &file_attr(&a),
+                        Generation(0),
+                        FileHandle(fh),
+                        flags,
+                    ),
+                }
             }
             Err(e) => reply.error(e),
         }

@@ -14,7 +14,7 @@ mod paths;
 mod running_hash;
 mod tree;
 
-pub use self::core::{Attr, Caller, Errno, Kind, MailboxFs};
+pub use self::core::{Attr, Caller, DataPath, Errno, Kind, MailboxFs};
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -133,6 +133,21 @@ pub fn mount(store: Arc<Store>, config: Config, mountpoint: &Path) -> Result<(),
     }));
 
     let stop = Arc::new(AtomicBool::new(false));
+    // Uploads written by the kernel (passthrough) are handed to the disk's writeback
+    // while they arrive, as `write` does for the uploads it sees.
+    let writeback = {
+        let stop = stop.clone();
+        let core = core.clone();
+        std::thread::Builder::new()
+            .name("as2box-writeback".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    core.start_writeback();
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+            .ok()
+    };
     let ticker = {
         let stop = stop.clone();
         let core = core.clone();
@@ -158,7 +173,7 @@ pub fn mount(store: Arc<Store>, config: Config, mountpoint: &Path) -> Result<(),
         }
     }
     stop.store(true, Ordering::Relaxed);
-    if let Some(t) = ticker {
+    for t in [ticker, writeback].into_iter().flatten() {
         let _ = t.join();
     }
     if !session.guard.is_finished() {

@@ -19,7 +19,13 @@ use serde_json::Value;
 /// Points the fixture's config at its own mount point (doctor reads mount.path).
 fn doctor_fixture(fx: &Fixture) {
     let mut config = std::fs::read_to_string(&fx.config).unwrap();
-    config += &format!("\n[mount]\npath = {:?}\n", fx.mnt.display().to_string());
+    let path = format!("path = {:?}\n", fx.mnt.display().to_string());
+    // The settings may have a [mount] table already (AS2BOX_TEST_PASSTHROUGH).
+    if config.contains("[mount]\n") {
+        config = config.replacen("[mount]\n", &format!("[mount]\n{path}"), 1);
+    } else {
+        config += &format!("\n[mount]\n{path}");
+    }
     std::fs::write(&fx.config, config).unwrap();
 }
 
@@ -82,6 +88,18 @@ fn a_killed_mount_fails_and_says_how_to_remount() {
     );
     let mp = named(&checks, "mount-point");
     assert!(mp.iter().all(|c| status(c) == "ok"), "{mp:?}");
+    // The FUSE data path the running mount uses, as its log named it.
+    let path = named(&checks, "fuse-data-path");
+    assert_eq!(path.len(), 1, "{checks:?}");
+    let detail = path[0]["detail"].as_str().unwrap();
+    let pid = fx.mount_pid().unwrap();
+    assert!(detail.contains(&format!("pid {pid}")), "{detail}");
+    let log = fx.mount_log();
+    if log.contains("\"passthrough\"") {
+        assert!(detail.starts_with("passthrough"), "{detail}\n{log}");
+    } else {
+        assert!(detail.starts_with("through the mount"), "{detail}\n{log}");
+    }
 
     fx.stop_mount(libc::SIGKILL);
     let (ok, checks) = doctor(&fx);
@@ -89,6 +107,8 @@ fn a_killed_mount_fails_and_says_how_to_remount() {
     let c = find(&checks, "mount", "not connected");
     assert_eq!(status(c), "fail", "{c}");
     assert!(c["fix"].as_str().unwrap().contains("umount -l"), "{c}");
+    let c = find(&checks, "fuse-data-path", "not running");
+    assert_eq!(status(c), "warn", "{c}");
     // The mount point itself cannot be examined, its parents still are: no false alarm.
     let mp = named(&checks, "mount-point");
     assert!(mp.iter().all(|c| status(c) == "ok"), "{mp:?}");

@@ -25,6 +25,7 @@ mod doctor;
 mod fs_durability;
 mod fs_inbox;
 mod fs_outbox;
+mod fs_passthrough;
 mod fs_privsep;
 mod fs_quota;
 mod fs_tree;

@@ -162,6 +162,7 @@ pub fn run_checks(g: &Global, a: &DoctorArgs, config: &Config) -> Vec<Check> {
     checks.push(mount::check_fuse());
     checks.extend(mount::check_mount(&config.mount.path));
     checks.extend(mount::check_mount_point(&config.mount.path));
+    checks.push(mount::check_data_path(&g.state_dir));
     checks.push(services::check_sshd_config(&a.sshd_config));
     checks.push(services::check_port(config.sftp.port));
     checks.push(services::check_serve(&config.serve.http_listen));

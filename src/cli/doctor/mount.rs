@@ -5,7 +5,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{fail, find_program, ok, Check};
+use super::{fail, find_program, ok, warn, Check};
 
 pub(super) fn check_fuse() -> Check {
     let dev = std::fs::metadata("/dev/fuse");
@@ -178,6 +178,59 @@ pub(super) fn check_mount_point(mnt: &Path) -> Vec<Check> {
             )
         })
         .collect()
+}
+
+/// Which FUSE data path the running mount uses (what it wrote to `mount.status` when the
+/// kernel answered its `init`): passthrough, or every byte through the mount process.
+pub(super) fn check_data_path(state_dir: &Path) -> Check {
+    let name = "fuse-data-path";
+    let Some(status) = crate::store::read_mount_status(state_dir) else {
+        return warn(
+            name,
+            format!(
+                "{} has no {}: no mount has started with this version",
+                state_dir.display(),
+                crate::store::MOUNT_STATUS
+            ),
+            "systemctl restart as2box-mount",
+        );
+    };
+    let get = |key: &str| {
+        status
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("")
+    };
+    let (pid, path, why) = (get("pid"), get("data_path"), get("why"));
+    let alive = pid
+        .parse::<u32>()
+        .is_ok_and(|p| Path::new(&format!("/proc/{p}")).exists());
+    if !alive {
+        return warn(
+            name,
+            format!(
+                "the mount that wrote {} (pid {pid}) is not running; it used {path} ({why})",
+                crate::store::MOUNT_STATUS
+            ),
+            "systemctl start as2box-mount",
+        );
+    }
+    match path {
+        "passthrough" => ok(
+            name,
+            format!("passthrough: the kernel reads and writes file data itself (pid {pid}; {why})"),
+        ),
+        _ if why.contains("passthrough = \"off\"") => ok(
+            name,
+            format!("through the mount process (pid {pid}; {why})"),
+        ),
+        _ => warn(
+            name,
+            format!("through the mount process (pid {pid}): {why}; large uploads cost the mount CPU"),
+            "Linux 6.9 or later with CONFIG_FUSE_PASSTHROUGH gives the kernel's passthrough (as2box mount needs CAP_SYS_ADMIN for it)",
+        ),
+    }
 }
 
 #[cfg(test)]

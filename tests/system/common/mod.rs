@@ -103,6 +103,18 @@ pub struct Settings {
     /// The state folder on a tmpfs of its own: for tests that need many files fast and
     /// test no durability (fsync costs nothing there).
     pub state_on_tmpfs: bool,
+    /// `[mount] passthrough = "off"`: file data through the mount process even where the
+    /// kernel offers passthrough (also forced for every test by `AS2BOX_TEST_PASSTHROUGH=off`).
+    pub passthrough_off: bool,
+}
+
+/// The `[mount]` line that `AS2BOX_TEST_PASSTHROUGH=off` adds to every test's settings, so
+/// that the whole suite can be run once over the path through the mount.
+pub fn passthrough_override() -> &'static str {
+    match std::env::var("AS2BOX_TEST_PASSTHROUGH").as_deref() {
+        Ok("off") => "passthrough = \"off\"\n",
+        _ => "",
+    }
 }
 
 impl Default for Settings {
@@ -116,6 +128,7 @@ impl Default for Settings {
             files_hours: None,
             sweep_secs: None,
             state_on_tmpfs: false,
+            passthrough_off: false,
         }
     }
 }
@@ -130,6 +143,15 @@ impl Settings {
         }
         if let Some(v) = self.max_bytes {
             s += &format!("max_bytes = {v}\n");
+        }
+        let passthrough = if self.passthrough_off {
+            "passthrough = \"off\"\n"
+        } else {
+            passthrough_override()
+        };
+        if !passthrough.is_empty() {
+            s += "\n[mount]\n";
+            s += passthrough;
         }
         if self.files_hours.is_some() || self.sweep_secs.is_some() {
             s += "\n[retention]\n";
