@@ -18,7 +18,14 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 /// How long `flush` waits for `/proc` before deferring the decision to `release`.
-pub const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+///
+/// A deferred decision makes that close return before its commit (the commit comes with
+/// `release`), so a mount killed in between loses an upload whose close succeeded: the
+/// timeout must only ever fire for a read that is truly blocked (the `execve` case above),
+/// never for a probe that merely waited for a core. 300 ms did fire under the load of a
+/// 2-core machine running tests in parallel (a lost file in `fs_durability`); a program
+/// exec'd while it holds an upload open now waits this long once.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What `/proc` says about the closing task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
