@@ -218,7 +218,8 @@ pub struct ServeConfig {
     /// so this is only the fallback for a lost ring.
     pub queue_poll_secs: f64,
     /// A received message may decompress to this many times its body size (all
-    /// compression layers together), but see `min_decompressed_bytes`. Inflating stops as
+    /// compression layers together), and never more than `max_body_bytes` (the disk one
+    /// message may take), but see `min_decompressed_bytes`. Inflating stops as
     /// soon as the limit is passed and the message is refused (`decompression-failed`).
     /// Decompressed bytes go to the spool, not to memory.
     pub max_decompression_ratio: usize,

@@ -145,6 +145,7 @@ pub async fn message(ctx: Arc<Ctx>, req: Req, test: bool) -> Resp {
         req.body.len as usize,
         ctx.config().serve.max_decompression_ratio,
         ctx.config().serve.min_decompressed_bytes,
+        ctx.config().serve.max_body_bytes,
     );
     let store = ctx.store.clone();
     let parsed = match ctx.keys.partner_certs(&partner) {

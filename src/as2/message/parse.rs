@@ -116,9 +116,12 @@ pub const DEFAULT_MAX_DECOMPRESSED: usize = 1 << 30;
 
 /// The decompressed bytes a message of `body_len` bytes may inflate to, all
 /// layers together: `ratio` times the body, and never less than `floor` (small messages
-/// compress well too).
-pub fn decompressed_size_limit(body_len: usize, ratio: usize, floor: usize) -> usize {
-    body_len.saturating_mul(ratio).max(floor)
+/// compress well too), but never more than `cap` (or `floor`, if larger). Inflated bytes
+/// go to disk, and compression sits under the signature, so a sender nobody has verified
+/// yet chooses how much: without the cap, one largest body could fill `ratio` times its
+/// size of disk.
+pub fn decompressed_size_limit(body_len: usize, ratio: usize, floor: usize, cap: usize) -> usize {
+    body_len.saturating_mul(ratio).min(cap).max(floor)
 }
 
 /// Keys, certificates and policy for receiving.
