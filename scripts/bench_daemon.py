@@ -17,7 +17,10 @@ synchronous MDN, over loopback:
   signature's digest; the MIC is the digest of the same bytes, so a second pass is waste,
   not floor), the signature's RSA verify and the RSA signature of the MDN. The floor rate
   is what all cores do at that cost alone (cores / floor seconds), with nothing left for
-  HTTP, MIME, storage or the client generating the load on the same machine.
+  HTTP, MIME, storage or the client generating the load on the same machine;
+* one large message (1 GiB unless --large-mib) put into an outbox through the mount, sent
+  by the daemon to its own other station and received by it: the time, and the daemon's
+  peak RSS (VmHWM, reset just before; the goal is 128 MiB).
 
 `--perf DIR` records `perf record -g` of the daemon (and the mount while sending) during
 the two throughput phases into DIR, for `perf report`.
@@ -70,7 +73,7 @@ class Setup:
         self.mnt.mkdir()
         self.port = free_port()
         (work / "as2box.toml").write_text(
-            "[outbox]\nlinger_secs = 2\nbatch_quiet_secs = 10\n"
+            "[outbox]\nlinger_secs = 2\nbatch_quiet_secs = 10\nmax_bytes = 4294967296\n"
             f"[serve]\nhttp_listen = \"127.0.0.1:{self.port}\"\n"
             f"public_url = \"http://127.0.0.1:{self.port}\"\n")
 
@@ -404,6 +407,42 @@ class Perf:
             self.proc.wait(60)
 
 
+def peak_rss_mib(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise SystemExit("no VmHWM for the daemon")
+
+
+def bench_large(s, mib):
+    """One file of `mib` MiB put into BOXA's outbox through the mount: the daemon sends it
+    (signed, encrypted) to BOXB, i.e. to itself, and receives it: one large message sent
+    and one received by the same `serve`, whose peak RSS is reset just before."""
+    serve_pid = s.procs[1].pid
+    src = s.work / "large.bin"
+    with open(src, "wb") as f:
+        chunk = random.Random(7).randbytes(1 << 20)
+        for _ in range(mib):
+            f.write(chunk)
+    os.chmod(src, 0o644)
+    outbox = s.box(USERS[0], "BOXA", "BOXB") / "outbox"
+    Path(f"/proc/{serve_pid}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    before = peak_rss_mib(serve_pid)
+    start = time.perf_counter()
+    w = as_user(USERS[0], f"import shutil; shutil.copyfile('{src}', '{outbox}/large.bin')")
+    w.communicate()
+    if w.returncode != 0:
+        raise SystemExit("writing the large file into the outbox failed")
+    while True:
+        done, failed = delivered_count(s, USERS[0], "large")
+        if done + failed >= 1:
+            break
+        time.sleep(0.2)
+    elapsed = time.perf_counter() - start
+    src.unlink()
+    return elapsed, failed, before, peak_rss_mib(serve_pid)
+
+
 def pct(sorted_values, p):
     return sorted_values[min(len(sorted_values) - 1, int(round(p / 100 * (len(sorted_values) - 1))))]
 
@@ -415,7 +454,9 @@ def main():
     ap.add_argument("-c", "--clients", type=int, default=4, help="concurrent HTTP clients (default 4)")
     ap.add_argument("--samples", type=int, default=100, help="latency samples (default 100)")
     ap.add_argument("--binary", default=BIN, help="the as2box to measure (default: this tree's release build)")
-    ap.add_argument("--only", choices=("receive", "send", "latency"), help="run one measurement only")
+    ap.add_argument("--only", choices=("receive", "send", "latency", "large"), help="run one measurement only")
+    ap.add_argument("--large-mib", type=int, default=1024,
+                    help="size of the large message, sent and received by the daemon (default 1024)")
     ap.add_argument("--perf", metavar="DIR", help="record perf profiles of the daemon into DIR")
     a = ap.parse_args()
     BIN = a.binary
@@ -457,6 +498,11 @@ def main():
             print(f"outbox close -> first byte of POST ({len(lat)} samples, 4 KiB): "
                   f"p50 {pct(lat, 50) * 1000:.0f} ms, p99 {pct(lat, 99) * 1000:.0f} ms, "
                   f"max {lat[-1] * 1000:.0f} ms")
+        if a.only in (None, "large"):
+            t, failed, before, peak = bench_large(s, a.large_mib)
+            print(f"one {a.large_mib} MiB message sent and received by serve: {t:.1f} s "
+                  f"({a.large_mib / t:.0f} MiB/s, put through the mount to delivered){' FAILED' if failed else ''}; "
+                  f"serve peak RSS {peak:.0f} MiB (was {before:.0f} MiB before it; goal <= 128 MiB)")
     finally:
         s.stop()
         subprocess.run(["rm", "-rf", str(work)])

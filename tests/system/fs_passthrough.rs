@@ -117,6 +117,11 @@ fn put_and_get(fx: &Fixture, mb: &Mailbox, data: &[u8]) -> (u64, u64) {
         }],
         "the queued message records the content's size and hash"
     );
+    // Stored files are opened with FOPEN_KEEP_CACHE: the pages the upload left in the
+    // kernel's cache would serve the read without a request to anyone. Dropped, the read
+    // must fetch the data: from the mount on its own path, from the blob file under
+    // passthrough.
+    std::fs::write("/proc/sys/vm/drop_caches", "1\n").unwrap();
     let back = fx.as_user(&mb.user, || ok(ops::read(&path), "read back"));
     let (_, after_get) = io_counters(pid);
     assert!(back == data, "the file read back differs from what was put");
