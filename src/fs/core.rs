@@ -421,6 +421,13 @@ impl MailboxFs {
         if self.heap_shrank.swap(false, Ordering::Relaxed) {
             // SAFETY: malloc_trim only releases free memory of the allocator.
             unsafe { libc::malloc_trim(0) };
+            // Rare (after a mass forget), and what an admin wondering about the mount's
+            // memory wants to see.
+            let known_inodes = lock(&self.inodes).len();
+            tracing::info!(
+                known_inodes,
+                "inode table shrank; freed memory returned to the system"
+            );
         }
     }
 

@@ -158,7 +158,6 @@ impl Inodes {
     }
 
     /// How many inodes are known.
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.by_ino.len()
     }

@@ -97,12 +97,27 @@ fn decompression_is_bounded_by_the_context_and_asks_for_memory() {
     let m = parse(P7Z, &der, &ctx).unwrap();
     assert_eq!(m.attachments[0].data.len(), 3 << 20);
     assert!(m.compressed);
-    assert_eq!(decompressed_size_limit(1 << 20, 100, 16 << 20, 1 << 30), 100 << 20);
-    assert_eq!(decompressed_size_limit(1 << 10, 100, 16 << 20, 1 << 30), 16 << 20);
-    assert_eq!(decompressed_size_limit(usize::MAX, 100, 0, usize::MAX), usize::MAX);
+    assert_eq!(
+        decompressed_size_limit(1 << 20, 100, 16 << 20, 1 << 30),
+        100 << 20
+    );
+    assert_eq!(
+        decompressed_size_limit(1 << 10, 100, 16 << 20, 1 << 30),
+        16 << 20
+    );
+    assert_eq!(
+        decompressed_size_limit(usize::MAX, 100, 0, usize::MAX),
+        usize::MAX
+    );
     // The cap bounds what a large body may inflate to, but never below the floor.
-    assert_eq!(decompressed_size_limit(1 << 30, 100, 16 << 20, 4 << 30), 4 << 30);
-    assert_eq!(decompressed_size_limit(1 << 20, 100, 16 << 20, 1 << 20), 16 << 20);
+    assert_eq!(
+        decompressed_size_limit(1 << 30, 100, 16 << 20, 4 << 30),
+        4 << 30
+    );
+    assert_eq!(
+        decompressed_size_limit(1 << 20, 100, 16 << 20, 1 << 20),
+        16 << 20
+    );
 }
 
 #[test]
