@@ -399,8 +399,9 @@ impl MailboxFs {
     }
 
     /// The kernel now holds one more reference to `ino` (an entry reply it accepted).
-    pub fn remember(&self, ino: u64) {
-        lock(&self.inodes).remember(ino);
+    /// False when `ino` was forgotten meanwhile (see `Inodes::remember`).
+    pub fn remember(&self, ino: u64) -> bool {
+        lock(&self.inodes).remember(ino)
     }
 
     /// The kernel dropped `n` references to `ino`; an inode nobody refers to any more is

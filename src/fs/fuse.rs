@@ -282,14 +282,21 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let r = self.named("lookup", parent, name, |n| {
-            self.core.lookup(&caller(req), parent.0, n)
-        });
-        match r {
-            Ok(a) => {
-                self.core.remember(a.ino);
-                reply.entry(ttl(&a), &file_attr(&a), Generation(0))
+        // The number found may be forgotten (the kernel dropping its previous reference)
+        // before it is counted: then look it up again, under a new number. A forget per
+        // attempt is needed to lose a race, so a few attempts suffice.
+        let mut r = Err(FuseErrno::ESTALE);
+        for _ in 0..4 {
+            r = self.named("lookup", parent, name, |n| {
+                self.core.lookup(&caller(req), parent.0, n)
+            });
+            match &r {
+                Ok(a) if !self.core.remember(a.ino) => r = Err(FuseErrno::ESTALE),
+                _ => break,
             }
+        }
+        match r {
+            Ok(a) => reply.entry(ttl(&a), &file_attr(&a), Generation(0)),
             // Inode 0: "no such name", with a time the kernel may remember it.
             Err(FuseErrno::ENOENT) if self.core.names_are_fixed(parent.0) => {
                 reply.entry(&ABSENT_TTL, &absent_attr(), Generation(0))

@@ -162,10 +162,17 @@ impl Inodes {
         self.by_ino.len()
     }
 
-    /// The kernel took one more reference (it accepted an entry reply).
-    pub fn remember(&mut self, ino: u64) {
-        if let Some(n) = self.by_ino.get_mut(&ino) {
-            n.lookups += 1;
+    /// The kernel took one more reference (it accepted an entry reply). False when `ino`
+    /// is no longer known: a `forget` of the kernel's previous reference to it came in
+    /// between finding the number and this call, so the entry must be looked up again
+    /// (under a new number) rather than handed out unknown (the kernel would get ESTALE).
+    pub fn remember(&mut self, ino: u64) -> bool {
+        match self.by_ino.get_mut(&ino) {
+            Some(n) => {
+                n.lookups += 1;
+                true
+            }
+            None => false,
         }
     }
 
@@ -275,8 +282,8 @@ mod tests {
         let mut t = Inodes::default();
         let a = t.ino(Key::Home(1));
         t.list(a);
-        t.remember(a);
-        t.remember(a);
+        assert!(t.remember(a));
+        assert!(t.remember(a));
         t.unlist(a);
         assert_eq!(t.key(a), Some(Key::Home(1)), "the kernel still holds it");
         t.forget(a, 1, false);
