@@ -66,8 +66,9 @@ fn openssl_ok(args: &[&str]) {
     );
 }
 
-/// `bytes` random bytes in `path` (OpenSSL's RNG through AES-CTR: fast, incompressible).
-fn random_file(path: &Path, bytes: u64) {
+/// Writes `bytes` random bytes to a new file `path` (OpenSSL's RNG through AES-CTR: fast,
+/// incompressible) and returns their sha256.
+fn random_file(path: &Path, bytes: u64) -> String {
     let mut key = [0u8; 16];
     openssl::rand::rand_bytes(&mut key).unwrap();
     let mut c = openssl::symm::Crypter::new(
@@ -79,12 +80,15 @@ fn random_file(path: &Path, bytes: u64) {
     .unwrap();
     let zeros = vec![0u8; MIB as usize];
     let mut out = vec![0u8; MIB as usize + 16];
+    let mut h = openssl::sha::Sha256::new();
     let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
     for _ in 0..bytes / MIB {
         let n = c.update(&zeros, &mut out).unwrap();
+        h.update(&out[..n]);
         f.write_all(&out[..n]).unwrap();
     }
     f.flush().unwrap();
+    h.finish().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// POSTs `headers` and the file `body` (streamed, with its length) to `url` on loopback;
@@ -378,31 +382,7 @@ fn large_a_1_gib_message_is_sent_signed_and_encrypted_within_128_mib() {
     // 1 GiB into the outbox through the mount, as the user, hashed as it is written.
     let mailbox = fx.mailbox_of(&user, &station, peer, false);
     let target = mailbox.outbox().join("large.bin");
-    let payload_sha = fx.as_user(&user, || {
-        let mut key = [0u8; 16];
-        openssl::rand::rand_bytes(&mut key).unwrap();
-        let mut c = openssl::symm::Crypter::new(
-            openssl::symm::Cipher::aes_128_ctr(),
-            openssl::symm::Mode::Encrypt,
-            &key,
-            Some(&[0u8; 16]),
-        )
-        .unwrap();
-        let zeros = vec![0u8; MIB as usize];
-        let mut out = vec![0u8; MIB as usize + 16];
-        let mut h = openssl::sha::Sha256::new();
-        let mut f = std::fs::File::create(&target).unwrap();
-        for _ in 0..PAYLOAD_BYTES / MIB {
-            let n = c.update(&zeros, &mut out).unwrap();
-            h.update(&out[..n]);
-            f.write_all(&out[..n]).unwrap();
-        }
-        drop(f);
-        h.finish()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    });
+    let payload_sha = fx.as_user(&user, || random_file(&target, PAYLOAD_BYTES));
     let started = std::time::Instant::now();
     let head = server.join().unwrap();
     let sent = wait_for(
