@@ -301,4 +301,21 @@ mod tests {
         t.forget(ROOT_INO, 5, false);
         assert_eq!(t.key(ROOT_INO), Some(Key::Root));
     }
+
+    #[test]
+    fn a_number_forgotten_before_it_is_counted_is_not_counted() {
+        let mut t = Inodes::default();
+        let a = t.ino(Key::Home(1));
+        assert!(t.remember(a));
+        // The lookup finds `a`; the kernel's forget of its earlier reference comes first.
+        let found = t.ino(Key::Home(1));
+        t.forget(a, 1, false);
+        assert!(
+            !t.remember(found),
+            "a dropped number must not be handed out"
+        );
+        let again = t.ino(Key::Home(1));
+        assert_ne!(again, a, "looked up again, under a new number");
+        assert!(t.remember(again));
+    }
 }
